@@ -1,0 +1,1 @@
+//! Local message ids in the provider's shape.

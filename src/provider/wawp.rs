@@ -1,0 +1,2 @@
+//! The Wawp client.
+pub struct WawpClient;
