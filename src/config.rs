@@ -457,7 +457,9 @@ fn problem_from_serde(msg: &str) -> ConfigProblem {
         .nth(1)
         .and_then(|r| r.split('`').next());
     let key = match (key, field) {
-        (Some(k), Some(f)) if msg.starts_with("missing field") || msg.starts_with("unknown field") => {
+        (Some(k), Some(f))
+            if msg.starts_with("missing field") || msg.starts_with("unknown field") =>
+        {
             format!("{k}.{f}")
         }
         (Some(k), _) => k,

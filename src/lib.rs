@@ -20,3 +20,4 @@ pub mod config;
 pub mod model;
 pub mod provider;
 pub mod sim;
+pub mod store;

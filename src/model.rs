@@ -77,7 +77,10 @@ impl FromStr for State {
             .find(|st| st.as_str() == s)
             .ok_or_else(|| {
                 let names: Vec<_> = State::ALL.iter().map(|s| s.as_str()).collect();
-                format!("unknown state `{s}` (expected one of: {})", names.join(", "))
+                format!(
+                    "unknown state `{s}` (expected one of: {})",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -226,6 +229,10 @@ pub const MAX_TEXT_CHARS: usize = 700;
 /// Longest caption WhatsApp accepts on a media status.
 pub const MAX_CAPTION_CHARS: usize = 1024;
 
+/// Prefix a backend puts on a payload column that was not UTF-8 text, so that
+/// validation can name the problem instead of posting mangled text.
+pub const NOT_UTF8_MARKER: &str = "\u{0}statusd:not-utf8\u{0}";
+
 /// Why a row cannot be sent. The message names the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]
@@ -258,6 +265,9 @@ impl StatusBody {
         let kind: Kind = kind
             .parse()
             .map_err(|e: String| ValidationError::new("kind", e))?;
+        if payload.starts_with(NOT_UTF8_MARKER) {
+            return Err(ValidationError::new("payload", "is not valid UTF-8 text"));
+        }
         let value: Value = serde_json::from_str(payload)
             .map_err(|e| ValidationError::new("payload", format!("not valid JSON: {e}")))?;
         let obj = value
@@ -483,7 +493,9 @@ fn file(obj: &Obj, mime_prefixes: &[&str]) -> Result<MediaFile, ValidationError>
         (Some(u), _) => {
             let ok = u
                 .strip_prefix("https://")
-                .map(|rest| !rest.is_empty() && !rest.starts_with('/') && !u.contains(char::is_whitespace))
+                .map(|rest| {
+                    !rest.is_empty() && !rest.starts_with('/') && !u.contains(char::is_whitespace)
+                })
                 .unwrap_or(false);
             if !ok {
                 return Err(ValidationError::new(
@@ -493,7 +505,10 @@ fn file(obj: &Obj, mime_prefixes: &[&str]) -> Result<MediaFile, ValidationError>
             }
         }
         (None, Some(d)) if d.is_empty() => {
-            return Err(ValidationError::new("payload.file.data", "must not be empty"))
+            return Err(ValidationError::new(
+                "payload.file.data",
+                "must not be empty",
+            ))
         }
         _ => {}
     }
@@ -541,14 +556,42 @@ mod tests {
             ("text", r#"{"text":"   "}"#, "payload.text"),
             ("text", r#"{"text":5}"#, "payload.text"),
             ("text", r#"{"text":"a","font":9}"#, "payload.font"),
-            ("text", r#"{"text":"a","backgroundColor":"red"}"#, "payload.backgroundColor"),
-            ("text", r#"{"text":"a","contacts":"all"}"#, "payload.contacts"),
-            ("text", r#"{"text":"a","contacts":[1]}"#, "payload.contacts[0]"),
+            (
+                "text",
+                r#"{"text":"a","backgroundColor":"red"}"#,
+                "payload.backgroundColor",
+            ),
+            (
+                "text",
+                r#"{"text":"a","contacts":"all"}"#,
+                "payload.contacts",
+            ),
+            (
+                "text",
+                r#"{"text":"a","contacts":[1]}"#,
+                "payload.contacts[0]",
+            ),
             ("image", r#"{"caption":"x"}"#, "payload.file"),
-            ("image", r#"{"file":{"url":"http://x/a.jpg","mimetype":"image/jpeg"}}"#, "payload.file.url"),
-            ("image", r#"{"file":{"url":"https://x/a.jpg"}}"#, "payload.file.mimetype"),
-            ("image", r#"{"file":{"url":"https://x/a.jpg","mimetype":"video/mp4"}}"#, "payload.file.mimetype"),
-            ("voice", r#"{"file":{"mimetype":"audio/ogg"}}"#, "payload.file.url"),
+            (
+                "image",
+                r#"{"file":{"url":"http://x/a.jpg","mimetype":"image/jpeg"}}"#,
+                "payload.file.url",
+            ),
+            (
+                "image",
+                r#"{"file":{"url":"https://x/a.jpg"}}"#,
+                "payload.file.mimetype",
+            ),
+            (
+                "image",
+                r#"{"file":{"url":"https://x/a.jpg","mimetype":"video/mp4"}}"#,
+                "payload.file.mimetype",
+            ),
+            (
+                "voice",
+                r#"{"file":{"mimetype":"audio/ogg"}}"#,
+                "payload.file.url",
+            ),
         ];
         for (kind, payload, field) in cases {
             let e = StatusBody::parse(kind, payload).unwrap_err();
@@ -575,6 +618,9 @@ mod tests {
         for s in State::ALL {
             assert_eq!(s.as_str().parse::<State>().unwrap(), s);
         }
-        assert!("done".parse::<State>().unwrap_err().contains("pending_upload"));
+        assert!("done"
+            .parse::<State>()
+            .unwrap_err()
+            .contains("pending_upload"));
     }
 }

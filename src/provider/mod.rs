@@ -101,10 +101,14 @@ pub struct StatusQuery<'a> {
 /// The answer to a [`StatusQuery`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lookup {
-    Present { provider_id: String },
+    Present {
+        provider_id: String,
+    },
     Absent,
     /// The look-up itself failed; nothing is known.
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
 }
 
 /// Errors of calls that don't post anything (fetching an id, probing).

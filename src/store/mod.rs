@@ -1,0 +1,278 @@
+//! The outbox store: one trait with one method per query, each taking a
+//! `…Params` struct where it needs more than an id, and one implementation
+//! per backend ([`SqliteStore`], [`PgStore`]), each owning its SQL and its
+//! migrations. The backend is picked once from the URL scheme ([`Backend`]).
+//!
+//! Every state transition is one atomic statement (or one transaction), and
+//! every completion is fenced by state and attempt number so a stale worker
+//! can never overwrite a newer outcome. Times are database time.
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::model::{Attempt, OutboxRow, State};
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no status with id {0}")]
+    NotFound(String),
+    #[error("status {id} is `{state}`: {action} is not allowed from that state")]
+    NotAllowed {
+        id: Uuid,
+        state: State,
+        action: &'static str,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A new status, as `statusd enqueue` and `POST /v1/statuses` write it.
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueParams {
+    pub id: Option<Uuid>,
+    pub instance: String,
+    pub kind: String,
+    pub payload: String,
+    pub dedupe_key: Option<String>,
+    pub priority: i32,
+    pub not_before: Option<DateTime<Utc>>,
+}
+
+impl EnqueueParams {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id.unwrap_or_else(Uuid::now_v7).to_string(),
+            "instance": self.instance,
+            "kind": self.kind,
+            "payload": self.payload,
+            "dedupe_key": self.dedupe_key,
+            "priority": self.priority,
+            "not_before": self.not_before.map(|t| t.timestamp_millis()),
+        })
+    }
+}
+
+/// Many enqueues as one JSON array, the form both backends insert from.
+pub(crate) fn enqueue_batch_json(p: &[EnqueueParams]) -> String {
+    serde_json::Value::Array(p.iter().map(EnqueueParams::to_json).collect()).to_string()
+}
+
+/// What an enqueue did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Enqueued {
+    pub id: Uuid,
+    /// False when the `dedupe_key` was already present: the insert was a no-op
+    /// and `id` is the existing row's.
+    pub inserted: bool,
+}
+
+/// A message id for a `queued` row, made durable as `pending_upload`.
+#[derive(Debug, Clone)]
+pub struct AssignId {
+    pub id: Uuid,
+    pub message_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimParams {
+    pub owner: String,
+    pub limit: i64,
+    pub lease: Duration,
+    /// Instances whose rows must not be claimed (paused after 401/403).
+    pub skip_instances: Vec<String>,
+}
+
+/// A fenced move of one row out of `uploading` or `in_doubt`.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub id: Uuid,
+    /// The attempt number the caller saw: the fence.
+    pub attempt: i32,
+    pub to: State,
+    pub provider_id: Option<String>,
+    pub error: Option<String>,
+    pub http_status: Option<i32>,
+    /// `next_attempt_at = now + delay` (retry backoff, settle delay).
+    pub delay: Duration,
+    /// Count this as one more failed look-up (reconciler).
+    pub bump_reconcile: bool,
+    /// Park the row for an operator (stays `in_doubt`, not retried).
+    pub park: bool,
+    /// Give back the claim's attempt (instance down: not the row's fault).
+    pub refund_attempt: bool,
+}
+
+impl Transition {
+    pub fn new(id: Uuid, attempt: i32, to: State) -> Transition {
+        Transition {
+            id,
+            attempt,
+            to,
+            provider_id: None,
+            error: None,
+            http_status: None,
+            delay: Duration::ZERO,
+            bump_reconcile: false,
+            park: false,
+            refund_attempt: false,
+        }
+    }
+}
+
+/// One finished send: the row's transition and the attempt's history line.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub transition: Transition,
+    pub started_at: DateTime<Utc>,
+    pub latency: Duration,
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListParams {
+    pub state: Option<State>,
+    pub instance: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: i64,
+}
+
+/// One row of the `status_outbox_summary` view.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SummaryRow {
+    pub instance: String,
+    pub state: State,
+    pub count: i64,
+    pub oldest_age_secs: Option<f64>,
+}
+
+/// A recurring status.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Schedule {
+    pub id: Uuid,
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    pub instance: String,
+    pub kind: String,
+    pub payload: String,
+    pub enabled: bool,
+}
+
+/// The outbox's queries. See the module docs for the rules every backend
+/// keeps.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// Applies the embedded migrations.
+    fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
+    /// Round trip to the database (readiness).
+    fn ping(&self) -> impl Future<Output = Result<()>> + Send;
+    /// Inserts a `queued` row; a present `dedupe_key` makes it a no-op.
+    fn enqueue(&self, p: EnqueueParams) -> impl Future<Output = Result<Enqueued>> + Send;
+    /// Inserts many `queued` rows in one statement (dedupe keys already
+    /// present are skipped); returns how many were inserted.
+    fn enqueue_many(&self, p: &[EnqueueParams]) -> impl Future<Output = Result<u64>> + Send;
+    /// Oldest `queued` rows, for the id assigner.
+    fn queued(&self, limit: i64) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
+    /// `queued` → `pending_upload` with the given ids; returns rows moved.
+    fn assign_message_ids(&self, ids: &[AssignId]) -> impl Future<Output = Result<u64>> + Send;
+    /// `queued` → `invalid` with a message naming the field.
+    fn mark_invalid(&self, id: Uuid, error: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// Leases due `pending_upload` rows: `uploading`, `attempts + 1`.
+    fn claim(&self, p: ClaimParams) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
+    /// Fenced `uploading` → outcome, with the attempts' history; returns the
+    /// number of rows whose fence held.
+    fn complete(&self, done: &[Completion]) -> impl Future<Output = Result<u64>> + Send;
+    /// `uploading` rows whose lease expired → `in_doubt` (rule 3).
+    fn rescue_expired(
+        &self,
+        limit: i64,
+        settle: Duration,
+    ) -> impl Future<Output = Result<Vec<Uuid>>> + Send;
+    /// `in_doubt` rows due for a look-up (not parked).
+    fn due_in_doubt(&self, limit: i64) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
+    /// Fenced `in_doubt` → outcome of a look-up.
+    fn resolve_in_doubt(&self, t: &[Transition]) -> impl Future<Output = Result<u64>> + Send;
+    fn get(&self, id: Uuid) -> impl Future<Output = Result<Option<OutboxRow>>> + Send;
+    /// Looks a row up by id, message id or dedupe key (operator input).
+    fn find(&self, key: &str) -> impl Future<Output = Result<Option<OutboxRow>>> + Send;
+    fn attempts(&self, id: Uuid) -> impl Future<Output = Result<Vec<Attempt>>> + Send;
+    fn list(&self, p: ListParams) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
+    fn summary(&self) -> impl Future<Output = Result<Vec<SummaryRow>>> + Send;
+    /// Operator: `failed`/`cancelled` (with an id) → `pending_upload`, a
+    /// parked `in_doubt` row → looked up again, `invalid`/`cancelled`
+    /// (without an id) → `queued` (validated again).
+    fn retry(&self, id: Uuid) -> impl Future<Output = Result<OutboxRow>> + Send;
+    /// Operator: `in_doubt` → `pending_upload` even though it may be posted.
+    fn force_resend(&self, id: Uuid) -> impl Future<Output = Result<OutboxRow>> + Send;
+    /// Operator: any non-terminal state except `uploading` → `cancelled`.
+    fn cancel(&self, id: Uuid) -> impl Future<Output = Result<OutboxRow>> + Send;
+    /// `posted` → `deleted` once the provider took the status down.
+    fn mark_deleted(&self, id: Uuid) -> impl Future<Output = Result<OutboxRow>> + Send;
+    /// Deletes terminal rows not updated for `older_than`; returns how many.
+    fn purge_terminal(
+        &self,
+        older_than: Duration,
+        limit: i64,
+    ) -> impl Future<Output = Result<u64>> + Send;
+    fn add_schedule(&self, s: &Schedule) -> impl Future<Output = Result<()>> + Send;
+    fn schedules(&self) -> impl Future<Output = Result<Vec<Schedule>>> + Send;
+    fn remove_schedule(&self, name_or_id: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// The database's clock.
+    fn now(&self) -> impl Future<Output = Result<DateTime<Utc>>> + Send;
+    /// A signal that changes when work may have arrived (PostgreSQL
+    /// `LISTEN`, reconnecting on its own); on SQLite it never changes and
+    /// callers rely on their poll interval. Keep the receiver across waits so
+    /// that a notification between two waits is not missed.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+}
+
+/// The backend named by a database URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn from_url(url: &str) -> Result<Backend> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(StoreError::Invalid(
+                "database.url must start with sqlite:, postgres:// or postgresql://".into(),
+            ))
+        }
+    }
+}
+
+/// Operator input naming a row: its UUID, message id or dedupe key.
+pub(crate) fn parse_uuid(s: &str) -> Option<Uuid> {
+    Uuid::parse_str(s.trim()).ok()
+}
+
+/// What an operator action may do from each state (shared by both backends
+/// so that they refuse the same things with the same message).
+pub(crate) fn not_allowed(row: &OutboxRow, action: &'static str) -> StoreError {
+    StoreError::NotAllowed {
+        id: row.id,
+        state: row.state,
+        action,
+    }
+}

@@ -1,0 +1,638 @@
+//! PostgreSQL backend: claims with `FOR UPDATE SKIP LOCKED` so replicas
+//! never wait on each other's rows, batched outcomes through
+//! `jsonb_to_recordset`, and wake-ups by `LISTEN status_outbox`.
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::{
+    not_allowed, parse_uuid, AssignId, ClaimParams, Completion, EnqueueParams, Enqueued,
+    ListParams, Result, Schedule, Store, StoreError, SummaryRow, Transition,
+};
+use crate::model::{Attempt, OutboxRow, State};
+
+const COLS: &str = "id, instance, kind, payload::text AS payload, dedupe_key, message_id, state, \
+    priority, not_before, attempts, next_attempt_at, lease_owner, lease_expires_at, \
+    reconcile_attempts, parked_at, provider_id, last_error, last_http_status, created_at, \
+    updated_at, posted_at";
+
+/// The channel the migration's trigger notifies.
+pub const CHANNEL: &str = "status_outbox";
+
+#[derive(Clone, Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    wake: Arc<watch::Sender<u64>>,
+    listener_started: Arc<Mutex<bool>>,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<PgStore> {
+        let opts = PgConnectOptions::from_str(url)?.application_name("statusd");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_with(opts)
+            .await?;
+        Ok(PgStore {
+            pool,
+            wake: Arc::new(watch::Sender::new(0)),
+            listener_started: Arc::new(Mutex::new(false)),
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn fetch_rows(
+        &self,
+        q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<OutboxRow>> {
+        q.fetch_all(&self.pool).await?.iter().map(row).collect()
+    }
+
+    async fn operator_update(
+        &self,
+        id: Uuid,
+        action: &'static str,
+        sql: &str,
+    ) -> Result<OutboxRow> {
+        let r = sqlx::query(sql).bind(id).fetch_optional(&self.pool).await?;
+        match r {
+            Some(r) => row(&r),
+            None => match self.get(id).await? {
+                Some(current) => Err(not_allowed(&current, action)),
+                None => Err(StoreError::NotFound(id.to_string())),
+            },
+        }
+    }
+
+    async fn transition(&self, from: State, ts: &[Transition], done: &[Completion]) -> Result<u64> {
+        if ts.is_empty() {
+            return Ok(0);
+        }
+        let items: Vec<serde_json::Value> = ts
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "id": t.id,
+                    "attempt": t.attempt,
+                    "to": t.to.as_str(),
+                    "provider_id": t.provider_id,
+                    "error": t.error,
+                    "http": t.http_status,
+                    "delay": t.delay.as_millis() as i64,
+                    "bump": t.bump_reconcile as i32,
+                    "park": t.park,
+                    "refund": t.refund_attempt as i32,
+                })
+            })
+            .collect();
+        let mut tx = self.pool.begin().await?;
+        let applied: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE status_outbox o SET
+                state = u.to,
+                provider_id = COALESCE(u.provider_id, o.provider_id),
+                last_error = u.error,
+                last_http_status = u.http,
+                next_attempt_at = now() + u.delay * interval '1 millisecond',
+                attempts = o.attempts - u.refund,
+                reconcile_attempts = CASE WHEN u.to = 'in_doubt'
+                    THEN o.reconcile_attempts + u.bump ELSE 0 END,
+                parked_at = CASE WHEN u.park THEN now() END,
+                posted_at = CASE WHEN u.to = 'posted' THEN now() ELSE o.posted_at END,
+                lease_owner = NULL,
+                lease_expires_at = NULL,
+                updated_at = now()
+             FROM jsonb_to_recordset($1::jsonb) AS u(id uuid, attempt int, \"to\" text,
+                  provider_id text, error text, http int, delay bigint, bump int, park boolean,
+                  refund int)
+             WHERE o.id = u.id AND o.state = $2 AND o.attempts = u.attempt
+             RETURNING o.id",
+        )
+        .bind(serde_json::Value::Array(items))
+        .bind(from.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let applied: std::collections::HashSet<Uuid> = applied.into_iter().collect();
+        // History records the attempts whose fence held; a stale worker's
+        // late answer changed nothing and is not an attempt of this row.
+        let done: Vec<&Completion> = done
+            .iter()
+            .filter(|c| applied.contains(&c.transition.id))
+            .collect();
+        if !done.is_empty() {
+            let hist: Vec<serde_json::Value> = done
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "id": c.transition.id,
+                        "attempt": c.transition.attempt,
+                        "started": c.started_at,
+                        "latency": c.latency.as_millis() as i64,
+                        "outcome": c.outcome,
+                        "http": c.transition.http_status,
+                        "error": c.transition.error,
+                    })
+                })
+                .collect();
+            sqlx::query(
+                "INSERT INTO status_attempts
+                    (status_id, attempt, started_at, finished_at, outcome, http_status, latency_ms, error)
+                 SELECT h.id, h.attempt, h.started, h.started + h.latency * interval '1 millisecond',
+                        h.outcome, h.http, h.latency, h.error
+                 FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, attempt int, started timestamptz,
+                      latency bigint, outcome text, http int, error text)
+                 WHERE EXISTS (SELECT 1 FROM status_outbox o WHERE o.id = h.id)",
+            )
+            .bind(serde_json::Value::Array(hist))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(applied.len() as u64)
+    }
+
+    /// Keeps one `LISTEN` connection open and bumps the wake signal on every
+    /// notification. `PgListener::recv` reconnects after a dropped
+    /// connection; the bump after a reconnect makes workers look for work
+    /// they may have missed while it was down.
+    fn start_listener(&self) {
+        let mut started = self
+            .listener_started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *started {
+            return;
+        }
+        *started = true;
+        let pool = self.pool.clone();
+        let wake = Arc::downgrade(&self.wake);
+        tokio::spawn(async move {
+            loop {
+                let mut listener = match PgListener::connect_with(&pool).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN connection failed; polling until it is back");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if wake.strong_count() == 0 {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                if let Err(e) = listener.listen(CHANNEL).await {
+                    tracing::warn!(error = %e, "LISTEN failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                loop {
+                    let got = listener.try_recv().await;
+                    let Some(tx) = wake.upgrade() else { return };
+                    match got {
+                        Ok(Some(_)) => {
+                            tx.send_modify(|n| *n = n.wrapping_add(1));
+                        }
+                        Ok(None) => {
+                            // Connection lost; the next try_recv reconnects.
+                            tracing::warn!("LISTEN connection lost; reconnecting");
+                            tx.send_modify(|n| *n = n.wrapping_add(1));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "LISTEN connection failed; reconnecting");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn row(r: &PgRow) -> Result<OutboxRow> {
+    let state: String = r.try_get("state")?;
+    Ok(OutboxRow {
+        id: r.try_get("id")?,
+        instance: r.try_get("instance")?,
+        kind: r.try_get("kind")?,
+        payload: r.try_get("payload")?,
+        dedupe_key: r.try_get("dedupe_key")?,
+        message_id: r.try_get("message_id")?,
+        state: State::from_str(&state).map_err(StoreError::Invalid)?,
+        priority: r.try_get("priority")?,
+        not_before: r.try_get("not_before")?,
+        attempts: r.try_get("attempts")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        lease_owner: r.try_get("lease_owner")?,
+        lease_expires_at: r.try_get("lease_expires_at")?,
+        reconcile_attempts: r.try_get("reconcile_attempts")?,
+        parked_at: r.try_get("parked_at")?,
+        provider_id: r.try_get("provider_id")?,
+        last_error: r.try_get("last_error")?,
+        last_http_status: r.try_get("last_http_status")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        posted_at: r.try_get("posted_at")?,
+    })
+}
+
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("migrations/postgres")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn enqueue(&self, p: EnqueueParams) -> Result<Enqueued> {
+        let id = p.id.unwrap_or_else(Uuid::now_v7);
+        // The payload goes in as text and is cast, so malformed JSON is a
+        // clear insert error naming the column, as for upstream apps.
+        let inserted: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO status_outbox (id, instance, kind, payload, dedupe_key, priority, not_before)
+             VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
+             ON CONFLICT (dedupe_key) DO NOTHING
+             RETURNING id",
+        )
+        .bind(id)
+        .bind(&p.instance)
+        .bind(&p.kind)
+        .bind(&p.payload)
+        .bind(&p.dedupe_key)
+        .bind(p.priority)
+        .bind(p.not_before)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(id) = inserted {
+            return Ok(Enqueued { id, inserted: true });
+        }
+        let existing: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM status_outbox WHERE dedupe_key = $1")
+                .bind(&p.dedupe_key)
+                .fetch_optional(&self.pool)
+                .await?;
+        existing
+            .map(|id| Enqueued {
+                id,
+                inserted: false,
+            })
+            .ok_or_else(|| {
+                StoreError::Invalid("insert ignored but no row holds its dedupe_key".into())
+            })
+    }
+
+    async fn enqueue_many(&self, p: &[EnqueueParams]) -> Result<u64> {
+        if p.is_empty() {
+            return Ok(0);
+        }
+        Ok(sqlx::query(
+            "INSERT INTO status_outbox (id, instance, kind, payload, dedupe_key, priority, not_before)
+             SELECT e.id, e.instance, e.kind, e.payload::jsonb, e.dedupe_key, e.priority,
+                    to_timestamp(e.not_before / 1000.0)
+             FROM jsonb_to_recordset($1::jsonb) AS e(id uuid, instance text, kind text,
+                  payload text, dedupe_key text, priority int, not_before bigint)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(super::enqueue_batch_json(p))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn queued(&self, limit: i64) -> Result<Vec<OutboxRow>> {
+        let sql = format!(
+            "SELECT {COLS} FROM status_outbox WHERE state = 'queued' ORDER BY created_at LIMIT $1"
+        );
+        self.fetch_rows(sqlx::query(&sql).bind(limit)).await
+    }
+
+    async fn assign_message_ids(&self, ids: &[AssignId]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let row_ids: Vec<Uuid> = ids.iter().map(|a| a.id).collect();
+        let mids: Vec<&str> = ids.iter().map(|a| a.message_id.as_str()).collect();
+        Ok(sqlx::query(
+            "UPDATE status_outbox o SET state = 'pending_upload', message_id = u.mid,
+                    next_attempt_at = now(), updated_at = now()
+             FROM unnest($1::uuid[], $2::text[]) AS u(id, mid)
+             WHERE o.id = u.id AND o.state = 'queued'",
+        )
+        .bind(&row_ids)
+        .bind(&mids)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn mark_invalid(&self, id: Uuid, error: &str) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE status_outbox SET state = 'invalid', last_error = $2, updated_at = now()
+             WHERE id = $1 AND state = 'queued'",
+        )
+        .bind(id)
+        .bind(error)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1)
+    }
+
+    async fn claim(&self, p: ClaimParams) -> Result<Vec<OutboxRow>> {
+        let sql = format!(
+            "WITH due AS (
+                SELECT id FROM status_outbox
+                WHERE state = 'pending_upload'
+                  AND next_attempt_at <= now()
+                  AND (not_before IS NULL OR not_before <= now())
+                  AND instance <> ALL($3::text[])
+                ORDER BY priority DESC, created_at
+                LIMIT $4
+                FOR UPDATE SKIP LOCKED)
+             UPDATE status_outbox o SET state = 'uploading', attempts = o.attempts + 1,
+                    lease_owner = $1, lease_expires_at = now() + $2 * interval '1 millisecond',
+                    updated_at = now()
+             FROM due WHERE o.id = due.id
+             RETURNING {}",
+            COLS.split(", ")
+                .map(|c| if c.contains(' ') {
+                    c.replacen("payload", "o.payload", 1)
+                } else {
+                    format!("o.{c}")
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let mut rows = self
+            .fetch_rows(
+                sqlx::query(&sql)
+                    .bind(&p.owner)
+                    .bind(p.lease.as_millis() as i64)
+                    .bind(&p.skip_instances)
+                    .bind(p.limit),
+            )
+            .await?;
+        rows.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.created_at.cmp(&b.created_at))
+        });
+        Ok(rows)
+    }
+
+    async fn complete(&self, done: &[Completion]) -> Result<u64> {
+        let ts: Vec<Transition> = done.iter().map(|c| c.transition.clone()).collect();
+        self.transition(State::Uploading, &ts, done).await
+    }
+
+    async fn rescue_expired(&self, limit: i64, settle: Duration) -> Result<Vec<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "WITH expired AS (
+                SELECT id FROM status_outbox
+                WHERE state = 'uploading' AND lease_expires_at < now()
+                ORDER BY lease_expires_at LIMIT $1
+                FOR UPDATE SKIP LOCKED)
+             UPDATE status_outbox o SET state = 'in_doubt',
+                    last_error = 'lease expired (the daemon stopped mid-call)',
+                    next_attempt_at = now() + $2 * interval '1 millisecond',
+                    reconcile_attempts = 0, lease_owner = NULL, lease_expires_at = NULL,
+                    updated_at = now()
+             FROM expired WHERE o.id = expired.id
+             RETURNING o.id",
+        )
+        .bind(limit)
+        .bind(settle.as_millis() as i64)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn due_in_doubt(&self, limit: i64) -> Result<Vec<OutboxRow>> {
+        let sql = format!(
+            "SELECT {COLS} FROM status_outbox
+             WHERE state = 'in_doubt' AND parked_at IS NULL AND next_attempt_at <= now()
+             ORDER BY next_attempt_at LIMIT $1"
+        );
+        self.fetch_rows(sqlx::query(&sql).bind(limit)).await
+    }
+
+    async fn resolve_in_doubt(&self, ts: &[Transition]) -> Result<u64> {
+        self.transition(State::InDoubt, ts, &[]).await
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<OutboxRow>> {
+        let sql = format!("SELECT {COLS} FROM status_outbox WHERE id = $1");
+        Ok(self.fetch_rows(sqlx::query(&sql).bind(id)).await?.pop())
+    }
+
+    async fn find(&self, key: &str) -> Result<Option<OutboxRow>> {
+        let sql = format!(
+            "SELECT {COLS} FROM status_outbox
+             WHERE id = $1 OR message_id = $2 OR dedupe_key = $2 LIMIT 1"
+        );
+        Ok(self
+            .fetch_rows(sqlx::query(&sql).bind(parse_uuid(key)).bind(key.trim()))
+            .await?
+            .pop())
+    }
+
+    async fn attempts(&self, id: Uuid) -> Result<Vec<Attempt>> {
+        let rows = sqlx::query(
+            "SELECT attempt, started_at, finished_at, outcome, http_status, latency_ms, error
+             FROM status_attempts WHERE status_id = $1 ORDER BY attempt, started_at",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Attempt {
+                    status_id: id,
+                    attempt: r.try_get("attempt")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                    outcome: r.try_get("outcome")?,
+                    http_status: r.try_get("http_status")?,
+                    latency_ms: r.try_get("latency_ms")?,
+                    error: r.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list(&self, p: ListParams) -> Result<Vec<OutboxRow>> {
+        let sql = format!(
+            "SELECT {COLS} FROM status_outbox
+             WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR instance = $2)
+               AND ($3::timestamptz IS NULL OR created_at >= $3)
+             ORDER BY created_at DESC LIMIT $4"
+        );
+        self.fetch_rows(
+            sqlx::query(&sql)
+                .bind(p.state.map(|s| s.as_str()))
+                .bind(p.instance)
+                .bind(p.since)
+                .bind(p.limit),
+        )
+        .await
+    }
+
+    async fn summary(&self) -> Result<Vec<SummaryRow>> {
+        let rows = sqlx::query(
+            "SELECT instance, state, count, oldest_age_secs FROM status_outbox_summary
+             ORDER BY instance, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.try_get("state")?;
+                Ok(SummaryRow {
+                    instance: r.try_get("instance")?,
+                    state: State::from_str(&state).map_err(StoreError::Invalid)?,
+                    count: r.try_get("count")?,
+                    oldest_age_secs: r.try_get("oldest_age_secs")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn retry(&self, id: Uuid) -> Result<OutboxRow> {
+        let sql = format!(
+            "UPDATE status_outbox SET
+                state = CASE
+                    WHEN state = 'in_doubt' THEN 'in_doubt'
+                    WHEN message_id IS NULL THEN 'queued'
+                    ELSE 'pending_upload' END,
+                parked_at = NULL, reconcile_attempts = 0,
+                attempts = CASE WHEN state = 'in_doubt' THEN attempts ELSE 0 END,
+                next_attempt_at = now(), last_error = NULL, updated_at = now()
+             WHERE id = $1 AND (state IN ('failed', 'invalid', 'cancelled')
+                                OR (state = 'in_doubt' AND parked_at IS NOT NULL))
+             RETURNING {COLS}"
+        );
+        self.operator_update(id, "retry", &sql).await
+    }
+
+    async fn force_resend(&self, id: Uuid) -> Result<OutboxRow> {
+        let sql = format!(
+            "UPDATE status_outbox SET state = 'pending_upload', parked_at = NULL,
+                reconcile_attempts = 0, next_attempt_at = now(),
+                last_error = 'operator forced a re-send', updated_at = now()
+             WHERE id = $1 AND state = 'in_doubt'
+             RETURNING {COLS}"
+        );
+        self.operator_update(id, "force-resend", &sql).await
+    }
+
+    async fn cancel(&self, id: Uuid) -> Result<OutboxRow> {
+        let sql = format!(
+            "UPDATE status_outbox SET state = 'cancelled', parked_at = NULL,
+                last_error = 'cancelled by an operator', updated_at = now()
+             WHERE id = $1 AND state IN ('queued', 'pending_upload', 'in_doubt')
+             RETURNING {COLS}"
+        );
+        self.operator_update(id, "cancel", &sql).await
+    }
+
+    async fn mark_deleted(&self, id: Uuid) -> Result<OutboxRow> {
+        let sql = format!(
+            "UPDATE status_outbox SET state = 'deleted', updated_at = now()
+             WHERE id = $1 AND state = 'posted'
+             RETURNING {COLS}"
+        );
+        self.operator_update(id, "delete", &sql).await
+    }
+
+    async fn purge_terminal(&self, older_than: Duration, limit: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM status_outbox WHERE id IN (
+                SELECT id FROM status_outbox
+                WHERE state IN ('posted', 'failed', 'invalid', 'cancelled', 'deleted')
+                  AND updated_at < now() - $1 * interval '1 millisecond'
+                LIMIT $2)",
+        )
+        .bind(older_than.as_millis() as i64)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn add_schedule(&self, s: &Schedule) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO status_schedules (id, name, cron, timezone, instance, kind, payload, enabled)
+             VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)",
+        )
+        .bind(s.id)
+        .bind(&s.name)
+        .bind(&s.cron)
+        .bind(&s.timezone)
+        .bind(&s.instance)
+        .bind(&s.kind)
+        .bind(&s.payload)
+        .bind(s.enabled)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>> {
+        let rows = sqlx::query(
+            "SELECT id, name, cron, timezone, instance, kind, payload::text AS payload, enabled
+             FROM status_schedules ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Schedule {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    cron: r.try_get("cron")?,
+                    timezone: r.try_get("timezone")?,
+                    instance: r.try_get("instance")?,
+                    kind: r.try_get("kind")?,
+                    payload: r.try_get("payload")?,
+                    enabled: r.try_get("enabled")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_schedule(&self, name_or_id: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("DELETE FROM status_schedules WHERE name = $1 OR id = $2")
+                .bind(name_or_id)
+                .bind(parse_uuid(name_or_id))
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0,
+        )
+    }
+
+    async fn now(&self) -> Result<DateTime<Utc>> {
+        Ok(sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.start_listener();
+        self.wake.subscribe()
+    }
+}

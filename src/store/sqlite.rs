@@ -1,0 +1,622 @@
+//! SQLite backend: one file, WAL mode, `busy_timeout`, multi-statement
+//! writes in `BEGIN IMMEDIATE` so two writers never deadlock on a lock
+//! upgrade. Times are integer milliseconds of the database clock.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+use uuid::Uuid;
+
+use super::{
+    not_allowed, parse_uuid, AssignId, ClaimParams, Completion, EnqueueParams, Enqueued,
+    ListParams, Result, Schedule, Store, StoreError, SummaryRow, Transition,
+};
+use crate::model::{Attempt, OutboxRow, State};
+
+/// The database clock in milliseconds (works on every SQLite an upstream app
+/// may use, unlike `unixepoch('subsec')`).
+const NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+
+/// `payload` is read as bytes: rows written by other programs may hold text
+/// that is not UTF-8, and such a row must still be read to be marked invalid.
+const COLS: &str = "id, instance, kind, CAST(payload AS BLOB) AS payload, dedupe_key, message_id, state, priority, \
+    not_before, attempts, next_attempt_at, lease_owner, lease_expires_at, reconcile_attempts, \
+    parked_at, provider_id, last_error, last_http_status, created_at, updated_at, posted_at";
+
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    /// Never signalled: SQLite has no notifications, workers poll.
+    wake: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file named by `url`.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<SqliteStore> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed message id survives power loss, not just kill -9.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_with(opts)
+            .await?;
+        Ok(SqliteStore {
+            pool,
+            wake: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+        })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn fetch_rows(&self, sql: &str, binds: Vec<Bind>) -> Result<Vec<OutboxRow>> {
+        let mut q = sqlx::query(sql);
+        for b in binds {
+            q = match b {
+                Bind::I(v) => q.bind(v),
+                Bind::S(v) => q.bind(v),
+            };
+        }
+        q.fetch_all(&self.pool).await?.iter().map(row).collect()
+    }
+
+    /// Runs an operator transition and explains a refusal.
+    async fn operator_update(
+        &self,
+        id: Uuid,
+        action: &'static str,
+        sql: &str,
+    ) -> Result<OutboxRow> {
+        let r = sqlx::query(sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        match r {
+            Some(r) => row(&r),
+            None => match self.get(id).await? {
+                Some(current) => Err(not_allowed(&current, action)),
+                None => Err(StoreError::NotFound(id.to_string())),
+            },
+        }
+    }
+
+    async fn transition(&self, from: State, ts: &[Transition], done: &[Completion]) -> Result<u64> {
+        if ts.is_empty() {
+            return Ok(0);
+        }
+        let items: Vec<serde_json::Value> = ts
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "id": t.id.to_string(),
+                    "attempt": t.attempt,
+                    "to": t.to.as_str(),
+                    "provider_id": t.provider_id,
+                    "error": t.error,
+                    "http": t.http_status,
+                    "delay": t.delay.as_millis() as i64,
+                    "bump": t.bump_reconcile as i32,
+                    "park": t.park as i32,
+                    "refund": t.refund_attempt as i32,
+                })
+            })
+            .collect();
+        let sql = format!(
+            "UPDATE status_outbox SET
+                state = u.value ->> 'to',
+                provider_id = COALESCE(u.value ->> 'provider_id', status_outbox.provider_id),
+                last_error = u.value ->> 'error',
+                last_http_status = u.value ->> 'http',
+                next_attempt_at = {NOW} + (u.value ->> 'delay'),
+                attempts = status_outbox.attempts - (u.value ->> 'refund'),
+                reconcile_attempts = CASE WHEN u.value ->> 'to' = 'in_doubt'
+                    THEN status_outbox.reconcile_attempts + (u.value ->> 'bump') ELSE 0 END,
+                parked_at = CASE WHEN u.value ->> 'park' = 1 THEN {NOW} END,
+                posted_at = CASE WHEN u.value ->> 'to' = 'posted' THEN {NOW}
+                    ELSE status_outbox.posted_at END,
+                lease_owner = NULL,
+                lease_expires_at = NULL,
+                updated_at = {NOW}
+             FROM json_each(?1) AS u
+             WHERE status_outbox.id = u.value ->> 'id'
+               AND status_outbox.state = ?2
+               AND status_outbox.attempts = u.value ->> 'attempt'
+             RETURNING status_outbox.id"
+        );
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let applied: Vec<String> = sqlx::query_scalar(&sql)
+            .bind(serde_json::Value::Array(items).to_string())
+            .bind(from.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+        let applied: std::collections::HashSet<Uuid> =
+            applied.iter().filter_map(|s| parse_uuid(s)).collect();
+        // History records the attempts whose fence held; a stale worker's
+        // late answer changed nothing and is not an attempt of this row.
+        let done: Vec<&Completion> = done
+            .iter()
+            .filter(|c| applied.contains(&c.transition.id))
+            .collect();
+        if !done.is_empty() {
+            let hist: Vec<serde_json::Value> = done
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "id": c.transition.id.to_string(),
+                        "attempt": c.transition.attempt,
+                        "started": c.started_at.timestamp_millis(),
+                        "latency": c.latency.as_millis() as i64,
+                        "outcome": c.outcome,
+                        "http": c.transition.http_status,
+                        "error": c.transition.error,
+                    })
+                })
+                .collect();
+            sqlx::query(
+                "INSERT INTO status_attempts
+                    (status_id, attempt, started_at, finished_at, outcome, http_status, latency_ms, error)
+                 SELECT h.value ->> 'id', h.value ->> 'attempt', h.value ->> 'started',
+                        (h.value ->> 'started') + (h.value ->> 'latency'), h.value ->> 'outcome',
+                        h.value ->> 'http', h.value ->> 'latency', h.value ->> 'error'
+                 FROM json_each(?1) AS h
+                 WHERE EXISTS (SELECT 1 FROM status_outbox o WHERE o.id = h.value ->> 'id')",
+            )
+            .bind(serde_json::Value::Array(hist).to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(applied.len() as u64)
+    }
+}
+
+enum Bind {
+    I(i64),
+    S(String),
+}
+
+fn ms(v: Option<i64>) -> Option<DateTime<Utc>> {
+    v.and_then(|m| Utc.timestamp_millis_opt(m).single())
+}
+
+fn payload_text(raw: Vec<u8>) -> String {
+    String::from_utf8(raw).unwrap_or_else(|e| {
+        format!(
+            "{}{}",
+            crate::model::NOT_UTF8_MARKER,
+            String::from_utf8_lossy(e.as_bytes())
+        )
+    })
+}
+
+fn row(r: &SqliteRow) -> Result<OutboxRow> {
+    let id: String = r.try_get("id")?;
+    let state: String = r.try_get("state")?;
+    Ok(OutboxRow {
+        id: Uuid::parse_str(&id)
+            .map_err(|e| StoreError::Invalid(format!("row id `{id}` is not a UUID: {e}")))?,
+        instance: r.try_get("instance")?,
+        kind: r.try_get("kind")?,
+        payload: payload_text(r.try_get("payload")?),
+        dedupe_key: r.try_get("dedupe_key")?,
+        message_id: r.try_get("message_id")?,
+        state: State::from_str(&state).map_err(StoreError::Invalid)?,
+        priority: r.try_get("priority")?,
+        not_before: ms(r.try_get("not_before")?),
+        attempts: r.try_get("attempts")?,
+        next_attempt_at: ms(r.try_get("next_attempt_at")?),
+        lease_owner: r.try_get("lease_owner")?,
+        lease_expires_at: ms(r.try_get("lease_expires_at")?),
+        reconcile_attempts: r.try_get("reconcile_attempts")?,
+        parked_at: ms(r.try_get("parked_at")?),
+        provider_id: r.try_get("provider_id")?,
+        last_error: r.try_get("last_error")?,
+        last_http_status: r.try_get("last_http_status")?,
+        created_at: ms(r.try_get("created_at")?).unwrap_or_default(),
+        updated_at: ms(r.try_get("updated_at")?).unwrap_or_default(),
+        posted_at: ms(r.try_get("posted_at")?),
+    })
+}
+
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn enqueue(&self, p: EnqueueParams) -> Result<Enqueued> {
+        let id = p.id.unwrap_or_else(Uuid::now_v7);
+        let inserted = sqlx::query(
+            "INSERT INTO status_outbox (id, instance, kind, payload, dedupe_key, priority, not_before)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (dedupe_key) DO NOTHING",
+        )
+        .bind(id.to_string())
+        .bind(&p.instance)
+        .bind(&p.kind)
+        .bind(&p.payload)
+        .bind(&p.dedupe_key)
+        .bind(p.priority)
+        .bind(p.not_before.map(|t| t.timestamp_millis()))
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1;
+        if inserted {
+            return Ok(Enqueued { id, inserted });
+        }
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT id FROM status_outbox WHERE dedupe_key = ?1")
+                .bind(&p.dedupe_key)
+                .fetch_optional(&self.pool)
+                .await?;
+        match existing.as_deref().and_then(parse_uuid) {
+            Some(id) => Ok(Enqueued {
+                id,
+                inserted: false,
+            }),
+            None => Err(StoreError::Invalid(
+                "insert ignored but no row holds its dedupe_key".into(),
+            )),
+        }
+    }
+
+    async fn enqueue_many(&self, p: &[EnqueueParams]) -> Result<u64> {
+        if p.is_empty() {
+            return Ok(0);
+        }
+        Ok(sqlx::query(
+            "INSERT INTO status_outbox (id, instance, kind, payload, dedupe_key, priority, not_before)
+             SELECT e.value ->> 'id', e.value ->> 'instance', e.value ->> 'kind',
+                    e.value ->> 'payload', e.value ->> 'dedupe_key', e.value ->> 'priority',
+                    e.value ->> 'not_before'
+             FROM json_each(?1) AS e WHERE true
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(super::enqueue_batch_json(p))
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    async fn queued(&self, limit: i64) -> Result<Vec<OutboxRow>> {
+        let sql = format!(
+            "SELECT {COLS} FROM status_outbox WHERE state = 'queued' ORDER BY created_at LIMIT ?1"
+        );
+        self.fetch_rows(&sql, vec![Bind::I(limit)]).await
+    }
+
+    async fn assign_message_ids(&self, ids: &[AssignId]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let items: Vec<serde_json::Value> = ids
+            .iter()
+            .map(|a| serde_json::json!([a.id.to_string(), a.message_id]))
+            .collect();
+        let sql = format!(
+            "UPDATE status_outbox SET state = 'pending_upload', message_id = u.value ->> 1,
+                    next_attempt_at = 0, updated_at = {NOW}
+             FROM json_each(?1) AS u
+             WHERE status_outbox.id = u.value ->> 0 AND status_outbox.state = 'queued'"
+        );
+        Ok(sqlx::query(&sql)
+            .bind(serde_json::Value::Array(items).to_string())
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    async fn mark_invalid(&self, id: Uuid, error: &str) -> Result<bool> {
+        let sql = format!(
+            "UPDATE status_outbox SET state = 'invalid', last_error = ?2, updated_at = {NOW}
+             WHERE id = ?1 AND state = 'queued'"
+        );
+        Ok(sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(error)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1)
+    }
+
+    async fn claim(&self, p: ClaimParams) -> Result<Vec<OutboxRow>> {
+        // One statement: SQLite's write lock makes the select-and-update
+        // atomic, so two claimers never lease the same row.
+        let sql = format!(
+            "UPDATE status_outbox SET state = 'uploading', attempts = attempts + 1,
+                    lease_owner = ?1, lease_expires_at = {NOW} + ?2, updated_at = {NOW}
+             WHERE id IN (
+                SELECT id FROM status_outbox
+                WHERE state = 'pending_upload'
+                  AND next_attempt_at <= {NOW}
+                  AND (not_before IS NULL OR not_before <= {NOW})
+                  AND instance NOT IN (SELECT value FROM json_each(?3))
+                ORDER BY priority DESC, created_at
+                LIMIT ?4)
+             AND state = 'pending_upload'
+             RETURNING {COLS}"
+        );
+        let skip = serde_json::to_string(&p.skip_instances).unwrap_or_else(|_| "[]".into());
+        let mut rows = self
+            .fetch_rows(
+                &sql,
+                vec![
+                    Bind::S(p.owner),
+                    Bind::I(p.lease.as_millis() as i64),
+                    Bind::S(skip),
+                    Bind::I(p.limit),
+                ],
+            )
+            .await?;
+        // RETURNING order is unspecified; keep FIFO within a batch.
+        rows.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.created_at.cmp(&b.created_at))
+        });
+        Ok(rows)
+    }
+
+    async fn complete(&self, done: &[Completion]) -> Result<u64> {
+        let ts: Vec<Transition> = done.iter().map(|c| c.transition.clone()).collect();
+        self.transition(State::Uploading, &ts, done).await
+    }
+
+    async fn rescue_expired(&self, limit: i64, settle: Duration) -> Result<Vec<Uuid>> {
+        let sql = format!(
+            "UPDATE status_outbox SET state = 'in_doubt',
+                    last_error = 'lease expired (the daemon stopped mid-call)',
+                    next_attempt_at = {NOW} + ?2, reconcile_attempts = 0,
+                    lease_owner = NULL, lease_expires_at = NULL, updated_at = {NOW}
+             WHERE id IN (SELECT id FROM status_outbox
+                          WHERE state = 'uploading' AND lease_expires_at < {NOW}
+                          ORDER BY lease_expires_at LIMIT ?1)
+               AND state = 'uploading' AND lease_expires_at < {NOW}
+             RETURNING id"
+        );
+        let ids: Vec<String> = sqlx::query_scalar(&sql)
+            .bind(limit)
+            .bind(settle.as_millis() as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids.iter().filter_map(|s| parse_uuid(s)).collect())
+    }
+
+    async fn due_in_doubt(&self, limit: i64) -> Result<Vec<OutboxRow>> {
+        let sql = format!(
+            "SELECT {COLS} FROM status_outbox
+             WHERE state = 'in_doubt' AND parked_at IS NULL AND next_attempt_at <= {NOW}
+             ORDER BY next_attempt_at LIMIT ?1"
+        );
+        self.fetch_rows(&sql, vec![Bind::I(limit)]).await
+    }
+
+    async fn resolve_in_doubt(&self, ts: &[Transition]) -> Result<u64> {
+        self.transition(State::InDoubt, ts, &[]).await
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<OutboxRow>> {
+        let sql = format!("SELECT {COLS} FROM status_outbox WHERE id = ?1");
+        Ok(self
+            .fetch_rows(&sql, vec![Bind::S(id.to_string())])
+            .await?
+            .pop())
+    }
+
+    async fn find(&self, key: &str) -> Result<Option<OutboxRow>> {
+        let sql = format!(
+            "SELECT {COLS} FROM status_outbox WHERE id = ?1 OR message_id = ?2 OR dedupe_key = ?2 LIMIT 1"
+        );
+        let id = parse_uuid(key).map(|u| u.to_string()).unwrap_or_default();
+        Ok(self
+            .fetch_rows(&sql, vec![Bind::S(id), Bind::S(key.trim().to_string())])
+            .await?
+            .pop())
+    }
+
+    async fn attempts(&self, id: Uuid) -> Result<Vec<Attempt>> {
+        let rows = sqlx::query(
+            "SELECT attempt, started_at, finished_at, outcome, http_status, latency_ms, error
+             FROM status_attempts WHERE status_id = ?1 ORDER BY attempt, started_at",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Attempt {
+                    status_id: id,
+                    attempt: r.try_get("attempt")?,
+                    started_at: ms(r.try_get("started_at")?).unwrap_or_default(),
+                    finished_at: ms(r.try_get("finished_at")?).unwrap_or_default(),
+                    outcome: r.try_get("outcome")?,
+                    http_status: r.try_get("http_status")?,
+                    latency_ms: r.try_get("latency_ms")?,
+                    error: r.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list(&self, p: ListParams) -> Result<Vec<OutboxRow>> {
+        let sql = format!(
+            "SELECT {COLS} FROM status_outbox
+             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR instance = ?2)
+               AND (?3 IS NULL OR created_at >= ?3)
+             ORDER BY created_at DESC LIMIT ?4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(p.state.map(|s| s.as_str()))
+            .bind(p.instance)
+            .bind(p.since.map(|t| t.timestamp_millis()))
+            .bind(p.limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(row).collect()
+    }
+
+    async fn summary(&self) -> Result<Vec<SummaryRow>> {
+        let rows = sqlx::query(
+            "SELECT instance, state, count, oldest_age_secs FROM status_outbox_summary
+             ORDER BY instance, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let state: String = r.try_get("state")?;
+                Ok(SummaryRow {
+                    instance: r.try_get("instance")?,
+                    state: State::from_str(&state).map_err(StoreError::Invalid)?,
+                    count: r.try_get("count")?,
+                    oldest_age_secs: r.try_get("oldest_age_secs")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn retry(&self, id: Uuid) -> Result<OutboxRow> {
+        let sql = format!(
+            "UPDATE status_outbox SET
+                state = CASE
+                    WHEN state = 'in_doubt' THEN 'in_doubt'
+                    WHEN message_id IS NULL THEN 'queued'
+                    ELSE 'pending_upload' END,
+                parked_at = NULL, reconcile_attempts = 0,
+                attempts = CASE WHEN state = 'in_doubt' THEN attempts ELSE 0 END,
+                next_attempt_at = 0, last_error = NULL, updated_at = {NOW}
+             WHERE id = ?1 AND (state IN ('failed', 'invalid', 'cancelled')
+                                OR (state = 'in_doubt' AND parked_at IS NOT NULL))
+             RETURNING {COLS}"
+        );
+        self.operator_update(id, "retry", &sql).await
+    }
+
+    async fn force_resend(&self, id: Uuid) -> Result<OutboxRow> {
+        let sql = format!(
+            "UPDATE status_outbox SET state = 'pending_upload', parked_at = NULL,
+                reconcile_attempts = 0, next_attempt_at = 0,
+                last_error = 'operator forced a re-send', updated_at = {NOW}
+             WHERE id = ?1 AND state = 'in_doubt'
+             RETURNING {COLS}"
+        );
+        self.operator_update(id, "force-resend", &sql).await
+    }
+
+    async fn cancel(&self, id: Uuid) -> Result<OutboxRow> {
+        let sql = format!(
+            "UPDATE status_outbox SET state = 'cancelled', parked_at = NULL,
+                last_error = 'cancelled by an operator', updated_at = {NOW}
+             WHERE id = ?1 AND state IN ('queued', 'pending_upload', 'in_doubt')
+             RETURNING {COLS}"
+        );
+        self.operator_update(id, "cancel", &sql).await
+    }
+
+    async fn mark_deleted(&self, id: Uuid) -> Result<OutboxRow> {
+        let sql = format!(
+            "UPDATE status_outbox SET state = 'deleted', updated_at = {NOW}
+             WHERE id = ?1 AND state = 'posted'
+             RETURNING {COLS}"
+        );
+        self.operator_update(id, "delete", &sql).await
+    }
+
+    async fn purge_terminal(&self, older_than: Duration, limit: i64) -> Result<u64> {
+        let sql = format!(
+            "DELETE FROM status_outbox WHERE id IN (
+                SELECT id FROM status_outbox
+                WHERE state IN ('posted', 'failed', 'invalid', 'cancelled', 'deleted')
+                  AND updated_at < {NOW} - ?1
+                LIMIT ?2)"
+        );
+        Ok(sqlx::query(&sql)
+            .bind(older_than.as_millis() as i64)
+            .bind(limit)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    async fn add_schedule(&self, s: &Schedule) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO status_schedules (id, name, cron, timezone, instance, kind, payload, enabled)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(s.id.to_string())
+        .bind(&s.name)
+        .bind(&s.cron)
+        .bind(&s.timezone)
+        .bind(&s.instance)
+        .bind(&s.kind)
+        .bind(&s.payload)
+        .bind(s.enabled)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn schedules(&self) -> Result<Vec<Schedule>> {
+        let rows = sqlx::query(
+            "SELECT id, name, cron, timezone, instance, kind, payload, enabled
+             FROM status_schedules ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("id")?;
+                Ok(Schedule {
+                    id: parse_uuid(&id).unwrap_or_default(),
+                    name: r.try_get("name")?,
+                    cron: r.try_get("cron")?,
+                    timezone: r.try_get("timezone")?,
+                    instance: r.try_get("instance")?,
+                    kind: r.try_get("kind")?,
+                    payload: r.try_get("payload")?,
+                    enabled: r.try_get("enabled")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn remove_schedule(&self, name_or_id: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("DELETE FROM status_schedules WHERE name = ?1 OR id = ?1")
+                .bind(name_or_id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected()
+                > 0,
+        )
+    }
+
+    async fn now(&self) -> Result<DateTime<Utc>> {
+        let m: i64 = sqlx::query_scalar(&format!("SELECT {NOW}"))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(ms(Some(m)).unwrap_or_default())
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+}

@@ -1,0 +1,4 @@
+//! All integration tests build into one binary (one module per feature).
+
+mod store;
+mod support;

@@ -1,0 +1,558 @@
+//! The `Store` contract, run against SQLite and PostgreSQL alike.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use statusd::model::{State, StatusBody};
+use statusd::store::{
+    AssignId, ClaimParams, Completion, EnqueueParams, ListParams, Schedule, Store, StoreError,
+    Transition,
+};
+use uuid::Uuid;
+
+use crate::support::{exec_raw, text, TestDb};
+
+crate::both_backends!(
+    dedupe_key_makes_second_enqueue_a_noop,
+    ids_are_assigned_once_and_claims_lease,
+    claim_honours_priority_not_before_and_paused_instances,
+    completion_is_fenced_by_state_and_attempt,
+    retry_waits_for_its_backoff,
+    in_doubt_rows_are_reconciled_parked_and_unparked,
+    expired_leases_are_rescued_and_stale_workers_fenced_out,
+    operator_actions_follow_the_state_machine,
+    concurrent_claimers_never_share_a_row,
+    upstream_sql_insert_is_the_public_contract,
+    bad_rows_are_readable_and_stay_queued_until_marked,
+    summary_purge_and_schedules,
+);
+
+fn claim(owner: &str, limit: i64) -> ClaimParams {
+    ClaimParams {
+        owner: owner.into(),
+        limit,
+        lease: Duration::from_secs(60),
+        skip_instances: vec![],
+    }
+}
+
+/// Enqueues `n` rows and gives each a message id; returns their ids.
+async fn pending<S: Store>(s: &S, n: usize) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(s.enqueue(text("main", i)).await.unwrap().id);
+    }
+    let assign: Vec<AssignId> = ids
+        .iter()
+        .map(|id| AssignId {
+            id: *id,
+            message_id: statusd::provider::ids::local_message_id(),
+        })
+        .collect();
+    assert_eq!(s.assign_message_ids(&assign).await.unwrap(), n as u64);
+    ids
+}
+
+fn done(t: Transition) -> Completion {
+    Completion {
+        transition: t,
+        started_at: chrono::Utc::now(),
+        latency: Duration::from_millis(12),
+        outcome: "test".into(),
+    }
+}
+
+async fn dedupe_key_makes_second_enqueue_a_noop<S: Store>(s: S, _db: &TestDb) {
+    let mut p = text("main", 1);
+    p.dedupe_key = Some("order-42".into());
+    let a = s.enqueue(p.clone()).await.unwrap();
+    assert!(a.inserted);
+    p.payload = r#"{"text":"different"}"#.into();
+    let b = s.enqueue(p.clone()).await.unwrap();
+    assert!(!b.inserted);
+    assert_eq!(a.id, b.id);
+    let row = s.get(a.id).await.unwrap().unwrap();
+    assert!(row.payload.contains("status number 1"), "first insert wins");
+    // The batch insert skips present keys too.
+    let mut q = text("main", 2);
+    q.dedupe_key = Some("order-43".into());
+    assert_eq!(s.enqueue_many(&[p, q.clone()]).await.unwrap(), 1);
+    assert_eq!(s.enqueue_many(&[q]).await.unwrap(), 0);
+    assert_eq!(
+        s.find("order-43").await.unwrap().unwrap().state,
+        State::Queued
+    );
+}
+
+async fn ids_are_assigned_once_and_claims_lease<S: Store>(s: S, _db: &TestDb) {
+    let id = s.enqueue(text("main", 1)).await.unwrap().id;
+    assert!(
+        s.claim(claim("w1", 10)).await.unwrap().is_empty(),
+        "no id, no claim"
+    );
+    let q = s.queued(10).await.unwrap();
+    assert_eq!(q.len(), 1);
+    let a = AssignId {
+        id,
+        message_id: "3EB0AAAAAAAAAAAAAAAAAAAA".into(),
+    };
+    assert_eq!(s.assign_message_ids(&[a.clone()]).await.unwrap(), 1);
+    let again = AssignId {
+        id,
+        message_id: "3EB0BBBBBBBBBBBBBBBBBBBB".into(),
+    };
+    assert_eq!(
+        s.assign_message_ids(&[again]).await.unwrap(),
+        0,
+        "an id is assigned once"
+    );
+    let rows = s.claim(claim("w1", 10)).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    assert_eq!(r.state, State::Uploading);
+    assert_eq!(r.attempts, 1);
+    assert_eq!(r.message_id.as_deref(), Some("3EB0AAAAAAAAAAAAAAAAAAAA"));
+    assert_eq!(r.lease_owner.as_deref(), Some("w1"));
+    let now = s.now().await.unwrap();
+    let exp = r.lease_expires_at.unwrap();
+    assert!(
+        exp > now + chrono::Duration::seconds(50) && exp <= now + chrono::Duration::seconds(61)
+    );
+    assert!(
+        s.claim(claim("w2", 10)).await.unwrap().is_empty(),
+        "leased rows are not claimed twice"
+    );
+    // A second row may not reuse the id.
+    let other = s.enqueue(text("main", 2)).await.unwrap().id;
+    let dup = AssignId {
+        id: other,
+        message_id: "3EB0AAAAAAAAAAAAAAAAAAAA".into(),
+    };
+    assert!(
+        s.assign_message_ids(&[dup]).await.is_err(),
+        "message ids are unique"
+    );
+}
+
+async fn claim_honours_priority_not_before_and_paused_instances<S: Store>(s: S, _db: &TestDb) {
+    let low = s.enqueue(text("main", 1)).await.unwrap().id;
+    let mut hp = text("main", 2);
+    hp.priority = 5;
+    let high = s.enqueue(hp).await.unwrap().id;
+    let mut later = text("main", 3);
+    later.not_before = Some(chrono::Utc::now() + chrono::Duration::hours(1));
+    let later = s.enqueue(later).await.unwrap().id;
+    let paused = s.enqueue(text("other", 4)).await.unwrap().id;
+    let assign: Vec<AssignId> = [low, high, later, paused]
+        .iter()
+        .map(|id| AssignId {
+            id: *id,
+            message_id: statusd::provider::ids::local_message_id(),
+        })
+        .collect();
+    s.assign_message_ids(&assign).await.unwrap();
+    let mut p = claim("w", 10);
+    p.skip_instances = vec!["other".into()];
+    let got: Vec<Uuid> = s.claim(p).await.unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(
+        got,
+        vec![high, low],
+        "priority first, then FIFO; not_before and paused skipped"
+    );
+    let got: Vec<Uuid> = s
+        .claim(claim("w", 10))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(got, vec![paused]);
+}
+
+async fn completion_is_fenced_by_state_and_attempt<S: Store>(s: S, _db: &TestDb) {
+    let ids = pending(&s, 2).await;
+    let rows = s.claim(claim("w", 10)).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let mut posted = Transition::new(ids[0], 1, State::Posted);
+    posted.provider_id = Some("3EB0PROV".into());
+    let mut stale = Transition::new(ids[1], 7, State::Posted);
+    stale.provider_id = Some("nope".into());
+    assert_eq!(
+        s.complete(&[done(posted.clone()), done(stale)])
+            .await
+            .unwrap(),
+        1
+    );
+    let r0 = s.get(ids[0]).await.unwrap().unwrap();
+    assert_eq!(r0.state, State::Posted);
+    assert_eq!(r0.provider_id.as_deref(), Some("3EB0PROV"));
+    assert!(r0.posted_at.is_some() && r0.lease_owner.is_none());
+    assert_eq!(
+        s.get(ids[1]).await.unwrap().unwrap().state,
+        State::Uploading
+    );
+    // Completing a posted row again changes nothing: posted is final.
+    let mut failed = posted.clone();
+    failed.to = State::Failed;
+    assert_eq!(s.complete(&[done(failed)]).await.unwrap(), 0);
+    assert_eq!(s.get(ids[0]).await.unwrap().unwrap().state, State::Posted);
+    let hist = s.attempts(ids[0]).await.unwrap();
+    assert_eq!(hist.len(), 1);
+    assert_eq!(hist[0].attempt, 1);
+    assert_eq!(hist[0].latency_ms, 12);
+}
+
+async fn retry_waits_for_its_backoff<S: Store>(s: S, _db: &TestDb) {
+    let ids = pending(&s, 1).await;
+    s.claim(claim("w", 1)).await.unwrap();
+    let mut t = Transition::new(ids[0], 1, State::PendingUpload);
+    t.delay = Duration::from_millis(400);
+    t.error = Some("429 rate limited".into());
+    t.http_status = Some(429);
+    assert_eq!(s.complete(&[done(t)]).await.unwrap(), 1);
+    assert!(
+        s.claim(claim("w", 1)).await.unwrap().is_empty(),
+        "not before its backoff"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = s.claim(claim("w", 1)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 2);
+    assert_eq!(again[0].last_http_status, Some(429));
+    // Instance down gives the attempt back.
+    let mut t = Transition::new(ids[0], 2, State::PendingUpload);
+    t.refund_attempt = true;
+    s.complete(&[done(t)]).await.unwrap();
+    assert_eq!(s.get(ids[0]).await.unwrap().unwrap().attempts, 1);
+}
+
+async fn in_doubt_rows_are_reconciled_parked_and_unparked<S: Store>(s: S, _db: &TestDb) {
+    let ids = pending(&s, 3).await;
+    s.claim(claim("w", 10)).await.unwrap();
+    let to_doubt: Vec<Completion> = ids
+        .iter()
+        .map(|id| {
+            let mut t = Transition::new(*id, 1, State::InDoubt);
+            t.error = Some("timeout".into());
+            done(t)
+        })
+        .collect();
+    assert_eq!(s.complete(&to_doubt).await.unwrap(), 3);
+    let due = s.due_in_doubt(10).await.unwrap();
+    assert_eq!(due.len(), 3);
+    // Present → posted; absent → pending_upload with the same id; failed look-up → bumped.
+    let mut present = Transition::new(ids[0], 1, State::Posted);
+    present.provider_id = Some("P".into());
+    let absent = Transition::new(ids[1], 1, State::PendingUpload);
+    let mut unknown = Transition::new(ids[2], 1, State::InDoubt);
+    unknown.bump_reconcile = true;
+    unknown.delay = Duration::from_secs(60);
+    assert_eq!(
+        s.resolve_in_doubt(&[present, absent, unknown])
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(s.get(ids[0]).await.unwrap().unwrap().state, State::Posted);
+    let r1 = s.get(ids[1]).await.unwrap().unwrap();
+    assert_eq!(r1.state, State::PendingUpload);
+    let again = s.claim(claim("w", 10)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].message_id, r1.message_id,
+        "re-sent with the same id"
+    );
+    let r2 = s.get(ids[2]).await.unwrap().unwrap();
+    assert_eq!((r2.state, r2.reconcile_attempts), (State::InDoubt, 1));
+    assert!(
+        s.due_in_doubt(10).await.unwrap().is_empty(),
+        "waits for its look-up backoff"
+    );
+    // Park, then an operator retry un-parks it for another look-up.
+    let mut park = Transition::new(ids[2], 1, State::InDoubt);
+    park.park = true;
+    park.error = Some("look-up unavailable 10 times".into());
+    assert_eq!(s.resolve_in_doubt(&[park]).await.unwrap(), 1);
+    let parked = s.get(ids[2]).await.unwrap().unwrap();
+    assert!(parked.parked_at.is_some());
+    let retried = s.retry(ids[2]).await.unwrap();
+    assert_eq!(retried.state, State::InDoubt);
+    assert!(retried.parked_at.is_none());
+    assert_eq!(s.due_in_doubt(10).await.unwrap().len(), 1);
+    let forced = s.force_resend(ids[2]).await.unwrap();
+    assert_eq!(forced.state, State::PendingUpload);
+    assert_eq!(forced.message_id, parked.message_id);
+}
+
+async fn expired_leases_are_rescued_and_stale_workers_fenced_out<S: Store>(s: S, _db: &TestDb) {
+    let ids = pending(&s, 1).await;
+    let mut p = claim("dead", 1);
+    p.lease = Duration::from_millis(50);
+    assert_eq!(s.claim(p).await.unwrap().len(), 1);
+    assert!(
+        s.rescue_expired(10, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "lease still live"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(s.rescue_expired(10, Duration::ZERO).await.unwrap(), ids);
+    let r = s.get(ids[0]).await.unwrap().unwrap();
+    assert_eq!(r.state, State::InDoubt);
+    assert!(r.lease_owner.is_none());
+    // The dead worker's late answer cannot overwrite the rescue.
+    let late = Transition::new(ids[0], 1, State::PendingUpload);
+    assert_eq!(s.complete(&[done(late)]).await.unwrap(), 0);
+    assert_eq!(s.get(ids[0]).await.unwrap().unwrap().state, State::InDoubt);
+}
+
+async fn operator_actions_follow_the_state_machine<S: Store>(s: S, _db: &TestDb) {
+    let ids = pending(&s, 2).await;
+    let missing = Uuid::now_v7();
+    assert!(matches!(
+        s.cancel(missing).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(matches!(
+        s.retry(ids[0]).await,
+        Err(StoreError::NotAllowed {
+            state: State::PendingUpload,
+            ..
+        })
+    ));
+    let c = s.cancel(ids[0]).await.unwrap();
+    assert_eq!(c.state, State::Cancelled);
+    assert!(s
+        .claim(claim("w", 10))
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.id != ids[0]));
+    // ids[1] was claimed by the line above; uploading rows are not cancellable.
+    let e = s.cancel(ids[1]).await.unwrap_err();
+    assert!(e.to_string().contains("uploading"), "{e}");
+    let mut f = Transition::new(ids[1], 1, State::Failed);
+    f.error = Some("400 caption too long".into());
+    s.complete(&[done(f)]).await.unwrap();
+    let r = s.retry(ids[1]).await.unwrap();
+    assert_eq!((r.state, r.attempts), (State::PendingUpload, 0));
+    let r = s.retry(ids[0]).await.unwrap();
+    assert_eq!(
+        r.state,
+        State::PendingUpload,
+        "a cancelled row with an id goes back to pending"
+    );
+    let rows = s.claim(claim("w", 10)).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let mut p = Transition::new(ids[0], 1, State::Posted);
+    p.provider_id = Some("x".into());
+    s.complete(&[done(p)]).await.unwrap();
+    assert!(matches!(
+        s.cancel(ids[0]).await,
+        Err(StoreError::NotAllowed { .. })
+    ));
+    assert_eq!(s.mark_deleted(ids[0]).await.unwrap().state, State::Deleted);
+    assert!(s.mark_deleted(ids[0]).await.is_err());
+    // A queued row cancelled without an id is re-validated on retry.
+    let q = s.enqueue(text("main", 9)).await.unwrap().id;
+    s.cancel(q).await.unwrap();
+    assert_eq!(s.retry(q).await.unwrap().state, State::Queued);
+}
+
+async fn concurrent_claimers_never_share_a_row<S: Store>(s: S, _db: &TestDb) {
+    const N: usize = 10_000;
+    let batch: Vec<EnqueueParams> = (0..N).map(|i| text("main", i)).collect();
+    assert_eq!(s.enqueue_many(&batch).await.unwrap(), N as u64);
+    let queued = s.queued(N as i64).await.unwrap();
+    let assign: Vec<AssignId> = queued
+        .iter()
+        .map(|r| AssignId {
+            id: r.id,
+            message_id: statusd::provider::ids::local_message_id(),
+        })
+        .collect();
+    assert_eq!(s.assign_message_ids(&assign).await.unwrap(), N as u64);
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let rows = s.claim(claim(&format!("w{w}"), 50)).await.unwrap();
+                if rows.is_empty() {
+                    break;
+                }
+                let comps: Vec<Completion> = rows
+                    .iter()
+                    .map(|r| {
+                        let mut t = Transition::new(r.id, r.attempts, State::Posted);
+                        t.provider_id = r.message_id.clone();
+                        done(t)
+                    })
+                    .collect();
+                assert_eq!(s.complete(&comps).await.unwrap(), rows.len() as u64);
+                mine.extend(rows.into_iter().map(|r| r.id));
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    let mut busy = 0;
+    for t in tasks {
+        let mine = t.await.unwrap();
+        busy += usize::from(!mine.is_empty());
+        all.extend(mine);
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), N, "every row claimed");
+    assert_eq!(unique.len(), N, "no row claimed twice");
+    assert!(busy >= 2, "claimers really ran side by side");
+    let posted = s
+        .list(ListParams {
+            state: Some(State::Posted),
+            limit: 20_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(posted.len(), N);
+}
+
+async fn upstream_sql_insert_is_the_public_contract<S: Store>(s: S, db: &TestDb) {
+    // The README's insert, inside the app's own transaction, run twice.
+    let sql = r#"BEGIN;
+        INSERT INTO status_outbox (instance, kind, payload, dedupe_key)
+        VALUES ('main', 'text', '{"text": "Fresh bread at 7"}', 'bakery-2026-11-25')
+        ON CONFLICT (dedupe_key) DO NOTHING;
+        COMMIT;"#;
+    exec_raw(db, sql).await.unwrap();
+    exec_raw(db, sql).await.unwrap();
+    let rows = s.queued(10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0];
+    assert_eq!(r.state, State::Queued);
+    assert_eq!(r.dedupe_key.as_deref(), Some("bakery-2026-11-25"));
+    assert!(StatusBody::parse(&r.kind, &r.payload).is_ok());
+    let age = s.now().await.unwrap() - r.created_at;
+    assert!(age < chrono::Duration::seconds(60) && age > chrono::Duration::seconds(-5));
+    // A rolled-back insert leaves nothing behind.
+    exec_raw(db, r#"BEGIN; INSERT INTO status_outbox (instance, kind, payload) VALUES ('main','text','{"text":"x"}'); ROLLBACK;"#).await.unwrap();
+    assert_eq!(s.queued(10).await.unwrap().len(), 1);
+    // The schema refuses what it can: unknown kind, unknown state, an id-less pending row.
+    assert!(exec_raw(
+        db,
+        r#"INSERT INTO status_outbox (instance, kind, payload) VALUES ('main','gif','{}')"#
+    )
+    .await
+    .is_err());
+    assert!(exec_raw(db, r#"INSERT INTO status_outbox (instance, kind, payload, state) VALUES ('main','text','{}','done')"#).await.is_err());
+    assert!(exec_raw(db, r#"INSERT INTO status_outbox (instance, kind, payload, state) VALUES ('main','text','{}','pending_upload')"#).await.is_err());
+}
+
+async fn bad_rows_are_readable_and_stay_queued_until_marked<S: Store>(s: S, db: &TestDb) {
+    let sqlite = db.url.starts_with("sqlite:");
+    let bad = [
+        r#"INSERT INTO status_outbox (instance, kind, payload) VALUES ('main','text','{"caption":"no text"}')"#,
+        r#"INSERT INTO status_outbox (instance, kind, payload) VALUES ('main','image','{"file":{"url":"http://insecure/x.jpg","mimetype":"image/jpeg"}}')"#,
+        r#"INSERT INTO status_outbox (instance, kind, payload) VALUES ('main','text','"just a string"')"#,
+    ];
+    for b in bad {
+        exec_raw(db, b).await.unwrap();
+    }
+    if sqlite {
+        // SQLite stores whatever bytes it is given.
+        exec_raw(db, "INSERT INTO status_outbox (instance, kind, payload) VALUES ('main','text',CAST(X'7B2274657874223A22C328227D' AS TEXT))").await.unwrap();
+        exec_raw(db, "INSERT INTO status_outbox (instance, kind, payload) VALUES ('main','text','{not json')").await.unwrap();
+    } else {
+        let e = exec_raw(db, "INSERT INTO status_outbox (instance, kind, payload) VALUES ('main','text','{not json')").await.unwrap_err();
+        assert!(
+            e.to_string().contains("json"),
+            "PostgreSQL rejects malformed JSON at insert: {e}"
+        );
+    }
+    let rows = s.queued(100).await.unwrap();
+    assert_eq!(rows.len(), if sqlite { 5 } else { 3 });
+    let mut fields = Vec::new();
+    for r in &rows {
+        let e = StatusBody::parse(&r.kind, &r.payload).unwrap_err();
+        fields.push(e.field.clone());
+        assert!(s.mark_invalid(r.id, &e.to_string()).await.unwrap());
+        let after = s.get(r.id).await.unwrap().unwrap();
+        assert_eq!(after.state, State::Invalid);
+        assert!(after.last_error.unwrap().starts_with(&e.field));
+    }
+    assert!(fields.contains(&"payload.text".to_string()));
+    assert!(fields.contains(&"payload.file.url".to_string()));
+    if sqlite {
+        assert!(
+            fields.iter().filter(|f| *f == "payload").count() >= 2,
+            "{fields:?}"
+        );
+    }
+    assert!(s.queued(100).await.unwrap().is_empty());
+}
+
+async fn summary_purge_and_schedules<S: Store>(s: S, _db: &TestDb) {
+    let ids = pending(&s, 3).await;
+    s.enqueue(text("second", 99)).await.unwrap();
+    s.cancel(ids[2]).await.unwrap();
+    let sum = s.summary().await.unwrap();
+    let get = |inst: &str, st: State| {
+        sum.iter()
+            .find(|r| r.instance == inst && r.state == st)
+            .map(|r| r.count)
+    };
+    assert_eq!(get("main", State::PendingUpload), Some(2));
+    assert_eq!(get("main", State::Cancelled), Some(1));
+    assert_eq!(get("second", State::Queued), Some(1));
+    let oldest = sum
+        .iter()
+        .find(|r| r.state == State::PendingUpload)
+        .unwrap()
+        .oldest_age_secs;
+    assert!(oldest.unwrap() >= 0.0);
+    assert!(sum
+        .iter()
+        .find(|r| r.state == State::Cancelled)
+        .unwrap()
+        .oldest_age_secs
+        .is_none());
+    assert_eq!(
+        s.purge_terminal(Duration::from_secs(3600), 100)
+            .await
+            .unwrap(),
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(
+        s.purge_terminal(Duration::from_millis(10), 100)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(s.get(ids[2]).await.unwrap().is_none());
+    assert!(
+        s.get(ids[0]).await.unwrap().is_some(),
+        "live rows are never purged"
+    );
+
+    let sched = Schedule {
+        id: Uuid::now_v7(),
+        name: "morning".into(),
+        cron: "0 0 8 * * *".into(),
+        timezone: "Europe/Berlin".into(),
+        instance: "main".into(),
+        kind: "text".into(),
+        payload: r#"{"text":"Good morning"}"#.into(),
+        enabled: true,
+    };
+    s.add_schedule(&sched).await.unwrap();
+    assert!(s.add_schedule(&sched).await.is_err(), "names are unique");
+    let all = s.schedules().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].timezone, "Europe/Berlin");
+    assert!(serde_json::from_str::<serde_json::Value>(&all[0].payload).is_ok());
+    assert!(s.remove_schedule("morning").await.unwrap());
+    assert!(!s.remove_schedule("morning").await.unwrap());
+}
