@@ -21,3 +21,6 @@ pub mod model;
 pub mod provider;
 pub mod sim;
 pub mod store;
+pub mod cli;
+pub mod daemon;
+pub mod demo;
