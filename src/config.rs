@@ -61,7 +61,15 @@ pub struct DaemonSettings {
     /// Most rows claimed or assigned in one statement.
     pub batch_size: usize,
     pub lease_secs: u64,
+    /// How often idle workers look for work without a notification
+    /// (SQLite always; PostgreSQL only uses `fallback_poll_ms`).
     pub poll_interval_ms: u64,
+    /// PostgreSQL: poll this often in case a notification was missed.
+    pub fallback_poll_ms: u64,
+    /// How often the reconciler looks for due in-doubt rows.
+    pub reconcile_interval_ms: u64,
+    /// How often expired leases are rescued.
+    pub rescue_interval_ms: u64,
     /// Retryable outcomes allowed before a row becomes `failed`.
     pub max_attempts: i32,
     pub retry_base_ms: u64,
@@ -89,6 +97,9 @@ impl Default for DaemonSettings {
             batch_size: 128,
             lease_secs: 60,
             poll_interval_ms: 500,
+            fallback_poll_ms: 5000,
+            reconcile_interval_ms: 2000,
+            rescue_interval_ms: 5000,
             max_attempts: 10,
             retry_base_ms: 1000,
             retry_max_ms: 300_000,

@@ -16,11 +16,12 @@
 //! - [`admin`]: the admin HTTP API, metrics and dashboard.
 //! - [`cli`]: the operator's command line (the binary is a thin wrapper).
 
+pub mod admin;
+pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod demo;
 pub mod model;
 pub mod provider;
 pub mod sim;
 pub mod store;
-pub mod cli;
-pub mod daemon;
-pub mod demo;

@@ -6,3 +6,6 @@ pub fn local_message_id() -> String {
     let hex: String = b.iter().map(|x| format!("{x:02X}")).collect();
     format!("3EB0{hex}")
 }
+pub fn is_well_formed(id: &str) -> bool {
+    id.starts_with("3EB0")
+}

@@ -269,7 +269,7 @@ pub(crate) fn parse_uuid(s: &str) -> Option<Uuid> {
 
 /// What an operator action may do from each state (shared by both backends
 /// so that they refuse the same things with the same message).
-pub(crate) fn not_allowed(row: &OutboxRow, action: &'static str) -> StoreError {
+pub fn not_allowed(row: &OutboxRow, action: &'static str) -> StoreError {
     StoreError::NotAllowed {
         id: row.id,
         state: row.state,

@@ -1,0 +1,417 @@
+//! The admin HTTP server (axum): `/healthz`, `/readyz`, `/metrics`
+//! (Prometheus), the JSON API under `/v1` and the dashboard. It binds
+//! loopback by default; everything but health and metrics needs the bearer
+//! token `admin.token`.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State as AxState};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AdminSettings;
+use crate::daemon::Ctx;
+use crate::model::{State, StatusBody};
+use crate::provider::Provider;
+use crate::store::{EnqueueParams, ListParams, Store, StoreError};
+
+/// The process-wide Prometheus recorder (installed once, shared by every
+/// server in the process, e.g. in tests).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("duration_seconds".into()),
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    ],
+                )
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first; then our
+            // page is empty but nothing breaks.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+pub struct AdminServer<S, P> {
+    listener: tokio::net::TcpListener,
+    app: Router,
+    ctx: Arc<Ctx<S, P>>,
+}
+
+struct App<S, P> {
+    ctx: Arc<Ctx<S, P>>,
+    token: Option<SecretString>,
+    metrics: PrometheusHandle,
+    shutting_down: CancellationToken,
+}
+
+type Shared<S, P> = Arc<App<S, P>>;
+
+impl<S: Store, P: Provider> AdminServer<S, P> {
+    pub async fn bind(settings: &AdminSettings, ctx: Arc<Ctx<S, P>>) -> anyhow::Result<Self> {
+        let addr: SocketAddr = settings
+            .bind
+            .parse()
+            .map_err(|e| anyhow::anyhow!("admin.bind `{}`: {e}", settings.bind))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("admin.bind {addr}: {e}"))?;
+        let app = Arc::new(App {
+            ctx: ctx.clone(),
+            token: settings.token.clone(),
+            metrics: metrics_handle(),
+            shutting_down: CancellationToken::new(),
+        });
+        Ok(AdminServer {
+            listener,
+            app: router(app),
+            ctx,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let gauges = tokio::spawn(refresh_gauges(self.ctx.clone(), shutdown.clone()));
+        let res = axum::serve(self.listener, self.app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        gauges.abort();
+        res.map_err(Into::into)
+    }
+}
+
+fn router<S: Store, P: Provider>(app: Shared<S, P>) -> Router {
+    let api = Router::new()
+        .route("/v1/statuses", get(list::<S, P>).post(enqueue::<S, P>))
+        .route("/v1/statuses/{id}", get(show::<S, P>))
+        .route("/v1/statuses/{id}/retry", post(retry::<S, P>))
+        .route("/v1/statuses/{id}/cancel", post(cancel::<S, P>))
+        .route("/v1/statuses/{id}/delete", post(delete::<S, P>))
+        .route("/v1/stats", get(stats::<S, P>))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            require_token::<S, P>,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz::<S, P>))
+        .route("/metrics", get(metrics_page::<S, P>))
+        .route("/", get(dashboard))
+        .merge(api)
+        .with_state(app)
+}
+
+/// An API error: status code and a message naming what is wrong.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let code = match &e {
+            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::NotAllowed { .. } => StatusCode::CONFLICT,
+            StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+/// Compares without an early exit, so the token can't be guessed by timing.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = &app.token else {
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            "the admin API is disabled until admin.token is configured".into(),
+        )
+        .into_response();
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same(given.as_bytes(), token.expose_secret().as_bytes()) {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+async fn readyz<S: Store, P: Provider>(AxState(app): AxState<Shared<S, P>>) -> Response {
+    if app.shutting_down.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+    }
+    match tokio::time::timeout(Duration::from_secs(2), app.ctx.store.ping()).await {
+        Ok(Ok(())) => "ready".into_response(),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database: ping timed out").into_response(),
+    }
+}
+
+async fn metrics_page<S: Store, P: Provider>(AxState(app): AxState<Shared<S, P>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    instance: Option<String>,
+    since: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `30s`, `15m`, `2h`, `7d` or an RFC 3339 time.
+pub fn parse_since(
+    s: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num.parse().map_err(|_| {
+        format!("since: `{s}` is not a duration like 30m, 2h, 7d or an RFC 3339 time")
+    })?;
+    let d = match unit {
+        "s" => chrono::Duration::seconds(n),
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => {
+            return Err(format!(
+                "since: `{s}` is not a duration like 30m, 2h, 7d or an RFC 3339 time"
+            ))
+        }
+    };
+    Ok(now - d)
+}
+
+async fn list<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let state = q
+        .state
+        .as_deref()
+        .map(State::from_str)
+        .transpose()
+        .map_err(|e| bad(format!("state: {e}")))?;
+    let since = q
+        .since
+        .as_deref()
+        .map(|s| parse_since(s, chrono::Utc::now()))
+        .transpose()
+        .map_err(bad)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return Err(bad("limit: must be from 1 to 10000"));
+    }
+    let rows = app
+        .ctx
+        .store
+        .list(ListParams {
+            state,
+            instance: q.instance,
+            since,
+            limit,
+        })
+        .await?;
+    Ok(Json(rows).into_response())
+}
+
+async fn show<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let row = app
+        .ctx
+        .store
+        .find(&id)
+        .await?
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no status with id {id}")))?;
+    let attempts = app.ctx.store.attempts(row.id).await?;
+    Ok(Json(serde_json::json!({ "status": row, "attempts": attempts })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnqueueBody {
+    instance: String,
+    kind: String,
+    payload: serde_json::Value,
+    dedupe_key: Option<String>,
+    #[serde(default)]
+    priority: i32,
+    not_before: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+async fn enqueue<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+    body: Result<Json<EnqueueBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(b) = body.map_err(|e| bad(e.body_text()))?;
+    if !app.ctx.instances.contains_key(&b.instance) {
+        return Err(bad(format!(
+            "instance: `{}` is not a configured instance",
+            b.instance
+        )));
+    }
+    let payload = b.payload.to_string();
+    StatusBody::parse(&b.kind, &payload).map_err(|e| bad(e.to_string()))?;
+    let e = app
+        .ctx
+        .store
+        .enqueue(EnqueueParams {
+            id: None,
+            instance: b.instance,
+            kind: b.kind,
+            payload,
+            dedupe_key: b.dedupe_key,
+            priority: b.priority,
+            not_before: b.not_before,
+        })
+        .await?;
+    app.ctx.work.notify_waiters();
+    let code = if e.inserted {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(e)).into_response())
+}
+
+#[derive(Deserialize)]
+struct RetryQuery {
+    #[serde(default)]
+    force_resend: bool,
+}
+
+async fn resolve_id<S: Store, P: Provider>(
+    app: &App<S, P>,
+    key: &str,
+) -> Result<uuid::Uuid, ApiError> {
+    Ok(app
+        .ctx
+        .store
+        .find(key)
+        .await?
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no status with id {key}")))?
+        .id)
+}
+
+async fn retry<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+    Path(key): Path<String>,
+    Query(q): Query<RetryQuery>,
+) -> Result<Response, ApiError> {
+    let id = resolve_id(&app, &key).await?;
+    let row = if q.force_resend {
+        app.ctx.store.force_resend(id).await?
+    } else {
+        app.ctx.store.retry(id).await?
+    };
+    app.ctx.work.notify_waiters();
+    Ok(Json(row).into_response())
+}
+
+async fn cancel<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = resolve_id(&app, &key).await?;
+    Ok(Json(app.ctx.store.cancel(id).await?).into_response())
+}
+
+async fn delete<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    match crate::daemon::delete_status(&app.ctx, &key).await {
+        Ok(row) => Ok(Json(row).into_response()),
+        Err(crate::daemon::DeleteError::Store(e)) => Err(e.into()),
+        Err(e @ crate::daemon::DeleteError::Provider(_)) => {
+            Err(ApiError(StatusCode::BAD_GATEWAY, e.to_string()))
+        }
+    }
+}
+
+async fn stats<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+) -> Result<Response, ApiError> {
+    Ok(Json(app.ctx.store.summary().await?).into_response())
+}
+
+/// Keeps the outbox-depth gauges current.
+async fn refresh_gauges<S: Store, P: Provider>(ctx: Arc<Ctx<S, P>>, shutdown: CancellationToken) {
+    let every = Duration::from_secs(15);
+    loop {
+        if let Ok(rows) = ctx.store.summary().await {
+            let mut oldest: std::collections::HashMap<&str, f64> = Default::default();
+            for r in &rows {
+                metrics::gauge!("statusd_outbox_rows", "instance" => r.instance.clone(), "state" => r.state.as_str())
+                    .set(r.count as f64);
+                if let Some(age) = r.oldest_age_secs {
+                    let e = oldest.entry(&r.instance).or_insert(0.0);
+                    *e = e.max(age);
+                }
+            }
+            for name in ctx.instances.keys() {
+                metrics::gauge!("statusd_outbox_oldest_pending_age_seconds", "instance" => name.clone())
+                    .set(oldest.get(name.as_str()).copied().unwrap_or(0.0));
+            }
+        }
+        tokio::select! { _ = tokio::time::sleep(every) => {}, _ = shutdown.cancelled() => return }
+    }
+}

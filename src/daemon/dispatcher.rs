@@ -1,0 +1,312 @@
+//! Claims due `pending_upload` rows in batches sized to the free send slots,
+//! sends each through its instance's rate limiter, and writes the outcomes
+//! in batches. Leases are committed before any HTTP call and outcomes are
+//! fenced by attempt (rules 2 and 3).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::{backoff, Ctx};
+use crate::model::{OutboxRow, State, StatusBody};
+use crate::provider::{OutgoingStatus, Provider, SendOutcome};
+use crate::store::{ClaimParams, Completion, Store, Transition};
+
+pub async fn run<S: Store, P: Provider>(
+    ctx: Arc<Ctx<S, P>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let slots = Arc::new(Semaphore::new(ctx.settings.concurrency));
+    let (tx, rx) = mpsc::channel::<Completion>(ctx.settings.concurrency * 4);
+    let writer = tokio::spawn(outcome_writer(ctx.clone(), rx));
+    let prober = tokio::spawn(probe_paused(ctx.clone(), shutdown.clone()));
+    let in_flight = TaskTracker::new();
+    // Cancelled after the grace period: in-flight calls stop and their rows
+    // are recorded as in doubt.
+    let hard_stop = CancellationToken::new();
+    let mut wake = ctx.store.subscribe();
+    let mut failures = 0;
+
+    while !shutdown.is_cancelled() {
+        let free = slots.available_permits();
+        if free == 0 {
+            tokio::select! {
+                p = slots.acquire() => drop(p),
+                _ = shutdown.cancelled() => break,
+            }
+            continue;
+        }
+        let params = ClaimParams {
+            owner: ctx.owner.clone(),
+            limit: free.min(ctx.settings.batch_size) as i64,
+            lease: ctx.settings.lease(),
+            skip_instances: ctx.paused_instances(),
+        };
+        let rows = match ctx.store.claim(params).await {
+            Ok(rows) => {
+                failures = 0;
+                rows
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "dispatcher: claim failed; retrying");
+                let d = backoff(failures, Duration::from_millis(100), Duration::from_secs(5));
+                tokio::select! { _ = tokio::time::sleep(d) => {}, _ = shutdown.cancelled() => {} }
+                continue;
+            }
+        };
+        if rows.is_empty() {
+            ctx.idle(&mut wake, &shutdown).await;
+            continue;
+        }
+        metrics::counter!("statusd_transitions_total", "to" => "uploading")
+            .increment(rows.len() as u64);
+        for row in rows {
+            // Never fails: we claimed no more rows than there were free slots.
+            let permit = slots.clone().acquire_owned().await?;
+            let span = tracing::info_span!("send", row_id = %row.id, message_id = row.message_id.as_deref().unwrap_or(""), instance = %row.instance, attempt = row.attempts);
+            let (ctx, tx, hard_stop) = (ctx.clone(), tx.clone(), hard_stop.clone());
+            in_flight.spawn(
+                async move {
+                    let c = send_one(&ctx, &row, &hard_stop).await;
+                    drop(permit);
+                    // The writer outlives every sender; if it is gone the
+                    // row stays leased and is rescued, never lost.
+                    let _ = tx.send(c).await;
+                }
+                .instrument(span),
+            );
+        }
+    }
+
+    in_flight.close();
+    let grace = Duration::from_secs(ctx.settings.shutdown_grace_secs);
+    if !in_flight.is_empty() {
+        tracing::info!(
+            in_flight = in_flight.len(),
+            grace_secs = grace.as_secs(),
+            "waiting for in-flight sends"
+        );
+    }
+    if tokio::time::timeout(grace, in_flight.wait()).await.is_err() {
+        tracing::warn!(
+            in_flight = in_flight.len(),
+            "grace period over: cancelling in-flight sends (their rows go to in_doubt)"
+        );
+        hard_stop.cancel();
+        in_flight.wait().await;
+    }
+    drop(tx);
+    let _ = writer.await;
+    prober.abort();
+    Ok(())
+}
+
+/// Sends one claimed row and turns the outcome into a fenced transition.
+async fn send_one<S: Store, P: Provider>(
+    ctx: &Ctx<S, P>,
+    row: &OutboxRow,
+    hard_stop: &CancellationToken,
+) -> Completion {
+    let started_at = chrono::Utc::now();
+    let t0 = Instant::now();
+    let outcome = match (ctx.instances.get(&row.instance), row.message_id.as_deref()) {
+        (None, _) => SendOutcome::InstanceDown {
+            reason: format!("instance `{}` is not configured", row.instance),
+            http_status: None,
+        },
+        (_, None) => SendOutcome::Permanent {
+            reason: "row has no message id".into(),
+            http_status: 0,
+        },
+        (Some(inst), Some(mid)) => match StatusBody::parse(&row.kind, &row.payload) {
+            Err(e) => SendOutcome::Permanent {
+                reason: e.to_string(),
+                http_status: 0,
+            },
+            Ok(body) => {
+                let status = OutgoingStatus {
+                    message_id: mid,
+                    body: &body,
+                };
+                let call = async {
+                    inst.limiter.until_ready().await;
+                    let t = Instant::now();
+                    let out = inst.provider.send_status(&status).await;
+                    metrics::histogram!("statusd_provider_request_duration_seconds", "instance" => row.instance.clone(), "outcome" => out.label())
+                        .record(t.elapsed().as_secs_f64());
+                    out
+                };
+                tokio::select! {
+                    out = call => out,
+                    _ = hard_stop.cancelled() => SendOutcome::InDoubt {
+                        reason: "the call was cancelled at shutdown".into(),
+                        http_status: None,
+                    },
+                }
+            }
+        },
+    };
+    let latency = t0.elapsed();
+    let transition = transition_for(ctx, row, &outcome);
+    match &outcome {
+        SendOutcome::Posted { .. } => {
+            tracing::debug!(latency_ms = latency.as_millis() as u64, "posted")
+        }
+        other => {
+            tracing::info!(outcome = other.label(), http_status = other.http_status(), error = other.reason().unwrap_or(""), next = %transition.to, "send did not post")
+        }
+    }
+    Completion {
+        transition,
+        started_at,
+        latency,
+        outcome: outcome.label().to_string(),
+    }
+}
+
+/// The state machine's send edges (DESIGN.md §4), in one place.
+pub fn transition_for<S, P: Provider>(
+    ctx: &Ctx<S, P>,
+    row: &OutboxRow,
+    outcome: &SendOutcome,
+) -> Transition {
+    let s = &ctx.settings;
+    let mut t = Transition::new(row.id, row.attempts, State::Failed);
+    t.http_status = outcome.http_status().map(i32::from);
+    t.error = outcome.reason().map(str::to_string);
+    match outcome {
+        SendOutcome::Posted { provider_id } => {
+            t.to = State::Posted;
+            t.provider_id = Some(provider_id.clone());
+        }
+        SendOutcome::Retryable {
+            retry_after: Some(after),
+            ..
+        } => {
+            // Rate limited: honour Retry-After; not the row's fault, so the
+            // attempt does not count towards max_attempts.
+            t.to = State::PendingUpload;
+            t.refund_attempt = true;
+            t.delay = *after + backoff(1, Duration::from_millis(50), Duration::from_millis(50));
+        }
+        SendOutcome::Retryable { .. } => {
+            if row.attempts >= s.max_attempts {
+                t.error = Some(format!(
+                    "gave up after {} attempts: {}",
+                    row.attempts,
+                    outcome.reason().unwrap_or("")
+                ));
+            } else {
+                t.to = State::PendingUpload;
+                t.delay = backoff(
+                    row.attempts,
+                    Duration::from_millis(s.retry_base_ms),
+                    Duration::from_millis(s.retry_max_ms),
+                );
+            }
+        }
+        SendOutcome::InDoubt { .. } => {
+            t.to = State::InDoubt;
+            t.delay = Duration::from_millis(s.settle_delay_ms);
+        }
+        SendOutcome::Permanent { .. } => t.to = State::Failed,
+        SendOutcome::InstanceDown { .. } => {
+            // Not the row's fault: it waits for the instance, it does not fail.
+            t.to = State::PendingUpload;
+            t.refund_attempt = true;
+            t.delay = Duration::from_millis(s.instance_probe_ms);
+            if let Some(inst) = ctx.instances.get(&row.instance) {
+                inst.pause(Duration::from_millis(s.instance_probe_ms));
+            }
+        }
+    }
+    t
+}
+
+/// Writes outcomes in batches; retries while the database is unreachable.
+async fn outcome_writer<S: Store, P: Provider>(
+    ctx: Arc<Ctx<S, P>>,
+    mut rx: mpsc::Receiver<Completion>,
+) {
+    let max_batch = ctx.settings.batch_size.max(1);
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut tries = 0;
+        loop {
+            match ctx.store.complete(&batch).await {
+                Ok(applied) => {
+                    for c in &batch {
+                        metrics::counter!("statusd_transitions_total", "to" => c.transition.to.as_str())
+                            .increment(1);
+                    }
+                    if applied < batch.len() as u64 {
+                        tracing::warn!(
+                            stale = batch.len() as u64 - applied,
+                            "outcomes fenced out (rows moved on meanwhile)"
+                        );
+                    }
+                    if batch
+                        .iter()
+                        .any(|c| c.transition.to == State::PendingUpload)
+                    {
+                        ctx.work.notify_waiters();
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tries += 1;
+                    // Unwritten outcomes are not lost: the rows stay leased,
+                    // the rescuer moves them to in_doubt, the reconciler
+                    // finds what was posted.
+                    if tries > 50 {
+                        tracing::error!(error = %e, rows = batch.len(), "giving up writing outcomes; the rows will be rescued and reconciled");
+                        break;
+                    }
+                    tracing::warn!(error = %e, rows = batch.len(), "writing outcomes failed; retrying");
+                    tokio::time::sleep(backoff(
+                        tries,
+                        Duration::from_millis(100),
+                        Duration::from_secs(3),
+                    ))
+                    .await;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Probes paused instances and resumes them when they answer.
+async fn probe_paused<S: Store, P: Provider>(ctx: Arc<Ctx<S, P>>, shutdown: CancellationToken) {
+    let every = Duration::from_millis((ctx.settings.instance_probe_ms / 4).clamp(50, 5000));
+    loop {
+        tokio::select! { _ = tokio::time::sleep(every) => {}, _ = shutdown.cancelled() => return }
+        for inst in ctx.instances.values() {
+            if !inst.probe_due() {
+                continue;
+            }
+            match inst.provider.probe().await {
+                Ok(()) => {
+                    inst.resume();
+                    ctx.work.notify_waiters();
+                }
+                Err(e) => {
+                    tracing::warn!(instance = %inst.name, error = %e, "instance still down");
+                    inst.pause(Duration::from_millis(ctx.settings.instance_probe_ms));
+                }
+            }
+        }
+    }
+}

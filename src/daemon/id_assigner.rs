@@ -1,0 +1,130 @@
+//! Turns `queued` rows into `pending_upload` rows with a durable message id
+//! (rule 1), or into `invalid` rows with a message naming the field.
+//!
+//! With `id_source = "api"` ids are fetched from each row's instance, many
+//! in parallel; a row whose id could not be fetched simply stays `queued`
+//! and is tried again on the next pass.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Ctx;
+use crate::config::IdSource;
+use crate::model::{OutboxRow, StatusBody};
+use crate::provider::{ids, Provider};
+use crate::store::{AssignId, Store};
+
+/// Why a row cannot be posted, or None if it can.
+pub fn check_row<S, P>(ctx: &Ctx<S, P>, row: &OutboxRow) -> Option<String> {
+    if !ctx.instances.contains_key(&row.instance) {
+        let mut known: Vec<&str> = ctx.instances.keys().map(String::as_str).collect();
+        known.sort();
+        return Some(format!(
+            "instance: `{}` is not a configured instance (configured: {})",
+            row.instance,
+            known.join(", ")
+        ));
+    }
+    StatusBody::parse(&row.kind, &row.payload)
+        .err()
+        .map(|e| e.to_string())
+}
+
+pub async fn run<S: Store, P: Provider>(
+    ctx: Arc<Ctx<S, P>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut wake = ctx.store.subscribe();
+    let mut failures = 0;
+    while !shutdown.is_cancelled() {
+        match pass(&ctx).await {
+            Ok(0) => {
+                failures = 0;
+                ctx.idle(&mut wake, &shutdown).await;
+            }
+            Ok(_) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "id assigner: database error; retrying");
+                let d =
+                    super::backoff(failures, Duration::from_millis(100), Duration::from_secs(5));
+                tokio::select! { _ = tokio::time::sleep(d) => {}, _ = shutdown.cancelled() => {} }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One batch; returns how many rows it moved.
+pub async fn pass<S: Store, P: Provider>(ctx: &Ctx<S, P>) -> anyhow::Result<usize> {
+    let rows = ctx.store.queued(ctx.settings.batch_size as i64).await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut moved = 0;
+    let mut good = Vec::with_capacity(rows.len());
+    for row in rows {
+        match check_row(ctx, &row) {
+            Some(problem) => {
+                tracing::warn!(row_id = %row.id, instance = %row.instance, error = %problem, "invalid row");
+                if ctx.store.mark_invalid(row.id, &problem).await? {
+                    metrics::counter!("statusd_transitions_total", "to" => "invalid").increment(1);
+                    moved += 1;
+                }
+            }
+            None => good.push(row),
+        }
+    }
+    let assign: Vec<AssignId> = match ctx.settings.id_source {
+        IdSource::Local => good
+            .iter()
+            .map(|r| AssignId {
+                id: r.id,
+                message_id: ids::local_message_id(),
+            })
+            .collect(),
+        IdSource::Api => fetch_ids(ctx, &good).await,
+    };
+    let n = ctx.store.assign_message_ids(&assign).await? as usize;
+    if n > 0 {
+        metrics::counter!("statusd_transitions_total", "to" => "pending_upload")
+            .increment(n as u64);
+        ctx.work.notify_waiters();
+    }
+    // Rows whose id could not be fetched are not counted: the loop then
+    // idles for a poll interval instead of hammering the provider.
+    Ok(moved + n)
+}
+
+/// Fetches one id per row from the row's instance, in parallel.
+async fn fetch_ids<S: Store, P: Provider>(ctx: &Ctx<S, P>, rows: &[OutboxRow]) -> Vec<AssignId> {
+    use futures_util::stream::{self, StreamExt};
+    // Owned (id, instance) pairs: a closure over borrowed rows is not
+    // general enough for a spawned future.
+    let wanted: Vec<(uuid::Uuid, String)> =
+        rows.iter().map(|r| (r.id, r.instance.clone())).collect();
+    stream::iter(wanted)
+        .map(|(id, instance)| async move {
+            let inst = ctx.instances.get(&instance)?;
+            match inst.provider.new_message_id().await {
+                Ok(mid) if ids::is_well_formed(&mid) => Some(AssignId {
+                    id,
+                    message_id: mid,
+                }),
+                Ok(mid) => {
+                    tracing::warn!(row_id = %id, %instance, len = mid.len(), "provider returned a malformed message id; will ask again");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(row_id = %id, %instance, error = %e, "could not fetch a message id; will ask again");
+                    None
+                }
+            }
+        })
+        .buffer_unordered(ctx.settings.id_fetch_parallelism)
+        .filter_map(|x| async move { x })
+        .collect()
+        .await
+}
