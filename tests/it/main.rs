@@ -2,3 +2,4 @@
 
 mod store;
 mod support;
+mod daemon;

@@ -136,3 +136,148 @@ pub async fn exec_raw(db: &TestDb, sql: &str) -> Result<u64, sqlx::Error> {
         Ok(sqlx::raw_sql(sql).execute(&mut c).await?.rows_affected())
     }
 }
+
+use statusd::config::{InstanceConfig, Settings};
+use statusd::daemon::{wawp_instances, Daemon};
+use statusd::model::State;
+use statusd::sim::{SimConfig, SimHandle, Simulator};
+use tokio_util::sync::CancellationToken;
+
+/// The access token every test instance uses; tests assert it never leaks.
+pub const TEST_TOKEN: &str = "tok-SECRET-5f1c2a9e";
+
+/// Starts an in-process simulator on a free loopback port.
+pub async fn start_sim(cfg: SimConfig) -> SimHandle {
+    Simulator::start("127.0.0.1:0".parse().unwrap(), cfg)
+        .await
+        .expect("start simulator")
+}
+
+/// Settings for a daemon against `sim`, with timings shortened for tests.
+/// `instances` are (name, supplied_id) pairs; each instance's id is its name.
+pub fn test_settings(db_url: &str, sim: &SimHandle, instances: &[(&str, bool)]) -> Settings {
+    let mut s = Settings::for_database(db_url);
+    for (name, supplied) in instances {
+        s.instances.insert(
+            name.to_string(),
+            InstanceConfig {
+                provider: Default::default(),
+                base_url: sim.base_url(),
+                instance_id: name.to_string(),
+                access_token: Some(TEST_TOKEN.to_string().into()),
+                access_token_file: None,
+                supplied_id: *supplied,
+                rate_per_sec: 10_000,
+                burst: 10_000,
+            },
+        );
+    }
+    s.provider.request_timeout_ms = 400;
+    s.provider.connect_timeout_ms = 400;
+    let d = &mut s.daemon;
+    d.concurrency = 32;
+    d.batch_size = 64;
+    d.lease_secs = 3;
+    d.poll_interval_ms = 30;
+    d.fallback_poll_ms = 500;
+    d.retry_base_ms = 20;
+    d.retry_max_ms = 300;
+    d.settle_delay_ms = 150;
+    d.reconcile_interval_ms = 100;
+    d.rescue_interval_ms = 200;
+    d.instance_probe_ms = 300;
+    d.shutdown_grace_secs = 2;
+    s
+}
+
+/// A daemon running in this process until `stop`.
+pub struct RunningDaemon {
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningDaemon {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("daemon task panicked")
+            .expect("daemon returned an error");
+    }
+}
+
+pub fn spawn_daemon<S: Store>(store: S, settings: &Settings) -> RunningDaemon {
+    let notifies = settings_is_pg(settings);
+    let daemon = Daemon::new(
+        store,
+        wawp_instances(settings).expect("instances"),
+        settings.daemon.clone(),
+        notifies,
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(daemon.run(shutdown.clone()));
+    RunningDaemon { shutdown, task }
+}
+
+fn settings_is_pg(s: &Settings) -> bool {
+    use secrecy::ExposeSecret;
+    s.database.url.expose_secret().starts_with("postgres")
+}
+
+/// Rows the pipeline still has to move (parked in-doubt rows excluded).
+pub async fn live_rows<S: Store>(store: &S) -> i64 {
+    let mut n = 0;
+    for st in [State::Queued, State::PendingUpload, State::Uploading, State::InDoubt] {
+        let rows = store
+            .list(statusd::store::ListParams {
+                state: Some(st),
+                limit: 1_000_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        n += rows.iter().filter(|r| r.parked_at.is_none()).count() as i64;
+    }
+    n
+}
+
+/// Waits until every row is terminal (or parked); panics after `secs`.
+pub async fn wait_drained<S: Store>(store: &S, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let live = live_rows(store).await;
+        if live == 0 {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "{live} rows still live after {secs}s: {:?}",
+                store.summary().await.unwrap()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The oracle: what viewers saw, per the simulator. Every enqueued text
+/// `status number i` (i in 0..n) shown exactly once, no duplicates.
+pub fn assert_exactly_once(sim: &SimHandle, n: usize) {
+    let stats = sim.stats();
+    assert_eq!(stats.duplicates, 0, "viewers saw duplicates: {stats:?}");
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for p in sim.posted() {
+        if let Some(t) = p.body.get("text").and_then(|t| t.as_str()) {
+            *seen.entry(t.to_string()).or_default() += 1;
+        }
+    }
+    let mut lost = Vec::new();
+    for i in 0..n {
+        match seen.get(&format!("status number {i}")) {
+            Some(1) => {}
+            Some(k) => panic!("status {i} shown {k} times"),
+            None => lost.push(i),
+        }
+    }
+    assert!(lost.is_empty(), "{} statuses never shown, e.g. {:?}; sim {stats:?}", lost.len(), &lost[..lost.len().min(10)]);
+    assert_eq!(seen.len(), n, "statuses shown that nobody enqueued");
+}
