@@ -1,0 +1,530 @@
+//! The real Wawp client against the in-process simulator, over loopback:
+//! every fault kind must come out as its documented class.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use statusd::config::{InstanceConfig, ProviderSettings};
+use statusd::model::{Kind, StatusBody};
+use statusd::provider::ids::{is_well_formed, local_message_id};
+use statusd::provider::{
+    Lookup, OutgoingStatus, Provider, ProviderError, SendOutcome, StatusQuery, WawpClient,
+};
+use statusd::sim::{SimConfig, SimHandle, Simulator};
+
+const INSTANCE: &str = "inst-1";
+const TOKEN: &str = "test-token-1";
+
+fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A simulator that knows `INSTANCE`/`TOKEN`, hangs for 1.5 s.
+async fn sim(tweak: impl FnOnce(&mut SimConfig)) -> SimHandle {
+    let mut cfg = SimConfig {
+        hang_ms: 1_500,
+        retry_after_secs: 7,
+        seed: Some(1),
+        ..SimConfig::default()
+    };
+    cfg.tokens.insert(INSTANCE.into(), TOKEN.into());
+    tweak(&mut cfg);
+    Simulator::start(any_port(), cfg).await.expect("simulator")
+}
+
+/// A client with 300 ms timeouts.
+fn client_for(base_url: &str, instance: &str, token: &str, supplied_id: bool) -> WawpClient {
+    let inst: InstanceConfig = serde_json::from_value(json!({
+        "base_url": base_url,
+        "instance_id": instance,
+        "access_token": token,
+        "supplied_id": supplied_id,
+    }))
+    .expect("instance config");
+    let settings: ProviderSettings = serde_json::from_value(json!({
+        "connect_timeout_ms": 300,
+        "request_timeout_ms": 300,
+    }))
+    .expect("provider settings");
+    WawpClient::new("main", &inst, &settings).expect("client")
+}
+
+fn client(sim: &SimHandle, supplied_id: bool) -> WawpClient {
+    client_for(&sim.base_url(), INSTANCE, TOKEN, supplied_id)
+}
+
+fn text(s: &str) -> StatusBody {
+    StatusBody::parse("text", &json!({ "text": s }).to_string()).expect("valid text")
+}
+
+async fn send(c: &WawpClient, id: &str, body: &StatusBody) -> SendOutcome {
+    c.send_status(&OutgoingStatus {
+        message_id: id,
+        body,
+    })
+    .await
+}
+
+async fn find(c: &WawpClient, id: &str, body: &StatusBody, sent_after: DateTime<Utc>) -> Lookup {
+    c.find_status(&StatusQuery {
+        message_id: id,
+        kind: body.kind(),
+        fingerprint: &body.fingerprint(),
+        sent_after,
+    })
+    .await
+}
+
+fn a_minute_ago() -> DateTime<Utc> {
+    Utc::now() - chrono::Duration::minutes(1)
+}
+
+/// A loopback port with nothing listening.
+fn unused_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    drop(l);
+    port
+}
+
+#[tokio::test]
+async fn a_clean_post_is_posted_under_the_supplied_id() {
+    let sim = sim(|_| {}).await;
+    let c = client(&sim, true);
+    let id = local_message_id();
+    let body = text("hello");
+    assert_eq!(
+        send(&c, &id, &body).await,
+        SendOutcome::Posted {
+            provider_id: id.clone()
+        }
+    );
+    let posted = sim.posted();
+    assert_eq!(posted.len(), 1);
+    assert_eq!(posted[0].id, id);
+    assert_eq!(posted[0].kind, Kind::Text);
+    assert_eq!(posted[0].fingerprint, body.fingerprint());
+    assert_eq!(posted[0].body, json!({ "text": "hello" }));
+}
+
+#[tokio::test]
+async fn media_kinds_go_to_their_paths() {
+    let sim = sim(|_| {}).await;
+    let c = client(&sim, true);
+    let bodies = [
+        StatusBody::parse(
+            "image",
+            r#"{"file":{"url":"https://x/a.jpg","mimetype":"image/jpeg"},"caption":"c"}"#,
+        ),
+        StatusBody::parse(
+            "voice",
+            r#"{"file":{"url":"https://x/a.ogg","mimetype":"audio/ogg; codecs=opus"}}"#,
+        ),
+        StatusBody::parse(
+            "video",
+            r#"{"file":{"url":"https://x/a.mp4","mimetype":"video/mp4"}}"#,
+        ),
+    ];
+    for b in bodies {
+        let b = b.expect("valid body");
+        let out = send(&c, &local_message_id(), &b).await;
+        assert_eq!(out.label(), "posted", "{out:?}");
+        // Found again by content alone, as for a provider assigning ids.
+        let auto = client(&sim, false);
+        assert!(matches!(
+            find(&auto, "unknown", &b, a_minute_ago()).await,
+            Lookup::Present { .. }
+        ));
+    }
+    let kinds: Vec<Kind> = sim.posted().iter().map(|p| p.kind).collect();
+    assert_eq!(kinds, [Kind::Image, Kind::Voice, Kind::Video]);
+}
+
+#[tokio::test]
+async fn lost_response_is_in_doubt_and_was_posted() {
+    let sim = sim(|c| c.lost_response = 1.0).await;
+    let c = client(&sim, true);
+    let id = local_message_id();
+    let out = send(&c, &id, &text("lost")).await;
+    assert!(
+        matches!(
+            out,
+            SendOutcome::InDoubt {
+                http_status: None,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert_eq!(sim.posted().len(), 1);
+    assert_eq!(sim.posted()[0].id, id);
+    assert_eq!(sim.stats().faults.get("lost_response"), Some(&1));
+}
+
+#[tokio::test]
+async fn error_5xx_before_processing_is_retryable_and_not_posted() {
+    let sim = sim(|c| c.error_5xx_before = 1.0).await;
+    let out = send(&client(&sim, true), &local_message_id(), &text("x")).await;
+    assert!(
+        matches!(out, SendOutcome::Retryable { http_status: Some(503), retry_after: Some(d), .. } if d == Duration::from_secs(7)),
+        "{out:?}"
+    );
+    assert!(sim.posted().is_empty());
+}
+
+#[tokio::test]
+async fn error_5xx_after_processing_is_in_doubt_and_was_posted() {
+    let sim = sim(|c| c.error_5xx_after = 1.0).await;
+    let out = send(&client(&sim, true), &local_message_id(), &text("x")).await;
+    assert!(
+        matches!(
+            out,
+            SendOutcome::InDoubt {
+                http_status: Some(500),
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert_eq!(sim.posted().len(), 1);
+}
+
+#[tokio::test]
+async fn hang_before_processing_is_in_doubt_and_not_posted() {
+    let sim = sim(|c| c.hang = 1.0).await;
+    let started = std::time::Instant::now();
+    let out = send(&client(&sim, true), &local_message_id(), &text("x")).await;
+    assert!(
+        matches!(
+            out,
+            SendOutcome::InDoubt {
+                http_status: None,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1_400),
+        "the client timeout did not fire"
+    );
+    assert!(sim.posted().is_empty());
+}
+
+#[tokio::test]
+async fn hang_after_commit_is_in_doubt_and_was_posted() {
+    let sim = sim(|c| c.hang_after_commit = 1.0).await;
+    let out = send(&client(&sim, true), &local_message_id(), &text("x")).await;
+    assert!(
+        matches!(
+            out,
+            SendOutcome::InDoubt {
+                http_status: None,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert_eq!(sim.posted().len(), 1);
+}
+
+#[tokio::test]
+async fn rate_limited_is_retryable_with_retry_after() {
+    let sim = sim(|c| c.rate_limited_429 = 1.0).await;
+    let out = send(&client(&sim, true), &local_message_id(), &text("x")).await;
+    assert_eq!(out.label(), "retryable", "{out:?}");
+    assert_eq!(out.http_status(), Some(429));
+    assert!(
+        matches!(out, SendOutcome::Retryable { retry_after: Some(d), .. } if d == Duration::from_secs(7)),
+        "{out:?}"
+    );
+    assert!(sim.posted().is_empty());
+}
+
+#[tokio::test]
+async fn unauthorized_instances_and_wrong_tokens_are_instance_down() {
+    let sim = sim(|c| {
+        c.unauthorized_instances.insert("banned".into());
+        c.tokens.insert("banned".into(), "t".into());
+    })
+    .await;
+    for c in [
+        client_for(&sim.base_url(), "banned", "t", true),
+        client_for(&sim.base_url(), INSTANCE, "not-the-token", true),
+    ] {
+        let out = send(&c, &local_message_id(), &text("x")).await;
+        assert!(
+            matches!(
+                out,
+                SendOutcome::InstanceDown {
+                    http_status: Some(401),
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+        assert!(matches!(
+            c.probe().await,
+            Err(ProviderError::InstanceDown(_))
+        ));
+        assert!(matches!(
+            c.new_message_id().await,
+            Err(ProviderError::InstanceDown(_))
+        ));
+    }
+    assert!(sim.posted().is_empty());
+}
+
+#[tokio::test]
+async fn a_disconnected_session_is_instance_down() {
+    let sim = sim(|c| {
+        c.disconnected_instances.insert(INSTANCE.into());
+    })
+    .await;
+    let c = client(&sim, true);
+    let out = send(&c, &local_message_id(), &text("x")).await;
+    assert!(
+        matches!(
+            out,
+            SendOutcome::InstanceDown {
+                http_status: Some(422),
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    match c.probe().await {
+        Err(ProviderError::InstanceDown(reason)) => {
+            assert!(reason.contains("SCAN_QR_CODE"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(sim.posted().is_empty());
+}
+
+#[tokio::test]
+async fn malformed_body_is_in_doubt_and_was_posted() {
+    let sim = sim(|c| c.malformed_body = 1.0).await;
+    let out = send(&client(&sim, true), &local_message_id(), &text("x")).await;
+    assert!(
+        matches!(
+            out,
+            SendOutcome::InDoubt {
+                http_status: Some(200),
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert_eq!(sim.posted().len(), 1);
+}
+
+#[tokio::test]
+async fn connection_refused_is_retryable() {
+    let c = client_for(
+        &format!("http://127.0.0.1:{}", unused_port()),
+        INSTANCE,
+        TOKEN,
+        true,
+    );
+    let out = send(&c, &local_message_id(), &text("x")).await;
+    assert!(
+        matches!(
+            out,
+            SendOutcome::Retryable {
+                http_status: None,
+                retry_after: None,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
+    assert!(matches!(
+        c.probe().await,
+        Err(ProviderError::Unavailable(_))
+    ));
+    assert!(matches!(
+        find(&c, "3EB00000000000000000", &text("x"), a_minute_ago()).await,
+        Lookup::Unavailable { .. }
+    ));
+}
+
+#[tokio::test]
+async fn deleting_an_unknown_status_is_permanent_and_a_known_one_is_deleted() {
+    let sim = sim(|_| {}).await;
+    let c = client(&sim, true);
+    let out = c.delete_status("3EB0FFFFFFFFFFFFFFFFFFFF").await;
+    assert!(
+        matches!(&out, SendOutcome::Permanent { http_status: 404, reason } if reason.contains("status not found")),
+        "{out:?}"
+    );
+    let id = local_message_id();
+    assert_eq!(send(&c, &id, &text("to delete")).await.label(), "posted");
+    assert_eq!(
+        c.delete_status(&id).await,
+        SendOutcome::Posted {
+            provider_id: id.clone()
+        }
+    );
+    assert!(sim.posted()[0].deleted);
+    assert_eq!(sim.stats().deleted, 1);
+}
+
+#[tokio::test]
+async fn new_message_ids_are_fresh_and_well_formed() {
+    let sim = sim(|_| {}).await;
+    let c = client(&sim, true);
+    let a = c.new_message_id().await.expect("id");
+    let b = c.new_message_id().await.expect("id");
+    assert!(is_well_formed(&a) && is_well_formed(&b), "{a} {b}");
+    assert_ne!(a, b);
+    assert_eq!(c.probe().await, Ok(()));
+
+    sim.set_config(SimConfig {
+        malformed_body: 1.0,
+        ..sim.config()
+    })
+    .expect("config");
+    assert!(matches!(
+        c.new_message_id().await,
+        Err(ProviderError::Malformed(_))
+    ));
+    sim.set_config(SimConfig {
+        malformed_body: 0.0,
+        error_5xx_before: 1.0,
+        ..sim.config()
+    })
+    .expect("config");
+    assert!(matches!(
+        c.new_message_id().await,
+        Err(ProviderError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
+async fn find_status_by_supplied_id() {
+    let sim = sim(|_| {}).await;
+    let c = client(&sim, true);
+    assert!(c.supplies_id());
+    let id = local_message_id();
+    let body = text("findable");
+    let since = Utc::now();
+    assert_eq!(send(&c, &id, &body).await.label(), "posted");
+    assert_eq!(
+        find(&c, &id, &body, since).await,
+        Lookup::Present {
+            provider_id: id.clone()
+        }
+    );
+    // Another id and other content: absent.
+    assert_eq!(
+        find(&c, &local_message_id(), &text("never sent"), since).await,
+        Lookup::Absent
+    );
+}
+
+#[tokio::test]
+async fn find_status_by_content_when_the_provider_assigns_ids() {
+    let sim = sim(|c| c.auto_assign_ids = true).await;
+    let c = client(&sim, false);
+    assert!(!c.supplies_id());
+    let ours = local_message_id();
+    let body = text("auto-assigned");
+    let since = Utc::now();
+    let provider_id = match send(&c, &ours, &body).await {
+        SendOutcome::Posted { provider_id } => provider_id,
+        other => panic!("{other:?}"),
+    };
+    assert_ne!(provider_id, ours, "the simulator assigns its own id");
+    assert_eq!(
+        sim.posted()[0].supplied_id,
+        None,
+        "no id in the body when supplied_id = false"
+    );
+    assert_eq!(
+        find(&c, &ours, &body, since).await,
+        Lookup::Present { provider_id }
+    );
+    assert_eq!(
+        find(&c, &ours, &text("other content"), since).await,
+        Lookup::Absent
+    );
+    // Posted before the window: not a candidate.
+    let later = Utc::now() + chrono::Duration::seconds(5);
+    assert_eq!(find(&c, &ours, &body, later).await, Lookup::Absent);
+}
+
+#[tokio::test]
+async fn a_supplied_id_ignored_by_the_provider_is_still_found_by_content() {
+    // Configured as supplying ids, but the provider assigns its own (Wawp's
+    // documented current behaviour): a lost response must still be found,
+    // or the reconciler would post it again.
+    let sim = sim(|c| {
+        c.auto_assign_ids = true;
+        c.lost_response = 1.0;
+    })
+    .await;
+    let c = client(&sim, true);
+    let ours = local_message_id();
+    let body = text("ignored id");
+    let since = Utc::now();
+    assert_eq!(send(&c, &ours, &body).await.label(), "in_doubt");
+    let theirs = sim.posted()[0].id.clone();
+    assert_ne!(theirs, ours);
+    assert_eq!(
+        find(&c, &ours, &body, since).await,
+        Lookup::Present {
+            provider_id: theirs
+        }
+    );
+}
+
+#[tokio::test]
+async fn the_search_pages_through_many_recent_statuses() {
+    let sim = sim(|c| c.auto_assign_ids = true).await;
+    let c = client(&sim, false);
+    let since = Utc::now();
+    let first = text("the oldest one");
+    assert_eq!(send(&c, "x", &first).await.label(), "posted");
+    for i in 0..150 {
+        assert_eq!(
+            send(&c, "x", &text(&format!("filler {i}"))).await.label(),
+            "posted"
+        );
+    }
+    assert!(matches!(
+        find(&c, "x", &first, since).await,
+        Lookup::Present { .. }
+    ));
+    assert_eq!(
+        find(&c, "x", &text("not there"), since).await,
+        Lookup::Absent
+    );
+}
+
+#[test]
+fn debug_output_hides_the_token() {
+    let c = client_for("http://127.0.0.1:9", INSTANCE, "very-secret-token", true);
+    let d = format!("{c:?}");
+    assert!(!d.contains("very-secret-token"), "{d}");
+    assert!(d.contains("[redacted]"), "{d}");
+}
+
+#[test]
+fn construction_errors_name_the_problem() {
+    let settings = ProviderSettings::default();
+    let bad_url: InstanceConfig = serde_json::from_value(json!({
+        "base_url": "ftp://x", "instance_id": "i", "access_token": "t"
+    }))
+    .expect("config");
+    assert!(WawpClient::new("a", &bad_url, &settings)
+        .unwrap_err()
+        .contains("base_url"));
+    let no_token: InstanceConfig =
+        serde_json::from_value(json!({ "instance_id": "i" })).expect("config");
+    assert!(WawpClient::new("a", &no_token, &settings)
+        .unwrap_err()
+        .contains("access_token"));
+}
