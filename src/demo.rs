@@ -44,10 +44,22 @@ const INSTANCES: [&str; 3] = ["alpha", "beta", "gamma"];
 pub fn demo_status(i: usize) -> EnqueueParams {
     let instance = INSTANCES[i % INSTANCES.len()];
     let (kind, payload) = match i % 10 {
-        0..=5 => ("text", serde_json::json!({"text": format!("Daily special #{i}"), "backgroundColor": "#25D366", "font": (i % 6)})),
-        6 | 7 => ("image", serde_json::json!({"file": {"url": format!("https://cdn.example.com/menu/{i}.jpg"), "mimetype": "image/jpeg"}, "caption": format!("Menu {i}")})),
-        8 => ("video", serde_json::json!({"file": {"url": format!("https://cdn.example.com/clips/{i}.mp4"), "mimetype": "video/mp4"}, "caption": format!("Clip {i}")})),
-        _ => ("voice", serde_json::json!({"file": {"url": format!("https://cdn.example.com/voice/{i}.opus"), "mimetype": "audio/ogg; codecs=opus"}})),
+        0..=5 => (
+            "text",
+            serde_json::json!({"text": format!("Daily special #{i}"), "backgroundColor": "#25D366", "font": (i % 6)}),
+        ),
+        6 | 7 => (
+            "image",
+            serde_json::json!({"file": {"url": format!("https://cdn.example.com/menu/{i}.jpg"), "mimetype": "image/jpeg"}, "caption": format!("Menu {i}")}),
+        ),
+        8 => (
+            "video",
+            serde_json::json!({"file": {"url": format!("https://cdn.example.com/clips/{i}.mp4"), "mimetype": "video/mp4"}, "caption": format!("Clip {i}")}),
+        ),
+        _ => (
+            "voice",
+            serde_json::json!({"file": {"url": format!("https://cdn.example.com/voice/{i}.opus"), "mimetype": "audio/ogg; codecs=opus"}}),
+        ),
     };
     EnqueueParams {
         instance: instance.into(),
@@ -88,8 +100,13 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
     if !url.starts_with("sqlite:") {
         anyhow::bail!("--database: the demo runs on SQLite; give a sqlite:// URL");
     }
-    let store = SqliteStore::connect(&url, 8).await.context("opening the demo database")?;
-    store.migrate().await.context("migrating the demo database")?;
+    let store = SqliteStore::connect(&url, 8)
+        .await
+        .context("opening the demo database")?;
+    store
+        .migrate()
+        .await
+        .context("migrating the demo database")?;
 
     let sim = Simulator::start(
         "127.0.0.1:0".parse()?,
@@ -134,15 +151,22 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
         store.enqueue_many(chunk).await?;
     }
     let started = Instant::now();
-    let daemon = Daemon::new(store.clone(), wawp_instances(&settings)?, settings.daemon.clone(), false);
+    let daemon = Daemon::new(
+        store.clone(),
+        wawp_instances(&settings)?,
+        settings.daemon.clone(),
+        false,
+    );
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(daemon.run(shutdown.clone()));
 
     let bar = if progress {
         let b = ProgressBar::new(opts.statuses as u64);
         b.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} posted  {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} posted  {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b
     } else {
@@ -151,10 +175,22 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
     let deadline = started + Duration::from_secs(600);
     loop {
         let sum = store.summary().await?;
-        let count = |st: State| sum.iter().filter(|r| r.state == st).map(|r| r.count).sum::<i64>();
-        let live = count(State::Queued) + count(State::PendingUpload) + count(State::Uploading) + count(State::InDoubt);
+        let count = |st: State| {
+            sum.iter()
+                .filter(|r| r.state == st)
+                .map(|r| r.count)
+                .sum::<i64>()
+        };
+        let live = count(State::Queued)
+            + count(State::PendingUpload)
+            + count(State::Uploading)
+            + count(State::InDoubt);
         bar.set_position(count(State::Posted) as u64);
-        bar.set_message(format!("in doubt {}  retrying {}", count(State::InDoubt), count(State::PendingUpload)));
+        bar.set_message(format!(
+            "in doubt {}  retrying {}",
+            count(State::InDoubt),
+            count(State::PendingUpload)
+        ));
         if live == 0 || Instant::now() > deadline {
             break;
         }
@@ -176,7 +212,10 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
     let mut posted_rows = 0;
     let mut reconciled = 0;
     let rows = store
-        .list(crate::store::ListParams { limit: opts.statuses as i64 + 10, ..Default::default() })
+        .list(crate::store::ListParams {
+            limit: opts.statuses as i64 + 10,
+            ..Default::default()
+        })
         .await?;
     for r in &rows {
         let body = StatusBody::parse(&r.kind, &r.payload)?;
@@ -187,7 +226,12 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
         if r.state == State::Posted {
             posted_rows += 1;
         }
-        if store.attempts(r.id).await?.iter().any(|a| a.outcome == "in_doubt") {
+        if store
+            .attempts(r.id)
+            .await?
+            .iter()
+            .any(|a| a.outcome == "in_doubt")
+        {
             reconciled += 1;
         }
     }
@@ -208,12 +252,25 @@ pub fn print_report(r: &DemoReport) {
     let secs = r.elapsed.as_secs_f64().max(0.001);
     println!("statusd demo: SQLite + in-process simulator with faults\n");
     println!("  {:<34} {:>8}", "statuses enqueued", r.enqueued);
-    println!("  {:<34} {:>8}", "rows posted (daemon's view)", r.posted_rows);
-    println!("  {:<34} {:>8}", "statuses shown (simulator's view)", r.shown);
+    println!(
+        "  {:<34} {:>8}",
+        "rows posted (daemon's view)", r.posted_rows
+    );
+    println!(
+        "  {:<34} {:>8}",
+        "statuses shown (simulator's view)", r.shown
+    );
     println!("  {:<34} {:>8}", "duplicates seen by viewers", r.duplicates);
     println!("  {:<34} {:>8}", "lost", r.lost);
-    println!("  {:<34} {:>8}", "rows reconciled after in-doubt", r.reconciled);
-    println!("  {:<34} {:>8.0}", "throughput (statuses/s)", r.enqueued as f64 / secs);
+    println!(
+        "  {:<34} {:>8}",
+        "rows reconciled after in-doubt", r.reconciled
+    );
+    println!(
+        "  {:<34} {:>8.0}",
+        "throughput (statuses/s)",
+        r.enqueued as f64 / secs
+    );
     println!("  {:<34} {:>8.1}", "wall time (s)", secs);
     println!("\n  faults survived, by kind:");
     for (k, n) in &r.faults {

@@ -30,6 +30,8 @@ pub fn fire_time(cron: &str, tz: Tz, now: DateTime<Utc>) -> Option<DateTime<Utc>
         .build()
         .parse(cron)
         .ok()?;
+    // Cron has whole seconds; croner would keep the clock's fraction.
+    let now = chrono::Timelike::with_nanosecond(&now, 0)?;
     c.find_previous_occurrence(&now.with_timezone(&tz), true)
         .ok()
         .map(|t| t.with_timezone(&Utc))

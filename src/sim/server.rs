@@ -298,10 +298,13 @@ async fn fault_after(sh: &Shared, plan: &Plan, conn: &Conn, ok: Value) -> Respon
             "internal error after the request was processed",
         ),
         Fault::HangAfterCommit => {
+            // Counted before the sleep: hyper drops this future when the
+            // client gives up, so code after the sleep may never run.
+            sh.count_fault(fault);
             if !sleep_unless_stopped(sh, plan.hang).await {
                 conn.drop_now();
             }
-            Json(ok).into_response()
+            return Json(ok).into_response();
         }
         Fault::Malformed => {
             let text = ok.to_string();

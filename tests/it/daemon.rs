@@ -67,20 +67,46 @@ async fn every_fault_ends_posted_exactly_once<S: Store>(s: S, db: &TestDb) {
     assert_exactly_once(&sim, 400);
     all_posted(&s, 400).await;
     let faults = sim.stats().faults;
-    for kind in ["lost_response", "error_5xx_after", "hang_after_commit", "hang", "error_5xx_before", "rate_limited_429", "malformed_body"] {
-        assert!(faults.get(kind).copied().unwrap_or(0) > 0, "fault {kind} was never injected: {faults:?}");
+    for kind in [
+        "lost_response",
+        "error_5xx_after",
+        "hang_after_commit",
+        "hang",
+        "error_5xx_before",
+        "rate_limited_429",
+        "malformed_body",
+    ] {
+        assert!(
+            faults.get(kind).copied().unwrap_or(0) > 0,
+            "fault {kind} was never injected: {faults:?}"
+        );
     }
     // The posted rows carry the id the provider knows them by.
     let ids: std::collections::HashSet<String> = sim.posted().into_iter().map(|p| p.id).collect();
-    let rows = s.list(ListParams { limit: 1000, ..Default::default() }).await.unwrap();
-    assert!(rows.iter().all(|r| ids.contains(r.provider_id.as_deref().unwrap_or("-"))));
+    let rows = s
+        .list(ListParams {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(rows
+        .iter()
+        .all(|r| ids.contains(r.provider_id.as_deref().unwrap_or("-"))));
     // Some rows went through in_doubt and were reconciled; the history shows it.
-    let reconciled = rows.iter().filter(|r| r.attempts > 1 || r.last_error.is_some()).count();
+    let reconciled = rows
+        .iter()
+        .filter(|r| r.attempts > 1 || r.last_error.is_some())
+        .count();
     assert!(reconciled > 0);
 }
 
 async fn auto_assigned_ids_are_reconciled_by_content<S: Store>(s: S, db: &TestDb) {
-    let sim = start_sim(SimConfig { auto_assign_ids: true, ..faulty() }).await;
+    let sim = start_sim(SimConfig {
+        auto_assign_ids: true,
+        ..faulty()
+    })
+    .await;
     let settings = test_settings(&db.url, &sim, &[("main", false)]);
     enqueue_n(&s, "main", 300).await;
     let d = spawn_daemon(s.clone(), &settings);
@@ -89,8 +115,16 @@ async fn auto_assigned_ids_are_reconciled_by_content<S: Store>(s: S, db: &TestDb
     assert_exactly_once(&sim, 300);
     all_posted(&s, 300).await;
     // The provider's own ids were recorded, not ours.
-    let rows = s.list(ListParams { limit: 1000, ..Default::default() }).await.unwrap();
-    assert!(rows.iter().all(|r| r.provider_id.is_some() && r.provider_id != r.message_id));
+    let rows = s
+        .list(ListParams {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(rows
+        .iter()
+        .all(|r| r.provider_id.is_some() && r.provider_id != r.message_id));
 }
 
 async fn expired_leases_of_a_dead_daemon_are_reconciled<S: Store>(s: S, db: &TestDb) {
@@ -102,11 +136,19 @@ async fn expired_leases_of_a_dead_daemon_are_reconciled<S: Store>(s: S, db: &Tes
     let q = s.queued(100).await.unwrap();
     let assign: Vec<_> = q
         .iter()
-        .map(|r| statusd::store::AssignId { id: r.id, message_id: statusd::provider::ids::local_message_id() })
+        .map(|r| statusd::store::AssignId {
+            id: r.id,
+            message_id: statusd::provider::ids::local_message_id(),
+        })
         .collect();
     s.assign_message_ids(&assign).await.unwrap();
     let claimed = s
-        .claim(ClaimParams { owner: "dead".into(), limit: 100, lease: Duration::from_millis(300), skip_instances: vec![] })
+        .claim(ClaimParams {
+            owner: "dead".into(),
+            limit: 100,
+            lease: Duration::from_millis(300),
+            skip_instances: vec![],
+        })
         .await
         .unwrap();
     assert_eq!(claimed.len(), 40);
@@ -114,9 +156,15 @@ async fn expired_leases_of_a_dead_daemon_are_reconciled<S: Store>(s: S, db: &Tes
     for row in claimed.iter().step_by(2) {
         let body = statusd::model::StatusBody::parse(&row.kind, &row.payload).unwrap();
         let out = client
-            .send_status(&OutgoingStatus { message_id: row.message_id.as_deref().unwrap(), body: &body })
+            .send_status(&OutgoingStatus {
+                message_id: row.message_id.as_deref().unwrap(),
+                body: &body,
+            })
             .await;
-        assert!(matches!(out, statusd::provider::SendOutcome::Posted { .. }), "{out:?}");
+        assert!(
+            matches!(out, statusd::provider::SendOutcome::Posted { .. }),
+            "{out:?}"
+        );
     }
     assert_eq!(sim.stats().posted, 20);
     let d = spawn_daemon(s.clone(), &settings);
@@ -124,7 +172,11 @@ async fn expired_leases_of_a_dead_daemon_are_reconciled<S: Store>(s: S, db: &Tes
     d.stop().await;
     assert_exactly_once(&sim, 40);
     all_posted(&s, 40).await;
-    assert_eq!(sim.stats().posted, 40, "the 20 already posted were found, not re-posted");
+    assert_eq!(
+        sim.stats().posted,
+        40,
+        "the 20 already posted were found, not re-posted"
+    );
 }
 
 async fn instance_down_pauses_rows_instead_of_failing_them<S: Store>(s: S, db: &TestDb) {
@@ -133,13 +185,22 @@ async fn instance_down_pauses_rows_instead_of_failing_them<S: Store>(s: S, db: &
     let sim = start_sim(cfg).await;
     let settings = test_settings(&db.url, &sim, &[("main", true), ("down", true)]);
     for i in 0..20 {
-        s.enqueue(text(if i % 2 == 0 { "main" } else { "down" }, i)).await.unwrap();
+        s.enqueue(text(if i % 2 == 0 { "main" } else { "down" }, i))
+            .await
+            .unwrap();
     }
     let d = spawn_daemon(s.clone(), &settings);
     // main drains; down's rows wait as pending_upload, none failed.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let posted = s.list(ListParams { state: Some(State::Posted), limit: 100, ..Default::default() }).await.unwrap();
+        let posted = s
+            .list(ListParams {
+                state: Some(State::Posted),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         if posted.len() == 10 {
             break;
         }
@@ -147,10 +208,24 @@ async fn instance_down_pauses_rows_instead_of_failing_them<S: Store>(s: S, db: &
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let down = s.list(ListParams { instance: Some("down".into()), limit: 100, ..Default::default() }).await.unwrap();
+    let down = s
+        .list(ListParams {
+            instance: Some("down".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(down.len(), 10);
-    assert!(down.iter().all(|r| r.state == State::PendingUpload), "{:?}", down.iter().map(|r| r.state).collect::<Vec<_>>());
-    assert!(down.iter().all(|r| r.attempts == 0), "a paused instance's rows keep their attempts");
+    assert!(
+        down.iter().all(|r| r.state == State::PendingUpload),
+        "{:?}",
+        down.iter().map(|r| r.state).collect::<Vec<_>>()
+    );
+    assert!(
+        down.iter().all(|r| r.attempts == 0),
+        "a paused instance's rows keep their attempts"
+    );
     // The session comes back: the probe resumes the instance.
     sim.set_config(SimConfig::default()).unwrap();
     wait_drained(&s, 30).await;
@@ -163,31 +238,64 @@ async fn bad_rows_become_invalid_and_good_rows_still_post<S: Store>(s: S, db: &T
     let settings = test_settings(&db.url, &sim, &[("main", true)]);
     enqueue_n(&s, "main", 50).await;
     let bad = [
-        (r#"('main', 'text', '{"caption":"no text"}')"#, "payload.text"),
+        (
+            r#"('main', 'text', '{"caption":"no text"}')"#,
+            "payload.text",
+        ),
         (r#"('nowhere', 'text', '{"text":"who?"}')"#, "instance"),
-        (r#"('main', 'video', '{"file":{"url":"ftp://x/v.mp4","mimetype":"video/mp4"}}')"#, "payload.file.url"),
-        (r#"('main', 'image', '{"file":{"url":"https://x/a.png","mimetype":"image/png"},"caption":5}')"#, "payload.caption"),
+        (
+            r#"('main', 'video', '{"file":{"url":"ftp://x/v.mp4","mimetype":"video/mp4"}}')"#,
+            "payload.file.url",
+        ),
+        (
+            r#"('main', 'image', '{"file":{"url":"https://x/a.png","mimetype":"image/png"},"caption":5}')"#,
+            "payload.caption",
+        ),
     ];
     for (values, _) in &bad {
-        exec_raw(db, &format!("INSERT INTO status_outbox (instance, kind, payload) VALUES {values}")).await.unwrap();
+        exec_raw(
+            db,
+            &format!("INSERT INTO status_outbox (instance, kind, payload) VALUES {values}"),
+        )
+        .await
+        .unwrap();
     }
     let d = spawn_daemon(s.clone(), &settings);
     wait_drained(&s, 60).await;
     d.stop().await;
     assert_exactly_once(&sim, 50);
-    let invalid = s.list(ListParams { state: Some(State::Invalid), limit: 100, ..Default::default() }).await.unwrap();
+    let invalid = s
+        .list(ListParams {
+            state: Some(State::Invalid),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(invalid.len(), bad.len());
     for (_, field) in bad {
         assert!(
-            invalid.iter().any(|r| r.last_error.as_deref().unwrap_or("").starts_with(&format!("{field}:"))),
+            invalid.iter().any(|r| r
+                .last_error
+                .as_deref()
+                .unwrap_or("")
+                .starts_with(&format!("{field}:"))),
             "no invalid row names {field}: {:?}",
-            invalid.iter().map(|r| r.last_error.clone()).collect::<Vec<_>>()
+            invalid
+                .iter()
+                .map(|r| r.last_error.clone())
+                .collect::<Vec<_>>()
         );
     }
 }
 
 async fn shutdown_mid_drain_loses_nothing<S: Store>(s: S, db: &TestDb) {
-    let sim = start_sim(SimConfig { latency_min_ms: 20, latency_max_ms: 60, ..faulty() }).await;
+    let sim = start_sim(SimConfig {
+        latency_min_ms: 20,
+        latency_max_ms: 60,
+        ..faulty()
+    })
+    .await;
     let mut settings = test_settings(&db.url, &sim, &[("main", true)]);
     settings.daemon.shutdown_grace_secs = 0;
     enqueue_n(&s, "main", 300).await;
@@ -201,8 +309,18 @@ async fn shutdown_mid_drain_loses_nothing<S: Store>(s: S, db: &TestDb) {
     }
     d.stop().await;
     assert!(crate::support::live_rows(&s).await > 0, "stopped mid-drain");
-    let uploading = s.list(ListParams { state: Some(State::Uploading), limit: 1000, ..Default::default() }).await.unwrap();
-    assert!(uploading.is_empty(), "cancelled calls were recorded as in_doubt, not left leased");
+    let uploading = s
+        .list(ListParams {
+            state: Some(State::Uploading),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        uploading.is_empty(),
+        "cancelled calls were recorded as in_doubt, not left leased"
+    );
     let d = spawn_daemon(s.clone(), &settings);
     wait_drained(&s, 90).await;
     d.stop().await;
@@ -218,11 +336,21 @@ async fn api_id_source_fetches_ids_before_sending<S: Store>(s: S, db: &TestDb) {
     wait_drained(&s, 60).await;
     d.stop().await;
     assert_exactly_once(&sim, 60);
-    let rows = s.list(ListParams { limit: 100, ..Default::default() }).await.unwrap();
+    let rows = s
+        .list(ListParams {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     for r in rows {
         let mid = r.message_id.unwrap();
         assert!(statusd::provider::ids::is_well_formed(&mid));
-        assert_eq!(r.provider_id.as_deref(), Some(mid.as_str()), "posted under the id fetched before sending");
+        assert_eq!(
+            r.provider_id.as_deref(),
+            Some(mid.as_str()),
+            "posted under the id fetched before sending"
+        );
     }
 }
 
@@ -232,7 +360,14 @@ async fn api_id_source_fetches_ids_before_sending<S: Store>(s: S, db: &TestDb) {
 async fn two_daemons_on_one_postgres_never_duplicate() {
     let db = TestDb::postgres().await;
     let s = db.pg_store().await;
-    let sim = start_sim(SimConfig { lost_response: 0.05, error_5xx_after: 0.05, hang_ms: 700, seed: Some(3), ..SimConfig::default() }).await;
+    let sim = start_sim(SimConfig {
+        lost_response: 0.05,
+        error_5xx_after: 0.05,
+        hang_ms: 700,
+        seed: Some(3),
+        ..SimConfig::default()
+    })
+    .await;
     let settings = test_settings(&db.url, &sim, &[("main", true)]);
     enqueue_n(&s, "main", 5000).await;
     let mut a_settings = settings.clone();

@@ -1,6 +1,8 @@
 //! All integration tests build into one binary (one module per feature).
 
+mod daemon;
+mod provider;
+mod sim;
+mod state_machine;
 mod store;
 mod support;
-mod daemon;
-mod state_machine;

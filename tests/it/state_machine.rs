@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use statusd::model::State;
-use statusd::store::{AssignId, ClaimParams, Completion, ListParams, SqliteStore, Store, Transition};
+use statusd::store::{
+    AssignId, ClaimParams, Completion, ListParams, SqliteStore, Store, Transition,
+};
 use uuid::Uuid;
 
 use crate::support::{text, TestDb};
@@ -41,12 +43,15 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 async fn all_rows(s: &SqliteStore) -> HashMap<Uuid, statusd::model::OutboxRow> {
-    s.list(ListParams { limit: 100_000, ..Default::default() })
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.id, r))
-        .collect()
+    s.list(ListParams {
+        limit: 100_000,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| (r.id, r))
+    .collect()
 }
 
 async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
@@ -64,14 +69,26 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let q = s.queued(100).await.unwrap();
                 let a: Vec<AssignId> = q
                     .iter()
-                    .map(|r| AssignId { id: r.id, message_id: statusd::provider::ids::local_message_id() })
+                    .map(|r| AssignId {
+                        id: r.id,
+                        message_id: statusd::provider::ids::local_message_id(),
+                    })
                     .collect();
                 s.assign_message_ids(&a).await.unwrap();
             }
             Op::Claim { worker, expired } => {
-                let lease = if expired { Duration::ZERO } else { Duration::from_secs(3600) };
+                let lease = if expired {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(3600)
+                };
                 let rows = s
-                    .claim(ClaimParams { owner: format!("w{worker}"), limit: 3, lease, skip_instances: vec![] })
+                    .claim(ClaimParams {
+                        owner: format!("w{worker}"),
+                        limit: 3,
+                        lease,
+                        skip_instances: vec![],
+                    })
                     .await
                     .unwrap();
                 for r in rows {
@@ -87,15 +104,35 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let id = keys[pick % keys.len()];
                 let attempt = held[worker].remove(&id).unwrap_or_default();
                 let before = s.get(id).await.unwrap().unwrap();
-                let to = [State::Posted, State::PendingUpload, State::InDoubt, State::Failed][to as usize];
+                let to = [
+                    State::Posted,
+                    State::PendingUpload,
+                    State::InDoubt,
+                    State::Failed,
+                ][to as usize];
                 let mut t = Transition::new(id, attempt, to);
                 t.provider_id = Some("p".into());
-                let c = Completion { transition: t, started_at: chrono::Utc::now(), latency: Duration::ZERO, outcome: "prop".into() };
+                let c = Completion {
+                    transition: t,
+                    started_at: chrono::Utc::now(),
+                    latency: Duration::ZERO,
+                    outcome: "prop".into(),
+                };
                 let n = s.complete(&[c]).await.unwrap();
                 let should = before.state == State::Uploading && before.attempts == attempt;
-                prop_assert_eq!(n == 1, should, "fence: row {:?} attempt {} worker attempt {}", before.state, before.attempts, attempt);
+                prop_assert_eq!(
+                    n == 1,
+                    should,
+                    "fence: row {:?} attempt {} worker attempt {}",
+                    before.state,
+                    before.attempts,
+                    attempt
+                );
                 if n == 1 {
-                    prop_assert!(applied.insert((id, attempt)), "an outcome applied twice for one attempt");
+                    prop_assert!(
+                        applied.insert((id, attempt)),
+                        "an outcome applied twice for one attempt"
+                    );
                 }
             }
             Op::Crash { worker } => held[worker].clear(),
@@ -108,7 +145,15 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     continue;
                 }
                 let r = &due[pick % due.len()];
-                let mut t = Transition::new(r.id, r.attempts, if present { State::Posted } else { State::PendingUpload });
+                let mut t = Transition::new(
+                    r.id,
+                    r.attempts,
+                    if present {
+                        State::Posted
+                    } else {
+                        State::PendingUpload
+                    },
+                );
                 t.provider_id = Some("p".into());
                 prop_assert_eq!(s.resolve_in_doubt(&[t]).await.unwrap(), 1);
             }
@@ -137,7 +182,10 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert!(r.lease_expires_at.is_some() && r.lease_owner.is_some());
             }
             if r.state != State::Queued && r.state != State::Cancelled {
-                prop_assert!(r.message_id.is_some(), "rule 1: no id from pending_upload on");
+                prop_assert!(
+                    r.message_id.is_some(),
+                    "rule 1: no id from pending_upload on"
+                );
             }
         }
     }

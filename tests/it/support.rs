@@ -227,7 +227,12 @@ fn settings_is_pg(s: &Settings) -> bool {
 /// Rows the pipeline still has to move (parked in-doubt rows excluded).
 pub async fn live_rows<S: Store>(store: &S) -> i64 {
     let mut n = 0;
-    for st in [State::Queued, State::PendingUpload, State::Uploading, State::InDoubt] {
+    for st in [
+        State::Queued,
+        State::PendingUpload,
+        State::Uploading,
+        State::InDoubt,
+    ] {
         let rows = store
             .list(statusd::store::ListParams {
                 state: Some(st),
@@ -278,6 +283,11 @@ pub fn assert_exactly_once(sim: &SimHandle, n: usize) {
             None => lost.push(i),
         }
     }
-    assert!(lost.is_empty(), "{} statuses never shown, e.g. {:?}; sim {stats:?}", lost.len(), &lost[..lost.len().min(10)]);
+    assert!(
+        lost.is_empty(),
+        "{} statuses never shown, e.g. {:?}; sim {stats:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
     assert_eq!(seen.len(), n, "statuses shown that nobody enqueued");
 }
