@@ -383,3 +383,90 @@ async fn two_daemons_on_one_postgres_never_duplicate() {
     assert_exactly_once(&sim, 5000);
     all_posted(&s, 5000).await;
 }
+
+/// The `LISTEN` connection is dropped by the server; the daemon reconnects
+/// and still wakes on new rows (and polls meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_wakeup_survives_a_dropped_listener() {
+    let db = TestDb::postgres().await;
+    let s = db.pg_store().await;
+    let mut wake = s.subscribe();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.enqueue(text("main", 0)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wake.changed())
+        .await
+        .expect("notified")
+        .unwrap();
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    let killed = exec_raw(
+        &db,
+        &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND query ILIKE 'LISTEN%'"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        killed >= 1,
+        "the listener connection was found and terminated"
+    );
+    // Give the listener time to notice and reconnect, then expect a wake-up
+    // for a new row (the reconnect itself also signals).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wake.borrow_and_update();
+    s.enqueue(text("main", 1)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wake.changed())
+        .await
+        .expect("notified after reconnect")
+        .unwrap();
+}
+
+/// A schedule firing every second on two daemons enqueues each occurrence
+/// once, and each is posted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schedules_fire_once_per_occurrence_across_replicas() {
+    let db = TestDb::postgres().await;
+    let s = db.pg_store().await;
+    let sim = start_sim(SimConfig::default()).await;
+    let settings = test_settings(&db.url, &sim, &[("main", true)]);
+    s.add_schedule(&statusd::store::Schedule {
+        id: uuid::Uuid::now_v7(),
+        name: "every-second".into(),
+        cron: "* * * * * *".into(),
+        timezone: "Europe/Berlin".into(),
+        instance: "main".into(),
+        kind: "text".into(),
+        payload: r#"{"text":"tick"}"#.into(),
+        enabled: true,
+    })
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let a = spawn_daemon(s.clone(), &settings);
+    let b = spawn_daemon(db.pg_store().await, &settings);
+    tokio::time::sleep(Duration::from_millis(4200)).await;
+    a.stop().await;
+    b.stop().await;
+    let secs = started.elapsed().as_secs_f64().ceil() as usize;
+    wait_drained(&s, 30).await;
+    let rows = s
+        .list(ListParams {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        rows.len() >= 3 && rows.len() <= secs + 1,
+        "{} rows in {secs}s",
+        rows.len()
+    );
+    assert!(rows.iter().all(|r| r
+        .dedupe_key
+        .as_deref()
+        .unwrap_or("")
+        .starts_with("schedule:")));
+    assert_eq!(
+        sim.stats().posted as usize,
+        rows.len(),
+        "each occurrence posted once"
+    );
+}

@@ -1,5 +1,7 @@
 //! All integration tests build into one binary (one module per feature).
 
+mod admin;
+mod chaos;
 mod daemon;
 mod provider;
 mod sim;

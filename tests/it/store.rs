@@ -96,7 +96,12 @@ async fn ids_are_assigned_once_and_claims_lease<S: Store>(s: S, _db: &TestDb) {
         id,
         message_id: "3EB0AAAAAAAAAAAAAAAAAAAA".into(),
     };
-    assert_eq!(s.assign_message_ids(std::slice::from_ref(&a)).await.unwrap(), 1);
+    assert_eq!(
+        s.assign_message_ids(std::slice::from_ref(&a))
+            .await
+            .unwrap(),
+        1
+    );
     let again = AssignId {
         id,
         message_id: "3EB0BBBBBBBBBBBBBBBBBBBB".into(),

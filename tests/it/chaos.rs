@@ -1,0 +1,405 @@
+//! The reliability proof (issue 5): the real `statusd run` binary as child
+//! processes, killed with SIGKILL at random instants and restarted, two of
+//! them at once for part of the run, PostgreSQL connections terminated
+//! mid-run, a simulator injecting every fault at once, and a corpus of bad
+//! rows mixed in. The oracle is the simulator's record of what viewers saw.
+//!
+//! CI runs a short variant. The full run is the same test with more load:
+//!
+//! ```text
+//! STATUSD_CHAOS_STATUSES=10000 STATUSD_CHAOS_KILLS=20 STATUSD_CHAOS_PG_RESTARTS=2 \
+//!   cargo test --release --test it chaos -- --nocapture --test-threads 1
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use statusd::model::State;
+use statusd::sim::{SimConfig, SimHandle};
+use statusd::store::{EnqueueParams, ListParams, Store};
+use tokio::process::{Child, Command};
+
+use crate::support::{exec_raw, live_rows, start_sim, text, TestDb, TEST_TOKEN};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_sqlite() {
+    let db = TestDb::sqlite().await;
+    let store = db.sqlite_store().await;
+    chaos(store, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_postgres() {
+    let db = TestDb::postgres().await;
+    let store = db.pg_store().await;
+    chaos(store, &db).await;
+}
+
+/// A bad row and the field its error must name.
+struct BadRow {
+    values: String,
+    field: &'static str,
+}
+
+/// At least 50 bad rows, each a way an upstream app can get it wrong.
+fn bad_corpus(sqlite: bool) -> Vec<BadRow> {
+    let huge = "x".repeat(5000);
+    let mut shapes: Vec<(String, &'static str)> = vec![
+        (
+            r#"'main', 'image', '{"text":"a text payload on an image row %"}'"#.into(),
+            "payload.file",
+        ),
+        (
+            r#"'main', 'text', '{"caption":"no text %"}'"#.into(),
+            "payload.text",
+        ),
+        (r#"'main', 'text', '{"text":"   "}'"#.into(), "payload.text"),
+        (r#"'main', 'text', '{"text":null}'"#.into(), "payload.text"),
+        (
+            format!(
+                r#"'main', 'image', '{{"file":{{"url":"https://x/%.jpg","mimetype":"image/jpeg"}},"caption":"{huge}"}}'"#
+            ),
+            "payload.caption",
+        ),
+        (
+            r#"'nowhere', 'text', '{"text":"unknown instance %"}'"#.into(),
+            "instance",
+        ),
+        (
+            r#"'main', 'video', '{"file":{"url":"http://insecure/%.mp4","mimetype":"video/mp4"}}'"#
+                .into(),
+            "payload.file.url",
+        ),
+        (
+            r#"'main', 'image', '{"file":{"url":"https://x/%.jpg"}}'"#.into(),
+            "payload.file.mimetype",
+        ),
+        (
+            r#"'main', 'voice', '{"file":{"url":"https://x/%.mp3","mimetype":"video/mp4"}}'"#
+                .into(),
+            "payload.file.mimetype",
+        ),
+        (
+            r#"'main', 'text', '{"text":"bad font %","font":42}'"#.into(),
+            "payload.font",
+        ),
+        (
+            r#"'main', 'text', '{"text":"bad colour %","backgroundColor":"green"}'"#.into(),
+            "payload.backgroundColor",
+        ),
+        (
+            r#"'main', 'text', '{"text":"bad contacts %","contacts":"everyone"}'"#.into(),
+            "payload.contacts",
+        ),
+        (
+            r#"'main', 'image', '{"file":null,"caption":"% null file"}'"#.into(),
+            "payload.file",
+        ),
+        (r#"'main', 'text', 'null'"#.into(), "payload"),
+        (r#"'main', 'text', '[1, 2, "%"]'"#.into(), "payload"),
+    ];
+    if sqlite {
+        shapes.push((
+            r#"'main', 'text', '{"text": "unterminated %'"#.into(),
+            "payload",
+        ));
+        // Invalid UTF-8 in a text column: SQLite stores the bytes as given.
+        shapes.push((
+            "'main', 'text', CAST(X'7B2274657874223A2263616680227D' AS TEXT)".into(),
+            "payload",
+        ));
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    while out.len() < 52 {
+        for (v, field) in &shapes {
+            out.push(BadRow {
+                values: v.replace('%', &format!("bad{i}")),
+                field,
+            });
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Writes the daemon's config file and returns its directory.
+fn write_config(dir: &Path, db_url: &str, sim: &SimHandle) -> PathBuf {
+    let cfg = format!(
+        r#"
+[database]
+url = "{db_url}"
+max_connections = 8
+
+[daemon]
+concurrency = 48
+batch_size = 64
+lease_secs = 2
+poll_interval_ms = 50
+fallback_poll_ms = 500
+retry_base_ms = 50
+retry_max_ms = 1000
+settle_delay_ms = 300
+reconcile_interval_ms = 200
+rescue_interval_ms = 300
+instance_probe_ms = 500
+shutdown_grace_secs = 3
+
+[admin]
+enabled = false
+
+[provider]
+connect_timeout_ms = 500
+request_timeout_ms = 500
+
+[instances.main]
+base_url = "{base}"
+instance_id = "main"
+supplied_id = true
+rate_per_sec = 5000
+burst = 500
+"#,
+        base = sim.base_url()
+    );
+    std::fs::write(dir.join("default.toml"), cfg).expect("write config");
+    dir.to_path_buf()
+}
+
+fn spawn_daemon(bin_dir: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_statusd"))
+        .arg("--config-dir")
+        .arg(bin_dir)
+        .args(["--log-format", "json", "--log-level", "info", "run"])
+        // The token reaches the daemon the way operators are told to pass it.
+        .env("STATUSD__INSTANCES__MAIN__ACCESS_TOKEN", TEST_TOKEN)
+        .env_remove("RUST_LOG")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn statusd run")
+}
+
+async fn terminate_pg_connections(db: &TestDb) -> u64 {
+    let name = db.url.rsplit('/').next().unwrap_or_default().to_string();
+    exec_raw(
+        db,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ),
+    )
+    .await
+    .unwrap_or(0)
+}
+
+async fn chaos<S: Store>(store: S, db: &TestDb) {
+    let statuses = env_or("STATUSD_CHAOS_STATUSES", 1000);
+    let kills = env_or("STATUSD_CHAOS_KILLS", 5);
+    let pg_restarts = env_or("STATUSD_CHAOS_PG_RESTARTS", 1);
+    let sqlite = db.url.starts_with("sqlite:");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(env_or("STATUSD_CHAOS_SEED", 11) as u64);
+    let sim = start_sim(SimConfig {
+        lost_response: 0.10,
+        error_5xx_after: 0.05,
+        hang: 0.025,
+        hang_after_commit: 0.025,
+        rate_limited_429: 0.05,
+        retry_after_secs: 1,
+        hang_ms: 900,
+        latency_min_ms: 0,
+        latency_max_ms: 8,
+        tokens: [("main".to_string(), TEST_TOKEN.to_string())].into(),
+        seed: Some(5),
+        ..SimConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_dir = write_config(dir.path(), &db.url, &sim);
+    let log = dir.path().join("statusd.log");
+
+    // Good rows in batches, with the bad corpus mixed between them.
+    let corpus = bad_corpus(sqlite);
+    let good: Vec<EnqueueParams> = (0..statuses).map(|i| text("main", i)).collect();
+    let chunks: Vec<&[EnqueueParams]> = good
+        .chunks(statuses.div_ceil(corpus.len()).max(1))
+        .collect();
+    let started = Instant::now();
+    for (i, bad) in corpus.iter().enumerate() {
+        if let Some(c) = chunks.get(i) {
+            store.enqueue_many(c).await.unwrap();
+        }
+        exec_raw(
+            db,
+            &format!(
+                "INSERT INTO status_outbox (instance, kind, payload) VALUES ({})",
+                bad.values
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "bad row {} could not be inserted: {e}",
+                bad.values.chars().take(80).collect::<String>()
+            )
+        });
+    }
+    for c in chunks.iter().skip(corpus.len()) {
+        store.enqueue_many(c).await.unwrap();
+    }
+
+    // Kill and restart; a second daemon for part of the run; PG restarts.
+    let mut a = spawn_daemon(&cfg_dir, &log);
+    let mut b: Option<Child> = None;
+    let mut terminated = 0;
+    let mut restarts_done = 0;
+    for k in 0..kills {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(150..900))).await;
+        a.start_kill().expect("SIGKILL");
+        a.wait().await.expect("reap");
+        if k == kills / 3 {
+            b = Some(spawn_daemon(&cfg_dir, &log));
+        }
+        if k == 2 * kills / 3 {
+            if let Some(mut second) = b.take() {
+                second.start_kill().expect("SIGKILL second");
+                second.wait().await.expect("reap");
+            }
+        }
+        if !sqlite && restarts_done < pg_restarts && k % 2 == 1 {
+            terminated += terminate_pg_connections(db).await;
+            restarts_done += 1;
+        }
+        a = spawn_daemon(&cfg_dir, &log);
+    }
+    while !sqlite && restarts_done < pg_restarts {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        terminated += terminate_pg_connections(db).await;
+        restarts_done += 1;
+    }
+
+    // Let the last daemon drain, then stop it the polite way.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while live_rows(&store).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "not drained: {:?}",
+            store.summary().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wall = started.elapsed();
+    let pid = a.id().expect("pid") as i32;
+    // SAFETY: kill(2) with a pid we spawned and have not reaped.
+    assert_eq!(unsafe { libc_kill(pid, 15) }, 0, "SIGTERM");
+    let status = tokio::time::timeout(Duration::from_secs(20), a.wait())
+        .await
+        .expect("exits on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "statusd run exits 0 on SIGTERM: {status}");
+
+    // The oracle: the simulator's record.
+    let stats = sim.stats();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for p in sim.posted() {
+        if let Some(t) = p.body.get("text").and_then(|t| t.as_str()) {
+            *seen.entry(t.to_string()).or_default() += 1;
+        }
+    }
+    let lost = (0..statuses)
+        .filter(|i| !seen.contains_key(&format!("status number {i}")))
+        .count();
+    let shown_twice = seen.values().filter(|n| **n > 1).count();
+    let rows = store
+        .list(ListParams {
+            limit: 1_000_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let by_state = |s: State| rows.iter().filter(|r| r.state == s).count();
+    let parked = rows.iter().filter(|r| r.parked_at.is_some()).count();
+
+    println!(
+        "\nchaos run ({}):",
+        if sqlite { "SQLite" } else { "PostgreSQL" }
+    );
+    println!("  statuses            {statuses}");
+    println!("  bad rows            {}", corpus.len());
+    println!("  faults injected     {:?}", stats.faults);
+    println!("  SIGKILLs            {kills}");
+    println!("  PG connection kills {restarts_done} rounds, {terminated} backends");
+    println!("  duplicates          {}", stats.duplicates);
+    println!("  lost                {lost}");
+    println!("  parked in_doubt     {parked}");
+    println!("  wall time           {:.1}s", wall.as_secs_f64());
+
+    assert_eq!(stats.duplicates, 0, "viewers saw duplicates");
+    assert_eq!(shown_twice, 0, "a status was shown twice");
+    assert_eq!(lost, 0, "statuses lost");
+    assert_eq!(by_state(State::Posted), statuses, "every good row posted");
+    assert_eq!(by_state(State::Uploading), 0, "no row left leased");
+    assert_eq!(parked, 0, "no row needed an operator");
+    for f in [
+        "lost_response",
+        "error_5xx_after",
+        "hang",
+        "hang_after_commit",
+        "rate_limited_429",
+    ] {
+        assert!(
+            stats.faults.get(f).copied().unwrap_or(0) > 0,
+            "fault {f} never injected"
+        );
+    }
+    // Each bad row is invalid and its error names the field.
+    let invalid: Vec<_> = rows.iter().filter(|r| r.state == State::Invalid).collect();
+    assert_eq!(invalid.len(), corpus.len(), "every bad row ends invalid");
+    let mut want: HashMap<&str, usize> = HashMap::new();
+    for b in &corpus {
+        *want.entry(b.field).or_default() += 1;
+    }
+    let mut got: HashMap<String, usize> = HashMap::new();
+    for r in &invalid {
+        let e = r.last_error.clone().unwrap_or_default();
+        let field = e.split(':').next().unwrap_or("").to_string();
+        *got.entry(field).or_default() += 1;
+    }
+    for (field, n) in want {
+        assert_eq!(
+            got.get(field).copied().unwrap_or(0),
+            n,
+            "rows naming {field}: {got:?}"
+        );
+    }
+    // Secrets: the whole run's logs never carry the token.
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        logs.lines().count() > kills,
+        "the daemons logged (found {} lines)",
+        logs.lines().count()
+    );
+    assert!(
+        !logs.contains(TEST_TOKEN),
+        "the access token appeared in the logs"
+    );
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
