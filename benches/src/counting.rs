@@ -1,0 +1,149 @@
+//! A `Store` that counts the SQL statements its inner store executes, by
+//! method (each method's statement count is fixed by its SQL; see the
+//! weights below). Used for "statements per status" and "queries per second
+//! while idle".
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use statusd::model::{Attempt, OutboxRow};
+use statusd::store::{
+    AssignId, ClaimParams, Completion, EnqueueParams, Enqueued, ListParams, Result, Schedule,
+    Store, SummaryRow, Transition,
+};
+use uuid::Uuid;
+
+#[derive(Clone)]
+pub struct Counting<S> {
+    inner: S,
+    statements: Arc<AtomicU64>,
+}
+
+impl<S> Counting<S> {
+    pub fn new(inner: S) -> Self {
+        Counting {
+            inner,
+            statements: Arc::new(AtomicU64::new(0)),
+        }
+    }
+    pub fn statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
+    }
+    fn add(&self, n: u64) {
+        self.statements.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl<S: Store> Store for Counting<S> {
+    async fn migrate(&self) -> Result<()> {
+        self.inner.migrate().await
+    }
+    async fn ping(&self) -> Result<()> {
+        self.add(1);
+        self.inner.ping().await
+    }
+    async fn enqueue(&self, p: EnqueueParams) -> Result<Enqueued> {
+        let r = self.inner.enqueue(p).await?;
+        // A dedupe hit costs a second statement to find the existing id.
+        self.add(if r.inserted { 1 } else { 2 });
+        Ok(r)
+    }
+    async fn enqueue_many(&self, p: &[EnqueueParams]) -> Result<u64> {
+        self.add(u64::from(!p.is_empty()));
+        self.inner.enqueue_many(p).await
+    }
+    async fn queued(&self, limit: i64) -> Result<Vec<OutboxRow>> {
+        self.add(1);
+        self.inner.queued(limit).await
+    }
+    async fn assign_message_ids(&self, ids: &[AssignId]) -> Result<u64> {
+        self.add(u64::from(!ids.is_empty()));
+        self.inner.assign_message_ids(ids).await
+    }
+    async fn mark_invalid(&self, id: Uuid, error: &str) -> Result<bool> {
+        self.add(1);
+        self.inner.mark_invalid(id, error).await
+    }
+    async fn claim(&self, p: ClaimParams) -> Result<Vec<OutboxRow>> {
+        self.add(1);
+        self.inner.claim(p).await
+    }
+    async fn complete(&self, done: &[Completion]) -> Result<u64> {
+        // UPDATE … RETURNING and the attempts INSERT (BEGIN/COMMIT not counted).
+        self.add(if done.is_empty() { 0 } else { 2 });
+        self.inner.complete(done).await
+    }
+    async fn rescue_expired(&self, limit: i64, settle: Duration) -> Result<Vec<Uuid>> {
+        self.add(1);
+        self.inner.rescue_expired(limit, settle).await
+    }
+    async fn due_in_doubt(&self, limit: i64) -> Result<Vec<OutboxRow>> {
+        self.add(1);
+        self.inner.due_in_doubt(limit).await
+    }
+    async fn resolve_in_doubt(&self, t: &[Transition]) -> Result<u64> {
+        self.add(u64::from(!t.is_empty()));
+        self.inner.resolve_in_doubt(t).await
+    }
+    async fn get(&self, id: Uuid) -> Result<Option<OutboxRow>> {
+        self.add(1);
+        self.inner.get(id).await
+    }
+    async fn find(&self, key: &str) -> Result<Option<OutboxRow>> {
+        self.add(1);
+        self.inner.find(key).await
+    }
+    async fn attempts(&self, id: Uuid) -> Result<Vec<Attempt>> {
+        self.add(1);
+        self.inner.attempts(id).await
+    }
+    async fn list(&self, p: ListParams) -> Result<Vec<OutboxRow>> {
+        self.add(1);
+        self.inner.list(p).await
+    }
+    async fn summary(&self) -> Result<Vec<SummaryRow>> {
+        self.add(1);
+        self.inner.summary().await
+    }
+    async fn retry(&self, id: Uuid) -> Result<OutboxRow> {
+        self.add(1);
+        self.inner.retry(id).await
+    }
+    async fn force_resend(&self, id: Uuid) -> Result<OutboxRow> {
+        self.add(1);
+        self.inner.force_resend(id).await
+    }
+    async fn cancel(&self, id: Uuid) -> Result<OutboxRow> {
+        self.add(1);
+        self.inner.cancel(id).await
+    }
+    async fn mark_deleted(&self, id: Uuid) -> Result<OutboxRow> {
+        self.add(1);
+        self.inner.mark_deleted(id).await
+    }
+    async fn purge_terminal(&self, older_than: Duration, limit: i64) -> Result<u64> {
+        self.add(1);
+        self.inner.purge_terminal(older_than, limit).await
+    }
+    async fn add_schedule(&self, s: &Schedule) -> Result<()> {
+        self.add(1);
+        self.inner.add_schedule(s).await
+    }
+    async fn schedules(&self) -> Result<Vec<Schedule>> {
+        self.add(1);
+        self.inner.schedules().await
+    }
+    async fn remove_schedule(&self, name_or_id: &str) -> Result<bool> {
+        self.add(1);
+        self.inner.remove_schedule(name_or_id).await
+    }
+    async fn now(&self) -> Result<DateTime<Utc>> {
+        self.add(1);
+        self.inner.now().await
+    }
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.subscribe()
+    }
+}
