@@ -30,6 +30,8 @@ pub async fn run<S: Store, P: Provider>(
     let hard_stop = CancellationToken::new();
     let mut wake = ctx.store.subscribe();
     let mut failures = 0;
+    let refill_at = (ctx.settings.concurrency / 4).clamp(1, ctx.settings.batch_size);
+    let mut batch_wait_done = false;
 
     while !shutdown.is_cancelled() {
         let free = slots.available_permits();
@@ -40,6 +42,17 @@ pub async fn run<S: Store, P: Provider>(
             }
             continue;
         }
+        // Claim in batches: while most slots are busy, give in-flight sends
+        // a moment to finish rather than claiming one row per statement.
+        if free < refill_at && !in_flight.is_empty() && !batch_wait_done {
+            batch_wait_done = true;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(2)) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            continue;
+        }
+        batch_wait_done = false;
         let params = ClaimParams {
             owner: ctx.owner.clone(),
             limit: free.min(ctx.settings.batch_size) as i64,
