@@ -2,5 +2,6 @@
 
 mod store;
 mod support;
+mod cli;
 mod daemon;
 mod state_machine;
