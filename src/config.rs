@@ -254,6 +254,19 @@ impl Settings {
     /// Loads and validates the layers; every problem is reported, each with
     /// its key.
     pub fn load(src: &ConfigSource) -> Result<Settings, ConfigError> {
+        let settings = Settings::load_unchecked(src)?;
+        let problems = settings.problems();
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// Loads the layers without the checks of [`Settings::problems`]: the
+    /// operator commands (`ls`, `retry`, …) need a database, not instances,
+    /// and check what they use themselves.
+    pub fn load_unchecked(src: &ConfigSource) -> Result<Settings, ConfigError> {
         let dir = src.dir.clone().unwrap_or_else(|| PathBuf::from("config"));
         let env = std::env::var("STATUSD_ENV").unwrap_or_else(|_| "local".into());
         let mut b = config::Config::builder()
@@ -280,15 +293,12 @@ impl Settings {
                 .map_err(|e| ConfigError::Load(e.to_string()))?;
         }
         let raw = b.build().map_err(|e| ConfigError::Load(e.to_string()))?;
-        let settings: Settings = raw
-            .try_deserialize()
-            .map_err(|e| ConfigError::Invalid(vec![problem_from_serde(&e.to_string())]))?;
-        let problems = settings.problems();
-        if problems.is_empty() {
-            Ok(settings)
-        } else {
-            Err(ConfigError::Invalid(problems))
+        let problems = instance_name_problems(&raw);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
         }
+        raw.try_deserialize()
+            .map_err(|e| ConfigError::Invalid(vec![problem_from_serde(&e.to_string())]))
     }
 
     /// Settings for tests and the demo, built in code.
@@ -455,7 +465,40 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The environment source lowercases its keys, so
+/// `STATUSD__INSTANCES__MAIN__ACCESS_TOKEN` can only reach `[instances.main]`:
+/// an upper-case name in a file would silently become a second, incomplete
+/// instance, reported as a puzzling missing field. Say what is wrong instead.
+fn instance_name_problems(raw: &config::Config) -> Vec<ConfigProblem> {
+    let Ok(table) = raw.get_table("instances") else {
+        return Vec::new();
+    };
+    table
+        .keys()
+        .filter(|k| k.chars().any(char::is_uppercase))
+        .map(|k| ConfigProblem {
+            key: format!("instances.{k}"),
+            problem: format!(
+                "instance names must be lowercase: STATUSD__INSTANCES__… variables are \
+                 lowercased and would configure `{}` instead; rename it",
+                k.to_lowercase()
+            ),
+        })
+        .collect()
+}
+
 fn problem_from_serde(msg: &str) -> ConfigProblem {
+    // config 0.15 reports an absent required key as
+    // `missing configuration field "instances.main.instance_id"`.
+    if let Some(key) = msg
+        .strip_prefix("missing configuration field \"")
+        .and_then(|r| r.strip_suffix('"'))
+    {
+        return ConfigProblem {
+            key: key.to_string(),
+            problem: "is required".into(),
+        };
+    }
     // The config crate reports e.g. "missing field `url` for key `database`"
     // or "invalid type: ... for key `daemon.concurrency` in config/x.toml".
     let key = msg

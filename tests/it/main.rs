@@ -2,6 +2,7 @@
 
 mod admin;
 mod chaos;
+mod cli;
 mod daemon;
 mod provider;
 mod sim;

@@ -1,0 +1,445 @@
+//! The operator commands over the outbox. Each returns the text to print;
+//! the store's errors already name the row and the refused transition.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+
+use super::table::{age, age_at, relative, truncate, Table};
+use super::{EnqueueArgs, LsArgs, RetryArgs, ShowArgs};
+use crate::config::{redact_url, Settings};
+use crate::model::{OutboxRow, State, StatusBody};
+use crate::store::{EnqueueParams, ListParams, Store, StoreError};
+
+pub async fn migrate<S: Store>(store: &S, settings: &Settings) -> anyhow::Result<String> {
+    store
+        .migrate()
+        .await
+        .context("applying the database migrations")?;
+    Ok(format!(
+        "migrations applied to {}\n",
+        redact_url(settings.database.url.expose_secret())
+    ))
+}
+
+/// Checks that `instance` is configured here. With no instances configured
+/// (an operator box without tokens) the daemon that reads the row decides,
+/// so this only warns.
+pub fn check_instance(instance: &str, settings: &Settings) -> anyhow::Result<()> {
+    if settings.instances.is_empty() {
+        tracing::warn!(
+            instance,
+            "no instances are configured here: cannot check --instance; \
+             the daemon marks the row invalid if it does not know it"
+        );
+        return Ok(());
+    }
+    if !settings.instances.contains_key(instance) {
+        let names: Vec<&str> = settings.instances.keys().map(String::as_str).collect();
+        anyhow::bail!(
+            "--instance: `{instance}` is not a configured instance (configured: {})",
+            names.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The row's kind and payload from the flags, validated the way the daemon
+/// validates rows, so a bad status is refused now rather than parked as
+/// `invalid` later.
+fn kind_and_payload(a: &EnqueueArgs) -> anyhow::Result<(String, String)> {
+    if let (Some(kind), Some(payload)) = (&a.kind, &a.payload) {
+        StatusBody::parse(kind, payload).context("--kind/--payload: not a valid status")?;
+        return Ok((kind.clone(), payload.clone()));
+    }
+    let mut p = serde_json::Map::new();
+    let kind = if let Some(text) = &a.text {
+        p.insert("text".into(), json!(text));
+        "text"
+    } else {
+        let (kind, url) = match (&a.image, &a.video, &a.voice) {
+            (Some(u), _, _) => ("image", u),
+            (_, Some(u), _) => ("video", u),
+            (_, _, Some(u)) => ("voice", u),
+            // clap's `content` group requires one of them.
+            _ => anyhow::bail!("give one of --text, --image, --video, --voice or --kind"),
+        };
+        let mimetype = match &a.mimetype {
+            Some(m) => m.clone(),
+            None => guess_mimetype(url).map(str::to_string).with_context(|| {
+                format!(
+                    "--mimetype is required: cannot tell the type of `{url}` from its extension"
+                )
+            })?,
+        };
+        p.insert("file".into(), json!({"url": url, "mimetype": mimetype}));
+        if let Some(c) = &a.caption {
+            p.insert("caption".into(), json!(c));
+        }
+        kind
+    };
+    if let Some(c) = &a.background_color {
+        p.insert("backgroundColor".into(), json!(c));
+    }
+    if let Some(f) = a.font {
+        p.insert("font".into(), json!(f));
+    }
+    if !a.contacts.is_empty() {
+        p.insert("contacts".into(), json!(a.contacts));
+    }
+    let payload = Value::Object(p).to_string();
+    StatusBody::parse(kind, &payload).map_err(|e| {
+        anyhow::anyhow!(
+            "{} (flag {}): {}",
+            e.field,
+            flag_for_field(&e.field, kind),
+            e.problem
+        )
+    })?;
+    Ok((kind.to_string(), payload))
+}
+
+/// The flag that set a payload field, for error messages.
+fn flag_for_field(field: &str, kind: &str) -> String {
+    let f = field.trim_start_matches("payload.");
+    match f {
+        "text" => "--text".into(),
+        "backgroundColor" => "--background-color".into(),
+        "font" => "--font".into(),
+        "caption" => "--caption".into(),
+        "file.mimetype" => "--mimetype".into(),
+        "file" | "file.url" => format!("--{kind}"),
+        f if f.starts_with("contacts") => "--contact".into(),
+        _ => format!("--{kind}"),
+    }
+}
+
+/// Common media types by extension; anything else needs `--mimetype`.
+fn guess_mimetype(url: &str) -> Option<&'static str> {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let ext = path.rsplit_once('.')?.1.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "webp" => "image/webp",
+        "gif" => "image/gif",
+        "mp4" => "video/mp4",
+        "3gp" => "video/3gpp",
+        "mov" => "video/quicktime",
+        "ogg" | "opus" | "oga" => "audio/ogg; codecs=opus",
+        "mp3" => "audio/mpeg",
+        "m4a" => "audio/mp4",
+        "aac" => "audio/aac",
+        _ => return None,
+    })
+}
+
+pub async fn enqueue<S: Store>(
+    store: &S,
+    a: EnqueueArgs,
+    settings: &Settings,
+) -> anyhow::Result<String> {
+    let (kind, payload) = kind_and_payload(&a)?;
+    check_instance(&a.instance, settings)?;
+    let done = store
+        .enqueue(EnqueueParams {
+            id: None,
+            instance: a.instance.clone(),
+            kind,
+            payload,
+            dedupe_key: a.dedupe_key.clone(),
+            priority: a.priority,
+            not_before: a.not_before,
+        })
+        .await
+        .with_context(|| format!("enqueuing a status for instance `{}`", a.instance))?;
+    if a.json {
+        return Ok(json_line(&json!({
+            "id": done.id,
+            "inserted": done.inserted,
+            "deduplicated": !done.inserted,
+        })));
+    }
+    Ok(if done.inserted {
+        format!("enqueued {}\n", done.id)
+    } else {
+        format!(
+            "deduplicated: dedupe key `{}` already belongs to {} (nothing inserted)\n",
+            a.dedupe_key.as_deref().unwrap_or_default(),
+            done.id
+        )
+    })
+}
+
+pub async fn ls<S: Store>(store: &S, a: LsArgs) -> anyhow::Result<String> {
+    let now = store.now().await.context("reading the database clock")?;
+    let rows = store
+        .list(ListParams {
+            state: a.state,
+            instance: a.instance,
+            since: a.since.map(|s| s.resolve(now)),
+            limit: a.limit,
+        })
+        .await
+        .context("listing statuses")?;
+    if a.json {
+        let rows: Vec<Value> = rows.iter().map(row_json).collect();
+        return Ok(json_line(&Value::Array(rows)));
+    }
+    if rows.is_empty() {
+        return Ok("no statuses match\n".into());
+    }
+    let mut t = Table::new(vec![
+        "ID",
+        "INSTANCE",
+        "KIND",
+        "STATE",
+        "ATTEMPTS",
+        "MESSAGE_ID",
+        "AGE",
+        "LAST_ERROR",
+    ]);
+    for r in &rows {
+        let state = if r.parked_at.is_some() {
+            format!("{} (parked)", r.state)
+        } else {
+            r.state.to_string()
+        };
+        t.row(vec![
+            r.id.to_string(),
+            r.instance.clone(),
+            r.kind.clone(),
+            state,
+            r.attempts.to_string(),
+            r.message_id.clone().unwrap_or_else(|| "-".into()),
+            age_at(now, r.created_at),
+            truncate(r.last_error.as_deref().unwrap_or(""), 60),
+        ]);
+    }
+    Ok(t.render())
+}
+
+/// A row as JSON, with its payload as JSON rather than a string of JSON
+/// when it parses (rows written by others may not).
+fn row_json(r: &OutboxRow) -> Value {
+    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+    if let (Some(obj), Ok(p)) = (v.as_object_mut(), serde_json::from_str::<Value>(&r.payload)) {
+        obj.insert("payload".into(), p);
+    }
+    v
+}
+
+fn json_line(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}
+
+/// Operator input → row, with the one error message for "no such row".
+async fn find<S: Store>(store: &S, key: &str) -> anyhow::Result<OutboxRow> {
+    store
+        .find(key)
+        .await
+        .with_context(|| format!("looking up `{key}`"))?
+        .ok_or_else(|| anyhow::anyhow!("no status with id, message id or dedupe key `{key}`"))
+}
+
+pub async fn show<S: Store>(store: &S, a: ShowArgs) -> anyhow::Result<String> {
+    let row = find(store, &a.id).await?;
+    let attempts = store
+        .attempts(row.id)
+        .await
+        .with_context(|| format!("reading the attempts of {}", row.id))?;
+    if a.json {
+        return Ok(json_line(&json!({
+            "status": row_json(&row),
+            "attempts": attempts,
+        })));
+    }
+    let now = store.now().await.context("reading the database clock")?;
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map(|t| format!("{} ({})", t.to_rfc3339(), relative(now, t)))
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut out = String::new();
+    let mut field = |k: &str, v: String| out += &format!("{k:<18} {v}\n");
+    field("id", row.id.to_string());
+    field("instance", row.instance.clone());
+    field("kind", row.kind.clone());
+    field(
+        "state",
+        match row.parked_at {
+            Some(p) => format!(
+                "{} (parked for an operator since {})",
+                row.state,
+                p.to_rfc3339()
+            ),
+            None => row.state.to_string(),
+        },
+    );
+    field("message_id", opt(&row.message_id));
+    field("provider_id", opt(&row.provider_id));
+    field("dedupe_key", opt(&row.dedupe_key));
+    field("priority", row.priority.to_string());
+    field("attempts", row.attempts.to_string());
+    field("reconcile_attempts", row.reconcile_attempts.to_string());
+    field("not_before", time(row.not_before));
+    // Rows not yet tried carry a "due since forever" placeholder.
+    field(
+        "next_attempt_at",
+        time(row.next_attempt_at.filter(|t| *t > row.created_at)),
+    );
+    field(
+        "lease",
+        match (&row.lease_owner, row.lease_expires_at) {
+            (Some(o), Some(t)) => format!("{o} until {}", t.to_rfc3339()),
+            _ => "-".into(),
+        },
+    );
+    field(
+        "last_error",
+        match (&row.last_error, row.last_http_status) {
+            (Some(e), Some(h)) => format!("{e} (HTTP {h})"),
+            (Some(e), None) => e.clone(),
+            (None, _) => "-".into(),
+        },
+    );
+    field("created_at", time(Some(row.created_at)));
+    field("updated_at", time(Some(row.updated_at)));
+    field("posted_at", time(row.posted_at));
+    let payload = serde_json::from_str::<Value>(&row.payload)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| row.payload.clone());
+    out += &format!("payload\n{}", indent(&payload));
+    if attempts.is_empty() {
+        out += "\nno attempts yet\n";
+    } else {
+        let mut t = Table::new(vec!["#", "STARTED", "OUTCOME", "HTTP", "LATENCY", "ERROR"]);
+        for at in &attempts {
+            t.row(vec![
+                at.attempt.to_string(),
+                at.started_at.to_rfc3339(),
+                at.outcome.clone(),
+                at.http_status
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                format!("{} ms", at.latency_ms),
+                truncate(at.error.as_deref().unwrap_or(""), 80),
+            ]);
+        }
+        out += &format!("\nattempts\n{}", indent(&t.render()));
+    }
+    Ok(out)
+}
+
+fn indent(s: &str) -> String {
+    s.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+pub async fn stats<S: Store>(store: &S, as_json: bool) -> anyhow::Result<String> {
+    let rows = store
+        .summary()
+        .await
+        .context("reading the outbox summary")?;
+    // instance → (state → count), and the oldest waiting row per instance.
+    let mut per: BTreeMap<&str, (BTreeMap<State, i64>, Option<f64>)> = BTreeMap::new();
+    for r in &rows {
+        let e = per.entry(r.instance.as_str()).or_default();
+        *e.0.entry(r.state).or_default() += r.count;
+        if let Some(a) = r.oldest_age_secs {
+            e.1 = Some(e.1.map_or(a, |b: f64| b.max(a)));
+        }
+    }
+    if as_json {
+        let instances: Vec<Value> = per
+            .iter()
+            .map(|(name, (counts, oldest))| {
+                json!({
+                    "instance": name,
+                    "counts": counts.iter().map(|(s, n)| (s.as_str(), *n)).collect::<BTreeMap<_, _>>(),
+                    "total": counts.values().sum::<i64>(),
+                    "oldest_pending_age_secs": oldest,
+                })
+            })
+            .collect();
+        return Ok(json_line(&json!({ "instances": instances })));
+    }
+    if per.is_empty() {
+        return Ok("the outbox is empty\n".into());
+    }
+    // Only the states that occur, in life-cycle order.
+    let states: Vec<State> = State::ALL
+        .into_iter()
+        .filter(|s| rows.iter().any(|r| r.state == *s))
+        .collect();
+    let mut header = vec!["INSTANCE"];
+    header.extend(states.iter().map(|s| s.as_str()));
+    header.extend(["TOTAL", "OLDEST_PENDING"]);
+    let mut t = Table::new(header);
+    for (name, (counts, oldest)) in &per {
+        let mut cells = vec![name.to_string()];
+        cells.extend(
+            states
+                .iter()
+                .map(|s| counts.get(s).copied().unwrap_or(0).to_string()),
+        );
+        cells.push(counts.values().sum::<i64>().to_string());
+        cells.push(oldest.map(age).unwrap_or_else(|| "-".into()));
+        t.row(cells);
+    }
+    Ok(t.render())
+}
+
+pub async fn retry<S: Store>(store: &S, a: RetryArgs) -> anyhow::Result<String> {
+    let row = find(store, &a.id).await?;
+    let after = if a.force_resend {
+        store.force_resend(row.id).await
+    } else {
+        store.retry(row.id).await
+    };
+    let after = after.map_err(|e| {
+        transition_error(
+            e,
+            &row,
+            if a.force_resend {
+                "force-resend"
+            } else {
+                "retry"
+            },
+        )
+    })?;
+    Ok(format!("{}: {} -> {}\n", row.id, row.state, after.state))
+}
+
+pub async fn cancel<S: Store>(store: &S, key: &str) -> anyhow::Result<String> {
+    let row = find(store, key).await?;
+    let after = store
+        .cancel(row.id)
+        .await
+        .map_err(|e| transition_error(e, &row, "cancel"))?;
+    Ok(format!("{}: {} -> {}\n", row.id, row.state, after.state))
+}
+
+/// A refused operator action, with a hint at what would be allowed.
+fn transition_error(e: StoreError, row: &OutboxRow, action: &str) -> anyhow::Error {
+    if !matches!(e, StoreError::NotAllowed { .. }) {
+        return anyhow::Error::new(e).context(format!("{action} of {}", row.id));
+    }
+    let hint = match (&e, row.state) {
+        (StoreError::NotAllowed { .. }, State::InDoubt) if action == "retry" && row.parked_at.is_none() => {
+            " (the reconciler is still resolving it; wait, or use --force-resend if the provider cannot tell)"
+        }
+        (StoreError::NotAllowed { .. }, State::Uploading) => {
+            " (a daemon holds its lease; wait for the outcome)"
+        }
+        (StoreError::NotAllowed { .. }, State::Posted) => " (it is shown already)",
+        _ => "",
+    };
+    anyhow::anyhow!("{e}{hint}")
+}

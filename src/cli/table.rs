@@ -1,0 +1,169 @@
+//! Plain-text output: aligned tables, human ages, and the `--since` grammar.
+
+use chrono::{DateTime, Utc};
+
+/// Columns padded to their widest cell; the last column is not padded so
+/// that long errors do not drag trailing spaces.
+pub struct Table {
+    header: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: Vec<&'static str>) -> Table {
+        Table {
+            header,
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let n = self.header.len();
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for r in &self.rows {
+            for (w, c) in widths.iter_mut().zip(r) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        let line = |cells: Vec<&str>| {
+            let mut s = String::new();
+            for (i, c) in cells.iter().enumerate() {
+                if i + 1 == n {
+                    s += c;
+                } else {
+                    s += &format!("{c:<w$}  ", w = widths[i]);
+                }
+            }
+            s.trim_end().to_string() + "\n"
+        };
+        let mut out = line(self.header.clone());
+        for r in &self.rows {
+            out += &line(r.iter().map(String::as_str).collect());
+        }
+        out
+    }
+}
+
+/// `95` → `1m35s`, `7300` → `2h01m`, `200000` → `2d07h`.
+pub fn age(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+/// Age of `t` at `now`.
+pub fn age_at(now: DateTime<Utc>, t: DateTime<Utc>) -> String {
+    age((now - t).num_milliseconds() as f64 / 1000.0)
+}
+
+/// `t` relative to `now`: `5m03s ago` or `in 5m03s`.
+pub fn relative(now: DateTime<Utc>, t: DateTime<Utc>) -> String {
+    if t <= now {
+        format!("{} ago", age_at(now, t))
+    } else {
+        format!("in {}", age_at(t, now))
+    }
+}
+
+/// At most `max` characters, on one line, with `…` when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    let one_line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if one_line.chars().count() <= max {
+        one_line
+    } else {
+        one_line
+            .chars()
+            .take(max.saturating_sub(1))
+            .collect::<String>()
+            + "…"
+    }
+}
+
+/// `--since`: a duration before now (database time), or a point in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    Ago(chrono::Duration),
+    At(DateTime<Utc>),
+}
+
+impl Since {
+    /// Parses `30s`, `30m`, `1h`, `2d`, `1w` or an RFC 3339 time.
+    pub fn parse(s: &str) -> Result<Since, String> {
+        let bad = || {
+            format!("`{s}` is not a duration like 30m, 1h, 2d or an RFC 3339 time like 2024-06-01T08:00:00Z")
+        };
+        if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+            return Ok(Since::At(t.with_timezone(&Utc)));
+        }
+        let s = s.trim();
+        let unit_at = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (num, unit) = s.split_at(unit_at);
+        let n: i64 = num.parse().map_err(|_| bad())?;
+        let d = match unit {
+            "s" => chrono::Duration::try_seconds(n),
+            "m" => chrono::Duration::try_minutes(n),
+            "h" => chrono::Duration::try_hours(n),
+            "d" => chrono::Duration::try_days(n),
+            "w" => chrono::Duration::try_weeks(n),
+            _ => None,
+        };
+        d.map(Since::Ago).ok_or_else(bad)
+    }
+
+    /// The point in time, given the database's clock.
+    pub fn resolve(self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Since::Ago(d) => now - d,
+            Since::At(t) => t,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_accepts_durations_and_times() {
+        assert_eq!(
+            Since::parse("30m"),
+            Ok(Since::Ago(chrono::Duration::minutes(30)))
+        );
+        assert_eq!(
+            Since::parse("2d"),
+            Ok(Since::Ago(chrono::Duration::days(2)))
+        );
+        assert!(matches!(
+            Since::parse("2024-06-01T08:00:00Z"),
+            Ok(Since::At(_))
+        ));
+        for bad in ["", "h", "5", "5y", "-5m", "yesterday", "99999999999999999w"] {
+            assert!(Since::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ages_read_naturally() {
+        assert_eq!(age(5.0), "5s");
+        assert_eq!(age(95.0), "1m35s");
+        assert_eq!(age(7300.0), "2h01m");
+        assert_eq!(age(200_000.0), "2d07h");
+    }
+
+    #[test]
+    fn truncation_keeps_one_line() {
+        assert_eq!(truncate("a\nb", 10), "a b");
+        assert_eq!(truncate("abcdef", 4), "abc…");
+    }
+}
