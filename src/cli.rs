@@ -101,6 +101,9 @@ pub enum Command {
     /// Cancel a status that has not been posted.
     #[command(after_help = "Example:\n  statusd cancel menu-2024-06-01")]
     Cancel(IdArg),
+    /// Take a posted status down at the provider (needs its instance configured).
+    #[command(after_help = "Example:\n  statusd delete menu-2024-06-01")]
+    Delete(IdArg),
     /// Recurring statuses.
     #[command(
         subcommand,
@@ -540,6 +543,7 @@ pub async fn dispatch<S: Store>(store: S, cmd: Command, settings: &Settings) -> 
         Command::Stats(a) => outbox::stats(&store, a.json).await?,
         Command::Retry(a) => outbox::retry(&store, a).await?,
         Command::Cancel(a) => outbox::cancel(&store, &a.id).await?,
+        Command::Delete(a) => outbox::delete(&store, &a.id, settings).await?,
         Command::Schedule(ScheduleCommand::Add(a)) => schedule::add(&store, a, settings).await?,
         Command::Schedule(ScheduleCommand::Ls(a)) => schedule::ls(&store, a.json).await?,
         Command::Schedule(ScheduleCommand::Rm(a)) => schedule::rm(&store, &a.name).await?,

@@ -426,6 +426,28 @@ pub async fn cancel<S: Store>(store: &S, key: &str) -> anyhow::Result<String> {
     Ok(format!("{}: {} -> {}\n", row.id, row.state, after.state))
 }
 
+/// `statusd delete`: asks the row's instance to take the status down, then
+/// records `deleted`.
+pub async fn delete<S: Store>(store: &S, key: &str, settings: &Settings) -> anyhow::Result<String> {
+    let row = find(store, key).await?;
+    if !settings.instances.contains_key(&row.instance) {
+        anyhow::bail!(
+            "instances.{}: not configured; deleting needs the instance's base_url and access token",
+            row.instance
+        );
+    }
+    let instances = crate::daemon::wawp_instances(settings)?;
+    let daemon =
+        crate::daemon::Daemon::new(store.clone(), instances, settings.daemon.clone(), false);
+    let after = crate::daemon::delete_status(&daemon.ctx(), &row.id.to_string())
+        .await
+        .map_err(|e| match e {
+            crate::daemon::DeleteError::Store(e) => transition_error(e, &row, "delete"),
+            other => anyhow::Error::new(other),
+        })?;
+    Ok(format!("{}: {} -> {}\n", row.id, row.state, after.state))
+}
+
 /// A refused operator action, with a hint at what would be allowed.
 fn transition_error(e: StoreError, row: &OutboxRow, action: &str) -> anyhow::Error {
     if !matches!(e, StoreError::NotAllowed { .. }) {
