@@ -134,7 +134,9 @@ impl Command {
     /// operator commands keep stderr quiet unless something is wrong.
     fn default_log_level(&self) -> &'static str {
         match self {
-            Command::Run | Command::Sim(_) | Command::Demo(_) => "info",
+            Command::Run | Command::Sim(_) => "info",
+            // The demo's output is its progress bar and table; the faults it
+            // survives would otherwise log a line each.
             _ => "warn",
         }
     }
@@ -326,7 +328,7 @@ pub struct SimArgs {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// How many statuses to enqueue.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 3000)]
     pub statuses: usize,
     /// Seed for the simulator's faults.
     #[arg(long)]

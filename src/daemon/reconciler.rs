@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{backoff, Ctx};
 use crate::model::{OutboxRow, State, StatusBody};
@@ -89,39 +90,42 @@ async fn decide<S: Store, P: Provider>(ctx: &Ctx<S, P>, row: &OutboxRow) -> Tran
         sent_after: row.created_at - MATCH_SLACK,
     };
     let span = tracing::info_span!("reconcile", row_id = %row.id, message_id = mid, instance = %row.instance, attempt = row.attempts);
-    let _g = span.enter();
-    match inst.provider.find_status(&query).await {
-        Lookup::Present { provider_id } => {
-            tracing::info!("in-doubt status is on the provider: posted");
-            t.to = State::Posted;
-            t.provider_id = Some(provider_id);
-            t.error = None;
-        }
-        Lookup::Absent => {
-            tracing::info!(
-                "in-doubt status is not on the provider: sending again with the same id"
-            );
-            t.to = State::PendingUpload;
-            t.error = Some("reconciled: absent, sent again".into());
-        }
-        Lookup::Unavailable { reason } => {
-            let tries = row.reconcile_attempts + 1;
-            t.bump_reconcile = true;
-            if tries >= s.reconcile_max_attempts {
-                tracing::warn!(tries, error = %reason, "look-up keeps failing: parking the row for an operator");
-                t.park = true;
-                t.error = Some(format!(
-                    "parked after {tries} failed look-ups (last: {reason}); `statusd retry` looks again, `statusd retry --force-resend` sends again"
-                ));
-            } else {
-                t.delay = backoff(
-                    tries,
-                    Duration::from_millis(s.settle_delay_ms.max(100)),
-                    Duration::from_millis(s.retry_max_ms),
+    async move {
+        match inst.provider.find_status(&query).await {
+            Lookup::Present { provider_id } => {
+                tracing::info!("in-doubt status is on the provider: posted");
+                t.to = State::Posted;
+                t.provider_id = Some(provider_id);
+                t.error = None;
+            }
+            Lookup::Absent => {
+                tracing::info!(
+                    "in-doubt status is not on the provider: sending again with the same id"
                 );
-                t.error = Some(format!("look-up failed: {reason}"));
+                t.to = State::PendingUpload;
+                t.error = Some("reconciled: absent, sent again".into());
+            }
+            Lookup::Unavailable { reason } => {
+                let tries = row.reconcile_attempts + 1;
+                t.bump_reconcile = true;
+                if tries >= s.reconcile_max_attempts {
+                    tracing::warn!(tries, error = %reason, "look-up keeps failing: parking the row for an operator");
+                    t.park = true;
+                    t.error = Some(format!(
+                        "parked after {tries} failed look-ups (last: {reason}); `statusd retry` looks again, `statusd retry --force-resend` sends again"
+                    ));
+                } else {
+                    t.delay = backoff(
+                        tries,
+                        Duration::from_millis(s.settle_delay_ms.max(100)),
+                        Duration::from_millis(s.retry_max_ms),
+                    );
+                    t.error = Some(format!("look-up failed: {reason}"));
+                }
             }
         }
+        t
     }
-    t
+    .instrument(span)
+    .await
 }
