@@ -142,6 +142,9 @@ pub struct OutboxRow {
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub lease_owner: Option<String>,
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// When the latest claim was made: the earliest time the latest send
+    /// can have reached the provider (bounds the reconciler's search).
+    pub claimed_at: Option<DateTime<Utc>>,
     pub reconcile_attempts: i32,
     pub parked_at: Option<DateTime<Utc>>,
     pub provider_id: Option<String>,

@@ -16,6 +16,7 @@ CREATE TABLE status_outbox (
     next_attempt_at  timestamptz NOT NULL DEFAULT now(),
     lease_owner      text,
     lease_expires_at timestamptz,
+    claimed_at       timestamptz,
     reconcile_attempts integer NOT NULL DEFAULT 0,
     parked_at        timestamptz,
     provider_id      text,

@@ -21,6 +21,7 @@ CREATE TABLE status_outbox (
     next_attempt_at  INTEGER NOT NULL DEFAULT 0,
     lease_owner      TEXT,
     lease_expires_at INTEGER,
+    claimed_at       INTEGER,
     reconcile_attempts INTEGER NOT NULL DEFAULT 0,
     parked_at        INTEGER,
     provider_id      TEXT,

@@ -16,8 +16,8 @@ use crate::model::{OutboxRow, State, StatusBody};
 use crate::provider::{Lookup, Provider, StatusQuery};
 use crate::store::{Store, Transition};
 
-/// Statuses older than the row by this much are not candidates for a
-/// content match (clock skew between us and the provider).
+/// Statuses posted before the row's latest claim, minus this, are not
+/// candidates for a content match (clock skew between us and the provider).
 const MATCH_SLACK: chrono::Duration = chrono::Duration::minutes(2);
 
 pub async fn run<S: Store, P: Provider>(
@@ -87,7 +87,7 @@ async fn decide<S: Store, P: Provider>(ctx: &Ctx<S, P>, row: &OutboxRow) -> Tran
         message_id: mid,
         kind: body.kind(),
         fingerprint: &fingerprint,
-        sent_after: row.created_at - MATCH_SLACK,
+        sent_after: row.claimed_at.unwrap_or(row.created_at) - MATCH_SLACK,
     };
     let span = tracing::info_span!("reconcile", row_id = %row.id, message_id = mid, instance = %row.instance, attempt = row.attempts);
     async move {

@@ -843,7 +843,14 @@ impl Provider for WawpClient {
             match self.lookup_by_id(query.message_id).await {
                 ById::Found(provider_id) => Lookup::Present { provider_id },
                 ById::Failed(reason) => Lookup::Unavailable { reason },
-                ById::NotFound => self.lookup_in_recent(query).await,
+                // An instance configured with `supplied_id` declares that
+                // the provider keeps our ids (API.md), so "no message with
+                // this id" is the answer. Searching by content as well does
+                // not scale: at volume the window holds more statuses than a
+                // listing returns, and every look-up would come back
+                // unavailable. A provider that assigns its own ids is
+                // configured `supplied_id = false` and searched by content.
+                ById::NotFound => Lookup::Absent,
             }
         } else {
             self.lookup_in_recent(query).await

@@ -20,7 +20,7 @@ use crate::model::{Attempt, OutboxRow, State};
 
 const COLS: &str = "id, instance, kind, payload::text AS payload, dedupe_key, message_id, state, \
     priority, not_before, attempts, next_attempt_at, lease_owner, lease_expires_at, \
-    reconcile_attempts, parked_at, provider_id, last_error, last_http_status, created_at, \
+    claimed_at, reconcile_attempts, parked_at, provider_id, last_error, last_http_status, created_at, \
     updated_at, posted_at";
 
 /// The channel the migration's trigger notifies.
@@ -234,6 +234,7 @@ fn row(r: &PgRow) -> Result<OutboxRow> {
         next_attempt_at: r.try_get("next_attempt_at")?,
         lease_owner: r.try_get("lease_owner")?,
         lease_expires_at: r.try_get("lease_expires_at")?,
+        claimed_at: r.try_get("claimed_at")?,
         reconcile_attempts: r.try_get("reconcile_attempts")?,
         parked_at: r.try_get("parked_at")?,
         provider_id: r.try_get("provider_id")?,
@@ -365,6 +366,7 @@ impl Store for PgStore {
                 FOR UPDATE SKIP LOCKED)
              UPDATE status_outbox o SET state = 'uploading', attempts = o.attempts + 1,
                     lease_owner = $1, lease_expires_at = now() + $2 * interval '1 millisecond',
+                    claimed_at = now(),
                     updated_at = now()
              FROM due WHERE o.id = due.id
              RETURNING {}",

@@ -25,7 +25,7 @@ const NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
 /// `payload` is read as bytes: rows written by other programs may hold text
 /// that is not UTF-8, and such a row must still be read to be marked invalid.
 const COLS: &str = "id, instance, kind, CAST(payload AS BLOB) AS payload, dedupe_key, message_id, state, priority, \
-    not_before, attempts, next_attempt_at, lease_owner, lease_expires_at, reconcile_attempts, \
+    not_before, attempts, next_attempt_at, lease_owner, lease_expires_at, claimed_at, reconcile_attempts, \
     parked_at, provider_id, last_error, last_http_status, created_at, updated_at, posted_at";
 
 #[derive(Clone, Debug)]
@@ -218,6 +218,7 @@ fn row(r: &SqliteRow) -> Result<OutboxRow> {
         next_attempt_at: ms(r.try_get("next_attempt_at")?),
         lease_owner: r.try_get("lease_owner")?,
         lease_expires_at: ms(r.try_get("lease_expires_at")?),
+        claimed_at: ms(r.try_get("claimed_at")?),
         reconcile_attempts: r.try_get("reconcile_attempts")?,
         parked_at: ms(r.try_get("parked_at")?),
         provider_id: r.try_get("provider_id")?,
@@ -342,7 +343,8 @@ impl Store for SqliteStore {
         // atomic, so two claimers never lease the same row.
         let sql = format!(
             "UPDATE status_outbox SET state = 'uploading', attempts = attempts + 1,
-                    lease_owner = ?1, lease_expires_at = {NOW} + ?2, updated_at = {NOW}
+                    lease_owner = ?1, lease_expires_at = {NOW} + ?2, claimed_at = {NOW},
+                    updated_at = {NOW}
              WHERE id IN (
                 SELECT id FROM status_outbox
                 WHERE state = 'pending_upload'

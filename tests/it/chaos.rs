@@ -280,11 +280,14 @@ async fn chaos<S: Store>(store: S, db: &TestDb) {
                 second.wait().await.expect("reap");
             }
         }
+        a = spawn_daemon(&cfg_dir, &log);
         if !sqlite && restarts_done < pg_restarts && k % 2 == 1 {
+            // Cut every connection of the running daemons (and of this
+            // test's pool) mid-work, as a database restart would.
+            tokio::time::sleep(Duration::from_millis(300)).await;
             terminated += terminate_pg_connections(db).await;
             restarts_done += 1;
         }
-        a = spawn_daemon(&cfg_dir, &log);
     }
     while !sqlite && restarts_done < pg_restarts {
         tokio::time::sleep(Duration::from_millis(300)).await;
