@@ -387,6 +387,10 @@ pub struct WawpClient {
     instance_id: String,
     token: SecretString,
     supplied_id: bool,
+    /// Set once a post configured with `supplied_id` came back under another
+    /// id: the provider assigns its own (as Wawp documents it may), so
+    /// look-ups must search by content too.
+    ids_ignored: std::sync::atomic::AtomicBool,
     http: reqwest::Client,
 }
 
@@ -439,6 +443,7 @@ impl WawpClient {
             instance_id: inst.instance_id.clone(),
             token,
             supplied_id: inst.supplied_id,
+            ids_ignored: std::sync::atomic::AtomicBool::new(false),
             http,
         })
     }
@@ -807,6 +812,16 @@ impl Provider for WawpClient {
         }
         let rb = self.request(reqwest::Method::POST, path).json(&body);
         let outcome = self.scrub_outcome(classify(&self.exchange(path, rb).await));
+        if let SendOutcome::Posted { provider_id } = &outcome {
+            if self.supplied_id
+                && bare_message_id(provider_id) != status.message_id
+                && !self
+                    .ids_ignored
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(instance = %self.name, "the provider assigned its own id although supplied_id = true; look-ups will also search by content (set supplied_id = false)");
+            }
+        }
         self.log_outcome(path, &outcome);
         outcome
     }
@@ -834,22 +849,20 @@ impl Provider for WawpClient {
         outcome
     }
 
-    /// With `supplied_id`, asks for the message by id first; when that says
-    /// absent, the recent statuses are searched by content too, because
-    /// Wawp documents that it may assign its own ids regardless of the one
-    /// supplied — only when both say absent is the status absent.
+    /// With `supplied_id`, asks for the message by id. "Not found" is the
+    /// answer unless this client has seen the provider ignore our ids (Wawp
+    /// documents that it may): then the recent statuses are searched by
+    /// content too, and only when both say absent is the status absent.
+    /// Searching by content on every look-up would not scale: at volume the
+    /// window holds more statuses than a listing returns.
     async fn find_status(&self, query: &StatusQuery<'_>) -> Lookup {
         let lookup = if self.supplied_id {
             match self.lookup_by_id(query.message_id).await {
                 ById::Found(provider_id) => Lookup::Present { provider_id },
                 ById::Failed(reason) => Lookup::Unavailable { reason },
-                // An instance configured with `supplied_id` declares that
-                // the provider keeps our ids (API.md), so "no message with
-                // this id" is the answer. Searching by content as well does
-                // not scale: at volume the window holds more statuses than a
-                // listing returns, and every look-up would come back
-                // unavailable. A provider that assigns its own ids is
-                // configured `supplied_id = false` and searched by content.
+                ById::NotFound if self.ids_ignored.load(std::sync::atomic::Ordering::Relaxed) => {
+                    self.lookup_in_recent(query).await
+                }
                 ById::NotFound => Lookup::Absent,
             }
         } else {

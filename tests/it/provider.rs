@@ -461,23 +461,49 @@ async fn a_supplied_id_ignored_by_the_provider_is_still_found_by_content() {
     // Configured as supplying ids, but the provider assigns its own (Wawp's
     // documented current behaviour): a lost response must still be found,
     // or the reconciler would post it again.
-    let sim = sim(|c| {
-        c.auto_assign_ids = true;
-        c.lost_response = 1.0;
-    })
-    .await;
+    let sim = sim(|c| c.auto_assign_ids = true).await;
     let c = client(&sim, true);
+    // A first post comes back under the provider's id: the client learns
+    // that this provider ignores supplied ids.
+    assert_eq!(
+        send(&c, &local_message_id(), &text("first")).await.label(),
+        "posted"
+    );
+    let mut cfg = sim.config();
+    cfg.lost_response = 1.0;
+    sim.set_config(cfg).unwrap();
     let ours = local_message_id();
     let body = text("ignored id");
     let since = Utc::now();
     assert_eq!(send(&c, &ours, &body).await.label(), "in_doubt");
-    let theirs = sim.posted()[0].id.clone();
+    let theirs = sim.posted()[1].id.clone();
     assert_ne!(theirs, ours);
     assert_eq!(
         find(&c, &ours, &body, since).await,
         Lookup::Present {
             provider_id: theirs
         }
+    );
+}
+
+#[tokio::test]
+async fn a_provider_keeping_supplied_ids_is_answered_by_id_alone() {
+    let sim = sim(|c| c.lost_response = 1.0).await;
+    let c = client(&sim, true);
+    let body = text("kept id");
+    let since = Utc::now();
+    let lost = local_message_id();
+    assert_eq!(send(&c, &lost, &body).await.label(), "in_doubt");
+    assert_eq!(
+        find(&c, &lost, &body, since).await,
+        Lookup::Present {
+            provider_id: lost.clone()
+        }
+    );
+    // Same content, never sent under this id: absent, without a content search.
+    assert_eq!(
+        find(&c, &local_message_id(), &body, since).await,
+        Lookup::Absent
     );
 }
 
