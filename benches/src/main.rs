@@ -514,6 +514,9 @@ async fn main() -> anyhow::Result<()> {
     let rss_rows = env_n("BENCH_RSS_ROWS", 1_000_000);
     let scale_rows = env_n("BENCH_SCALE_ROWS", 5_000_000);
     let apalis_n = env_n("BENCH_APALIS", 20_000);
+    // BENCH_SECTIONS=drain,pickup,... runs only those sections (quick looks).
+    let sections = std::env::var("BENCH_SECTIONS").unwrap_or_default();
+    let on = |name: &str| sections.is_empty() || sections.split(',').any(|s| s == name);
     let started = Instant::now();
     let mut r = Report { rows: Vec::new() };
     println!(
@@ -521,13 +524,20 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
 
-    let http = http_ceiling(backlog.min(50_000)).await?;
+    let http = if on("ceiling") || on("drain") {
+        http_ceiling(backlog.min(50_000)).await?
+    } else {
+        0.0
+    };
     r.add(
         "HTTP ceiling: client → simulator, no database (statuses/s)",
         format!("{http:.0}"),
     );
     let mut ceilings = HashMap::new();
     for db in [Db::sqlite().await?, Db::pg().await?] {
+        if !(on("ceiling") || on("drain")) {
+            break;
+        }
         let c = match &db {
             Db::Sqlite(_, u) => {
                 let s = SqliteStore::connect(u, POOL).await?;
@@ -553,6 +563,9 @@ async fn main() -> anyhow::Result<()> {
 
     let mut pg_rate = 0.0;
     for (label, id_source) in [("local", IdSource::Local), ("api", IdSource::Api)] {
+        if !on("drain") {
+            break;
+        }
         for db in [Db::sqlite().await?, Db::pg().await?] {
             let (rate, stmts) = match &db {
                 Db::Sqlite(_, u) => {
@@ -592,19 +605,24 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let db = Db::pg().await?;
-    let apalis = apalis_pg(db.url(), apalis_n).await?;
-    db.drop_pg().await;
-    r.add(
-        format!("apalis 0.7 (apalis-sql), PostgreSQL, {apalis_n} jobs (jobs/s)"),
-        format!("{apalis:.0}"),
-    );
-    r.add(
-        "statusd / apalis on PostgreSQL",
-        format!("{:.1}x", pg_rate / apalis),
-    );
+    if on("apalis") {
+        let db = Db::pg().await?;
+        let apalis = apalis_pg(db.url(), apalis_n).await?;
+        db.drop_pg().await;
+        r.add(
+            format!("apalis 0.7 (apalis-sql), PostgreSQL, {apalis_n} jobs (jobs/s)"),
+            format!("{apalis:.0}"),
+        );
+        r.add(
+            "statusd / apalis on PostgreSQL",
+            format!("{:.1}x", pg_rate / apalis),
+        );
+    }
 
     for db in [Db::sqlite().await?, Db::pg().await?] {
+        if !on("pickup") {
+            break;
+        }
         let (p50, p99, qps) = match &db {
             Db::Sqlite(_, u) => {
                 let s = SqliteStore::connect(u, POOL).await?;
@@ -630,7 +648,7 @@ async fn main() -> anyhow::Result<()> {
         db.drop_pg().await;
     }
 
-    if scale_rows > 0 {
+    if scale_rows > 0 && on("scale") {
         let db = Db::pg().await?;
         let s = PgStore::connect(db.url(), POOL).await?;
         s.migrate().await?;
@@ -652,7 +670,7 @@ async fn main() -> anyhow::Result<()> {
         db.drop_pg().await;
     }
 
-    if rss_rows > 0 {
+    if rss_rows > 0 && on("rss") {
         let (mib, rate) = peak_rss(rss_rows).await?;
         r.add(
             format!("peak RSS of `statusd run` draining {rss_rows} rows, PostgreSQL (MiB)"),

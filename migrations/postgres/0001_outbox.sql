@@ -40,7 +40,8 @@ CREATE INDEX status_outbox_in_doubt ON status_outbox (next_attempt_at)
     WHERE state = 'in_doubt' AND parked_at IS NULL;
 CREATE INDEX status_outbox_terminal ON status_outbox (updated_at)
     WHERE state IN ('posted', 'failed', 'invalid', 'cancelled', 'deleted');
-CREATE INDEX status_outbox_instance_state ON status_outbox (instance, state, created_at);
+-- Listing newest first (operators); only inserts maintain it.
+CREATE INDEX status_outbox_created ON status_outbox (created_at);
 
 CREATE TABLE status_attempts (
     status_id   uuid NOT NULL REFERENCES status_outbox (id) ON DELETE CASCADE,
