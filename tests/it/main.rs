@@ -3,6 +3,7 @@
 mod admin;
 mod chaos;
 mod daemon;
+mod dashboard;
 mod provider;
 mod sim;
 mod state_machine;
