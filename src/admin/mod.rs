@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::extract::{Path, Query, Request, State as AxState};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -23,7 +23,7 @@ use crate::config::AdminSettings;
 use crate::daemon::Ctx;
 use crate::model::{State, StatusBody};
 use crate::provider::Provider;
-use crate::store::{EnqueueParams, ListParams, Store, StoreError};
+use crate::store::{ActivityBucket, ActivityParams, EnqueueParams, ListParams, Store, StoreError};
 
 /// The process-wide Prometheus recorder (installed once, shared by every
 /// server in the process, e.g. in tests).
@@ -110,6 +110,7 @@ fn router<S: Store, P: Provider>(app: Shared<S, P>) -> Router {
         .route("/v1/statuses/{id}/cancel", post(cancel::<S, P>))
         .route("/v1/statuses/{id}/delete", post(delete::<S, P>))
         .route("/v1/stats", get(stats::<S, P>))
+        .route("/v1/activity", get(activity::<S, P>))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             require_token::<S, P>,
@@ -119,6 +120,8 @@ fn router<S: Store, P: Provider>(app: Shared<S, P>) -> Router {
         .route("/readyz", get(readyz::<S, P>))
         .route("/metrics", get(metrics_page::<S, P>))
         .route("/", get(dashboard))
+        .route("/dashboard.css", get(dashboard_css))
+        .route("/dashboard.js", get(dashboard_js))
         .merge(api)
         .with_state(app)
 }
@@ -200,8 +203,41 @@ async fn metrics_page<S: Store, P: Provider>(AxState(app): AxState<Shared<S, P>>
         .into_response()
 }
 
-async fn dashboard() -> Html<&'static str> {
-    Html(include_str!("dashboard.html"))
+/// The dashboard's page. Its script and style are separate embedded files
+/// so that the policy can forbid every inline script: even if some row text
+/// slipped past the page's escaping, it could not run.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    img-src 'self' data:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'; \
+    base-uri 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // The assets change with the binary; always revalidate.
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn dashboard() -> Response {
+    asset("text/html; charset=utf-8", include_str!("dashboard.html"))
+}
+
+async fn dashboard_css() -> Response {
+    asset("text/css; charset=utf-8", include_str!("dashboard.css"))
+}
+
+async fn dashboard_js() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("dashboard.js"),
+    )
 }
 
 #[derive(Deserialize)]
@@ -220,22 +256,24 @@ pub fn parse_since(
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }
+    parse_span(s)
+        .and_then(|d| now.checked_sub_signed(d))
+        .ok_or_else(|| {
+            format!("since: `{s}` is not a duration like 30m, 2h, 7d or an RFC 3339 time")
+        })
+}
+
+/// `30s`, `15m`, `2h`, `7d`.
+fn parse_span(s: &str) -> Option<chrono::Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = num.parse().map_err(|_| {
-        format!("since: `{s}` is not a duration like 30m, 2h, 7d or an RFC 3339 time")
-    })?;
-    let d = match unit {
-        "s" => chrono::Duration::seconds(n),
-        "m" => chrono::Duration::minutes(n),
-        "h" => chrono::Duration::hours(n),
-        "d" => chrono::Duration::days(n),
-        _ => {
-            return Err(format!(
-                "since: `{s}` is not a duration like 30m, 2h, 7d or an RFC 3339 time"
-            ))
-        }
-    };
-    Ok(now - d)
+    let n: i64 = num.parse().ok()?;
+    match unit {
+        "s" => chrono::Duration::try_seconds(n),
+        "m" => chrono::Duration::try_minutes(n),
+        "h" => chrono::Duration::try_hours(n),
+        "d" => chrono::Duration::try_days(n),
+        _ => None,
+    }
 }
 
 async fn list<S: Store, P: Provider>(
@@ -393,6 +431,100 @@ async fn stats<S: Store, P: Provider>(
     Ok(Json(app.ctx.store.summary().await?).into_response())
 }
 
+#[derive(Deserialize)]
+struct ActivityQuery {
+    window: Option<String>,
+    bucket: Option<String>,
+}
+
+/// The answer of `GET /v1/activity?window=1h&bucket=1m` (the defaults).
+#[derive(serde::Serialize)]
+struct ActivityBody {
+    /// The database's clock when the window was read.
+    now: chrono::DateTime<chrono::Utc>,
+    window_secs: i64,
+    bucket_secs: i64,
+    /// Every bucket of the window, oldest first, empty ones included, so a
+    /// chart can draw them as they come; the first may be partly outside.
+    buckets: Vec<ActivityBucket>,
+}
+
+/// At most a week of minutes per answer.
+const MAX_BUCKETS: i64 = 7 * 24 * 60;
+
+async fn activity<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+    Query(q): Query<ActivityQuery>,
+) -> Result<Response, ApiError> {
+    let span = |name: &str, v: Option<&str>, default: &str| {
+        let v = v.unwrap_or(default);
+        parse_span(v)
+            .filter(|d| d.num_seconds() >= 1)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{name}: `{v}` is not a duration like 60s, 5m, 1h, 1d"
+                ))
+            })
+    };
+    let window = span("window", q.window.as_deref(), "1h")?;
+    let bucket = span("bucket", q.bucket.as_deref(), "1m")?;
+    let (window_secs, bucket_secs) = (window.num_seconds(), bucket.num_seconds());
+    if window_secs / bucket_secs > MAX_BUCKETS {
+        return Err(bad(format!(
+            "window: {window_secs}s in {bucket_secs}s buckets is more than {MAX_BUCKETS} buckets"
+        )));
+    }
+    let now = app.ctx.store.now().await?;
+    let found = app
+        .ctx
+        .store
+        .activity(ActivityParams {
+            since: Duration::from_secs(window_secs.unsigned_abs()),
+            bucket: Duration::from_secs(bucket_secs.unsigned_abs()),
+        })
+        .await?;
+    Ok(Json(ActivityBody {
+        now,
+        window_secs,
+        bucket_secs,
+        buckets: dense_buckets(now, window_secs, bucket_secs, found),
+    })
+    .into_response())
+}
+
+/// Fills the window's empty buckets in (the store returns only non-empty
+/// ones), aligned as the store aligns them: to the Unix epoch.
+fn dense_buckets(
+    now: chrono::DateTime<chrono::Utc>,
+    window_secs: i64,
+    bucket_secs: i64,
+    found: Vec<ActivityBucket>,
+) -> Vec<ActivityBucket> {
+    let first = (now.timestamp() - window_secs).div_euclid(bucket_secs) * bucket_secs;
+    let last = now.timestamp().div_euclid(bucket_secs) * bucket_secs;
+    let mut out: Vec<ActivityBucket> = (first..=last)
+        .step_by(bucket_secs.unsigned_abs() as usize)
+        .map(|t| ActivityBucket {
+            start: chrono::DateTime::from_timestamp(t, 0).unwrap_or_default(),
+            posted: 0,
+            errors: 0,
+        })
+        .collect();
+    let n = out.len() as i64;
+    for f in found {
+        // Clamped: an attempt stamped ahead of the database clock (another
+        // host's clock) is counted in the newest bucket, not dropped.
+        let i = (f.start.timestamp() - first)
+            .div_euclid(bucket_secs)
+            .clamp(0, n - 1);
+        if let Some(b) = out.get_mut(i as usize) {
+            b.posted += f.posted;
+            b.errors += f.errors;
+        }
+    }
+    out
+}
+
 /// Keeps the outbox-depth gauges current.
 async fn refresh_gauges<S: Store, P: Provider>(ctx: Arc<Ctx<S, P>>, shutdown: CancellationToken) {
     let every = Duration::from_secs(15);
@@ -413,5 +545,55 @@ async fn refresh_gauges<S: Store, P: Provider>(ctx: Arc<Ctx<S, P>>, shutdown: Ca
             }
         }
         tokio::select! { _ = tokio::time::sleep(every) => {}, _ = shutdown.cancelled() => return }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp(secs, 0).unwrap()
+    }
+
+    fn bucket(start: i64, posted: i64, errors: i64) -> ActivityBucket {
+        ActivityBucket {
+            start: at(start),
+            posted,
+            errors,
+        }
+    }
+
+    #[test]
+    fn dense_buckets_fill_the_window_and_keep_every_attempt() {
+        // now = 10:00:30 (as epoch seconds), a 3-minute window in minutes.
+        let now = at(36_030);
+        let found = vec![
+            bucket(35_880, 2, 1),
+            // Stamped ahead of the database clock: counted in the last bucket.
+            bucket(36_120, 1, 0),
+        ];
+        let got = dense_buckets(now, 180, 60, found);
+        assert_eq!(
+            got,
+            vec![
+                bucket(35_820, 0, 0),
+                bucket(35_880, 2, 1),
+                bucket(35_940, 0, 0),
+                bucket(36_000, 1, 0),
+            ]
+        );
+    }
+
+    #[test]
+    fn spans_and_since() {
+        assert_eq!(parse_span("90s"), Some(chrono::Duration::seconds(90)));
+        assert_eq!(parse_span("2h"), Some(chrono::Duration::hours(2)));
+        assert_eq!(parse_span("1w"), None);
+        assert_eq!(parse_span("h"), None);
+        let now = at(100_000);
+        assert_eq!(parse_since("1d", now).unwrap(), at(13_600));
+        assert!(parse_since("soon", now).unwrap_err().starts_with("since:"));
+        assert_eq!(parse_since("1970-01-01T00:00:10Z", now).unwrap(), at(10));
     }
 }

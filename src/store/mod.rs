@@ -174,6 +174,43 @@ pub struct Schedule {
     pub enabled: bool,
 }
 
+/// Which stretch of the attempts' history [`Store::activity`] counts.
+#[derive(Debug, Clone, Copy)]
+pub struct ActivityParams {
+    /// Attempts finished within this long before the database's `now`.
+    pub since: Duration,
+    /// Bucket width; buckets are aligned to the Unix epoch (whole minutes
+    /// for 60 s), so that two calls agree on their edges.
+    pub bucket: Duration,
+}
+
+/// Attempts finished in one bucket `[start, start + bucket)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActivityBucket {
+    pub start: DateTime<Utc>,
+    /// Attempts whose outcome was `posted`.
+    pub posted: i64,
+    /// Every other outcome (retryable, in doubt, permanent, instance down).
+    pub errors: i64,
+}
+
+impl ActivityParams {
+    /// Both widths in whole milliseconds, refusing a bucket under 1 ms.
+    pub(crate) fn millis(&self) -> Result<(i64, i64)> {
+        let bucket = i64::try_from(self.bucket.as_millis()).unwrap_or(i64::MAX);
+        if bucket < 1 {
+            return Err(StoreError::Invalid(
+                "activity: bucket must be at least 1 ms".into(),
+            ));
+        }
+        // Capped at a century so that `now - since` stays a valid time.
+        let since = i64::try_from(self.since.as_millis())
+            .unwrap_or(i64::MAX)
+            .min(100 * 366 * 86_400_000);
+        Ok((since, bucket))
+    }
+}
+
 /// The outbox's queries. See the module docs for the rules every backend
 /// keeps.
 pub trait Store: Clone + Send + Sync + 'static {
@@ -239,6 +276,22 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// callers rely on their poll interval. Keep the receiver across waits so
     /// that a notification between two waits is not missed.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Finished attempts per bucket over a recent window (the dashboard's
+    /// throughput and error-rate chart), oldest first. Only buckets with at
+    /// least one attempt are returned.
+    ///
+    /// Both backends implement it; the default only keeps wrapping stores
+    /// (e.g. the benchmark's statement counter) compiling until they
+    /// delegate it.
+    fn activity(
+        &self,
+        p: ActivityParams,
+    ) -> impl Future<Output = Result<Vec<ActivityBucket>>> + Send {
+        let _ = p;
+        std::future::ready(Err(StoreError::Invalid(
+            "activity: this store does not implement it".into(),
+        )))
+    }
 }
 
 /// The backend named by a database URL.

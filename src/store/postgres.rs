@@ -13,8 +13,9 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{
-    not_allowed, parse_uuid, AssignId, ClaimParams, Completion, EnqueueParams, Enqueued,
-    ListParams, Result, Schedule, Store, StoreError, SummaryRow, Transition,
+    not_allowed, parse_uuid, ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion,
+    EnqueueParams, Enqueued, ListParams, Result, Schedule, Store, StoreError, SummaryRow,
+    Transition,
 };
 use crate::model::{Attempt, OutboxRow, State};
 
@@ -636,5 +637,33 @@ impl Store for PgStore {
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.start_listener();
         self.wake.subscribe()
+    }
+
+    async fn activity(&self, p: ActivityParams) -> Result<Vec<ActivityBucket>> {
+        let (since, bucket) = p.millis()?;
+        // Bucketed in epoch milliseconds, as on SQLite (date_bin needs
+        // PostgreSQL 14; this works on every supported version).
+        let rows = sqlx::query(
+            "SELECT (floor(extract(epoch FROM finished_at) * 1000)::bigint / $2) * $2 AS start_ms,
+                    COUNT(*) FILTER (WHERE outcome = 'posted') AS posted,
+                    COUNT(*) FILTER (WHERE outcome <> 'posted') AS errors
+             FROM status_attempts
+             WHERE finished_at >= now() - $1 * interval '1 millisecond'
+             GROUP BY 1 ORDER BY 1",
+        )
+        .bind(since)
+        .bind(bucket)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let start: i64 = r.try_get("start_ms")?;
+                Ok(ActivityBucket {
+                    start: DateTime::from_timestamp_millis(start).unwrap_or_default(),
+                    posted: r.try_get("posted")?,
+                    errors: r.try_get("errors")?,
+                })
+            })
+            .collect()
     }
 }

@@ -13,8 +13,9 @@ use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
 use super::{
-    not_allowed, parse_uuid, AssignId, ClaimParams, Completion, EnqueueParams, Enqueued,
-    ListParams, Result, Schedule, Store, StoreError, SummaryRow, Transition,
+    not_allowed, parse_uuid, ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion,
+    EnqueueParams, Enqueued, ListParams, Result, Schedule, Store, StoreError, SummaryRow,
+    Transition,
 };
 use crate::model::{Attempt, OutboxRow, State};
 
@@ -620,5 +621,32 @@ impl Store for SqliteStore {
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.wake.subscribe()
+    }
+
+    async fn activity(&self, p: ActivityParams) -> Result<Vec<ActivityBucket>> {
+        let (since, bucket) = p.millis()?;
+        // Times are integer milliseconds: integer division floors them.
+        let sql = format!(
+            "SELECT (finished_at / ?2) * ?2 AS start,
+                    SUM(outcome = 'posted') AS posted,
+                    SUM(outcome <> 'posted') AS errors
+             FROM status_attempts
+             WHERE finished_at >= {NOW} - ?1
+             GROUP BY 1 ORDER BY 1"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(since)
+            .bind(bucket)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ActivityBucket {
+                    start: ms(r.try_get("start")?).unwrap_or_default(),
+                    posted: r.try_get("posted")?,
+                    errors: r.try_get("errors")?,
+                })
+            })
+            .collect()
     }
 }

@@ -4,6 +4,7 @@ mod admin;
 mod chaos;
 mod cli;
 mod daemon;
+mod dashboard;
 mod provider;
 mod sim;
 mod state_machine;

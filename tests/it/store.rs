@@ -25,6 +25,7 @@ crate::both_backends!(
     upstream_sql_insert_is_the_public_contract,
     bad_rows_are_readable_and_stay_queued_until_marked,
     summary_purge_and_schedules,
+    activity_counts_finished_attempts_per_bucket,
 );
 
 fn claim(owner: &str, limit: i64) -> ClaimParams {
@@ -560,4 +561,100 @@ async fn summary_purge_and_schedules<S: Store>(s: S, _db: &TestDb) {
     assert!(serde_json::from_str::<serde_json::Value>(&all[0].payload).is_ok());
     assert!(s.remove_schedule("morning").await.unwrap());
     assert!(!s.remove_schedule("morning").await.unwrap());
+}
+
+async fn activity_counts_finished_attempts_per_bucket<S: Store>(s: S, _db: &TestDb) {
+    use statusd::store::{ActivityBucket, ActivityParams};
+    let minute = Duration::from_secs(60);
+    let hour = ActivityParams {
+        since: Duration::from_secs(3600),
+        bucket: minute,
+    };
+    assert!(
+        s.activity(hour).await.unwrap().is_empty(),
+        "no attempts yet"
+    );
+
+    // Whole milliseconds, so both backends store the times exactly.
+    let now = s.now().await.unwrap();
+    let now = chrono::DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap();
+    let ago = |m: i64| now - chrono::Duration::minutes(m);
+    let ids = pending(&s, 5).await;
+    let rows = s.claim(claim("w1", 10)).await.unwrap();
+    assert_eq!(rows.len(), 5);
+    // (row, outcome, target state, started minutes ago)
+    let plan = [
+        (ids[0], "posted", State::Posted, 10),
+        (ids[1], "posted", State::Posted, 10),
+        (ids[2], "retryable", State::PendingUpload, 10),
+        (ids[3], "permanent", State::Failed, 2),
+        (ids[4], "posted", State::Posted, 120),
+    ];
+    let done: Vec<Completion> = plan
+        .iter()
+        .map(|(id, outcome, to, m)| Completion {
+            transition: Transition::new(*id, 1, *to),
+            started_at: ago(*m),
+            latency: Duration::from_millis(12),
+            outcome: outcome.to_string(),
+        })
+        .collect();
+    assert_eq!(s.complete(&done).await.unwrap(), 5);
+
+    let bucket_of = |m: i64| {
+        let t = (ago(m) + chrono::Duration::milliseconds(12)).timestamp_millis();
+        chrono::DateTime::from_timestamp_millis(t.div_euclid(60_000) * 60_000).unwrap()
+    };
+    let got = s.activity(hour).await.unwrap();
+    let mut want = vec![
+        ActivityBucket {
+            start: bucket_of(10),
+            posted: 2,
+            errors: 1,
+        },
+        ActivityBucket {
+            start: bucket_of(2),
+            posted: 0,
+            errors: 1,
+        },
+    ];
+    assert_eq!(got, want, "the 2-hour-old attempt is outside the window");
+    assert!(got.iter().all(|b| b.start.timestamp() % 60 == 0));
+
+    let wide = s
+        .activity(ActivityParams {
+            since: Duration::from_secs(3 * 3600),
+            bucket: minute,
+        })
+        .await
+        .unwrap();
+    want.insert(
+        0,
+        ActivityBucket {
+            start: bucket_of(120),
+            posted: 1,
+            errors: 0,
+        },
+    );
+    assert_eq!(wide, want);
+
+    // Wider buckets sum the same attempts.
+    let coarse = s
+        .activity(ActivityParams {
+            since: Duration::from_secs(3600),
+            bucket: Duration::from_secs(86_400),
+        })
+        .await
+        .unwrap();
+    assert_eq!(coarse.iter().map(|b| b.posted).sum::<i64>(), 2);
+    assert_eq!(coarse.iter().map(|b| b.errors).sum::<i64>(), 2);
+
+    assert!(matches!(
+        s.activity(ActivityParams {
+            since: Duration::from_secs(60),
+            bucket: Duration::ZERO,
+        })
+        .await,
+        Err(StoreError::Invalid(_))
+    ));
 }

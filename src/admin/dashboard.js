@@ -1,0 +1,424 @@
+// statusd dashboard. Plain JavaScript, no dependencies, served from the
+// binary. Every text that comes from the API is set through textContent or
+// an attribute, never parsed as HTML; the page's Content-Security-Policy
+// forbids inline scripts besides.
+"use strict";
+
+(function () {
+  const TOKEN_KEY = "statusd.adminToken";
+  const REFRESH_MS = 5000;
+  const STATES = ["queued", "pending_upload", "uploading", "in_doubt", "posted", "failed", "invalid", "cancelled", "deleted"];
+  const PENDING = ["queued", "pending_upload"];
+  const SVG = "http://www.w3.org/2000/svg";
+
+  const $ = (id) => document.getElementById(id);
+  let timer = null;
+  let refreshes = 0;
+  let busy = false;
+  let again = false;
+
+  // ---- small DOM helpers (text only) -------------------------------------
+
+  function el(tag, attrs, text) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v !== undefined && v !== null && v !== false) e.setAttribute(k, String(v));
+    }
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    return e;
+  }
+
+  function svg(tag, attrs, text) {
+    const e = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+    if (text !== undefined) e.textContent = String(text);
+    return e;
+  }
+
+  function fmtInt(n) {
+    return Number(n).toLocaleString("en-US");
+  }
+
+  function fmtAge(secs) {
+    if (secs === null || secs === undefined) return "–";
+    secs = Math.max(0, Math.round(secs));
+    if (secs < 60) return secs + "s";
+    if (secs < 3600) return Math.floor(secs / 60) + "m " + (secs % 60) + "s";
+    if (secs < 86400) return Math.floor(secs / 3600) + "h " + Math.floor((secs % 3600) / 60) + "m";
+    return Math.floor(secs / 86400) + "d " + Math.floor((secs % 86400) / 3600) + "h";
+  }
+
+  function fmtAgo(iso) {
+    const t = Date.parse(iso);
+    if (Number.isNaN(t)) return "–";
+    return fmtAge((Date.now() - t) / 1000) + " ago";
+  }
+
+  function fmtClock(d) {
+    return d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hour12: false });
+  }
+
+  // ---- token and API -------------------------------------------------------
+
+  function token() {
+    return sessionStorage.getItem(TOKEN_KEY);
+  }
+
+  class Unauthorized extends Error {}
+
+  async function api(method, path) {
+    const res = await fetch(path, {
+      method,
+      headers: { Authorization: "Bearer " + token(), Accept: "application/json" },
+      cache: "no-store",
+    });
+    if (res.status === 401 || res.status === 403) {
+      let msg = "the token was refused";
+      try { msg = (await res.json()).error || msg; } catch (_) { /* keep default */ }
+      throw new Unauthorized(msg);
+    }
+    let body = null;
+    try { body = await res.json(); } catch (_) { /* not JSON */ }
+    if (!res.ok) {
+      throw new Error((body && body.error) || ("HTTP " + res.status));
+    }
+    return body;
+  }
+
+  function showLogin(message) {
+    stopTimer();
+    $("app").hidden = true;
+    $("signout").hidden = true;
+    $("refresh").hidden = true;
+    $("login").hidden = false;
+    setConn("idle", "not connected");
+    const err = $("login-error");
+    err.hidden = !message;
+    err.textContent = message || "";
+    $("token").focus();
+  }
+
+  function showApp() {
+    $("login").hidden = true;
+    $("app").hidden = false;
+    $("signout").hidden = false;
+    $("refresh").hidden = false;
+  }
+
+  function setConn(kind, text) {
+    const c = $("conn");
+    c.dataset.conn = kind;
+    c.textContent = text;
+  }
+
+  function flash(kind, text) {
+    const f = $("flash");
+    f.dataset.kind = kind;
+    f.textContent = text;
+    f.hidden = false;
+    clearTimeout(flash.t);
+    flash.t = setTimeout(() => { f.hidden = true; }, 8000);
+  }
+
+  // ---- refresh -------------------------------------------------------------
+
+  function stopTimer() {
+    if (timer) clearTimeout(timer);
+    timer = null;
+  }
+
+  function schedule() {
+    stopTimer();
+    timer = setTimeout(refresh, REFRESH_MS);
+  }
+
+  async function refresh() {
+    if (!token()) return showLogin();
+    // One refresh at a time; one asked for meanwhile (after an action)
+    // runs right after, so the page never shows data older than the action.
+    if (busy) { again = true; return; }
+    busy = true;
+    try {
+      const [stats, activity, inDoubt, failed] = await Promise.all([
+        api("GET", "v1/stats"),
+        api("GET", "v1/activity?window=1h&bucket=1m"),
+        api("GET", "v1/statuses?state=in_doubt&limit=200"),
+        api("GET", "v1/statuses?state=failed&limit=200"),
+      ]);
+      showApp();
+      renderCounts(stats);
+      renderActivity(activity);
+      renderAttention(inDoubt.concat(failed));
+      refreshes += 1;
+      document.body.dataset.refreshes = String(refreshes);
+      setConn("ok", "connected");
+      $("updated").textContent = "updated " + fmtClock(new Date());
+    } catch (e) {
+      if (e instanceof Unauthorized) {
+        sessionStorage.removeItem(TOKEN_KEY);
+        again = false;
+        return showLogin(e.message);
+      }
+      setConn("error", "cannot reach statusd: " + e.message);
+    } finally {
+      busy = false;
+    }
+    if (again) {
+      again = false;
+      return refresh();
+    }
+    if (!document.hidden) schedule();
+  }
+
+  // ---- counts per instance and state --------------------------------------
+
+  function renderCounts(rows) {
+    const byInst = new Map();
+    for (const r of rows) {
+      if (!byInst.has(r.instance)) byInst.set(r.instance, { counts: {}, oldest: null });
+      const i = byInst.get(r.instance);
+      i.counts[r.state] = (i.counts[r.state] || 0) + r.count;
+      if (PENDING.includes(r.state) && r.oldest_age_secs !== null && r.oldest_age_secs !== undefined) {
+        i.oldest = i.oldest === null ? r.oldest_age_secs : Math.max(i.oldest, r.oldest_age_secs);
+      }
+    }
+    const table = $("counts");
+    const head = el("thead");
+    const hr = el("tr");
+    hr.append(el("th", {}, "Instance"));
+    for (const s of STATES) hr.append(el("th", { class: "num" }, s));
+    hr.append(el("th", { class: "num" }, "Oldest pending"));
+    head.append(hr);
+
+    const body = el("tbody");
+    const totals = {};
+    let oldestAll = null;
+    const names = Array.from(byInst.keys()).sort();
+    for (const name of names) {
+      const i = byInst.get(name);
+      const tr = el("tr", { "data-instance": name });
+      tr.append(el("td", { class: "mono" }, name));
+      for (const s of STATES) {
+        const n = i.counts[s] || 0;
+        totals[s] = (totals[s] || 0) + n;
+        tr.append(el("td", { class: n ? "num" : "num zero", "data-instance": name, "data-state": s, "data-count": n }, fmtInt(n)));
+      }
+      tr.append(el("td", { class: "num", "data-instance": name, "data-oldest-pending": i.oldest === null ? "" : i.oldest.toFixed(1) }, fmtAge(i.oldest)));
+      if (i.oldest !== null) oldestAll = oldestAll === null ? i.oldest : Math.max(oldestAll, i.oldest);
+      body.append(tr);
+    }
+    const foot = el("tfoot");
+    if (names.length > 1) {
+      const tr = el("tr", { "data-total": "" });
+      tr.append(el("td", {}, "All instances"));
+      for (const s of STATES) {
+        const n = totals[s] || 0;
+        tr.append(el("td", { class: n ? "num" : "num zero", "data-total-state": s, "data-count": n }, fmtInt(n)));
+      }
+      tr.append(el("td", { class: "num" }, fmtAge(oldestAll)));
+      foot.append(tr);
+    }
+    table.replaceChildren(head, body, foot);
+    $("counts-empty").hidden = names.length > 0;
+    $("oldest-pending").textContent = fmtAge(oldestAll);
+  }
+
+  // ---- activity chart ------------------------------------------------------
+
+  // The axis top: four whole-number steps of 1, 2, 3, 4, 5, 6 or 8 × 10^k.
+  function niceMax(v) {
+    const raw = Math.max(1, v / 4);
+    const p = Math.pow(10, Math.floor(Math.log10(raw)));
+    for (const m of [1, 2, 3, 4, 5, 6, 8, 10]) if (m * p >= raw) return 4 * m * p;
+    return 40 * p;
+  }
+
+  function renderActivity(a) {
+    const buckets = a.buckets || [];
+    let posted = 0;
+    let errors = 0;
+    for (const b of buckets) { posted += b.posted; errors += b.errors; }
+    const attempts = posted + errors;
+    const minutes = Math.max(1, a.window_secs / 60);
+    $("posted-1h").textContent = fmtInt(posted);
+    $("posted-1h").dataset.value = posted;
+    $("errors-1h").textContent = fmtInt(errors);
+    $("errors-1h").dataset.value = errors;
+    const tp = posted / minutes;
+    $("throughput").textContent = tp >= 10 ? Math.round(tp).toString() : tp.toFixed(1);
+    const rate = attempts ? (100 * errors) / attempts : 0;
+    const rateEl = $("error-rate");
+    rateEl.textContent = attempts ? rate.toFixed(rate < 10 ? 1 : 0) + "%" : "–";
+    rateEl.dataset.value = attempts ? rate.toFixed(2) : "";
+    rateEl.classList.toggle("warn", rate >= 5);
+    drawChart(buckets, a.bucket_secs, a.now);
+  }
+
+  function drawChart(buckets, bucketSecs, nowIso) {
+    const W = 760, H = 200, L = 40, R = 40, T = 10, B = 26;
+    const pw = W - L - R, ph = H - T - B;
+    const chart = $("chart");
+    const parts = [];
+    const peak = buckets.reduce((m, b) => Math.max(m, b.posted + b.errors), 0);
+    const ymax = niceMax(peak);
+    // Grid and left axis (per minute counts).
+    for (let k = 0; k <= 4; k++) {
+      const y = T + ph - (ph * k) / 4;
+      parts.push(svg("line", { class: "gridline", x1: L, x2: L + pw, y1: y, y2: y }));
+      parts.push(svg("text", { class: "axis", x: L - 6, y: y + 4, "text-anchor": "end" }, fmtInt(Math.round((ymax * k) / 4))));
+      parts.push(svg("text", { class: "axis", x: L + pw + 6, y: y + 4, "text-anchor": "start" }, (25 * k) + "%"));
+    }
+    const n = Math.max(1, buckets.length);
+    const slot = pw / n;
+    const bw = Math.max(1, slot * 0.72);
+    // Error rate over a trailing window of RATE_BUCKETS buckets: one
+    // bucket's few attempts make a jumpy line, five read as a trend.
+    const RATE_BUCKETS = 5;
+    // Segments: no line across minutes without any attempt to rate.
+    const segments = [[]];
+    let winPosted = 0, winErrors = 0;
+    buckets.forEach((b, i) => {
+      winPosted += b.posted;
+      winErrors += b.errors;
+      if (i >= RATE_BUCKETS) {
+        winPosted -= buckets[i - RATE_BUCKETS].posted;
+        winErrors -= buckets[i - RATE_BUCKETS].errors;
+      }
+      const x = L + i * slot + (slot - bw) / 2;
+      const hp = (ph * b.posted) / ymax;
+      const he = (ph * b.errors) / ymax;
+      const g = svg("g", { "data-bucket": b.start, "data-posted": b.posted, "data-errors": b.errors });
+      if (b.posted) g.append(svg("rect", { class: "bar-posted", x: x.toFixed(1), y: (T + ph - hp).toFixed(1), width: bw.toFixed(1), height: hp.toFixed(1), rx: 1 }));
+      if (b.errors) g.append(svg("rect", { class: "bar-errors", x: x.toFixed(1), y: (T + ph - hp - he).toFixed(1), width: bw.toFixed(1), height: he.toFixed(1), rx: 1 }));
+      const hover = svg("rect", { class: "hover", x: (L + i * slot).toFixed(1), y: T, width: slot.toFixed(1), height: ph });
+      const total = b.posted + b.errors;
+      hover.append(svg("title", {}, fmtClock(new Date(b.start)) + " — " + b.posted + " posted, " + b.errors + " errors" +
+        (total ? " (" + ((100 * b.errors) / total).toFixed(0) + "% errors)" : "")));
+      g.append(hover);
+      parts.push(g);
+      const winTotal = winPosted + winErrors;
+      if (winTotal) {
+        segments[segments.length - 1].push([(L + i * slot + slot / 2).toFixed(1), (T + ph - (ph * winErrors) / winTotal).toFixed(1)]);
+      } else if (segments[segments.length - 1].length) {
+        segments.push([]);
+      }
+    });
+    for (const pts of segments) {
+      if (pts.length > 1) {
+        parts.push(svg("polyline", { class: "rate", points: pts.map((p) => p.join(",")).join(" ") }));
+      } else if (pts.length === 1) {
+        parts.push(svg("circle", { class: "rate", cx: pts[0][0], cy: pts[0][1], r: 2 }));
+      }
+    }
+    // Time axis: minutes before the database's now.
+    const now = Date.parse(nowIso) || Date.now();
+    const span = n * bucketSecs;
+    for (const back of [60, 45, 30, 15, 0]) {
+      const secs = back * 60;
+      if (secs > span) continue;
+      const x = L + pw - (pw * secs) / span;
+      const label = back === 0 ? "now" : "−" + back + "m";
+      parts.push(svg("text", { class: "axis", x: x.toFixed(1), y: H - 8, "text-anchor": back === 0 ? "end" : "middle" }, label));
+    }
+    chart.dataset.peak = peak;
+    chart.dataset.asOf = new Date(now).toISOString();
+    chart.replaceChildren(...parts);
+  }
+
+  // ---- rows that need an operator ----------------------------------------
+
+  function renderAttention(rows) {
+    rows.sort((a, b) => Date.parse(b.updated_at) - Date.parse(a.updated_at));
+    const body = $("attention-rows");
+    const trs = rows.map((r) => {
+      const parked = r.state === "in_doubt" && r.parked_at;
+      const tr = el("tr", { "data-row-id": r.id, "data-state": r.state, "data-parked": parked ? "true" : "false" });
+      const idCell = el("td", { class: "mono", title: r.id });
+      idCell.append(el("span", {}, r.id.slice(0, 8) + "…" + r.id.slice(-4)));
+      if (r.message_id) {
+        idCell.append(el("br"));
+        idCell.append(el("span", { class: "muted", title: "WhatsApp message id" }, r.message_id));
+      }
+      tr.append(idCell);
+      tr.append(el("td", { class: "mono" }, r.instance));
+      tr.append(el("td", {}, r.kind));
+      const st = el("td", { "data-field": "state" });
+      st.append(el("span", { class: "badge", "data-state": r.state }, r.state));
+      if (parked) st.append(el("span", { class: "parked", title: "The look-up gave up; waiting for an operator" }, "parked"));
+      tr.append(st);
+      tr.append(el("td", { class: "num" }, r.attempts));
+      const err = r.last_error || "";
+      const http = r.last_http_status ? "HTTP " + r.last_http_status + (err ? ": " : "") : "";
+      tr.append(el("td", { class: "err", "data-field": "last-error" }, http + err || "–"));
+      tr.append(el("td", { title: r.updated_at }, fmtAgo(r.updated_at)));
+      const act = el("td", { class: "actions" });
+      // Offer what the state machine allows; the API refuses the rest anyway.
+      const canRetry = r.state === "failed" || parked;
+      const retry = el("button", {
+        type: "button", class: "small", "data-action": "retry", "data-id": r.id,
+        title: canRetry
+          ? (r.state === "failed" ? "Send again with the same message id" : "Look the id up at the provider again")
+          : "The reconciler is still looking this row up",
+      }, "Retry");
+      retry.disabled = !canRetry;
+      const canCancel = r.state === "in_doubt";
+      const cancel = el("button", {
+        type: "button", class: "small secondary", "data-action": "cancel", "data-id": r.id,
+        title: canCancel ? "Stop: never send this status" : "A failed row is already final; Retry sends it again",
+      }, "Cancel");
+      cancel.disabled = !canCancel;
+      act.append(retry, cancel);
+      tr.append(act);
+      return tr;
+    });
+    body.replaceChildren(...trs);
+    $("attention-empty").hidden = rows.length > 0;
+    $("attention").hidden = rows.length === 0;
+    const count = $("attention-count");
+    count.textContent = fmtInt(rows.length);
+    count.dataset.value = rows.length;
+    count.classList.toggle("warn", rows.length > 0);
+  }
+
+  async function act(action, id, button) {
+    button.disabled = true;
+    try {
+      const row = await api("POST", "v1/statuses/" + encodeURIComponent(id) + "/" + action);
+      flash("ok", (action === "retry" ? "Retried " : "Cancelled ") + id + ": now " + row.state + ".");
+    } catch (e) {
+      if (e instanceof Unauthorized) {
+        sessionStorage.removeItem(TOKEN_KEY);
+        return showLogin(e.message);
+      }
+      flash("error", action + " " + id + " failed: " + e.message);
+    }
+    await refresh();
+  }
+
+  // ---- wiring --------------------------------------------------------------
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("login-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const t = $("token").value.trim();
+      if (!t) return;
+      sessionStorage.setItem(TOKEN_KEY, t);
+      $("token").value = "";
+      $("login-error").hidden = true;
+      refresh();
+    });
+    $("signout").addEventListener("click", () => {
+      sessionStorage.removeItem(TOKEN_KEY);
+      showLogin();
+    });
+    $("refresh").addEventListener("click", () => refresh());
+    $("attention-rows").addEventListener("click", (ev) => {
+      const b = ev.target.closest("button[data-action]");
+      if (b && !b.disabled) act(b.dataset.action, b.dataset.id, b);
+    });
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden && token()) refresh();
+    });
+    if (token()) refresh(); else showLogin();
+  });
+})();
