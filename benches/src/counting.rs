@@ -10,8 +10,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use statusd::model::{Attempt, OutboxRow};
 use statusd::store::{
-    AssignId, ClaimParams, Completion, EnqueueParams, Enqueued, ListParams, Result, Schedule,
-    Store, SummaryRow, Transition,
+    ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion, EnqueueParams, Enqueued,
+    ListParams, Result, Schedule, Store, SummaryRow, Transition,
 };
 use uuid::Uuid;
 
@@ -142,6 +142,10 @@ impl<S: Store> Store for Counting<S> {
     async fn now(&self) -> Result<DateTime<Utc>> {
         self.add(1);
         self.inner.now().await
+    }
+    async fn activity(&self, p: ActivityParams) -> Result<Vec<ActivityBucket>> {
+        self.add(1);
+        self.inner.activity(p).await
     }
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.subscribe()

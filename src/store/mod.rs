@@ -279,19 +279,10 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Finished attempts per bucket over a recent window (the dashboard's
     /// throughput and error-rate chart), oldest first. Only buckets with at
     /// least one attempt are returned.
-    ///
-    /// Both backends implement it; the default only keeps wrapping stores
-    /// (e.g. the benchmark's statement counter) compiling until they
-    /// delegate it.
     fn activity(
         &self,
         p: ActivityParams,
-    ) -> impl Future<Output = Result<Vec<ActivityBucket>>> + Send {
-        let _ = p;
-        std::future::ready(Err(StoreError::Invalid(
-            "activity: this store does not implement it".into(),
-        )))
-    }
+    ) -> impl Future<Output = Result<Vec<ActivityBucket>>> + Send;
 }
 
 /// The backend named by a database URL.
