@@ -310,9 +310,13 @@ pub enum ConfigCommand {
 
 #[derive(Debug, Args)]
 pub struct SimArgs {
-    /// Port on 127.0.0.1 (0 picks a free one).
+    /// Port to listen on (0 picks a free one).
     #[arg(long, default_value_t = 9090)]
     pub port: u16,
+    /// Address to listen on. Loopback by default: the simulator's /_sim
+    /// endpoints have no authentication (0.0.0.0 only inside a container).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
     /// Simulator knobs (TOML or JSON, fields of SimConfig). The global
     /// --config is the daemon's configuration and is not read by `sim`.
     #[arg(long, value_name = "FILE")]
@@ -642,9 +646,13 @@ async fn run_sim(args: SimArgs, global_config_given: bool) -> anyhow::Result<()>
         .map_err(|e| anyhow::anyhow!("simulator configuration: {e}"))?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
-    crate::sim::run_standalone(args.port, cfg, shutdown)
-        .await
-        .with_context(|| format!("running the simulator on 127.0.0.1:{}", args.port))
+    crate::sim::run_standalone(
+        std::net::SocketAddr::new(args.bind, args.port),
+        cfg,
+        shutdown,
+    )
+    .await
+    .with_context(|| format!("running the simulator on 127.0.0.1:{}", args.port))
 }
 
 fn read_sim_config(path: &std::path::Path) -> anyhow::Result<crate::sim::SimConfig> {

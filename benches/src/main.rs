@@ -284,6 +284,7 @@ async fn db_ceiling<S: Store>(store: S, db: &Db, n: usize) -> anyhow::Result<f64
                         limit: 256,
                         lease: Duration::from_secs(60),
                         skip_instances: vec![],
+                        fresh_ids: vec![],
                     })
                     .await?;
                 if rows.is_empty() {

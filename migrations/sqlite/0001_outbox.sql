@@ -37,7 +37,8 @@ CREATE TABLE status_outbox (
 
 -- Partial indexes: each pipeline stage scans only its own state, so claiming
 -- stays fast with millions of terminal rows in the table.
-CREATE INDEX status_outbox_queued ON status_outbox (created_at) WHERE state = 'queued';
+CREATE INDEX status_outbox_queued ON status_outbox (priority DESC, created_at)
+    WHERE state = 'queued';
 CREATE INDEX status_outbox_due ON status_outbox (priority DESC, created_at)
     WHERE state = 'pending_upload';
 CREATE INDEX status_outbox_leases ON status_outbox (lease_expires_at) WHERE state = 'uploading';

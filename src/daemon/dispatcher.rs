@@ -12,8 +12,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::{backoff, Ctx};
+use crate::config::IdSource;
 use crate::model::{OutboxRow, State, StatusBody};
-use crate::provider::{OutgoingStatus, Provider, SendOutcome};
+use crate::provider::{ids, OutgoingStatus, Provider, SendOutcome};
 use crate::store::{ClaimParams, Completion, Store, Transition};
 
 pub async fn run<S: Store, P: Provider>(
@@ -53,11 +54,16 @@ pub async fn run<S: Store, P: Provider>(
             continue;
         }
         batch_wait_done = false;
+        let limit = free.min(ctx.settings.batch_size);
         let params = ClaimParams {
             owner: ctx.owner.clone(),
-            limit: free.min(ctx.settings.batch_size) as i64,
+            limit: limit as i64,
             lease: ctx.settings.lease(),
             skip_instances: ctx.paused_instances(),
+            fresh_ids: match ctx.settings.id_source {
+                IdSource::Local => (0..limit).map(|_| ids::local_message_id()).collect(),
+                IdSource::Api => Vec::new(),
+            },
         };
         let rows = match ctx.store.claim(params).await {
             Ok(rows) => {
@@ -127,6 +133,20 @@ async fn send_one<S: Store, P: Provider>(
 ) -> Completion {
     let started_at = chrono::Utc::now();
     let t0 = Instant::now();
+    // Rows claimed straight from `queued` are validated here, before any
+    // send; a bad row becomes `invalid` and its claim is given back.
+    if let Some(problem) = super::id_assigner::check_row(ctx, row) {
+        tracing::warn!(error = %problem, "invalid row");
+        let mut t = Transition::new(row.id, row.attempts, State::Invalid);
+        t.error = Some(problem);
+        t.refund_attempt = true;
+        return Completion {
+            transition: t,
+            started_at,
+            latency: t0.elapsed(),
+            outcome: "invalid".into(),
+        };
+    }
     let outcome = match (ctx.instances.get(&row.instance), row.message_id.as_deref()) {
         (None, _) => SendOutcome::InstanceDown {
             reason: format!("instance `{}` is not configured", row.instance),

@@ -3,7 +3,11 @@
 //!
 //! With `id_source = "api"` ids are fetched from each row's instance, many
 //! in parallel; a row whose id could not be fetched simply stays `queued`
-//! and is tried again on the next pass.
+//! and is tried again on the next pass. With `id_source = "local"` this
+//! service does not run: the dispatcher's claim takes `queued` rows and
+//! gives each a locally made id in the same statement that leases it, and
+//! validates what it claimed before sending (one row update fewer per
+//! status).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +40,11 @@ pub async fn run<S: Store, P: Provider>(
     ctx: Arc<Ctx<S, P>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if ctx.settings.id_source == IdSource::Local {
+        // Local ids are given in the claim itself (the dispatcher passes
+        // fresh ids), which validates the rows it takes: no separate pass.
+        return Ok(());
+    }
     let mut wake = ctx.store.subscribe();
     let mut failures = 0;
     while !shutdown.is_cancelled() {

@@ -324,15 +324,16 @@ impl fmt::Debug for SimHandle {
     }
 }
 
-/// `statusd sim --port N`: serves on `127.0.0.1:N` until `shutdown` is
-/// cancelled. Loopback only: the simulator accepts any token when none are
-/// configured and its `/_sim` endpoints are unauthenticated.
+/// `statusd sim --port N [--bind ADDR]`: serves until `shutdown` is
+/// cancelled. The CLI binds loopback unless told otherwise: the simulator
+/// accepts any token when none are configured and its `/_sim` endpoints are
+/// unauthenticated.
 pub async fn run_standalone(
-    port: u16,
+    addr: SocketAddr,
     config: SimConfig,
     shutdown: CancellationToken,
 ) -> Result<(), SimError> {
-    let handle = Simulator::start(SocketAddr::from(([127, 0, 0, 1], port)), config).await?;
+    let handle = Simulator::start(addr, config).await?;
     tracing::info!(base_url = %handle.base_url(), "simulator listening");
     shutdown.cancelled().await;
     let stats = handle.stats();

@@ -96,6 +96,12 @@ pub struct ClaimParams {
     pub lease: Duration,
     /// Instances whose rows must not be claimed (paused after 401/403).
     pub skip_instances: Vec<String>,
+    /// Fresh message ids (`id_source = "local"`): when given (at least
+    /// `limit` of them), `queued` rows are claimed too, each getting one of
+    /// these ids in the same statement that leases it — the id is still
+    /// committed before any send (rule 1), one row update sooner. Empty: only
+    /// `pending_upload` rows are claimed.
+    pub fresh_ids: Vec<String>,
 }
 
 /// A fenced move of one row out of `uploading` or `in_doubt`.
@@ -229,7 +235,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn assign_message_ids(&self, ids: &[AssignId]) -> impl Future<Output = Result<u64>> + Send;
     /// `queued` → `invalid` with a message naming the field.
     fn mark_invalid(&self, id: Uuid, error: &str) -> impl Future<Output = Result<bool>> + Send;
-    /// Leases due `pending_upload` rows: `uploading`, `attempts + 1`.
+    /// Leases due `pending_upload` rows (and `queued` ones with
+    /// `fresh_ids`): `uploading`, `attempts + 1`.
     fn claim(&self, p: ClaimParams) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
     /// Fenced `uploading` → outcome, with the attempts' history; returns the
     /// number of rows whose fence held.

@@ -355,21 +355,36 @@ impl Store for PgStore {
     }
 
     async fn claim(&self, p: ClaimParams) -> Result<Vec<OutboxRow>> {
+        // Each source is an ordered scan of its own partial index; rows
+        // locked by another replica are skipped, never waited for.
         let sql = format!(
-            "WITH due AS (
-                SELECT id FROM status_outbox
+            "WITH pending AS (
+                SELECT id, priority, created_at FROM status_outbox
                 WHERE state = 'pending_upload'
                   AND next_attempt_at <= now()
                   AND (not_before IS NULL OR not_before <= now())
                   AND instance <> ALL($3::text[])
                 ORDER BY priority DESC, created_at
                 LIMIT $4
-                FOR UPDATE SKIP LOCKED)
+                FOR UPDATE SKIP LOCKED),
+             fresh AS (
+                SELECT id, priority, created_at FROM status_outbox
+                WHERE cardinality($5::text[]) >= $4 AND state = 'queued'
+                  AND (not_before IS NULL OR not_before <= now())
+                  AND instance <> ALL($3::text[])
+                ORDER BY priority DESC, created_at
+                LIMIT $4
+                FOR UPDATE SKIP LOCKED),
+             due AS (SELECT * FROM pending UNION ALL SELECT * FROM fresh),
+             picked AS (
+                SELECT id, row_number() OVER (ORDER BY priority DESC, created_at) AS rn
+                FROM due ORDER BY priority DESC, created_at LIMIT $4)
              UPDATE status_outbox o SET state = 'uploading', attempts = o.attempts + 1,
                     lease_owner = $1, lease_expires_at = now() + $2 * interval '1 millisecond',
                     claimed_at = now(),
-                    updated_at = now()
-             FROM due WHERE o.id = due.id
+                    updated_at = now(),
+                    message_id = COALESCE(o.message_id, ($5::text[])[picked.rn])
+             FROM picked WHERE o.id = picked.id
              RETURNING {}",
             COLS.split(", ")
                 .map(|c| if c.contains(' ') {
@@ -386,7 +401,8 @@ impl Store for PgStore {
                     .bind(&p.owner)
                     .bind(p.lease.as_millis() as i64)
                     .bind(&p.skip_instances)
-                    .bind(p.limit),
+                    .bind(p.limit)
+                    .bind(&p.fresh_ids),
             )
             .await?;
         rows.sort_by(|a, b| {

@@ -341,23 +341,38 @@ impl Store for SqliteStore {
 
     async fn claim(&self, p: ClaimParams) -> Result<Vec<OutboxRow>> {
         // One statement: SQLite's write lock makes the select-and-update
-        // atomic, so two claimers never lease the same row.
+        // atomic, so two claimers never lease the same row. Each source is
+        // an ordered scan of its own partial index.
         let sql = format!(
-            "UPDATE status_outbox SET state = 'uploading', attempts = attempts + 1,
+            "UPDATE status_outbox SET state = 'uploading', attempts = status_outbox.attempts + 1,
                     lease_owner = ?1, lease_expires_at = {NOW} + ?2, claimed_at = {NOW},
-                    updated_at = {NOW}
-             WHERE id IN (
-                SELECT id FROM status_outbox
-                WHERE state = 'pending_upload'
-                  AND next_attempt_at <= {NOW}
-                  AND (not_before IS NULL OR not_before <= {NOW})
-                  AND instance NOT IN (SELECT value FROM json_each(?3))
-                ORDER BY priority DESC, created_at
-                LIMIT ?4)
-             AND state = 'pending_upload'
+                    updated_at = {NOW},
+                    message_id = COALESCE(status_outbox.message_id,
+                                          json_extract(?5, '$[' || (p.rn - 1) || ']'))
+             FROM (
+                SELECT id, row_number() OVER (ORDER BY priority DESC, created_at) AS rn
+                FROM (
+                    SELECT * FROM (
+                        SELECT id, priority, created_at FROM status_outbox
+                        WHERE state = 'pending_upload'
+                          AND next_attempt_at <= {NOW}
+                          AND (not_before IS NULL OR not_before <= {NOW})
+                          AND instance NOT IN (SELECT value FROM json_each(?3))
+                        ORDER BY priority DESC, created_at LIMIT ?4)
+                    UNION ALL
+                    SELECT * FROM (
+                        SELECT id, priority, created_at FROM status_outbox
+                        WHERE json_array_length(?5) >= ?4 AND state = 'queued'
+                          AND (not_before IS NULL OR not_before <= {NOW})
+                          AND instance NOT IN (SELECT value FROM json_each(?3))
+                        ORDER BY priority DESC, created_at LIMIT ?4))
+                ORDER BY priority DESC, created_at LIMIT ?4) AS p
+             WHERE status_outbox.id = p.id
+               AND status_outbox.state IN ('pending_upload', 'queued')
              RETURNING {COLS}"
         );
         let skip = serde_json::to_string(&p.skip_instances).unwrap_or_else(|_| "[]".into());
+        let ids = serde_json::to_string(&p.fresh_ids).unwrap_or_else(|_| "[]".into());
         let mut rows = self
             .fetch_rows(
                 &sql,
@@ -366,6 +381,7 @@ impl Store for SqliteStore {
                     Bind::I(p.lease.as_millis() as i64),
                     Bind::S(skip),
                     Bind::I(p.limit),
+                    Bind::S(ids),
                 ],
             )
             .await?;

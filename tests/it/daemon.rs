@@ -148,6 +148,7 @@ async fn expired_leases_of_a_dead_daemon_are_reconciled<S: Store>(s: S, db: &Tes
             limit: 100,
             lease: Duration::from_millis(300),
             skip_instances: vec![],
+            fresh_ids: vec![],
         })
         .await
         .unwrap();

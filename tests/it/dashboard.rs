@@ -249,6 +249,7 @@ async fn seed<S: Store>(s: &S) -> Seeded {
         limit: 1_000,
         lease: Duration::from_secs(60),
         skip_instances: vec![],
+        fresh_ids: vec![],
     };
     let rows = s.claim(claim.clone()).await.unwrap();
     assert_eq!(rows.len(), 150);

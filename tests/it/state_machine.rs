@@ -88,6 +88,7 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         limit: 3,
                         lease,
                         skip_instances: vec![],
+                        fresh_ids: vec![],
                     })
                     .await
                     .unwrap();

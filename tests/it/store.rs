@@ -26,6 +26,7 @@ crate::both_backends!(
     bad_rows_are_readable_and_stay_queued_until_marked,
     summary_purge_and_schedules,
     activity_counts_finished_attempts_per_bucket,
+    claims_with_fresh_ids_lease_queued_rows_with_their_id,
 );
 
 fn claim(owner: &str, limit: i64) -> ClaimParams {
@@ -34,6 +35,7 @@ fn claim(owner: &str, limit: i64) -> ClaimParams {
         limit,
         lease: Duration::from_secs(60),
         skip_instances: vec![],
+        fresh_ids: vec![],
     }
 }
 
@@ -657,4 +659,50 @@ async fn activity_counts_finished_attempts_per_bucket<S: Store>(s: S, _db: &Test
         .await,
         Err(StoreError::Invalid(_))
     ));
+}
+
+async fn claims_with_fresh_ids_lease_queued_rows_with_their_id<S: Store>(s: S, _db: &TestDb) {
+    // One pending row (id assigned) and three queued rows, one of them urgent.
+    let pending = pending(&s, 1).await[0];
+    let q1 = s.enqueue(text("main", 10)).await.unwrap().id;
+    let mut urgent = text("main", 11);
+    urgent.priority = 9;
+    let urgent = s.enqueue(urgent).await.unwrap().id;
+    let q3 = s.enqueue(text("main", 12)).await.unwrap().id;
+    let fresh: Vec<String> = (0..3)
+        .map(|_| statusd::provider::ids::local_message_id())
+        .collect();
+    let mut p = claim("w", 3);
+    p.fresh_ids = fresh.clone();
+    let got = s.claim(p).await.unwrap();
+    let order: Vec<Uuid> = got.iter().map(|r| r.id).collect();
+    assert_eq!(
+        order,
+        vec![urgent, pending, q1],
+        "priority first, then FIFO, across both sources"
+    );
+    for r in &got {
+        assert_eq!(r.state, State::Uploading);
+        assert_eq!(r.attempts, 1);
+        let mid = r.message_id.clone().expect("an id before any send");
+        if r.id == pending {
+            assert!(!fresh.contains(&mid), "a row keeps the id it already had");
+        } else {
+            assert!(
+                fresh.contains(&mid),
+                "a queued row gets one of the fresh ids"
+            );
+        }
+    }
+    let mids: HashSet<_> = got.iter().map(|r| r.message_id.clone()).collect();
+    assert_eq!(mids.len(), 3, "no id given twice");
+    // Without enough fresh ids, queued rows are left to the id assigner.
+    let mut p = claim("w", 5);
+    p.fresh_ids = vec![statusd::provider::ids::local_message_id()];
+    assert!(s.claim(p).await.unwrap().is_empty());
+    assert_eq!(s.get(q3).await.unwrap().unwrap().state, State::Queued);
+    // The id is durable with the lease: a crash now leaves an in-doubt row
+    // with its id, never an id-less upload.
+    let row = s.get(q1).await.unwrap().unwrap();
+    assert!(row.message_id.is_some() && row.lease_expires_at.is_some());
 }
