@@ -70,6 +70,15 @@ pub async fn pass<S: Store, P: Provider>(ctx: &Ctx<S, P>) -> anyhow::Result<usiz
 async fn decide<S: Store, P: Provider>(ctx: &Ctx<S, P>, row: &OutboxRow) -> Transition {
     let mut t = Transition::new(row.id, row.attempts, State::InDoubt);
     let s = &ctx.settings;
+    // A row that fails validation was never sent (the dispatcher validates
+    // before sending), so it cannot be on the provider: it is invalid. This
+    // happens when a daemon died between claiming a bad `queued` row and
+    // recording it invalid.
+    if let Some(problem) = super::id_assigner::check_row(ctx, row) {
+        t.to = State::Invalid;
+        t.error = Some(problem);
+        return t;
+    }
     let (Some(inst), Some(mid), Ok(body)) = (
         ctx.instances.get(&row.instance),
         row.message_id.as_deref(),
