@@ -629,13 +629,13 @@ async fn main() -> anyhow::Result<()> {
                 let s = SqliteStore::connect(u, POOL).await?;
                 s.migrate().await?;
                 let (a, b) = pickup(s.clone(), u, 200).await?;
-                (a, b, idle_qps(s, u, 10).await?)
+                (a, b, idle_qps(s, u, 6).await?)
             }
             Db::Pg(u, _) => {
                 let s = PgStore::connect(u, POOL).await?;
                 s.migrate().await?;
                 let (a, b) = pickup(s.clone(), u, 200).await?;
-                (a, b, idle_qps(s, u, 10).await?)
+                (a, b, idle_qps(s, u, 6).await?)
             }
         };
         r.add(
@@ -653,7 +653,8 @@ async fn main() -> anyhow::Result<()> {
         let db = Db::pg().await?;
         let s = PgStore::connect(db.url(), POOL).await?;
         s.migrate().await?;
-        let n = (backlog / 2).max(1000);
+        // Enough rows for a steady rate; the 5M terminal rows are the point.
+        let n = (backlog / 5).max(1000);
         db.fill_queued(n, "empty").await?;
         let (empty, _) = drain(s.clone(), db.url(), IdSource::Local, n).await?;
         db.exec(&format!(

@@ -141,6 +141,45 @@ impl Transition {
     }
 }
 
+/// A batch of transitions as the JSON array both backends read in one
+/// statement (`json_each` / `jsonb_to_recordset`). Flags are 0/1.
+pub(crate) fn transitions_json(ts: &[Transition]) -> serde_json::Value {
+    ts.iter()
+        .map(|t| {
+            serde_json::json!({
+                "id": t.id.to_string(),
+                "attempt": t.attempt,
+                "to": t.to.as_str(),
+                "provider_id": t.provider_id,
+                "error": t.error,
+                "http": t.http_status,
+                "delay": t.delay.as_millis() as i64,
+                "bump": t.bump_reconcile as i32,
+                "park": t.park as i32,
+                "refund": t.refund_attempt as i32,
+            })
+        })
+        .collect()
+}
+
+/// Attempt-history lines as one JSON array; `started` is milliseconds since
+/// the epoch.
+pub(crate) fn attempts_json(done: &[&Completion]) -> serde_json::Value {
+    done.iter()
+        .map(|c| {
+            serde_json::json!({
+                "id": c.transition.id.to_string(),
+                "attempt": c.transition.attempt,
+                "started": c.started_at.timestamp_millis(),
+                "latency": c.latency.as_millis() as i64,
+                "outcome": c.outcome,
+                "http": c.transition.http_status,
+                "error": c.transition.error,
+            })
+        })
+        .collect()
+}
+
 /// One finished send: the row's transition and the attempt's history line.
 #[derive(Debug, Clone)]
 pub struct Completion {

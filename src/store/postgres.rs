@@ -80,23 +80,7 @@ impl PgStore {
         if ts.is_empty() {
             return Ok(0);
         }
-        let items: Vec<serde_json::Value> = ts
-            .iter()
-            .map(|t| {
-                serde_json::json!({
-                    "id": t.id,
-                    "attempt": t.attempt,
-                    "to": t.to.as_str(),
-                    "provider_id": t.provider_id,
-                    "error": t.error,
-                    "http": t.http_status,
-                    "delay": t.delay.as_millis() as i64,
-                    "bump": t.bump_reconcile as i32,
-                    "park": t.park,
-                    "refund": t.refund_attempt as i32,
-                })
-            })
-            .collect();
+        let items = super::transitions_json(ts);
         let mut tx = self.pool.begin().await?;
         let applied: Vec<Uuid> = sqlx::query_scalar(
             "UPDATE status_outbox o SET
@@ -108,18 +92,18 @@ impl PgStore {
                 attempts = o.attempts - u.refund,
                 reconcile_attempts = CASE WHEN u.to = 'in_doubt'
                     THEN o.reconcile_attempts + u.bump ELSE 0 END,
-                parked_at = CASE WHEN u.park THEN now() END,
+                parked_at = CASE WHEN u.park = 1 THEN now() END,
                 posted_at = CASE WHEN u.to = 'posted' THEN now() ELSE o.posted_at END,
                 lease_owner = NULL,
                 lease_expires_at = NULL,
                 updated_at = now()
              FROM jsonb_to_recordset($1::jsonb) AS u(id uuid, attempt int, \"to\" text,
-                  provider_id text, error text, http int, delay bigint, bump int, park boolean,
+                  provider_id text, error text, http int, delay bigint, bump int, park int,
                   refund int)
              WHERE o.id = u.id AND o.state = $2 AND o.attempts = u.attempt
              RETURNING o.id",
         )
-        .bind(serde_json::Value::Array(items))
+        .bind(items)
         .bind(from.as_str())
         .fetch_all(&mut *tx)
         .await?;
@@ -131,30 +115,18 @@ impl PgStore {
             .filter(|c| applied.contains(&c.transition.id))
             .collect();
         if !done.is_empty() {
-            let hist: Vec<serde_json::Value> = done
-                .iter()
-                .map(|c| {
-                    serde_json::json!({
-                        "id": c.transition.id,
-                        "attempt": c.transition.attempt,
-                        "started": c.started_at,
-                        "latency": c.latency.as_millis() as i64,
-                        "outcome": c.outcome,
-                        "http": c.transition.http_status,
-                        "error": c.transition.error,
-                    })
-                })
-                .collect();
+            let hist = super::attempts_json(&done);
             sqlx::query(
                 "INSERT INTO status_attempts
                     (status_id, attempt, started_at, finished_at, outcome, http_status, latency_ms, error)
-                 SELECT h.id, h.attempt, h.started, h.started + h.latency * interval '1 millisecond',
+                 SELECT h.id, h.attempt, to_timestamp(h.started / 1000.0),
+                        to_timestamp((h.started + h.latency) / 1000.0),
                         h.outcome, h.http, h.latency, h.error
-                 FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, attempt int, started timestamptz,
+                 FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, attempt int, started bigint,
                       latency bigint, outcome text, http int, error text)
                  WHERE EXISTS (SELECT 1 FROM status_outbox o WHERE o.id = h.id)",
             )
-            .bind(serde_json::Value::Array(hist))
+            .bind(hist)
             .execute(&mut *tx)
             .await?;
         }

@@ -96,23 +96,7 @@ impl SqliteStore {
         if ts.is_empty() {
             return Ok(0);
         }
-        let items: Vec<serde_json::Value> = ts
-            .iter()
-            .map(|t| {
-                serde_json::json!({
-                    "id": t.id.to_string(),
-                    "attempt": t.attempt,
-                    "to": t.to.as_str(),
-                    "provider_id": t.provider_id,
-                    "error": t.error,
-                    "http": t.http_status,
-                    "delay": t.delay.as_millis() as i64,
-                    "bump": t.bump_reconcile as i32,
-                    "park": t.park as i32,
-                    "refund": t.refund_attempt as i32,
-                })
-            })
-            .collect();
+        let items = super::transitions_json(ts);
         let sql = format!(
             "UPDATE status_outbox SET
                 state = u.value ->> 'to',
@@ -137,7 +121,7 @@ impl SqliteStore {
         );
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let applied: Vec<String> = sqlx::query_scalar(&sql)
-            .bind(serde_json::Value::Array(items).to_string())
+            .bind(items.to_string())
             .bind(from.as_str())
             .fetch_all(&mut *tx)
             .await?;
@@ -150,20 +134,7 @@ impl SqliteStore {
             .filter(|c| applied.contains(&c.transition.id))
             .collect();
         if !done.is_empty() {
-            let hist: Vec<serde_json::Value> = done
-                .iter()
-                .map(|c| {
-                    serde_json::json!({
-                        "id": c.transition.id.to_string(),
-                        "attempt": c.transition.attempt,
-                        "started": c.started_at.timestamp_millis(),
-                        "latency": c.latency.as_millis() as i64,
-                        "outcome": c.outcome,
-                        "http": c.transition.http_status,
-                        "error": c.transition.error,
-                    })
-                })
-                .collect();
+            let hist = super::attempts_json(&done);
             sqlx::query(
                 "INSERT INTO status_attempts
                     (status_id, attempt, started_at, finished_at, outcome, http_status, latency_ms, error)
@@ -173,7 +144,7 @@ impl SqliteStore {
                  FROM json_each(?1) AS h
                  WHERE EXISTS (SELECT 1 FROM status_outbox o WHERE o.id = h.value ->> 'id')",
             )
-            .bind(serde_json::Value::Array(hist).to_string())
+            .bind(hist.to_string())
             .execute(&mut *tx)
             .await?;
         }
