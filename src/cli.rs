@@ -564,8 +564,15 @@ pub async fn dispatch<S: Store>(store: S, cmd: Command, settings: &Settings) -> 
 /// error.
 fn print_out(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
+    // Every output ends its last line, so the shell prompt starts on a new one.
+    let newline: &[u8] = if text.is_empty() || text.ends_with('\n') {
+        b""
+    } else {
+        b"\n"
+    };
     match stdout
         .write_all(text.as_bytes())
+        .and_then(|_| stdout.write_all(newline))
         .and_then(|_| stdout.flush())
     {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
