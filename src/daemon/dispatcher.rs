@@ -135,7 +135,7 @@ async fn send_one<S: Store, P: Provider>(
     let t0 = Instant::now();
     // Rows claimed straight from `queued` are validated here, before any
     // send; a bad row becomes `invalid` and its claim is given back.
-    if let Some(problem) = super::id_assigner::check_row(ctx, row) {
+    if let Some(problem) = ctx.check_row(row) {
         tracing::warn!(error = %problem, "invalid row");
         let mut t = Transition::new(row.id, row.attempts, State::Invalid);
         t.error = Some(problem);

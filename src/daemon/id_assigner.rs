@@ -16,25 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
 use crate::config::IdSource;
-use crate::model::{OutboxRow, StatusBody};
+use crate::model::OutboxRow;
 use crate::provider::{ids, Provider};
 use crate::store::{AssignId, Store};
-
-/// Why a row cannot be posted, or None if it can.
-pub fn check_row<S, P>(ctx: &Ctx<S, P>, row: &OutboxRow) -> Option<String> {
-    if !ctx.instances.contains_key(&row.instance) {
-        let mut known: Vec<&str> = ctx.instances.keys().map(String::as_str).collect();
-        known.sort();
-        return Some(format!(
-            "instance: `{}` is not a configured instance (configured: {})",
-            row.instance,
-            known.join(", ")
-        ));
-    }
-    StatusBody::parse(&row.kind, &row.payload)
-        .err()
-        .map(|e| e.to_string())
-}
 
 pub async fn run<S: Store, P: Provider>(
     ctx: Arc<Ctx<S, P>>,
@@ -75,7 +59,7 @@ pub async fn pass<S: Store, P: Provider>(ctx: &Ctx<S, P>) -> anyhow::Result<usiz
     let mut moved = 0;
     let mut good = Vec::with_capacity(rows.len());
     for row in rows {
-        match check_row(ctx, &row) {
+        match ctx.check_row(&row) {
             Some(problem) => {
                 tracing::warn!(row_id = %row.id, instance = %row.instance, error = %problem, "invalid row");
                 if ctx.store.mark_invalid(row.id, &problem).await? {

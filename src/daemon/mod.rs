@@ -95,6 +95,24 @@ pub struct Ctx<S, P> {
 }
 
 impl<S: Store, P: Provider> Ctx<S, P> {
+    /// Why a row cannot be posted (unknown instance, or a payload that fails
+    /// validation, the message naming the field), or None if it can. Every
+    /// stage that takes a row written by someone else asks this first.
+    pub fn check_row(&self, row: &crate::model::OutboxRow) -> Option<String> {
+        if !self.instances.contains_key(&row.instance) {
+            let mut known: Vec<&str> = self.instances.keys().map(String::as_str).collect();
+            known.sort();
+            return Some(format!(
+                "instance: `{}` is not a configured instance (configured: {})",
+                row.instance,
+                known.join(", ")
+            ));
+        }
+        crate::model::StatusBody::parse(&row.kind, &row.payload)
+            .err()
+            .map(|e| e.to_string())
+    }
+
     pub fn paused_instances(&self) -> Vec<String> {
         self.instances
             .values()

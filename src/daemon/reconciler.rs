@@ -74,7 +74,7 @@ async fn decide<S: Store, P: Provider>(ctx: &Ctx<S, P>, row: &OutboxRow) -> Tran
     // before sending), so it cannot be on the provider: it is invalid. This
     // happens when a daemon died between claiming a bad `queued` row and
     // recording it invalid.
-    if let Some(problem) = super::id_assigner::check_row(ctx, row) {
+    if let Some(problem) = ctx.check_row(row) {
         t.to = State::Invalid;
         t.error = Some(problem);
         return t;
