@@ -543,12 +543,12 @@ async fn main() -> anyhow::Result<()> {
             Db::Sqlite(_, u) => {
                 let s = SqliteStore::connect(u, POOL).await?;
                 s.migrate().await?;
-                db_ceiling(s, &db, backlog).await?
+                db_ceiling(s, &db, backlog.min(50_000)).await?
             }
             Db::Pg(u, _) => {
                 let s = PgStore::connect(u, POOL).await?;
                 s.migrate().await?;
-                db_ceiling(s, &db, backlog).await?
+                db_ceiling(s, &db, backlog.min(50_000)).await?
             }
         };
         r.add(
@@ -657,12 +657,23 @@ async fn main() -> anyhow::Result<()> {
         let n = (backlog / 5).max(1000);
         db.fill_queued(n, "empty").await?;
         let (empty, _) = drain(s.clone(), db.url(), IdSource::Local, n).await?;
-        db.exec(&format!(
-            "INSERT INTO status_outbox (instance, kind, payload, state, message_id, provider_id, posted_at)
-             SELECT 'main', 'text', jsonb_build_object('text', 'old ' || g), 'posted', 'OLD' || g, 'OLD' || g, now()
-             FROM generate_series(1, {scale_rows}) g; ANALYZE status_outbox;"
-        ))
-        .await?;
+        // Two inserts side by side, one per core: the same 5M rows in about
+        // half the time (setup, not measured).
+        let fill = |from: usize, to: usize| {
+            format!(
+                "INSERT INTO status_outbox (instance, kind, payload, state, message_id, provider_id, posted_at)
+                 SELECT 'main', 'text', jsonb_build_object('text', 'old ' || g), 'posted', 'OLD' || g, 'OLD' || g, now()
+                 FROM generate_series({from}, {to}) g"
+            )
+        };
+        let half = scale_rows / 2;
+        let (a, b) = tokio::join!(
+            db.exec(&fill(1, half)),
+            db.exec(&fill(half + 1, scale_rows))
+        );
+        a?;
+        b?;
+        db.exec("ANALYZE status_outbox").await?;
         db.fill_queued(n, "full").await?;
         let (full, _) = drain(s, db.url(), IdSource::Local, n).await?;
         r.add(
