@@ -667,10 +667,8 @@ async fn main() -> anyhow::Result<()> {
             )
         };
         let half = scale_rows / 2;
-        let (a, b) = tokio::join!(
-            db.exec(&fill(1, half)),
-            db.exec(&fill(half + 1, scale_rows))
-        );
+        let (first, second) = (fill(1, half), fill(half + 1, scale_rows));
+        let (a, b) = tokio::join!(db.exec(&first), db.exec(&second));
         a?;
         b?;
         db.exec("ANALYZE status_outbox").await?;
