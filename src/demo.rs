@@ -155,7 +155,6 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
         store.clone(),
         wawp_instances(&settings)?,
         settings.daemon.clone(),
-        false,
     );
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(daemon.run(shutdown.clone()));

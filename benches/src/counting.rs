@@ -147,7 +147,14 @@ impl<S: Store> Store for Counting<S> {
         self.add(1);
         self.inner.activity(p).await
     }
+    async fn next_due(&self, skip: &[String], with_queued: bool) -> Result<Option<Duration>> {
+        self.add(1);
+        self.inner.next_due(skip, with_queued).await
+    }
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.subscribe()
+    }
+    fn notifies(&self) -> bool {
+        self.inner.notifies()
     }
 }

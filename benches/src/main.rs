@@ -205,7 +205,6 @@ async fn drain<S: Store>(
         store.clone(),
         wawp_instances(&settings)?,
         settings.daemon.clone(),
-        url.starts_with("postgres"),
     );
     let shutdown = CancellationToken::new();
     let t0 = Instant::now();
@@ -321,7 +320,6 @@ async fn pickup<S: Store>(store: S, url: &str, count: usize) -> anyhow::Result<(
         store.clone(),
         wawp_instances(&settings)?,
         settings.daemon.clone(),
-        url.starts_with("postgres"),
     );
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(daemon.run(shutdown.clone()));
@@ -366,7 +364,6 @@ async fn idle_qps<S: Store>(store: S, url: &str, secs: u64) -> anyhow::Result<f6
         store.clone(),
         wawp_instances(&settings)?,
         settings.daemon.clone(),
-        url.starts_with("postgres"),
     );
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(daemon.run(shutdown.clone()));

@@ -55,11 +55,12 @@ pub async fn run<S: Store, P: Provider>(
         }
         batch_wait_done = false;
         let limit = free.min(ctx.settings.batch_size);
+        let params_skip = ctx.paused_instances();
         let params = ClaimParams {
             owner: ctx.owner.clone(),
             limit: limit as i64,
             lease: ctx.settings.lease(),
-            skip_instances: ctx.paused_instances(),
+            skip_instances: params_skip.clone(),
             fresh_ids: match ctx.settings.id_source {
                 IdSource::Local => (0..limit).map(|_| ids::local_message_id()).collect(),
                 IdSource::Api => Vec::new(),
@@ -79,7 +80,17 @@ pub async fn run<S: Store, P: Provider>(
             }
         };
         if rows.is_empty() {
-            ctx.idle(&mut wake, &shutdown).await;
+            // Sleep until the next row is due (a retry's backoff, a
+            // `not_before`) rather than a whole poll interval.
+            let due = ctx
+                .store
+                .next_due(&params_skip, ctx.settings.id_source == IdSource::Local)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "dispatcher: next due time unknown; polling");
+                    None
+                });
+            ctx.idle(&mut wake, due, &shutdown).await;
             continue;
         }
         metrics::counter!("statusd_transitions_total", "to" => "uploading")

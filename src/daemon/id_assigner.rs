@@ -35,7 +35,7 @@ pub async fn run<S: Store, P: Provider>(
         match pass(&ctx).await {
             Ok(0) => {
                 failures = 0;
-                ctx.idle(&mut wake, &shutdown).await;
+                ctx.idle(&mut wake, None, &shutdown).await;
             }
             Ok(_) => failures = 0,
             Err(e) => {

@@ -90,7 +90,8 @@ pub struct Ctx<S, P> {
     /// In-process nudge: rows just became claimable (ids assigned, absent
     /// in-doubt rows sent back). Complements the database's notifications.
     pub work: Notify,
-    /// Whether the store notifies (PostgreSQL); if not, poll more often.
+    /// Whether the store signals new work (PostgreSQL, a SQLite file); if
+    /// not, poll more often.
     pub notifies: bool,
 }
 
@@ -130,12 +131,24 @@ impl<S: Store, P: Provider> Ctx<S, P> {
         }
     }
 
-    /// Waits until a notification, a nudge, the poll interval, or shutdown.
-    async fn idle(&self, wake: &mut watch::Receiver<u64>, shutdown: &CancellationToken) {
+    /// Waits until a notification, a nudge, the poll interval (or `due`, if
+    /// sooner), or shutdown.
+    async fn idle(
+        &self,
+        wake: &mut watch::Receiver<u64>,
+        due: Option<Duration>,
+        shutdown: &CancellationToken,
+    ) {
+        // A little past the due time, so that the row is due by the
+        // database's clock too; never a busy loop.
+        let sleep = due.map_or(self.idle_poll(), |d| {
+            self.idle_poll()
+                .min(d.max(Duration::from_millis(10)) + Duration::from_millis(2))
+        });
         tokio::select! {
             _ = wake.changed() => {}
             _ = self.work.notified() => {}
-            _ = tokio::time::sleep(self.idle_poll()) => {}
+            _ = tokio::time::sleep(sleep) => {}
             _ = shutdown.cancelled() => {}
         }
     }
@@ -160,8 +173,8 @@ impl<S: Store, P: Provider> Daemon<S, P> {
         store: S,
         instances: Vec<Instance<P>>,
         settings: DaemonSettings,
-        notifies: bool,
     ) -> Daemon<S, P> {
+        let notifies = store.notifies();
         let owner = settings.owner.clone().unwrap_or_else(default_owner);
         Daemon {
             ctx: Arc::new(Ctx {
@@ -247,15 +260,7 @@ pub async fn run<S: Store>(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let notifies = crate::store::Backend::from_url(secrecy::ExposeSecret::expose_secret(
-        &settings.database.url,
-    ))? == crate::store::Backend::Postgres;
-    let daemon = Daemon::new(
-        store,
-        wawp_instances(&settings)?,
-        settings.daemon.clone(),
-        notifies,
-    );
+    let daemon = Daemon::new(store, wawp_instances(&settings)?, settings.daemon.clone());
     let admin = if settings.admin.enabled {
         let server = crate::admin::AdminServer::bind(&settings.admin, daemon.ctx())
             .await

@@ -317,11 +317,26 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn remove_schedule(&self, name_or_id: &str) -> impl Future<Output = Result<bool>> + Send;
     /// The database's clock.
     fn now(&self) -> impl Future<Output = Result<DateTime<Utc>>> + Send;
-    /// A signal that changes when work may have arrived (PostgreSQL
-    /// `LISTEN`, reconnecting on its own); on SQLite it never changes and
-    /// callers rely on their poll interval. Keep the receiver across waits so
-    /// that a notification between two waits is not missed.
+    /// How long until the earliest `queued` or `pending_upload` row of an
+    /// instance not in `skip_instances` becomes claimable (`not_before`,
+    /// retry backoff), by the database clock; zero if one already is, None if
+    /// there is none. An idle dispatcher sleeps exactly that long.
+    /// `queued` rows count only `with_queued` (local ids: the claim takes
+    /// them; with ids from the API, the id assigner moves them first).
+    fn next_due(
+        &self,
+        skip_instances: &[String],
+        with_queued: bool,
+    ) -> impl Future<Output = Result<Option<Duration>>> + Send;
+    /// A signal that changes when work may have arrived: PostgreSQL `LISTEN`
+    /// (reconnecting on its own); on a SQLite file, a change of the database
+    /// or its WAL (any process's commit), seen by `stat`, not by a query.
+    /// Keep the receiver across waits so that a signal between two waits is
+    /// not missed.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+    /// Whether `subscribe` signals at all (false for an in-memory SQLite
+    /// database): if not, idle workers poll every `poll_interval_ms`.
+    fn notifies(&self) -> bool;
     /// Finished attempts per bucket over a recent window (the dashboard's
     /// throughput and error-rate chart), oldest first. Only buckets with at
     /// least one attempt are returned.

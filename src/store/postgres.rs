@@ -622,9 +622,30 @@ impl Store for PgStore {
             .await?)
     }
 
+    async fn next_due(&self, skip: &[String], with_queued: bool) -> Result<Option<Duration>> {
+        // Both sources read their own partial index; few rows wait when idle.
+        let ms: Option<i64> = sqlx::query_scalar(
+            "SELECT CEIL(EXTRACT(EPOCH FROM MIN(due) - now()) * 1000)::bigint FROM (
+                SELECT GREATEST(next_attempt_at, not_before) AS due FROM status_outbox
+                WHERE state = 'pending_upload' AND instance <> ALL($1::text[])
+                UNION ALL
+                SELECT COALESCE(not_before, now()) FROM status_outbox
+                WHERE $2 AND state = 'queued' AND instance <> ALL($1::text[])) d",
+        )
+        .bind(skip)
+        .bind(with_queued)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ms.map(|m| Duration::from_millis(m.max(0) as u64)))
+    }
+
     fn subscribe(&self) -> watch::Receiver<u64> {
         self.start_listener();
         self.wake.subscribe()
+    }
+
+    fn notifies(&self) -> bool {
+        true
     }
 
     async fn activity(&self, p: ActivityParams) -> Result<Vec<ActivityBucket>> {

@@ -32,8 +32,49 @@ const COLS: &str = "id, instance, kind, CAST(payload AS BLOB) AS payload, dedupe
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// Never signalled: SQLite has no notifications, workers poll.
+    /// Signalled when the database file or its WAL changes (see `watch`).
     wake: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// Whether a file is watched (not for an in-memory database).
+    watched: bool,
+}
+
+/// How often the database files are looked at: a `stat` of two files, no
+/// query, so an idle daemon costs the database nothing.
+const WATCH_EVERY: Duration = Duration::from_millis(10);
+
+/// What changes when any process commits: SQLite has no notifications, but
+/// in WAL mode every commit appends to (or, after a checkpoint, rewrites) the
+/// `-wal` file and a checkpoint writes the database file.
+fn file_marks(files: &[std::path::PathBuf]) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    files
+        .iter()
+        .map(|f| {
+            let m = std::fs::metadata(f).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        })
+        .collect()
+}
+
+/// Signals `wake` whenever the database's files change, until every store
+/// holding the sender is dropped.
+fn watch(db: std::path::PathBuf, wake: std::sync::Weak<tokio::sync::watch::Sender<u64>>) {
+    let mut wal = db.clone().into_os_string();
+    wal.push("-wal");
+    let files = vec![db, std::path::PathBuf::from(wal)];
+    tokio::spawn(async move {
+        let mut last = file_marks(&files);
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let Some(wake) = wake.upgrade() else { return };
+            let now = file_marks(&files);
+            if now != last {
+                last = now;
+                wake.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    });
 }
 
 impl SqliteStore {
@@ -49,11 +90,18 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(15))
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
+        let wake = std::sync::Arc::new(tokio::sync::watch::Sender::new(0));
+        let file = opts.get_filename();
+        let watched = file.is_file();
+        if watched {
+            watch(file.to_path_buf(), std::sync::Arc::downgrade(&wake));
+        }
         Ok(SqliteStore {
             pool,
-            wake: std::sync::Arc::new(tokio::sync::watch::Sender::new(0)),
+            wake,
+            watched,
         })
     }
 
@@ -606,8 +654,32 @@ impl Store for SqliteStore {
         Ok(ms(Some(m)).unwrap_or_default())
     }
 
+    async fn next_due(&self, skip: &[String], with_queued: bool) -> Result<Option<Duration>> {
+        let sql = format!(
+            "SELECT MIN(due) - {NOW} FROM (
+                SELECT MAX(next_attempt_at, COALESCE(not_before, 0)) AS due FROM status_outbox
+                WHERE state = 'pending_upload'
+                  AND instance NOT IN (SELECT value FROM json_each(?1))
+                UNION ALL
+                SELECT COALESCE(not_before, 0) FROM status_outbox
+                WHERE ?2 AND state = 'queued'
+                  AND instance NOT IN (SELECT value FROM json_each(?1)))"
+        );
+        let skip = serde_json::to_string(skip).unwrap_or_else(|_| "[]".into());
+        let ms: Option<i64> = sqlx::query_scalar(&sql)
+            .bind(skip)
+            .bind(with_queued)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(ms.map(|m| Duration::from_millis(m.max(0) as u64)))
+    }
+
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.wake.subscribe()
+    }
+
+    fn notifies(&self) -> bool {
+        self.watched
     }
 
     async fn activity(&self, p: ActivityParams) -> Result<Vec<ActivityBucket>> {

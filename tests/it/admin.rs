@@ -24,7 +24,6 @@ async fn admin_api_drives_the_outbox<S: Store>(s: S, db: &TestDb) {
         s.clone(),
         wawp_instances(&settings).unwrap(),
         settings.daemon.clone(),
-        false,
     );
     let admin = AdminServer::bind(
         &AdminSettings {

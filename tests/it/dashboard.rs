@@ -39,7 +39,6 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
         s.clone(),
         wawp_instances(&settings).unwrap(),
         settings.daemon.clone(),
-        false,
     );
     let admin = AdminServer::bind(
         &AdminSettings {

@@ -27,6 +27,7 @@ crate::both_backends!(
     summary_purge_and_schedules,
     activity_counts_finished_attempts_per_bucket,
     claims_with_fresh_ids_lease_queued_rows_with_their_id,
+    next_due_tells_an_idle_dispatcher_how_long_to_sleep,
 );
 
 fn claim(owner: &str, limit: i64) -> ClaimParams {
@@ -705,4 +706,65 @@ async fn claims_with_fresh_ids_lease_queued_rows_with_their_id<S: Store>(s: S, _
     // with its id, never an id-less upload.
     let row = s.get(q1).await.unwrap().unwrap();
     assert!(row.message_id.is_some() && row.lease_expires_at.is_some());
+}
+
+async fn next_due_tells_an_idle_dispatcher_how_long_to_sleep<S: Store>(s: S, _db: &TestDb) {
+    assert_eq!(s.next_due(&[], true).await.unwrap(), None, "empty outbox");
+    // A status scheduled in ten minutes: due in about ten minutes.
+    let mut later = text("main", 1);
+    later.not_before = Some(chrono::Utc::now() + chrono::Duration::minutes(10));
+    s.enqueue(later).await.unwrap();
+    let d = s.next_due(&[], true).await.unwrap().expect("one row waits");
+    assert!(
+        d > Duration::from_secs(590) && d <= Duration::from_secs(600),
+        "{d:?}"
+    );
+    // Queued rows count only when the claim takes them (local ids).
+    assert_eq!(s.next_due(&[], false).await.unwrap(), None);
+    // A retry backing off for 30 s is sooner; paused instances do not count.
+    let ids = pending(&s, 1).await;
+    s.claim(claim("w", 1)).await.unwrap();
+    let mut t = Transition::new(ids[0], 1, State::PendingUpload);
+    t.delay = Duration::from_secs(30);
+    assert_eq!(s.complete(&[done(t)]).await.unwrap(), 1);
+    let d = s.next_due(&[], false).await.unwrap().expect("the retry");
+    assert!(
+        d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+        "{d:?}"
+    );
+    let d = s.next_due(&["main".into()], true).await.unwrap();
+    assert_eq!(d, None, "rows of paused instances are not waited for");
+    // A row claimable now: zero.
+    s.enqueue(text("main", 2)).await.unwrap();
+    assert_eq!(s.next_due(&[], true).await.unwrap(), Some(Duration::ZERO));
+}
+
+/// SQLite has no notifications: a commit by another program (an upstream
+/// app inserting a row) is seen by watching the database's files.
+#[tokio::test]
+async fn sqlite_signals_commits_by_other_connections() {
+    let db = TestDb::sqlite().await;
+    let s = db.sqlite_store().await;
+    assert!(s.notifies());
+    // Let the watcher see the migration's writes first.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut wake = s.subscribe();
+    // Nothing happens while nothing is written.
+    let quiet = tokio::time::timeout(Duration::from_millis(300), wake.changed()).await;
+    assert!(quiet.is_err(), "no signal without a write");
+    exec_raw(
+        &db,
+        "INSERT INTO status_outbox (instance, kind, payload) VALUES ('main', 'text', '{\"text\":\"hi\"}')",
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), wake.changed())
+        .await
+        .expect("a commit by another connection is signalled")
+        .unwrap();
+    // An in-memory database has no file to watch: workers poll instead.
+    let mem = statusd::store::SqliteStore::connect("sqlite::memory:", 1)
+        .await
+        .unwrap();
+    assert!(!mem.notifies());
 }

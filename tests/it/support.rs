@@ -187,6 +187,10 @@ pub fn test_settings(db_url: &str, sim: &SimHandle, instances: &[(&str, bool)]) 
     d.rescue_interval_ms = 200;
     d.instance_probe_ms = 300;
     d.shutdown_grace_secs = 2;
+    // Look-ups at a 400 ms timeout can fail many times in a row on a loaded
+    // 2-core CI machine; these tests check exactly-once, not parking (the
+    // store tests cover parking), so allow a few seconds of failures.
+    d.reconcile_max_attempts = 40;
     s
 }
 
@@ -207,21 +211,14 @@ impl RunningDaemon {
 }
 
 pub fn spawn_daemon<S: Store>(store: S, settings: &Settings) -> RunningDaemon {
-    let notifies = settings_is_pg(settings);
     let daemon = Daemon::new(
         store,
         wawp_instances(settings).expect("instances"),
         settings.daemon.clone(),
-        notifies,
     );
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(daemon.run(shutdown.clone()));
     RunningDaemon { shutdown, task }
-}
-
-fn settings_is_pg(s: &Settings) -> bool {
-    use secrecy::ExposeSecret;
-    s.database.url.expose_secret().starts_with("postgres")
 }
 
 /// Rows the pipeline still has to move (parked in-doubt rows excluded).
