@@ -61,10 +61,13 @@ pub struct DaemonSettings {
     /// Most rows claimed or assigned in one statement.
     pub batch_size: usize,
     pub lease_secs: u64,
-    /// How often idle workers look for work without a notification
-    /// (SQLite always; PostgreSQL only uses `fallback_poll_ms`).
+    /// How often idle workers look for work when the store cannot signal it
+    /// (an in-memory SQLite database).
     pub poll_interval_ms: u64,
-    /// PostgreSQL: poll this often in case a notification was missed.
+    /// PostgreSQL (`LISTEN`) and SQLite files (watched): poll this often in
+    /// case a signal was missed. Rows due later (`not_before`, a retry's
+    /// backoff) are claimed on time regardless: idle workers sleep until
+    /// the next one is due.
     pub fallback_poll_ms: u64,
     /// How often the reconciler looks for due in-doubt rows.
     pub reconcile_interval_ms: u64,

@@ -437,8 +437,7 @@ pub async fn delete<S: Store>(store: &S, key: &str, settings: &Settings) -> anyh
         );
     }
     let instances = crate::daemon::wawp_instances(settings)?;
-    let daemon =
-        crate::daemon::Daemon::new(store.clone(), instances, settings.daemon.clone());
+    let daemon = crate::daemon::Daemon::new(store.clone(), instances, settings.daemon.clone());
     let after = crate::daemon::delete_status(&daemon.ctx(), &row.id.to_string())
         .await
         .map_err(|e| match e {

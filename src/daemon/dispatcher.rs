@@ -29,90 +29,63 @@ pub async fn run<S: Store, P: Provider>(
     // Cancelled after the grace period: in-flight calls stop and their rows
     // are recorded as in doubt.
     let hard_stop = CancellationToken::new();
-    let mut wake = ctx.store.subscribe();
-    let mut failures = 0;
-    let refill_at = (ctx.settings.concurrency / 4).clamp(1, ctx.settings.batch_size);
-    let mut batch_wait_done = false;
+    // Claimed rows wait here for a free slot: the next claim runs while the
+    // slots are busy sending, so a claim's round trip never leaves them idle.
+    // At most one batch (and never more than `concurrency`) waits, so a row
+    // waits milliseconds of its lease, not seconds.
+    let prefetch = ctx.settings.batch_size.min(ctx.settings.concurrency).max(1);
+    let (rows_tx, mut rows_rx) = mpsc::channel::<OutboxRow>(prefetch);
+    let claimer = tokio::spawn(claim_loop(ctx.clone(), rows_tx, shutdown.clone()));
 
-    while !shutdown.is_cancelled() {
-        let free = slots.available_permits();
-        if free == 0 {
-            tokio::select! {
-                p = slots.acquire() => drop(p),
-                _ = shutdown.cancelled() => break,
-            }
-            continue;
-        }
-        // Claim in batches: while most slots are busy, give in-flight sends
-        // a moment to finish rather than claiming one row per statement.
-        if free < refill_at && !in_flight.is_empty() && !batch_wait_done {
-            batch_wait_done = true;
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(2)) => {}
-                _ = shutdown.cancelled() => break,
-            }
-            continue;
-        }
-        batch_wait_done = false;
-        let limit = free.min(ctx.settings.batch_size);
-        let params_skip = ctx.paused_instances();
-        let params = ClaimParams {
-            owner: ctx.owner.clone(),
-            limit: limit as i64,
-            lease: ctx.settings.lease(),
-            skip_instances: params_skip.clone(),
-            fresh_ids: match ctx.settings.id_source {
-                IdSource::Local => (0..limit).map(|_| ids::local_message_id()).collect(),
-                IdSource::Api => Vec::new(),
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p?,
+            _ = shutdown.cancelled() => break,
+        };
+        let row = tokio::select! {
+            r = rows_rx.recv() => match r {
+                Some(r) => r,
+                None => break,
             },
+            _ = shutdown.cancelled() => break,
         };
-        let rows = match ctx.store.claim(params).await {
-            Ok(rows) => {
-                failures = 0;
-                rows
+        let span = tracing::info_span!("send", row_id = %row.id, message_id = row.message_id.as_deref().unwrap_or(""), instance = %row.instance, attempt = row.attempts);
+        let (ctx, tx, hard_stop) = (ctx.clone(), tx.clone(), hard_stop.clone());
+        in_flight.spawn(
+            async move {
+                let c = send_one(&ctx, &row, &hard_stop).await;
+                drop(permit);
+                // The writer outlives every sender; if it is gone the
+                // row stays leased and is rescued, never lost.
+                let _ = tx.send(c).await;
             }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, "dispatcher: claim failed; retrying");
-                let d = backoff(failures, Duration::from_millis(100), Duration::from_secs(5));
-                tokio::select! { _ = tokio::time::sleep(d) => {}, _ = shutdown.cancelled() => {} }
-                continue;
-            }
-        };
-        if rows.is_empty() {
-            // Sleep until the next row is due (a retry's backoff, a
-            // `not_before`) rather than a whole poll interval.
-            let due = ctx
-                .store
-                .next_due(&params_skip, ctx.settings.id_source == IdSource::Local)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "dispatcher: next due time unknown; polling");
-                    None
-                });
-            ctx.idle(&mut wake, due, &shutdown).await;
-            continue;
-        }
-        metrics::counter!("statusd_transitions_total", "to" => "uploading")
-            .increment(rows.len() as u64);
-        for row in rows {
-            // Never fails: we claimed no more rows than there were free slots.
-            let permit = slots.clone().acquire_owned().await?;
-            let span = tracing::info_span!("send", row_id = %row.id, message_id = row.message_id.as_deref().unwrap_or(""), instance = %row.instance, attempt = row.attempts);
-            let (ctx, tx, hard_stop) = (ctx.clone(), tx.clone(), hard_stop.clone());
-            in_flight.spawn(
-                async move {
-                    let c = send_one(&ctx, &row, &hard_stop).await;
-                    drop(permit);
-                    // The writer outlives every sender; if it is gone the
-                    // row stays leased and is rescued, never lost.
-                    let _ = tx.send(c).await;
-                }
-                .instrument(span),
-            );
-        }
+            .instrument(span),
+        );
     }
 
+    // Rows claimed but never sent go straight back, their attempt refunded:
+    // nothing was sent, so there is nothing to doubt.
+    let _ = claimer.await;
+    rows_rx.close();
+    let mut released = 0;
+    while let Some(row) = rows_rx.recv().await {
+        let mut t = Transition::new(row.id, row.attempts, State::PendingUpload);
+        t.refund_attempt = true;
+        t.error = row.last_error.clone();
+        t.http_status = row.last_http_status;
+        let _ = tx
+            .send(Completion {
+                transition: t,
+                started_at: chrono::Utc::now(),
+                latency: Duration::ZERO,
+                outcome: "released".into(),
+            })
+            .await;
+        released += 1;
+    }
+    if released > 0 {
+        tracing::info!(released, "claimed rows not yet sent were released");
+    }
     in_flight.close();
     let grace = Duration::from_secs(ctx.settings.shutdown_grace_secs);
     if !in_flight.is_empty() {
@@ -134,6 +107,78 @@ pub async fn run<S: Store, P: Provider>(
     let _ = writer.await;
     prober.abort();
     Ok(())
+}
+
+/// Claims due rows into `rows` whenever it has room for a batch, until
+/// shutdown; idles until the next row is due when there is none.
+async fn claim_loop<S: Store, P: Provider>(
+    ctx: Arc<Ctx<S, P>>,
+    rows: mpsc::Sender<OutboxRow>,
+    shutdown: CancellationToken,
+) {
+    let mut wake = ctx.store.subscribe();
+    let mut failures = 0;
+    // Claim in batches: wait for room for a quarter of the buffer rather
+    // than claiming one row per statement.
+    let refill_at = (rows.max_capacity() / 2).max(1);
+    while !shutdown.is_cancelled() {
+        if rows.capacity() < refill_at {
+            // Returns once `refill_at` places are free; the permits go back
+            // at once (this task is the only sender).
+            tokio::select! {
+                r = rows.reserve_many(refill_at) => if r.is_err() { return },
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
+        }
+        let limit = rows.capacity().min(ctx.settings.batch_size);
+        let skip = ctx.paused_instances();
+        let params = ClaimParams {
+            owner: ctx.owner.clone(),
+            limit: limit as i64,
+            lease: ctx.settings.lease(),
+            skip_instances: skip.clone(),
+            fresh_ids: match ctx.settings.id_source {
+                IdSource::Local => (0..limit).map(|_| ids::local_message_id()).collect(),
+                IdSource::Api => Vec::new(),
+            },
+        };
+        let claimed = match ctx.store.claim(params).await {
+            Ok(claimed) => {
+                failures = 0;
+                claimed
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "dispatcher: claim failed; retrying");
+                let d = backoff(failures, Duration::from_millis(100), Duration::from_secs(5));
+                tokio::select! { _ = tokio::time::sleep(d) => {}, _ = shutdown.cancelled() => {} }
+                continue;
+            }
+        };
+        if claimed.is_empty() {
+            // Sleep until the next row is due (a retry's backoff, a
+            // `not_before`) rather than a whole poll interval.
+            let due = ctx
+                .store
+                .next_due(&skip, ctx.settings.id_source == IdSource::Local)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "dispatcher: next due time unknown; polling");
+                    None
+                });
+            ctx.idle(&mut wake, due, &shutdown).await;
+            continue;
+        }
+        metrics::counter!("statusd_transitions_total", "to" => "uploading")
+            .increment(claimed.len() as u64);
+        for row in claimed {
+            // There is room: no more rows were claimed than places were free.
+            if rows.send(row).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Sends one claimed row and turns the outcome into a fenced transition.

@@ -169,11 +169,7 @@ pub struct Daemon<S, P> {
 }
 
 impl<S: Store, P: Provider> Daemon<S, P> {
-    pub fn new(
-        store: S,
-        instances: Vec<Instance<P>>,
-        settings: DaemonSettings,
-    ) -> Daemon<S, P> {
+    pub fn new(store: S, instances: Vec<Instance<P>>, settings: DaemonSettings) -> Daemon<S, P> {
         let notifies = store.notifies();
         let owner = settings.owner.clone().unwrap_or_else(default_owner);
         Daemon {

@@ -322,6 +322,29 @@ async fn shutdown_mid_drain_loses_nothing<S: Store>(s: S, db: &TestDb) {
         uploading.is_empty(),
         "cancelled calls were recorded as in_doubt, not left leased"
     );
+    // Rows claimed ahead of a free slot and never sent went straight back
+    // to pending_upload with their attempt refunded: nothing to doubt.
+    let pending = s
+        .list(ListParams {
+            state: Some(State::PendingUpload),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut released = 0;
+    for row in &pending {
+        let history = s.attempts(row.id).await.unwrap();
+        if history.last().is_some_and(|a| a.outcome == "released") {
+            released += 1;
+            let counted = history.iter().filter(|a| a.outcome != "released").count();
+            assert_eq!(row.attempts as usize, counted, "{history:?}");
+        }
+    }
+    assert!(
+        released > 0,
+        "claimed rows waiting for a slot were released"
+    );
     let d = spawn_daemon(s.clone(), &settings);
     wait_drained(&s, 90).await;
     d.stop().await;
