@@ -9,7 +9,7 @@ use statusd::sim::SimConfig;
 use statusd::store::{ClaimParams, EnqueueParams, ListParams, Store};
 
 use crate::support::{
-    assert_exactly_once, exec_raw, spawn_daemon, start_sim, test_settings, text, wait_drained,
+    assert_exactly_once_in, exec_raw, spawn_daemon, start_sim, test_settings, text, wait_drained,
     TestDb,
 };
 
@@ -64,7 +64,7 @@ async fn every_fault_ends_posted_exactly_once<S: Store>(s: S, db: &TestDb) {
     let d = spawn_daemon(s.clone(), &settings);
     wait_drained(&s, 90).await;
     d.stop().await;
-    assert_exactly_once(&sim, 400);
+    assert_exactly_once_in(&s, &sim, 400).await;
     all_posted(&s, 400).await;
     let faults = sim.stats().faults;
     for kind in [
@@ -112,7 +112,7 @@ async fn auto_assigned_ids_are_reconciled_by_content<S: Store>(s: S, db: &TestDb
     let d = spawn_daemon(s.clone(), &settings);
     wait_drained(&s, 90).await;
     d.stop().await;
-    assert_exactly_once(&sim, 300);
+    assert_exactly_once_in(&s, &sim, 300).await;
     all_posted(&s, 300).await;
     // The provider's own ids were recorded, not ours.
     let rows = s
@@ -171,7 +171,7 @@ async fn expired_leases_of_a_dead_daemon_are_reconciled<S: Store>(s: S, db: &Tes
     let d = spawn_daemon(s.clone(), &settings);
     wait_drained(&s, 60).await;
     d.stop().await;
-    assert_exactly_once(&sim, 40);
+    assert_exactly_once_in(&s, &sim, 40).await;
     all_posted(&s, 40).await;
     assert_eq!(
         sim.stats().posted,
@@ -231,7 +231,7 @@ async fn instance_down_pauses_rows_instead_of_failing_them<S: Store>(s: S, db: &
     sim.set_config(SimConfig::default()).unwrap();
     wait_drained(&s, 30).await;
     d.stop().await;
-    assert_exactly_once(&sim, 20);
+    assert_exactly_once_in(&s, &sim, 20).await;
 }
 
 async fn bad_rows_become_invalid_and_good_rows_still_post<S: Store>(s: S, db: &TestDb) {
@@ -264,7 +264,7 @@ async fn bad_rows_become_invalid_and_good_rows_still_post<S: Store>(s: S, db: &T
     let d = spawn_daemon(s.clone(), &settings);
     wait_drained(&s, 60).await;
     d.stop().await;
-    assert_exactly_once(&sim, 50);
+    assert_exactly_once_in(&s, &sim, 50).await;
     let invalid = s
         .list(ListParams {
             state: Some(State::Invalid),
@@ -348,7 +348,7 @@ async fn shutdown_mid_drain_loses_nothing<S: Store>(s: S, db: &TestDb) {
     let d = spawn_daemon(s.clone(), &settings);
     wait_drained(&s, 90).await;
     d.stop().await;
-    assert_exactly_once(&sim, 300);
+    assert_exactly_once_in(&s, &sim, 300).await;
 }
 
 async fn api_id_source_fetches_ids_before_sending<S: Store>(s: S, db: &TestDb) {
@@ -359,7 +359,7 @@ async fn api_id_source_fetches_ids_before_sending<S: Store>(s: S, db: &TestDb) {
     let d = spawn_daemon(s.clone(), &settings);
     wait_drained(&s, 60).await;
     d.stop().await;
-    assert_exactly_once(&sim, 60);
+    assert_exactly_once_in(&s, &sim, 60).await;
     let rows = s
         .list(ListParams {
             limit: 100,
@@ -404,7 +404,7 @@ async fn two_daemons_on_one_postgres_never_duplicate() {
     wait_drained(&s, 240).await;
     a.stop().await;
     b.stop().await;
-    assert_exactly_once(&sim, 5000);
+    assert_exactly_once_in(&s, &sim, 5000).await;
     all_posted(&s, 5000).await;
 }
 

@@ -716,7 +716,8 @@ async fn next_due_tells_an_idle_dispatcher_how_long_to_sleep<S: Store>(s: S, _db
     s.enqueue(later).await.unwrap();
     let d = s.next_due(&[], true).await.unwrap().expect("one row waits");
     assert!(
-        d > Duration::from_secs(590) && d <= Duration::from_secs(600),
+        // Test clock and database clock may differ by a few ms.
+        d > Duration::from_secs(590) && d <= Duration::from_secs(601),
         "{d:?}"
     );
     // Queued rows count only when the claim takes them (local ids).
@@ -729,7 +730,7 @@ async fn next_due_tells_an_idle_dispatcher_how_long_to_sleep<S: Store>(s: S, _db
     assert_eq!(s.complete(&[done(t)]).await.unwrap(), 1);
     let d = s.next_due(&[], false).await.unwrap().expect("the retry");
     assert!(
-        d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+        d > Duration::from_secs(25) && d <= Duration::from_secs(31),
         "{d:?}"
     );
     let d = s.next_due(&["main".into()], true).await.unwrap();

@@ -222,25 +222,24 @@ pub fn spawn_daemon<S: Store>(store: S, settings: &Settings) -> RunningDaemon {
 }
 
 /// Rows the pipeline still has to move (parked in-doubt rows excluded).
+/// One query, so one snapshot: counting state by state could miss a row
+/// moving back (in_doubt → pending_upload) between two queries.
 pub async fn live_rows<S: Store>(store: &S) -> i64 {
-    let mut n = 0;
-    for st in [
-        State::Queued,
-        State::PendingUpload,
-        State::Uploading,
-        State::InDoubt,
-    ] {
-        let rows = store
-            .list(statusd::store::ListParams {
-                state: Some(st),
-                limit: 1_000_000,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        n += rows.iter().filter(|r| r.parked_at.is_none()).count() as i64;
-    }
-    n
+    let rows = store
+        .list(statusd::store::ListParams {
+            limit: 1_000_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    rows.iter()
+        .filter(|r| {
+            matches!(
+                r.state,
+                State::Queued | State::PendingUpload | State::Uploading | State::InDoubt
+            ) && r.parked_at.is_none()
+        })
+        .count() as i64
 }
 
 /// Waits until every row is terminal (or parked); panics after `secs`.
@@ -259,6 +258,45 @@ pub async fn wait_drained<S: Store>(store: &S, secs: u64) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// `assert_exactly_once`, and on failure the rows of the statuses viewers
+/// did not see: their state, last error and attempt history.
+pub async fn assert_exactly_once_in<S: Store>(store: &S, sim: &SimHandle, n: usize) {
+    let shown: std::collections::HashSet<String> = sim
+        .posted()
+        .iter()
+        .filter_map(|p| Some(p.body.get("text")?.as_str()?.to_string()))
+        .collect();
+    let mut report = String::new();
+    let rows = store
+        .list(statusd::store::ListParams {
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for row in rows {
+        let text = serde_json::from_str::<serde_json::Value>(&row.payload)
+            .ok()
+            .and_then(|v| v.get("text").and_then(|t| t.as_str()).map(str::to_string));
+        let expected = |t: &String| {
+            t.strip_prefix("status number ")
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|i| i < n)
+        };
+        if let Some(text) = text.filter(|t| expected(t) && !shown.contains(t)) {
+            let history = store.attempts(row.id).await.unwrap();
+            report.push_str(&format!(
+                "\n{text}: state {} message_id {:?} provider_id {:?} attempts {} reconcile {} parked {:?} error {:?}\n  history {history:?}",
+                row.state, row.message_id, row.provider_id, row.attempts, row.reconcile_attempts, row.parked_at, row.last_error
+            ));
+        }
+    }
+    if !report.is_empty() {
+        panic!("statuses viewers never saw:{report}\nsim {:?}", sim.stats());
+    }
+    assert_exactly_once(sim, n);
 }
 
 /// The oracle: what viewers saw, per the simulator. Every enqueued text
