@@ -30,11 +30,16 @@ pub async fn run<S: Store, P: Provider>(
     // are recorded as in doubt.
     let hard_stop = CancellationToken::new();
     // Claimed rows wait here for a free slot: the next claim runs while the
-    // slots are busy sending, so a claim's round trip never leaves them idle.
-    // At most one batch (and never more than `concurrency`) waits, so a row
-    // waits milliseconds of its lease, not seconds.
-    let prefetch = ctx.settings.batch_size.min(ctx.settings.concurrency).max(1);
-    let (rows_tx, mut rows_rx) = mpsc::channel::<OutboxRow>(prefetch);
+    // slots are busy sending, so a claim's round trip never leaves them
+    // idle, and claims and outcomes come in large batches. At most one batch
+    // waits; a row that waited too long for its lease is released, not sent
+    // (see `send_one`).
+    let prefetch = ctx
+        .settings
+        .batch_size
+        .min(ctx.settings.concurrency * 4)
+        .max(1);
+    let (rows_tx, mut rows_rx) = mpsc::channel::<(OutboxRow, Instant)>(prefetch);
     let claimer = tokio::spawn(claim_loop(ctx.clone(), rows_tx, shutdown.clone()));
 
     loop {
@@ -42,7 +47,7 @@ pub async fn run<S: Store, P: Provider>(
             p = slots.clone().acquire_owned() => p?,
             _ = shutdown.cancelled() => break,
         };
-        let row = tokio::select! {
+        let (row, claimed) = tokio::select! {
             r = rows_rx.recv() => match r {
                 Some(r) => r,
                 None => break,
@@ -53,7 +58,7 @@ pub async fn run<S: Store, P: Provider>(
         let (ctx, tx, hard_stop) = (ctx.clone(), tx.clone(), hard_stop.clone());
         in_flight.spawn(
             async move {
-                let c = send_one(&ctx, &row, &hard_stop).await;
+                let c = send_one(&ctx, &row, claimed, &hard_stop).await;
                 drop(permit);
                 // The writer outlives every sender; if it is gone the
                 // row stays leased and is rescued, never lost.
@@ -68,19 +73,8 @@ pub async fn run<S: Store, P: Provider>(
     let _ = claimer.await;
     rows_rx.close();
     let mut released = 0;
-    while let Some(row) = rows_rx.recv().await {
-        let mut t = Transition::new(row.id, row.attempts, State::PendingUpload);
-        t.refund_attempt = true;
-        t.error = row.last_error.clone();
-        t.http_status = row.last_http_status;
-        let _ = tx
-            .send(Completion {
-                transition: t,
-                started_at: chrono::Utc::now(),
-                latency: Duration::ZERO,
-                outcome: "released".into(),
-            })
-            .await;
+    while let Some((row, _)) = rows_rx.recv().await {
+        let _ = tx.send(released_unsent(&row)).await;
         released += 1;
     }
     if released > 0 {
@@ -113,7 +107,7 @@ pub async fn run<S: Store, P: Provider>(
 /// shutdown; idles until the next row is due when there is none.
 async fn claim_loop<S: Store, P: Provider>(
     ctx: Arc<Ctx<S, P>>,
-    rows: mpsc::Sender<OutboxRow>,
+    rows: mpsc::Sender<(OutboxRow, Instant)>,
     shutdown: CancellationToken,
 ) {
     let mut wake = ctx.store.subscribe();
@@ -172,19 +166,39 @@ async fn claim_loop<S: Store, P: Provider>(
         }
         metrics::counter!("statusd_transitions_total", "to" => "uploading")
             .increment(claimed.len() as u64);
+        let at = Instant::now();
         for row in claimed {
             // There is room: no more rows were claimed than places were free.
-            if rows.send(row).await.is_err() {
+            if rows.send((row, at)).await.is_err() {
                 return;
             }
         }
     }
 }
 
+/// A claimed row given back unsent: `pending_upload` again, its attempt
+/// refunded, its last error kept. Nothing was sent, so nothing is in doubt.
+fn released_unsent(row: &OutboxRow) -> Completion {
+    let mut t = Transition::new(row.id, row.attempts, State::PendingUpload);
+    t.refund_attempt = true;
+    t.error = row.last_error.clone();
+    t.http_status = row.last_http_status;
+    Completion {
+        transition: t,
+        started_at: chrono::Utc::now(),
+        latency: Duration::ZERO,
+        outcome: "released".into(),
+    }
+}
+
 /// Sends one claimed row and turns the outcome into a fenced transition.
+/// `claimed` is when its lease was taken: a row that waited for a send slot
+/// past half its lease is released unsent rather than sent on a lease the
+/// rescuer may soon take back.
 async fn send_one<S: Store, P: Provider>(
     ctx: &Ctx<S, P>,
     row: &OutboxRow,
+    claimed: Instant,
     hard_stop: &CancellationToken,
 ) -> Completion {
     let started_at = chrono::Utc::now();
@@ -222,8 +236,22 @@ async fn send_one<S: Store, P: Provider>(
                     message_id: mid,
                     body: &body,
                 };
+                // Not sent yet: an old lease or a shutdown while waiting for
+                // the rate limit gives the row back, it does not put it in
+                // doubt. (The lease is checked before the rate limit, so a
+                // released row never uses up one of its instance's sends.)
+                if claimed.elapsed() > ctx.settings.lease() / 2 {
+                    tracing::warn!(
+                        waited_ms = claimed.elapsed().as_millis() as u64,
+                        "claimed row waited past half its lease for a send slot; released unsent"
+                    );
+                    return released_unsent(row);
+                }
+                tokio::select! {
+                    _ = inst.limiter.until_ready() => {}
+                    _ = hard_stop.cancelled() => return released_unsent(row),
+                }
                 let call = async {
-                    inst.limiter.until_ready().await;
                     let t = Instant::now();
                     let out = inst.provider.send_status(&status).await;
                     metrics::histogram!("statusd_provider_request_duration_seconds", "instance" => row.instance.clone(), "outcome" => out.label())

@@ -21,6 +21,7 @@ crate::both_backends!(
     bad_rows_become_invalid_and_good_rows_still_post,
     shutdown_mid_drain_loses_nothing,
     api_id_source_fetches_ids_before_sending,
+    rows_that_wait_past_half_their_lease_are_released_not_sent,
 );
 
 fn faulty() -> SimConfig {
@@ -493,4 +494,51 @@ async fn schedules_fire_once_per_occurrence_across_replicas() {
         rows.len(),
         "each occurrence posted once"
     );
+}
+
+/// Claimed rows wait in a one-batch buffer for a send slot; one that waited
+/// past half its lease goes back to `pending_upload` unsent (its attempt
+/// refunded) and is claimed afresh, so no send starts on a lease the
+/// rescuer may be about to take back.
+async fn rows_that_wait_past_half_their_lease_are_released_not_sent<S: Store>(s: S, db: &TestDb) {
+    // Each send takes 1.2 s; the lease is 2 s, so the second row in the
+    // buffer has waited past 1 s when the only slot frees.
+    let sim = start_sim(SimConfig {
+        latency_min_ms: 1200,
+        latency_max_ms: 1200,
+        ..SimConfig::default()
+    })
+    .await;
+    let mut settings = test_settings(&db.url, &sim, &[("main", true)]);
+    settings.daemon.lease_secs = 2;
+    settings.daemon.concurrency = 1;
+    settings.provider.request_timeout_ms = 5_000;
+    enqueue_n(&s, "main", 3).await;
+    let d = spawn_daemon(s.clone(), &settings);
+    wait_drained(&s, 60).await;
+    d.stop().await;
+    assert_exactly_once_in(&s, &sim, 3).await;
+    let rows = s
+        .list(ListParams {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut released = 0;
+    for row in &rows {
+        assert_eq!(row.state, State::Posted);
+        let history = s.attempts(row.id).await.unwrap();
+        released += history.iter().filter(|a| a.outcome == "released").count();
+        let sent = history.iter().filter(|a| a.outcome != "released").count();
+        assert_eq!(
+            row.attempts as usize, sent,
+            "released attempts are refunded: {history:?}"
+        );
+    }
+    assert!(
+        released > 0,
+        "a row that waited past half its lease was released"
+    );
+    assert_eq!(sim.stats().requests, 3, "no row was sent twice");
 }
