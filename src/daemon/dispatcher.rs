@@ -23,7 +23,12 @@ pub async fn run<S: Store, P: Provider>(
 ) -> anyhow::Result<()> {
     let slots = Arc::new(Semaphore::new(ctx.settings.concurrency));
     let (tx, rx) = mpsc::channel::<Completion>(ctx.settings.concurrency * 4);
-    let writer = tokio::spawn(outcome_writer(ctx.clone(), rx));
+    // Two writers take turns: one gathers the next batch while the other's
+    // statement runs (fenced per row, so their order does not matter).
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let writers: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(outcome_writer(ctx.clone(), rx.clone())))
+        .collect();
     let prober = tokio::spawn(probe_paused(ctx.clone(), shutdown.clone()));
     let in_flight = TaskTracker::new();
     // Cancelled after the grace period: in-flight calls stop and their rows
@@ -59,10 +64,14 @@ pub async fn run<S: Store, P: Provider>(
         in_flight.spawn(
             async move {
                 let c = send_one(&ctx, &row, claimed, &hard_stop).await;
-                drop(permit);
                 // The writer outlives every sender; if it is gone the
                 // row stays leased and is rescued, never lost.
                 let _ = tx.send(c).await;
+                // The slot is freed only once the outcome is queued for the
+                // writer: when writes lag, sending waits (bounded memory,
+                // outcomes recorded well within the lease) instead of
+                // finished sends piling up.
+                drop(permit);
             }
             .instrument(span),
         );
@@ -98,7 +107,9 @@ pub async fn run<S: Store, P: Provider>(
         in_flight.wait().await;
     }
     drop(tx);
-    let _ = writer.await;
+    for w in writers {
+        let _ = w.await;
+    }
     prober.abort();
     Ok(())
 }
@@ -348,16 +359,20 @@ pub fn transition_for<S, P: Provider>(
 /// Writes outcomes in batches; retries while the database is unreachable.
 async fn outcome_writer<S: Store, P: Provider>(
     ctx: Arc<Ctx<S, P>>,
-    mut rx: mpsc::Receiver<Completion>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Completion>>>,
 ) {
     let max_batch = ctx.settings.batch_size.max(1);
     let mut batch = Vec::with_capacity(max_batch);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
+    loop {
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            batch.push(first);
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
             }
         }
         let mut tries = 0;
