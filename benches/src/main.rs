@@ -117,6 +117,27 @@ impl Db {
         }
         Ok(())
     }
+    /// `n` bad rows written straight into the table, as a buggy upstream app
+    /// would: a payload without its text, and an unknown instance.
+    async fn fill_bad(&self, n: usize) -> anyhow::Result<()> {
+        self.exec(&match self {
+            Db::Sqlite(..) => format!(
+                "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < {n})
+                 INSERT INTO status_outbox (instance, kind, payload)
+                 SELECT CASE WHEN n % 2 = 0 THEN 'main' ELSE 'nowhere' END, 'text',
+                        CASE WHEN n % 2 = 0 THEN json_object('caption', 'bad ' || n)
+                             ELSE json_object('text', 'bad ' || n) END FROM g"
+            ),
+            Db::Pg(..) => format!(
+                "INSERT INTO status_outbox (instance, kind, payload)
+                 SELECT CASE WHEN g % 2 = 0 THEN 'main' ELSE 'nowhere' END, 'text',
+                        CASE WHEN g % 2 = 0 THEN jsonb_build_object('caption', 'bad ' || g)
+                             ELSE jsonb_build_object('text', 'bad ' || g) END
+                 FROM generate_series(1, {n}) g"
+            ),
+        })
+        .await
+    }
     /// `n` queued text statuses with unique content, inserted in one statement.
     async fn fill_queued(&self, n: usize, tag: &str) -> anyhow::Result<()> {
         self.exec(&match self {
@@ -601,6 +622,44 @@ async fn main() -> anyhow::Result<()> {
             }
             db.drop_pg().await;
         }
+    }
+
+    if on("bad") || on("drain") {
+        // The same drain with 1% bad rows mixed in: each must end `invalid`
+        // without slowing the good ones.
+        let db = Db::pg().await?;
+        let s = PgStore::connect(db.url(), POOL).await?;
+        s.migrate().await?;
+        let bad = (backlog / 100).max(1);
+        db.fill_queued(backlog / 2, "drain").await?;
+        db.fill_bad(bad).await?;
+        db.exec(&format!(
+            "INSERT INTO status_outbox (instance, kind, payload)
+             SELECT 'main', 'text', jsonb_build_object('text', 'late ' || g)
+             FROM generate_series(1, {}) g",
+            backlog - backlog / 2
+        ))
+        .await?;
+        let (rate, _) = drain(s.clone(), db.url(), IdSource::Local, backlog).await?;
+        let invalid = s
+            .summary()
+            .await?
+            .iter()
+            .filter(|r| r.state == State::Invalid)
+            .map(|r| r.count)
+            .sum::<i64>();
+        anyhow::ensure!(
+            invalid == bad as i64,
+            "{invalid} of {bad} bad rows ended invalid"
+        );
+        r.add(
+            format!("statusd drain, PostgreSQL, with {bad} bad rows mixed in (good statuses/s)"),
+            format!(
+                "{rate:.0}  ({:.2} of the clean drain)",
+                rate / pg_rate.max(1.0)
+            ),
+        );
+        db.drop_pg().await;
     }
 
     if on("apalis") {
