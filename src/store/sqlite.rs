@@ -38,37 +38,53 @@ pub struct SqliteStore {
     watched: bool,
 }
 
-/// How often the database files are looked at: a `stat` of two files, no
-/// query, so an idle daemon costs the database nothing.
+/// How often the database files are looked at: a `stat` of two files and a
+/// 48-byte read, no query, so an idle daemon costs the database nothing.
 const WATCH_EVERY: Duration = Duration::from_millis(10);
 
-/// What changes when any process commits: SQLite has no notifications, but
-/// in WAL mode every commit appends to (or, after a checkpoint, rewrites) the
-/// `-wal` file and a checkpoint writes the database file.
-fn file_marks(files: &[std::path::PathBuf]) -> Vec<Option<(std::time::SystemTime, u64)>> {
-    files
+/// What changes when any process commits. SQLite has no notifications, but
+/// in WAL mode every commit bumps the change counter and last frame in the
+/// wal-index header (the first 48 bytes of the `-shm` file), appends to the
+/// `-wal` file, and a checkpoint writes the database file. The header is
+/// exact; the file sizes and times are a second opinion.
+#[derive(PartialEq)]
+struct Marks {
+    files: Vec<Option<(std::time::SystemTime, u64)>>,
+    wal_index: Option<[u8; 48]>,
+}
+
+fn marks(db: &std::path::Path) -> Marks {
+    let with = |suffix: &str| {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        std::path::PathBuf::from(p)
+    };
+    let files = [db.to_path_buf(), with("-wal")]
         .iter()
         .map(|f| {
             let m = std::fs::metadata(f).ok()?;
             Some((m.modified().ok()?, m.len()))
         })
-        .collect()
+        .collect();
+    let wal_index = std::fs::File::open(with("-shm")).ok().and_then(|mut f| {
+        use std::io::Read;
+        let mut header = [0u8; 48];
+        f.read_exact(&mut header).ok().map(|_| header)
+    });
+    Marks { files, wal_index }
 }
 
-/// Signals `wake` whenever the database's files change, until every store
-/// holding the sender is dropped.
+/// Signals `wake` whenever the database changes, until every store holding
+/// the sender is dropped.
 fn watch(db: std::path::PathBuf, wake: std::sync::Weak<tokio::sync::watch::Sender<u64>>) {
-    let mut wal = db.clone().into_os_string();
-    wal.push("-wal");
-    let files = vec![db, std::path::PathBuf::from(wal)];
     tokio::spawn(async move {
-        let mut last = file_marks(&files);
+        let mut last = marks(&db);
         let mut tick = tokio::time::interval(WATCH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
             let Some(wake) = wake.upgrade() else { return };
-            let now = file_marks(&files);
+            let now = marks(&db);
             if now != last {
                 last = now;
                 wake.send_modify(|n| *n = n.wrapping_add(1));
