@@ -633,13 +633,7 @@ async fn main() -> anyhow::Result<()> {
         let bad = (backlog / 100).max(1);
         db.fill_queued(backlog / 2, "drain").await?;
         db.fill_bad(bad).await?;
-        db.exec(&format!(
-            "INSERT INTO status_outbox (instance, kind, payload)
-             SELECT 'main', 'text', jsonb_build_object('text', 'late ' || g)
-             FROM generate_series(1, {}) g",
-            backlog - backlog / 2
-        ))
-        .await?;
+        db.fill_queued(backlog - backlog / 2, "late").await?;
         let (rate, _) = drain(s.clone(), db.url(), IdSource::Local, backlog).await?;
         let invalid = s
             .summary()

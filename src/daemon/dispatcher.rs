@@ -123,8 +123,8 @@ async fn claim_loop<S: Store, P: Provider>(
 ) {
     let mut wake = ctx.store.subscribe();
     let mut failures = 0;
-    // Claim in batches: wait for room for a quarter of the buffer rather
-    // than claiming one row per statement.
+    // Claim in batches: wait for room for half the buffer rather than
+    // claiming one row per statement.
     let refill_at = (rows.max_capacity() / 2).max(1);
     while !shutdown.is_cancelled() {
         if rows.capacity() < refill_at {

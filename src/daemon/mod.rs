@@ -90,9 +90,6 @@ pub struct Ctx<S, P> {
     /// In-process nudge: rows just became claimable (ids assigned, absent
     /// in-doubt rows sent back). Complements the database's notifications.
     pub work: Notify,
-    /// Whether the store signals new work (PostgreSQL, a SQLite file); if
-    /// not, poll more often.
-    pub notifies: bool,
 }
 
 impl<S: Store, P: Provider> Ctx<S, P> {
@@ -122,9 +119,11 @@ impl<S: Store, P: Provider> Ctx<S, P> {
             .collect()
     }
 
-    /// How long an idle worker sleeps when nothing wakes it.
+    /// How long an idle worker sleeps when nothing wakes it: a fallback
+    /// poll where the store signals new work (PostgreSQL, a SQLite file),
+    /// else the poll interval.
     fn idle_poll(&self) -> Duration {
-        if self.notifies {
+        if self.store.notifies() {
             Duration::from_millis(self.settings.fallback_poll_ms)
         } else {
             self.settings.poll_interval()
@@ -170,7 +169,6 @@ pub struct Daemon<S, P> {
 
 impl<S: Store, P: Provider> Daemon<S, P> {
     pub fn new(store: S, instances: Vec<Instance<P>>, settings: DaemonSettings) -> Daemon<S, P> {
-        let notifies = store.notifies();
         let owner = settings.owner.clone().unwrap_or_else(default_owner);
         Daemon {
             ctx: Arc::new(Ctx {
@@ -182,7 +180,6 @@ impl<S: Store, P: Provider> Daemon<S, P> {
                 settings,
                 owner,
                 work: Notify::new(),
-                notifies,
             }),
         }
     }

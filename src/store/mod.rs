@@ -329,8 +329,8 @@ pub trait Store: Clone + Send + Sync + 'static {
         with_queued: bool,
     ) -> impl Future<Output = Result<Option<Duration>>> + Send;
     /// A signal that changes when work may have arrived: PostgreSQL `LISTEN`
-    /// (reconnecting on its own); on a SQLite file, a change of the database
-    /// or its WAL (any process's commit), seen by `stat`, not by a query.
+    /// (reconnecting on its own); on a SQLite file, any process's commit,
+    /// seen in the wal-index header and the files, not by a query.
     /// Keep the receiver across waits so that a signal between two waits is
     /// not missed.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;

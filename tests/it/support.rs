@@ -139,7 +139,6 @@ pub async fn exec_raw(db: &TestDb, sql: &str) -> Result<u64, sqlx::Error> {
 
 use statusd::config::{InstanceConfig, Settings};
 use statusd::daemon::{wawp_instances, Daemon};
-use statusd::model::State;
 use statusd::sim::{SimConfig, SimHandle, Simulator};
 use tokio_util::sync::CancellationToken;
 
@@ -225,21 +224,22 @@ pub fn spawn_daemon<S: Store>(store: S, settings: &Settings) -> RunningDaemon {
 /// One query, so one snapshot: counting state by state could miss a row
 /// moving back (in_doubt → pending_upload) between two queries.
 pub async fn live_rows<S: Store>(store: &S) -> i64 {
-    let rows = store
+    all_rows(store)
+        .await
+        .iter()
+        .filter(|r| !r.state.is_terminal() && r.parked_at.is_none())
+        .count() as i64
+}
+
+/// Every row of the outbox, in one query.
+pub async fn all_rows<S: Store>(store: &S) -> Vec<statusd::model::OutboxRow> {
+    store
         .list(statusd::store::ListParams {
             limit: 1_000_000,
             ..Default::default()
         })
         .await
-        .unwrap();
-    rows.iter()
-        .filter(|r| {
-            matches!(
-                r.state,
-                State::Queued | State::PendingUpload | State::Uploading | State::InDoubt
-            ) && r.parked_at.is_none()
-        })
-        .count() as i64
+        .unwrap()
 }
 
 /// Waits until every row is terminal (or parked); panics after `secs`.
@@ -269,14 +269,7 @@ pub async fn assert_exactly_once_in<S: Store>(store: &S, sim: &SimHandle, n: usi
         .filter_map(|p| Some(p.body.get("text")?.as_str()?.to_string()))
         .collect();
     let mut report = String::new();
-    let rows = store
-        .list(statusd::store::ListParams {
-            limit: 100_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    for row in rows {
+    for row in all_rows(store).await {
         let text = serde_json::from_str::<serde_json::Value>(&row.payload)
             .ok()
             .and_then(|v| v.get("text").and_then(|t| t.as_str()).map(str::to_string));
