@@ -412,9 +412,44 @@ fn init_tracing(cli: &Cli) {
         .with_writer(std::io::stderr);
     // A second init (tests calling `run` twice) is harmless: keep the first.
     let _ = match cli.log_format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(escaped_fields()).try_init(),
+        // JSON escapes control characters itself.
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Text-log fields with every control character escaped: values come from
+/// rows, requests and provider bodies, and a newline or an ANSI escape in
+/// one of them must not forge a log line or repaint the operator's terminal.
+fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let raw = format!("{value:?}");
+        let text = escape_controls(&raw);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{field}={text}")
+        }
+    })
+    .delimited(" ")
+}
+
+/// `a\nb` for a newline, `\u{1b}` for ESC: printable text is left alone.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<String>()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Runs one parsed command line.

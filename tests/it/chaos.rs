@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use statusd::model::State;
 use statusd::sim::{SimConfig, SimHandle};
 use statusd::store::{EnqueueParams, ListParams, Store};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::support::{exec_raw, live_rows, start_sim, text, TestDb, TEST_TOKEN};
 
@@ -180,7 +180,7 @@ fn spawn_daemon(bin_dir: &Path, log: &Path) -> Child {
         .append(true)
         .open(log)
         .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_statusd"))
+    crate::support::statusd_command()
         .arg("--config-dir")
         .arg(bin_dir)
         .args(["--log-format", "json", "--log-level", "info", "run"])
@@ -189,7 +189,6 @@ fn spawn_daemon(bin_dir: &Path, log: &Path) -> Child {
         .env_remove("RUST_LOG")
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
-        .kill_on_drop(true)
         .spawn()
         .expect("spawn statusd run")
 }

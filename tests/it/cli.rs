@@ -83,7 +83,7 @@ impl Cli {
 
     /// `statusd --config-dir DIR ARGS…` with this test's environment only.
     fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_statusd"));
+        let mut cmd = crate::support::statusd_command();
         cmd.arg("--config-dir").arg(self.path()).args(args);
         // The developer's own STATUSD_* variables must not leak into the test.
         for (k, _) in std::env::vars() {
@@ -749,4 +749,81 @@ async fn run_posts_and_stops_cleanly_on_sigterm() {
     assert!(stderr.contains("SIGTERM"), "{stderr}");
     assert!(!stderr.contains(TEST_TOKEN), "token in logs:\n{stderr}");
     crate::support::assert_exactly_once(&sim, 1);
+}
+
+/// A row written by an upstream app whose `instance` holds a newline and an
+/// ANSI escape must not forge a log line or repaint the operator's terminal:
+/// the daemon's text log escapes control characters in every field.
+#[tokio::test]
+async fn text_logs_escape_control_characters_from_rows() {
+    let sim = crate::support::start_sim(statusd::sim::SimConfig::default()).await;
+    let db = TestDb::sqlite().await;
+    let mut cli = Cli::new(&format!(
+        "[database]\nurl = {:?}\n\n[daemon]\npoll_interval_ms = 20\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n\
+         [instances.main]\nbase_url = {:?}\ninstance_id = \"main\"\n",
+        db.url,
+        sim.base_url()
+    ));
+    cli.env("STATUSD__INSTANCES__MAIN__ACCESS_TOKEN", TEST_TOKEN);
+    cli.run(&["migrate"]).await.ok();
+    let forged = "main\n2026-01-01T00:00:00Z ERROR FORGED line\u{1b}[2J";
+    crate::support::exec_raw(
+        &db,
+        &format!(
+            "INSERT INTO status_outbox (instance, kind, payload) VALUES ('{}', 'text', '{{\"text\":\"x\"}}')",
+            forged.replace('\'', "''")
+        ),
+    )
+    .await
+    .expect("insert the forged row");
+
+    let daemon = cli
+        .command(&["--log-format", "text", "--log-level", "info", "run"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn statusd run");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let invalid = cli
+            .run(&["ls", "--state", "invalid", "--json"])
+            .await
+            .ok()
+            .json();
+        if invalid.as_array().map(Vec::len) == Some(1) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "row not marked invalid in time"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pid = daemon.id().expect("daemon pid").to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill")
+        .success());
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        daemon.wait_with_output(),
+    )
+    .await
+    .expect("daemon stops after SIGTERM")
+    .expect("daemon output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("FORGED"),
+        "the invalid row is logged with its instance:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "raw ESC in the log:\n{stderr:?}"
+    );
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| l.starts_with("2026-01-01T00:00:00Z")),
+        "a row forged a log line:\n{stderr}"
+    );
 }

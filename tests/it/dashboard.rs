@@ -500,31 +500,6 @@ struct Browser {
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// On a fresh Debian machine `cargo test` sets up its own browser, as the
-/// README promises: Debian's chromium and chromedriver, installed once even
-/// when both backends' tests ask at the same time. Where that is not possible
-/// (no apt-get, not root), the assertion below says what to do.
-fn install_browser() {
-    static ONCE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
-    let mut tried = ONCE.lock().unwrap_or_else(|e| e.into_inner());
-    if *tried || (Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists()) {
-        return;
-    }
-    *tried = true;
-    let apt = |args: &[&str]| {
-        std::process::Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    let install = ["install", "-y", "-qq", "chromium", "chromium-driver"];
-    if !apt(&install) {
-        let _ = apt(&["update", "-qq"]);
-        let _ = apt(&install);
-    }
-}
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 impl Browser {
@@ -532,9 +507,6 @@ impl Browser {
         let chromium = std::env::var("STATUSD_CHROMIUM").unwrap_or_else(|_| CHROMIUM.into());
         let driver_bin =
             std::env::var("STATUSD_CHROMEDRIVER").unwrap_or_else(|_| CHROMEDRIVER.into());
-        if !(Path::new(&chromium).exists() && Path::new(&driver_bin).exists()) {
-            install_browser();
-        }
         for bin in [&chromium, &driver_bin] {
             assert!(
                 Path::new(bin).exists(),
@@ -549,7 +521,9 @@ impl Browser {
             .expect("a free port")
             .port();
         let log = profile.path().join("chromedriver.log");
-        let driver = Command::new(&driver_bin)
+        let mut driver = Command::new(&driver_bin);
+        crate::support::die_with_parent(&mut driver);
+        let driver = driver
             .arg(format!("--port={port}"))
             .arg(format!("--log-path={}", log.display()))
             .stdin(Stdio::null())

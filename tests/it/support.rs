@@ -319,3 +319,29 @@ pub fn assert_exactly_once(sim: &SimHandle, n: usize) {
     );
     assert_eq!(seen.len(), n, "statuses shown that nobody enqueued");
 }
+
+/// `statusd` as a child process, the way a user runs it. The child dies with
+/// the test: killed when its handle drops (a failed assertion unwinds) and,
+/// through `PR_SET_PDEATHSIG`, when the test binary itself dies (a signal,
+/// an abort), so no daemon outlives the test holding database connections.
+pub fn statusd_command() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_statusd"));
+    cmd.kill_on_drop(true);
+    die_with_parent(cmd.as_std_mut());
+    cmd
+}
+
+/// Makes `cmd`'s process receive SIGKILL when the thread that spawned it
+/// (and so the test) exits.
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
