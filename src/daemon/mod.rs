@@ -28,6 +28,8 @@ use crate::store::Store;
 
 pub mod dispatcher;
 pub mod id_assigner;
+#[cfg(test)]
+mod protocol_model;
 pub mod reconciler;
 pub mod rescuer;
 pub mod scheduler;
