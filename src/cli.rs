@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact_url, ConfigError, ConfigSource, Settings};
 use crate::model::State;
-use crate::store::{Backend, PgStore, SqliteStore, Store};
+use crate::store::{Backend, PgStore, SqliteStore, Store, Timed};
 
 pub use table::Since;
 
@@ -521,11 +521,15 @@ fn config_error(e: ConfigError, source: &ConfigSource) -> anyhow::Error {
     ))
 }
 
+/// The longest a PostgreSQL call may go unanswered before it fails and is
+/// retried (see `store::Timed`).
+const DB_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The store picked once from the URL scheme; callers match on it and hand
 /// the concrete store to generic code (no `dyn`).
 enum StoreHandle {
     Sqlite(SqliteStore),
-    Postgres(PgStore),
+    Postgres(Timed<PgStore>),
 }
 
 /// Connects to the backend named by `database.url`. Every error names the
@@ -547,11 +551,12 @@ async fn connect(settings: &Settings, wait_for_db: bool) -> anyhow::Result<Store
                     .await
                     .with_context(|| format!("cannot connect to the database at {shown}"))?;
             }
-            StoreHandle::Postgres(
+            StoreHandle::Postgres(Timed::new(
                 PgStore::connect(url, max)
                     .await
                     .with_context(|| format!("cannot connect to the database at {shown}"))?,
-            )
+                DB_CALL_TIMEOUT,
+            ))
         }
     };
     Ok(store)

@@ -18,9 +18,11 @@ use crate::model::{Attempt, OutboxRow, State};
 
 mod postgres;
 mod sqlite;
+mod timed;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use timed::Timed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,6 +40,11 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database call `{call}` got no answer within {after:?}")]
+    Timeout {
+        call: &'static str,
+        after: std::time::Duration,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -27,6 +27,9 @@ const COLS: &str = "id, instance, kind, payload::text AS payload, dedupe_key, me
 /// The channel the migration's trigger notifies.
 pub const CHANNEL: &str = "status_outbox";
 
+/// How long a released connection may take to answer a ping.
+const RELEASE_PING: Duration = Duration::from_secs(3);
+
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
@@ -40,6 +43,20 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(15))
+            // sqlx pings every released connection, without a time limit: a
+            // connection whose peer went silent (a call cut short by
+            // `Timed`, a black-holed network) would hold its pool slot
+            // forever. Ping within a bound here and drop it hard if silent.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Connection;
+                    match tokio::time::timeout(RELEASE_PING, conn.ping()).await {
+                        Ok(Ok(())) => Ok(true),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(sqlx::Error::PoolTimedOut),
+                    }
+                })
+            })
             .connect_with(opts)
             .await?;
         Ok(PgStore {

@@ -5,6 +5,7 @@ mod chaos;
 mod cli;
 mod daemon;
 mod dashboard;
+mod netfault;
 mod pg_restart;
 mod provider;
 mod sim;

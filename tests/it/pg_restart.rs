@@ -103,7 +103,10 @@ impl PrivatePg {
 
     /// A crash: no checkpoint, the next start replays the WAL.
     fn crash(&self) {
-        self.pg("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+        self.pg(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
     }
 
     fn url(&self, db: &str) -> String {
@@ -122,9 +125,7 @@ impl Drop for PrivatePg {
         } else {
             Command::new(&exe)
         };
-        let _ = cmd
-            .args(["-D", &data, "-m", "immediate", "stop"])
-            .output();
+        let _ = cmd.args(["-D", &data, "-m", "immediate", "stop"]).output();
     }
 }
 
@@ -254,7 +255,10 @@ async fn postgres_crash_restarts_and_an_outage_lose_and_double_nothing() {
             .env_remove("RUST_LOG");
         c
     };
-    let migrated = statusd(&["migrate"]).output().await.expect("statusd migrate");
+    let migrated = statusd(&["migrate"])
+        .output()
+        .await
+        .expect("statusd migrate");
     assert!(migrated.status.success(), "{migrated:?}");
 
     let log_path = cfg.path().join("statusd.log");
