@@ -61,7 +61,7 @@ impl Proxy {
                     // Either side ending (or a reset) ends the connection.
                     let (a, b) = tokio::join!(up, down);
                     for half in [a, b].into_iter().flatten() {
-                        let _ = half.set_linger(Some(Duration::ZERO));
+                        let _ = half.set_zero_linger();
                     }
                 });
             }
