@@ -106,6 +106,20 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(15))
+            // A write that failed at COMMIT (SQLITE_FULL on a full disk, an
+            // I/O error) may have been rolled back by SQLite itself; sqlx's
+            // own rollback then fails and the connection stays "in a
+            // transaction" for sqlx forever: every later BEGIN on it fails
+            // and its reads see an old snapshot. Such a connection is closed
+            // on release, never reused. The ping first lets the queued
+            // rollback run.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Connection;
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .connect_with(opts.clone())
             .await?;
         let wake = std::sync::Arc::new(tokio::sync::watch::Sender::new(0));
