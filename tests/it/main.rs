@@ -3,12 +3,15 @@
 mod admin;
 mod chaos;
 mod cli;
+mod clock;
 mod daemon;
 mod dashboard;
+mod disk_full;
 mod netfault;
 mod pg_restart;
 mod provider;
 mod sim;
+mod soak;
 mod state_machine;
 mod store;
 mod support;
