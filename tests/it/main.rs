@@ -3,6 +3,7 @@
 mod admin;
 mod chaos;
 mod cli;
+mod config;
 mod daemon;
 mod dashboard;
 mod provider;
