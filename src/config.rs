@@ -696,7 +696,10 @@ fn read_layers(src: &ConfigSource) -> Result<config::Value, ConfigError> {
 /// Deserializes the file layer, recording each unknown key or wrong type
 /// with its path and removing it from the tree before trying again, so
 /// that every such problem is found in one run.
-fn deserialize_collecting(tree: &mut config::Value, problems: &mut Vec<ConfigProblem>) -> RawSettings {
+fn deserialize_collecting(
+    tree: &mut config::Value,
+    problems: &mut Vec<ConfigProblem>,
+) -> RawSettings {
     // Each round removes one key, so the tree's size bounds the rounds;
     // the cap only guards against a removal that does not help.
     for _ in 0..1000 {
@@ -716,7 +719,10 @@ fn deserialize_collecting(tree: &mut config::Value, problems: &mut Vec<ConfigPro
                 } else {
                     path.join(".")
                 };
-                let mut problem = e.inner().to_string().replacen("unknown field", "unknown key", 1);
+                let mut problem = e
+                    .inner()
+                    .to_string()
+                    .replacen("unknown field", "unknown key", 1);
                 // The config crate appends the parent's key, which the
                 // problem's own key already says better.
                 if let Some(i) = problem.rfind(" for key `") {
@@ -809,9 +815,17 @@ fn resolve(raw: RawSettings, problems: &mut Vec<ConfigProblem>) -> Settings {
 /// drivers add their own.
 fn is_secret_param(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    ["pass", "pwd", "secret", "token", "key", "auth", "credential"]
-        .iter()
-        .any(|s| name.contains(s))
+    [
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "auth",
+        "credential",
+    ]
+    .iter()
+    .any(|s| name.contains(s))
 }
 
 /// A database URL safe to print: the user-info password and every secret

@@ -41,7 +41,9 @@ impl Out {
     fn has_problem(&self, key: &str) -> bool {
         self.all().lines().any(|l| {
             let l = l.trim_start();
-            l.strip_prefix("- ").unwrap_or(l).starts_with(&format!("{key}: "))
+            l.strip_prefix("- ")
+                .unwrap_or(l)
+                .starts_with(&format!("{key}: "))
         })
     }
 }
@@ -216,8 +218,8 @@ async fn an_empty_or_blank_admin_token_is_refused_by_check_and_run() {
 async fn secrets_from_the_environment_are_taken_exactly_as_written() {
     let db = TestDb::sqlite().await;
     let sim = crate::support::start_sim(statusd::sim::SimConfig::default()).await;
-    // Each would be turned into a number by a parsing environment layer:
-    // 0012 → 12, 1e3 → 1000, 23 digits → a rounded float.
+    // A parsing environment layer turns each into a number (0012 → 12);
+    // the token must work exactly as written and its numeric reading not.
     for (token, mangled) in [
         ("0012", "12"),
         ("1e3", "1000"),
@@ -238,8 +240,17 @@ async fn secrets_from_the_environment_are_taken_exactly_as_written() {
         .set("STATUSD__DAEMON__CONCURRENCY", "7")
         .set("STATUSD__ADMIN__ENABLED", "false");
     env.run(&["config", "check"]).await.ok();
-    let shown: toml::Table = env.run(&["config", "show"]).await.ok().stdout.parse().expect("TOML");
-    assert_eq!(shown["instances"]["main"]["rate_per_sec"].as_integer(), Some(5));
+    let shown: toml::Table = env
+        .run(&["config", "show"])
+        .await
+        .ok()
+        .stdout
+        .parse()
+        .expect("TOML");
+    assert_eq!(
+        shown["instances"]["main"]["rate_per_sec"].as_integer(),
+        Some(5)
+    );
     assert_eq!(shown["daemon"]["concurrency"].as_integer(), Some(7));
     assert_eq!(shown["admin"]["enabled"].as_bool(), Some(false));
 }
@@ -256,7 +267,9 @@ async fn database_passwords_are_redacted_in_every_form_and_place() {
 
     let check = env.run(&["config", "check"]).await.ok();
     assert!(
-        check.stdout.contains("postgres://statusd:[redacted]@127.0.0.1:1/statusd?"),
+        check
+            .stdout
+            .contains("postgres://statusd:[redacted]@127.0.0.1:1/statusd?"),
         "{}",
         check.stdout
     );
@@ -270,7 +283,8 @@ async fn database_passwords_are_redacted_in_every_form_and_place() {
     // driver cannot parse, which may be quoted back in its error.
     let ls = env.run(&["ls"]).await.failed();
     assert!(
-        ls.stderr.contains("cannot connect to the database at postgres://statusd:[redacted]@"),
+        ls.stderr
+            .contains("cannot connect to the database at postgres://statusd:[redacted]@"),
         "{}",
         ls.stderr
     );
@@ -335,7 +349,11 @@ async fn config_check_reports_every_problem_in_one_run() {
         "instances.Shop",               // upper-case name
     ];
     let missing: Vec<_> = expected.iter().filter(|k| !check.has_problem(k)).collect();
-    assert!(missing.is_empty(), "not reported: {missing:?}\n{}", check.all());
+    assert!(
+        missing.is_empty(),
+        "not reported: {missing:?}\n{}",
+        check.all()
+    );
     assert!(
         check
             .stderr
@@ -405,7 +423,11 @@ async fn without_a_config_directory_the_error_says_where_it_looked() {
             "--config-dir",
             "STATUSD_CONFIG_DIR",
         ] {
-            assert!(out.all().contains(needle), "{args:?} lacks {needle}:\n{}", out.all());
+            assert!(
+                out.all().contains(needle),
+                "{args:?} lacks {needle}:\n{}",
+                out.all()
+            );
         }
     }
     // And pointing at one by variable works.
@@ -440,10 +462,22 @@ async fn admin_token_and_database_url_come_from_files() {
     .expect("write");
     let url_file = env.file("db_url", &format!("{}\n", db.url));
     let token_file = env.file("admin_token", "file-TOKEN-0099\n");
-    env.set("STATUSD__DATABASE__URL_FILE", url_file.to_str().expect("utf-8"))
-        .set("STATUSD__ADMIN__TOKEN_FILE", token_file.to_str().expect("utf-8"));
+    env.set(
+        "STATUSD__DATABASE__URL_FILE",
+        url_file.to_str().expect("utf-8"),
+    )
+    .set(
+        "STATUSD__ADMIN__TOKEN_FILE",
+        token_file.to_str().expect("utf-8"),
+    );
     env.run(&["config", "check"]).await.ok();
-    let shown: toml::Table = env.run(&["config", "show"]).await.ok().stdout.parse().expect("TOML");
+    let shown: toml::Table = env
+        .run(&["config", "show"])
+        .await
+        .ok()
+        .stdout
+        .parse()
+        .expect("TOML");
     assert_eq!(shown["admin"]["token"].as_str(), Some("[redacted]"));
     assert_eq!(shown["admin"]["token_file"].as_str(), token_file.to_str());
     assert_eq!(shown["database"]["url_file"].as_str(), url_file.to_str());
@@ -457,14 +491,28 @@ async fn admin_token_and_database_url_come_from_files() {
     let empty = bad.file("empty", "\n");
     let secret_url = bad.file("url", "postgres://u:pw-SECRET-7@127.0.0.1:1/x");
     bad.set("STATUSD__ADMIN__TOKEN_FILE", "/nonexistent/admin_token")
-        .set("STATUSD__DATABASE__URL_FILE", empty.to_str().expect("utf-8"));
+        .set(
+            "STATUSD__DATABASE__URL_FILE",
+            empty.to_str().expect("utf-8"),
+        );
     let check = bad.run(&["config", "check"]).await.failed();
     assert!(check.has_problem("admin.token_file"), "{}", check.all());
-    assert!(check.all().contains("/nonexistent/admin_token"), "{}", check.all());
+    assert!(
+        check.all().contains("/nonexistent/admin_token"),
+        "{}",
+        check.all()
+    );
     assert!(check.has_problem("database.url_file"), "{}", check.all());
-    assert!(check.all().contains(empty.to_str().expect("utf-8")), "{}", check.all());
+    assert!(
+        check.all().contains(empty.to_str().expect("utf-8")),
+        "{}",
+        check.all()
+    );
     bad.run(&["run"]).await.failed();
-    bad.set("STATUSD__DATABASE__URL_FILE", secret_url.to_str().expect("utf-8"));
+    bad.set(
+        "STATUSD__DATABASE__URL_FILE",
+        secret_url.to_str().expect("utf-8"),
+    );
     let ls = bad.run(&["ls"]).await.failed();
     assert!(ls.stderr.contains("[redacted]"), "{}", ls.stderr);
     assert!(!ls.all().contains("pw-SECRET-7"), "{}", ls.all());
@@ -481,7 +529,13 @@ async fn demo_has_one_database_flag() {
     );
     // The flag is honoured: a non-SQLite URL is refused by name.
     let out = Env::bare()
-        .run(&["--database-url", "postgres://x@127.0.0.1:1/y", "demo", "--statuses", "1"])
+        .run(&[
+            "--database-url",
+            "postgres://x@127.0.0.1:1/y",
+            "demo",
+            "--statuses",
+            "1",
+        ])
         .await
         .failed();
     assert!(out.stderr.contains("--database-url"), "{}", out.stderr);
@@ -506,7 +560,8 @@ async fn health_command_checks_a_running_daemon() {
 #[test]
 fn docker_files_keep_secrets_and_build_context_small() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+    let read =
+        |f: &str| std::fs::read_to_string(root.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
     let ignore = read(".dockerignore");
     for entry in ["target", ".git"] {
         assert!(
@@ -516,7 +571,10 @@ fn docker_files_keep_secrets_and_build_context_small() {
     }
     let dockerfile = read("Dockerfile");
     assert!(dockerfile.contains("HEALTHCHECK"), "no HEALTHCHECK");
-    assert!(dockerfile.contains("\"health\""), "HEALTHCHECK does not run `statusd health`");
+    assert!(
+        dockerfile.contains("\"health\""),
+        "HEALTHCHECK does not run `statusd health`"
+    );
     for line in dockerfile.lines().filter(|l| l.starts_with("FROM ")) {
         let image = line.split_whitespace().nth(1).expect("image");
         let tag = image.split(':').nth(1).unwrap_or("");
@@ -526,6 +584,12 @@ fn docker_files_keep_secrets_and_build_context_small() {
         );
     }
     let compose = read("docker-compose.yml");
-    assert!(!compose.contains(":-statusd}"), "compose has a default password");
-    assert!(compose.contains("${POSTGRES_PASSWORD:?"), "compose does not require the password");
+    assert!(
+        !compose.contains(":-statusd}"),
+        "compose has a default password"
+    );
+    assert!(
+        compose.contains("${POSTGRES_PASSWORD:?"),
+        "compose does not require the password"
+    );
 }
