@@ -976,4 +976,38 @@ mod tests {
         );
         assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
     }
+
+    #[test]
+    fn redacts_every_password_form_of_a_database_url() {
+        let shown = redact_url(
+            "postgresql://u:p%40ss@h/db?sslmode=require&Password=q1&sslpassword=q2&passfile=/x",
+        );
+        assert_eq!(
+            shown,
+            "postgresql://u:[redacted]@h/db?sslmode=require&Password=[redacted]\
+             &sslpassword=[redacted]&passfile=[redacted]"
+        );
+        // Unparsable: nothing past the scheme, except SQLite paths, which
+        // carry no credentials.
+        assert_eq!(
+            redact_url("postgres://u:pw@h:port/db"),
+            "postgres:[unparsable URL, redacted]"
+        );
+        assert_eq!(redact_url("sqlite://my db.db"), "sqlite://my db.db");
+        // Driver messages quoting a part of the URL are scrubbed too.
+        let url = "postgres://u:p%40ss@h/db?password=q1";
+        assert_eq!(
+            redact_url_secrets_in("bad password p@ss or p%40ss, q1 at host h", url),
+            "bad password [redacted] or [redacted], [redacted] at host h"
+        );
+    }
+
+    #[test]
+    fn base_url_needs_http_and_a_host() {
+        assert!(check_base_url("https://api.wawp.net").is_ok());
+        assert!(check_base_url("http://127.0.0.1:9090").is_ok());
+        assert!(check_base_url("https://").is_err());
+        assert!(check_base_url("ftp://api.example").is_err());
+        assert!(check_base_url("api.wawp.net").is_err());
+    }
 }
