@@ -19,6 +19,11 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+mod redact;
+mod show;
+
+pub use redact::{redact_url, redact_url_secrets_in};
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub database: DatabaseSettings,
@@ -550,102 +555,6 @@ impl Settings {
         }
         out
     }
-
-    /// The effective settings as TOML (`statusd config show`): every secret
-    /// that is set reads `"[redacted]"`, database passwords included.
-    pub fn redacted(&self) -> String {
-        let url = self.database.url.expose_secret();
-        let shown = Shown {
-            database: ShownDatabase {
-                url: (!url.is_empty()).then(|| redact_url(url)),
-                url_file: self.secret_files.database_url_file.as_deref(),
-                max_connections: self.database.max_connections,
-            },
-            daemon: &self.daemon,
-            admin: ShownAdmin {
-                enabled: self.admin.enabled,
-                bind: &self.admin.bind,
-                token: self.admin.token.as_ref().map(shown_secret),
-                token_file: self.secret_files.admin_token_file.as_deref(),
-            },
-            provider: &self.provider,
-            instances: self
-                .instances
-                .iter()
-                .map(|(name, i)| {
-                    let shown = ShownInstance {
-                        provider: i.provider,
-                        base_url: &i.base_url,
-                        instance_id: &i.instance_id,
-                        access_token: i.access_token.as_ref().map(shown_secret),
-                        access_token_file: i.access_token_file.as_deref(),
-                        supplied_id: i.supplied_id,
-                        rate_per_sec: i.rate_per_sec,
-                        burst: i.burst,
-                    };
-                    (name.as_str(), shown)
-                })
-                .collect(),
-        };
-        // Plain data with string keys: serializing it cannot fail; say so
-        // in the output rather than panic if it ever does.
-        toml::to_string(&shown)
-            .unwrap_or_else(|e| format!("# cannot print the configuration as TOML: {e}\n"))
-    }
-}
-
-/// `"[redacted]"` for a secret that is set; an empty one is shown empty,
-/// since that is the mistake an operator is looking for.
-fn shown_secret(s: &SecretString) -> &'static str {
-    if s.expose_secret().is_empty() {
-        ""
-    } else {
-        REDACTED
-    }
-}
-
-const REDACTED: &str = "[redacted]";
-
-#[derive(Serialize)]
-struct Shown<'a> {
-    database: ShownDatabase<'a>,
-    daemon: &'a DaemonSettings,
-    admin: ShownAdmin<'a>,
-    provider: &'a ProviderSettings,
-    instances: BTreeMap<&'a str, ShownInstance<'a>>,
-}
-
-#[derive(Serialize)]
-struct ShownDatabase<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    url_file: Option<&'a Path>,
-    max_connections: u32,
-}
-
-#[derive(Serialize)]
-struct ShownAdmin<'a> {
-    enabled: bool,
-    bind: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    token: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    token_file: Option<&'a Path>,
-}
-
-#[derive(Serialize)]
-struct ShownInstance<'a> {
-    provider: ProviderKind,
-    base_url: &'a str,
-    instance_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    access_token: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    access_token_file: Option<&'a Path>,
-    supplied_id: bool,
-    rate_per_sec: u32,
-    burst: u32,
 }
 
 /// An instance's API root: http(s) with a host (`https://` alone is not).
@@ -810,104 +719,6 @@ fn resolve(raw: RawSettings, problems: &mut Vec<ConfigProblem>) -> Settings {
     }
 }
 
-/// Query parameters whose values are secrets (`password`, `sslpassword`,
-/// `passfile`, `sslkey`, `token`, …): matched by part of the name, since
-/// drivers add their own.
-fn is_secret_param(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    [
-        "pass",
-        "pwd",
-        "secret",
-        "token",
-        "key",
-        "auth",
-        "credential",
-    ]
-    .iter()
-    .any(|s| name.contains(s))
-}
-
-/// A database URL safe to print: the user-info password and every secret
-/// query parameter replaced by `[redacted]`. Parsed with `url`, so every
-/// place the URL syntax allows a password is covered; a URL that does not
-/// parse is not printed beyond its scheme. The one function every printed
-/// database URL goes through.
-pub fn redact_url(raw: &str) -> String {
-    // `url` percent-encodes brackets; put a plain marker in, then swap it.
-    const MARK: &str = "STATUSDREDACTEDMARK";
-    let scheme = raw.split_once(':').map(|(s, _)| s).unwrap_or("");
-    let Ok(mut url) = url::Url::parse(raw) else {
-        // sqlx's SQLite URLs are a path with options, no credentials: a
-        // path with spaces is legal there and worth showing.
-        if scheme == "sqlite" {
-            return raw.to_string();
-        }
-        return format!("{scheme}:[unparsable URL, redacted]");
-    };
-    let mut changed = false;
-    if url.password().is_some() {
-        changed = url.set_password(Some(MARK)).is_ok();
-    }
-    if url.query_pairs().any(|(k, _)| is_secret_param(&k)) {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if is_secret_param(&k) {
-                    MARK.to_string()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-        changed = true;
-    }
-    if changed {
-        url.as_str().replace(MARK, REDACTED)
-    } else {
-        raw.to_string()
-    }
-}
-
-/// `text` (a driver's error, say) with the database URL and every secret
-/// in it — raw and percent-decoded — replaced, for errors that may quote
-/// the URL or a part of it.
-pub fn redact_url_secrets_in(text: &str, raw_url: &str) -> String {
-    let mut out = text.replace(raw_url, &redact_url(raw_url));
-    let Ok(url) = url::Url::parse(raw_url) else {
-        return out;
-    };
-    let mut secrets: Vec<String> = Vec::new();
-    if let Some(p) = url.password() {
-        secrets.push(p.to_string());
-        if let Ok(decoded) = percent_encoding::percent_decode_str(p).decode_utf8() {
-            secrets.push(decoded.into_owned());
-        }
-    }
-    for (k, v) in url.query_pairs() {
-        if is_secret_param(&k) {
-            secrets.push(v.into_owned());
-        }
-    }
-    if let Some(q) = url.query() {
-        for pair in q.split('&') {
-            if let Some((k, v)) = pair.split_once('=') {
-                if is_secret_param(k) {
-                    secrets.push(v.to_string());
-                }
-            }
-        }
-    }
-    // Longest first, so that a secret containing another is replaced whole.
-    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    for s in secrets.iter().filter(|s| !s.is_empty()) {
-        out = out.replace(s.as_str(), REDACTED);
-    }
-    out
-}
-
 /// The environment source lowercases its keys, so
 /// `STATUSD__INSTANCES__MAIN__ACCESS_TOKEN` can only reach `[instances.main]`:
 /// an upper-case name in a file would silently become a second, incomplete
@@ -967,40 +778,6 @@ pub fn describe_source(src: &ConfigSource) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_database_passwords() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h:5432/db"),
-            "postgres://u:[redacted]@h:5432/db"
-        );
-        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
-    }
-
-    #[test]
-    fn redacts_every_password_form_of_a_database_url() {
-        let shown = redact_url(
-            "postgresql://u:p%40ss@h/db?sslmode=require&Password=q1&sslpassword=q2&passfile=/x",
-        );
-        assert_eq!(
-            shown,
-            "postgresql://u:[redacted]@h/db?sslmode=require&Password=[redacted]\
-             &sslpassword=[redacted]&passfile=[redacted]"
-        );
-        // Unparsable: nothing past the scheme, except SQLite paths, which
-        // carry no credentials.
-        assert_eq!(
-            redact_url("postgres://u:pw@h:port/db"),
-            "postgres:[unparsable URL, redacted]"
-        );
-        assert_eq!(redact_url("sqlite://my db.db"), "sqlite://my db.db");
-        // Driver messages quoting a part of the URL are scrubbed too.
-        let url = "postgres://u:p%40ss@h/db?password=q1";
-        assert_eq!(
-            redact_url_secrets_in("bad password p@ss or p%40ss, q1 at host h", url),
-            "bad password [redacted] or [redacted], [redacted] at host h"
-        );
-    }
 
     #[test]
     fn base_url_needs_http_and_a_host() {
