@@ -599,7 +599,25 @@ fn read_layers(src: &ConfigSource) -> Result<config::Value, ConfigError> {
     }
     b.build()
         .and_then(|c| c.try_deserialize::<config::Value>())
-        .map_err(|e| ConfigError::Load(e.to_string()))
+        .map_err(|e| ConfigError::Load(without_source_lines(&e.to_string())))
+}
+
+/// A TOML syntax error quotes the offending line with a caret under it:
+/// that line may hold a token (`token = "abc` with its quote unclosed).
+/// Keep the position, the reason and the file; drop the quoted source.
+fn without_source_lines(msg: &str) -> String {
+    let is_source = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with('|')
+            || t.split_once(" |")
+                .is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+    };
+    msg.lines()
+        .filter(|l| !is_source(l))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 /// Deserializes the file layer, recording each unknown key or wrong type
@@ -778,6 +796,16 @@ pub fn describe_source(src: &ConfigSource) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syntax_errors_do_not_quote_the_line() {
+        let msg = "TOML parse error at line 3, column 9\n  |\n3 | token = \"abc\n  |         ^\n\
+                   invalid basic string\n in config/default.toml";
+        assert_eq!(
+            without_source_lines(msg),
+            "TOML parse error at line 3, column 9: invalid basic string: in config/default.toml"
+        );
+    }
 
     #[test]
     fn base_url_needs_http_and_a_host() {

@@ -411,6 +411,27 @@ async fn config_show_prints_toml_with_set_secrets_redacted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_syntax_error_names_file_and_line_but_never_quotes_it() {
+    let env = Env::new(
+        "[database]\nurl = \"sqlite://x.db\"\n\n[admin]\ntoken = \"admin-SECRET-unclosed\n",
+    );
+    for args in [&["config", "check"][..], &["config", "show"], &["run"]] {
+        let out = env.run(args).await.failed();
+        assert!(out.stderr.contains("line 5"), "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("default.toml"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(
+            !out.all().contains("admin-SECRET"),
+            "{args:?} quotes the secret:\n{}",
+            out.all()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_config_directory_the_error_says_where_it_looked() {
     let env = Env::bare();
     let looked = std::fs::canonicalize(env.dir.path())
