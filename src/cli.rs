@@ -29,7 +29,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, ConfigError, ConfigSource, Settings};
+use crate::config::{
+    redact_url, redact_url_secrets_in, ConfigError, ConfigSource, Settings, CONFIG_DIR_KEY,
+};
 use crate::model::State;
 use crate::store::{Backend, PgStore, SqliteStore, Store, Timed};
 
@@ -47,7 +49,13 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Directory holding default.toml and {STATUSD_ENV}.toml.
-    #[arg(long, global = true, value_name = "DIR", default_value = "config")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "STATUSD_CONFIG_DIR",
+        default_value = "config"
+    )]
     pub config_dir: PathBuf,
     /// Overrides database.url (sqlite://FILE or postgres://…).
     #[arg(long, global = true, value_name = "URL")]
@@ -121,6 +129,10 @@ pub enum Command {
         after_help = "Example:\n  STATUSD__INSTANCES__MAIN__ACCESS_TOKEN=… statusd --config-dir /etc/statusd run"
     )]
     Run,
+    /// Ask the running daemon's /healthz, at admin.bind (a container's
+    /// HEALTHCHECK: the runtime image has no curl).
+    #[command(after_help = "Example:\n  statusd --config-dir /etc/statusd health")]
+    Health,
     /// Serve the provider simulator on 127.0.0.1 (tests, demos, benchmarks).
     #[command(after_help = "Example:\n  statusd sim --port 9090 --demo-faults --seed 7")]
     Sim(SimArgs),
@@ -337,9 +349,6 @@ pub struct DemoArgs {
     /// Seed for the simulator's faults.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// A sqlite:// URL; default: a fresh file in the temp directory.
-    #[arg(long, value_name = "URL")]
-    pub database: Option<String>,
 }
 
 fn parse_state(s: &str) -> Result<State, String> {
@@ -404,6 +413,13 @@ fn init_tracing(cli: &Cli) {
         None => EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| EnvFilter::new(cli.command.default_log_level())),
     };
+    // sqlx logs every connect parameter it does not know with its value
+    // (`sslpassword=…` from a libpq-style URL) at WARN: keep that target
+    // to errors so a database password never reaches the log.
+    let filter = match "sqlx_postgres::options::parse=error".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -467,10 +483,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(ConfigCommand::Check) => configuration::check(&source),
         Command::Config(ConfigCommand::Show) => configuration::show(&source),
         Command::Run => run_daemon(&source).await,
+        Command::Health => health(&source).await,
         Command::Sim(args) => run_sim(args, cli.config.is_some()).await,
+        // The demo takes its database from the global --database-url only
+        // (a sqlite:// URL; default a fresh file): one flag, not two.
         Command::Demo(args) => crate::demo::run(crate::demo::DemoOptions {
             statuses: args.statuses,
-            database: args.database,
+            database: cli.database_url.clone(),
             seed: args.seed,
         })
         .await
@@ -502,13 +521,15 @@ fn hint_unmigrated(e: anyhow::Error) -> anyhow::Error {
 /// only. Other problems (no instances yet, a bad daemon knob) do not stop an
 /// operator from looking at the outbox; `config check` reports them.
 fn operator_settings(source: &ConfigSource) -> anyhow::Result<Settings> {
-    let settings = Settings::load_unchecked(source).map_err(|e| config_error(e, source))?;
-    let problems: Vec<_> = settings
-        .problems()
-        .into_iter()
-        .filter(|p| p.key.starts_with("database"))
-        .collect();
-    if !problems.is_empty() {
+    let (settings, problems) =
+        Settings::load_report(source).map_err(|e| config_error(e, source))?;
+    let in_database = |key: &str| key == "database" || key.starts_with("database.");
+    if problems.iter().any(|p| in_database(&p.key)) {
+        // The where-was-configuration-looked-for hint stays with them.
+        let problems = problems
+            .into_iter()
+            .filter(|p| in_database(&p.key) || p.key == CONFIG_DIR_KEY)
+            .collect();
         return Err(config_error(ConfigError::Invalid(problems), source));
     }
     Ok(settings)
@@ -521,10 +542,6 @@ fn config_error(e: ConfigError, source: &ConfigSource) -> anyhow::Error {
     ))
 }
 
-/// The longest a PostgreSQL call may go unanswered before it fails and is
-/// retried (see `store::Timed`).
-const DB_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// The store picked once from the URL scheme; callers match on it and hand
 /// the concrete store to generic code (no `dyn`).
 enum StoreHandle {
@@ -533,29 +550,34 @@ enum StoreHandle {
 }
 
 /// Connects to the backend named by `database.url`. Every error names the
-/// URL, password redacted.
+/// URL with its passwords redacted, and the driver's own message is
+/// scrubbed of them too (a driver may quote the URL or a parameter).
 async fn connect(settings: &Settings, wait_for_db: bool) -> anyhow::Result<StoreHandle> {
     let url = settings.database.url.expose_secret();
     let shown = redact_url(url);
+    let scrub = |what: &str, e: anyhow::Error| {
+        anyhow::anyhow!("{}", redact_url_secrets_in(&format!("{e:#}"), url))
+            .context(format!("{what} {shown}"))
+    };
     let backend = Backend::from_url(url)?;
     let max = settings.database.max_connections;
     let store = match backend {
         Backend::Sqlite => StoreHandle::Sqlite(
             SqliteStore::connect(url, max)
                 .await
-                .with_context(|| format!("cannot open the database at {shown}"))?,
+                .map_err(|e| scrub("cannot open the database at", e.into()))?,
         ),
         Backend::Postgres => {
             if !wait_for_db {
                 probe_postgres(url)
                     .await
-                    .with_context(|| format!("cannot connect to the database at {shown}"))?;
+                    .map_err(|e| scrub("cannot connect to the database at", e))?;
             }
             StoreHandle::Postgres(Timed::new(
                 PgStore::connect(url, max)
                     .await
-                    .with_context(|| format!("cannot connect to the database at {shown}"))?,
-                DB_CALL_TIMEOUT,
+                    .map_err(|e| scrub("cannot connect to the database at", e.into()))?,
+                settings.database.call_timeout(),
             ))
         }
     };
@@ -593,7 +615,11 @@ pub async fn dispatch<S: Store>(store: S, cmd: Command, settings: &Settings) -> 
         Command::Schedule(ScheduleCommand::Add(a)) => schedule::add(&store, a, settings).await?,
         Command::Schedule(ScheduleCommand::Ls(a)) => schedule::ls(&store, a.json).await?,
         Command::Schedule(ScheduleCommand::Rm(a)) => schedule::rm(&store, &a.name).await?,
-        Command::Config(_) | Command::Run | Command::Sim(_) | Command::Demo(_) => {
+        Command::Config(_)
+        | Command::Run
+        | Command::Health
+        | Command::Sim(_)
+        | Command::Demo(_) => {
             anyhow::bail!("internal: not an operator command")
         }
     };
@@ -642,6 +668,42 @@ async fn start_daemon<S: Store>(
         .await
         .context("applying the database migrations")?;
     crate::daemon::run(store, settings, shutdown).await
+}
+
+/// `statusd health`: GET /healthz on the configured admin address; an
+/// address bound to every interface is asked on loopback.
+async fn health(source: &ConfigSource) -> anyhow::Result<()> {
+    let (settings, _) = Settings::load_report(source).map_err(|e| config_error(e, source))?;
+    if !settings.admin.enabled {
+        anyhow::bail!("admin.enabled is false: the daemon serves no /healthz to ask");
+    }
+    let mut addr: std::net::SocketAddr = settings.admin.bind.parse().with_context(|| {
+        format!(
+            "admin.bind `{}` is not an address like 127.0.0.1:8088",
+            settings.admin.bind
+        )
+    })?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{addr}/healthz");
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .context("building the HTTP client")?;
+    let resp = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.without_url()))
+        .with_context(|| format!("no answer from {url}"))?;
+    if !resp.status().is_success() {
+        anyhow::bail!("{url} answered {}", resp.status());
+    }
+    print_out(&format!("ok: {url}"))
 }
 
 /// First SIGINT/SIGTERM: graceful shutdown. Second: exit at once, which is

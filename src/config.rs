@@ -1,44 +1,74 @@
 //! Layered configuration: `config/default.toml`, then `config/{env}.toml`
-//! (env from `STATUSD_ENV`, default `local`), then an explicit `--config`
-//! file, then `STATUSD__SECTION__KEY` variables. Secrets are held in
-//! [`SecretString`] and never printed.
+//! (env from `STATUSD_ENV`, default `local`; the directory from
+//! `--config-dir` or `STATUSD_CONFIG_DIR`), then an explicit `--config`
+//! file, then `STATUSD__SECTION__KEY` variables, then command-line
+//! overrides. Secrets are held in [`SecretString`] and never printed; the
+//! admin token and the database URL may also come from files
+//! (`admin.token_file`, `database.url_file`: Docker secrets).
+//!
+//! Loading never stops at the first mistake: the layers are read into a
+//! value tree, deserialized with every field optional, and each unknown key
+//! or wrong type is recorded with its path and taken out before trying
+//! again; required keys and value rules are checked afterwards. So one
+//! `statusd config check` lists every problem, each with its key.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+mod redact;
+mod show;
+
+pub use redact::{redact_url, redact_url_secrets_in};
+
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub database: DatabaseSettings,
-    #[serde(default)]
     pub daemon: DaemonSettings,
-    #[serde(default)]
     pub admin: AdminSettings,
-    #[serde(default)]
     pub provider: ProviderSettings,
-    #[serde(default)]
     pub instances: BTreeMap<String, InstanceConfig>,
+    /// Files the secrets above were read from (shown by `config show`).
+    pub secret_files: SecretFiles,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct DatabaseSettings {
     /// `sqlite://path.db` or `postgres://…`.
     pub url: SecretString,
-    #[serde(default = "d_max_connections")]
     pub max_connections: u32,
+    /// The longest a database call may go unanswered before it fails and is
+    /// retried (a black-holed network, a frozen database host); see
+    /// `store::Timed`.
+    pub call_timeout_ms: u64,
+}
+
+impl DatabaseSettings {
+    pub fn call_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.call_timeout_ms)
+    }
+}
+
+/// `admin.token_file` and `database.url_file`, when the secret came from one.
+#[derive(Debug, Clone, Default)]
+pub struct SecretFiles {
+    pub admin_token_file: Option<PathBuf>,
+    pub database_url_file: Option<PathBuf>,
 }
 
 fn d_max_connections() -> u32 {
     8
 }
 
+fn d_call_timeout_ms() -> u64 {
+    30_000
+}
+
 /// Where message ids come from (DESIGN.md §5, id assigner).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum IdSource {
     /// `GET /v2/status/new-message-id` on the row's instance.
@@ -48,10 +78,11 @@ pub enum IdSource {
     Local,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonSettings {
     /// Name of this replica in `lease_owner`; default host name + pid.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     pub id_source: IdSource,
     /// Ids fetched in parallel by the `api` source.
@@ -125,13 +156,14 @@ impl DaemonSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone)]
 pub struct AdminSettings {
     pub enabled: bool,
     /// Address of the admin HTTP server; loopback by default.
     pub bind: String,
     /// Bearer token for everything but /healthz, /readyz and /metrics.
+    /// Absent: the admin API answers only those; empty or blank is refused
+    /// by [`Settings::problems`] (it would match an empty bearer).
     pub token: Option<SecretString>,
 }
 
@@ -145,7 +177,7 @@ impl Default for AdminSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProviderSettings {
     pub connect_timeout_ms: u64,
@@ -162,7 +194,7 @@ impl Default for ProviderSettings {
 }
 
 /// Which provider API an instance speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
     #[default]
@@ -177,6 +209,9 @@ pub struct InstanceConfig {
     pub provider: ProviderKind,
     #[serde(default = "d_base_url")]
     pub base_url: String,
+    /// Required; defaulted here only so that its absence is reported with
+    /// the instance's other problems (see [`Settings::problems`]).
+    #[serde(default)]
     pub instance_id: String,
     /// The access token; or use `access_token_file`.
     #[serde(default)]
@@ -213,9 +248,7 @@ impl InstanceConfig {
             return Ok(t.clone());
         }
         match &self.access_token_file {
-            Some(p) => std::fs::read_to_string(p)
-                .map(|s| SecretString::from(s.trim().to_string()))
-                .map_err(|e| format!("cannot read access_token_file {}: {e}", p.display())),
+            Some(p) => read_secret_file(p).map_err(|e| format!("access_token_file {e}")),
             None => Err("access_token (or access_token_file) is required".into()),
         }
     }
@@ -233,6 +266,27 @@ impl std::fmt::Display for ConfigProblem {
         write!(f, "{}: {}", self.key, self.problem)
     }
 }
+
+impl ConfigProblem {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> ConfigProblem {
+        ConfigProblem {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// The same key, or a key inside it (`instances.Main` covers
+    /// `instances.Main.access_token`).
+    fn covers(&self, key: &str) -> bool {
+        key == self.key
+            || key
+                .strip_prefix(self.key.as_str())
+                .is_some_and(|rest| rest.starts_with('.'))
+    }
+}
+
+/// The key of the problem that says where configuration was looked for.
+pub const CONFIG_DIR_KEY: &str = "--config-dir";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -253,12 +307,112 @@ pub struct ConfigSource {
     pub overrides: Vec<(String, String)>,
 }
 
+impl ConfigSource {
+    fn dir(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| PathBuf::from("config"))
+    }
+
+    fn env_name() -> String {
+        std::env::var("STATUSD_ENV").unwrap_or_else(|_| "local".into())
+    }
+
+    /// When no layer file exists at all, where they were looked for and how
+    /// to point at them: the first thing a user running from another
+    /// directory needs to know.
+    fn nothing_found_hint(&self) -> Option<String> {
+        if self.file.is_some() {
+            return None;
+        }
+        let dir = self.dir();
+        let env = ConfigSource::env_name();
+        let candidates = [dir.join("default.toml"), dir.join(format!("{env}.toml"))];
+        if candidates.iter().any(|f| f.exists()) {
+            return None;
+        }
+        let shown = std::path::absolute(&dir).unwrap_or(dir);
+        Some(format!(
+            "no configuration file found: looked for default.toml and {env}.toml in {}; \
+             point at your config directory with --config-dir DIR or STATUSD_CONFIG_DIR=DIR, \
+             or give a file with --config FILE",
+            shown.display()
+        ))
+    }
+}
+
+/// The file layer: the public settings with every field optional or
+/// defaulted, so that one bad key does not hide the others. Required keys
+/// and the `*_file` secrets are resolved by [`resolve`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSettings {
+    database: RawDatabase,
+    daemon: DaemonSettings,
+    admin: RawAdmin,
+    provider: ProviderSettings,
+    instances: BTreeMap<String, InstanceConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDatabase {
+    url: Option<SecretString>,
+    /// A file holding the URL (a Docker secret); wins over `url`, which
+    /// `config/default.toml` always sets.
+    url_file: Option<PathBuf>,
+    max_connections: u32,
+    call_timeout_ms: u64,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        RawDatabase {
+            url: None,
+            url_file: None,
+            max_connections: d_max_connections(),
+            call_timeout_ms: d_call_timeout_ms(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    enabled: bool,
+    bind: String,
+    token: Option<SecretString>,
+    /// A file holding the token (a Docker secret); wins over `token`.
+    token_file: Option<PathBuf>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        let d = AdminSettings::default();
+        RawAdmin {
+            enabled: d.enabled,
+            bind: d.bind,
+            token: None,
+            token_file: None,
+        }
+    }
+}
+
+/// Reads a secret from a file, trimmed (files end with a newline). Errors
+/// name the path and the I/O failure, never the content.
+fn read_secret_file(path: &Path) -> Result<SecretString, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(SecretString::from(secret.to_string()))
+}
+
 impl Settings {
     /// Loads and validates the layers; every problem is reported, each with
     /// its key.
     pub fn load(src: &ConfigSource) -> Result<Settings, ConfigError> {
-        let settings = Settings::load_unchecked(src)?;
-        let problems = settings.problems();
+        let (settings, problems) = Settings::load_report(src)?;
         if problems.is_empty() {
             Ok(settings)
         } else {
@@ -266,42 +420,32 @@ impl Settings {
         }
     }
 
-    /// Loads the layers without the checks of [`Settings::problems`]: the
-    /// operator commands (`ls`, `retry`, …) need a database, not instances,
-    /// and check what they use themselves.
-    pub fn load_unchecked(src: &ConfigSource) -> Result<Settings, ConfigError> {
-        let dir = src.dir.clone().unwrap_or_else(|| PathBuf::from("config"));
-        let env = std::env::var("STATUSD_ENV").unwrap_or_else(|_| "local".into());
-        let mut b = config::Config::builder()
-            .add_source(config::File::from(dir.join("default.toml")).required(false))
-            .add_source(config::File::from(dir.join(format!("{env}.toml"))).required(false));
-        if let Some(f) = &src.file {
-            if !f.exists() {
-                return Err(ConfigError::Load(format!(
-                    "config file {} does not exist",
-                    f.display()
-                )));
+    /// Loads the layers and returns the settings together with every
+    /// problem found (a key at fault is replaced by its default in the
+    /// settings). Fails only when a layer cannot be read at all (a TOML
+    /// syntax error, a missing `--config` file). The operator commands use
+    /// this: they need a database, not instances.
+    pub fn load_report(src: &ConfigSource) -> Result<(Settings, Vec<ConfigProblem>), ConfigError> {
+        let mut tree = read_layers(src)?;
+        // Found in order of trust: a structural problem explains the
+        // semantic ones on the same key, which are then left out.
+        let mut found = instance_name_problems(&tree);
+        let raw = deserialize_collecting(&mut tree, &mut found);
+        let settings = resolve(raw, &mut found);
+        found.extend(settings.problems());
+        let mut problems: Vec<ConfigProblem> = Vec::new();
+        for p in found {
+            if !problems.iter().any(|q| q.covers(&p.key)) {
+                problems.push(p);
             }
-            b = b.add_source(config::File::from(f.as_path()));
         }
-        b = b.add_source(
-            config::Environment::with_prefix("STATUSD")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        );
-        for (k, v) in &src.overrides {
-            b = b
-                .set_override(k.as_str(), v.as_str())
-                .map_err(|e| ConfigError::Load(e.to_string()))?;
-        }
-        let raw = b.build().map_err(|e| ConfigError::Load(e.to_string()))?;
-        let problems = instance_name_problems(&raw);
+        problems.sort_by(|a, b| a.key.cmp(&b.key));
         if !problems.is_empty() {
-            return Err(ConfigError::Invalid(problems));
+            if let Some(hint) = src.nothing_found_hint() {
+                problems.insert(0, ConfigProblem::new(CONFIG_DIR_KEY, hint));
+            }
         }
-        raw.try_deserialize()
-            .map_err(|e| ConfigError::Invalid(vec![problem_from_serde(&e.to_string())]))
+        Ok((settings, problems))
     }
 
     /// Settings for tests and the demo, built in code.
@@ -310,23 +454,20 @@ impl Settings {
             database: DatabaseSettings {
                 url: SecretString::from(url.to_string()),
                 max_connections: d_max_connections(),
+                call_timeout_ms: d_call_timeout_ms(),
             },
             daemon: DaemonSettings::default(),
             admin: AdminSettings::default(),
             provider: ProviderSettings::default(),
             instances: BTreeMap::new(),
+            secret_files: SecretFiles::default(),
         }
     }
 
     /// Every semantic problem, each with its key.
     pub fn problems(&self) -> Vec<ConfigProblem> {
         let mut out = Vec::new();
-        let mut p = |key: &str, problem: &str| {
-            out.push(ConfigProblem {
-                key: key.into(),
-                problem: problem.into(),
-            })
-        };
+        let mut p = |key: &str, problem: &str| out.push(ConfigProblem::new(key, problem));
         let url = self.database.url.expose_secret();
         if !(url.starts_with("sqlite:")
             || url.starts_with("postgres://")
@@ -336,6 +477,9 @@ impl Settings {
                 "database.url",
                 "must start with sqlite:, postgres:// or postgresql://",
             );
+        }
+        if self.database.call_timeout_ms < 100 {
+            p("database.call_timeout_ms", "must be at least 100");
         }
         if self.database.max_connections == 0 {
             p("database.max_connections", "must be at least 1");
@@ -377,6 +521,17 @@ impl Settings {
         if self.admin.bind.parse::<std::net::SocketAddr>().is_err() {
             p("admin.bind", "must be an address like 127.0.0.1:8088");
         }
+        // An empty bearer would match an empty token: that opened the whole
+        // admin API. Absent is the way to say "no token".
+        if let Some(t) = &self.admin.token {
+            if t.expose_secret().trim().is_empty() {
+                p(
+                    "admin.token",
+                    "must not be empty or blank: set a long random token, or remove it \
+                     (the admin API then answers only /healthz, /readyz and /metrics)",
+                );
+            }
+        }
         if self.provider.request_timeout_ms == 0 {
             p("provider.request_timeout_ms", "must be at least 1");
         }
@@ -395,16 +550,18 @@ impl Settings {
                     "name must be letters, digits, - or _",
                 );
             }
-            if !(inst.base_url.starts_with("https://") || inst.base_url.starts_with("http://")) {
-                p(&key("base_url"), "must be an http(s) URL");
+            if let Err(e) = check_base_url(&inst.base_url) {
+                p(&key("base_url"), e);
             }
             if inst.instance_id.trim().is_empty() {
-                p(&key("instance_id"), "must not be empty");
+                p(&key("instance_id"), "is required and must not be empty");
             }
-            if let Err(e) = inst.token() {
-                p(&key("access_token"), &e);
-            } else if inst.token().map(|t| t.expose_secret().is_empty()) == Ok(true) {
-                p(&key("access_token"), "must not be empty");
+            match inst.token() {
+                Err(e) => p(&key("access_token"), &e),
+                Ok(t) if t.expose_secret().trim().is_empty() => {
+                    p(&key("access_token"), "must not be empty or blank")
+                }
+                Ok(_) => {}
             }
             if inst.rate_per_sec == 0 {
                 p(&key("rate_per_sec"), "must be at least 1");
@@ -418,53 +575,186 @@ impl Settings {
         }
         out
     }
+}
 
-    /// A printable view with every secret replaced by `[redacted]`.
-    pub fn redacted(&self) -> String {
-        let mut s = String::new();
-        let url = redact_url(self.database.url.expose_secret());
-        s += &format!(
-            "[database]\nurl = {url:?}\nmax_connections = {}\n\n",
-            self.database.max_connections
-        );
-        s += &format!("[daemon]\n{:#?}\n\n", self.daemon);
-        s += &format!(
-            "[admin]\nenabled = {}\nbind = {:?}\ntoken = {}\n\n",
-            self.admin.enabled,
-            self.admin.bind,
-            if self.admin.token.is_some() {
-                "\"[redacted]\""
-            } else {
-                "(none)"
-            }
-        );
-        s += &format!(
-            "[provider]\nconnect_timeout_ms = {}\nrequest_timeout_ms = {}\n",
-            self.provider.connect_timeout_ms, self.provider.request_timeout_ms
-        );
-        for (name, i) in &self.instances {
-            s += &format!(
-                "\n[instances.{name}]\nprovider = {:?}\nbase_url = {:?}\ninstance_id = {:?}\naccess_token = \"[redacted]\"\nsupplied_id = {}\nrate_per_sec = {}\nburst = {}\n",
-                i.provider, i.base_url, i.instance_id, i.supplied_id, i.rate_per_sec, i.burst
-            );
+/// An instance's API root: http(s) with a host (`https://` alone is not).
+fn check_base_url(base: &str) -> Result<(), &'static str> {
+    let url = url::Url::parse(base).map_err(|_| "must be an http(s) URL with a host")?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err("must be an http(s) URL");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("must name a host, like https://api.wawp.net");
+    }
+    Ok(())
+}
+
+/// Reads every layer into one value tree. Environment values stay strings
+/// (no `try_parsing`): a token `0012` or `1e3` must reach us as written;
+/// numeric settings are converted when deserialized into their field.
+fn read_layers(src: &ConfigSource) -> Result<config::Value, ConfigError> {
+    let dir = src.dir();
+    let env = ConfigSource::env_name();
+    let mut b = config::Config::builder()
+        .add_source(config::File::from(dir.join("default.toml")).required(false))
+        .add_source(config::File::from(dir.join(format!("{env}.toml"))).required(false));
+    if let Some(f) = &src.file {
+        if !f.exists() {
+            return Err(ConfigError::Load(format!(
+                "config file {} does not exist",
+                f.display()
+            )));
         }
-        s
+        b = b.add_source(config::File::from(f.as_path()));
+    }
+    b = b.add_source(
+        config::Environment::with_prefix("STATUSD")
+            .prefix_separator("__")
+            .separator("__"),
+    );
+    for (k, v) in &src.overrides {
+        b = b
+            .set_override(k.as_str(), v.as_str())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+    }
+    b.build()
+        .and_then(|c| c.try_deserialize::<config::Value>())
+        .map_err(|e| ConfigError::Load(without_source_lines(&e.to_string())))
+}
+
+/// A TOML syntax error quotes the offending line with a caret under it:
+/// that line may hold a token (`token = "abc` with its quote unclosed).
+/// Keep the position, the reason and the file; drop the quoted source.
+fn without_source_lines(msg: &str) -> String {
+    let is_source = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with('|')
+            || t.split_once(" |")
+                .is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+    };
+    msg.lines()
+        .filter(|l| !is_source(l))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Deserializes the file layer, recording each unknown key or wrong type
+/// with its path and removing it from the tree before trying again, so
+/// that every such problem is found in one run.
+fn deserialize_collecting(
+    tree: &mut config::Value,
+    problems: &mut Vec<ConfigProblem>,
+) -> RawSettings {
+    // Each round removes one key, so the tree's size bounds the rounds;
+    // the cap only guards against a removal that does not help.
+    for _ in 0..1000 {
+        match serde_path_to_error::deserialize::<_, RawSettings>(tree.clone()) {
+            Ok(raw) => return raw,
+            Err(e) => {
+                let path: Vec<String> = e
+                    .path()
+                    .iter()
+                    .map_while(|seg| match seg {
+                        serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let key = if path.is_empty() {
+                    "(configuration)".to_string()
+                } else {
+                    path.join(".")
+                };
+                let mut problem = e
+                    .inner()
+                    .to_string()
+                    .replacen("unknown field", "unknown key", 1);
+                // The config crate appends the parent's key, which the
+                // problem's own key already says better.
+                if let Some(i) = problem.rfind(" for key `") {
+                    problem.truncate(i);
+                }
+                problems.push(ConfigProblem::new(key, problem));
+                if !remove_path(tree, &path) {
+                    break;
+                }
+            }
+        }
+    }
+    RawSettings::default()
+}
+
+fn remove_path(tree: &mut config::Value, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut cur = tree;
+    for key in parents {
+        match &mut cur.kind {
+            config::ValueKind::Table(map) => match map.get_mut(key) {
+                Some(next) => cur = next,
+                None => return false,
+            },
+            _ => return false,
+        }
+    }
+    match &mut cur.kind {
+        config::ValueKind::Table(map) => map.remove(last).is_some(),
+        _ => false,
     }
 }
 
-/// Removes a password from a database URL.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            if userinfo.contains(':') {
-                format!("{}://{}:[redacted]{}", &url[..scheme_end], user, &url[at..])
-            } else {
-                url.to_string()
-            }
+/// Turns the file layer into settings: required keys, and secrets read from
+/// their `*_file` keys. A missing or unreadable value is recorded and left
+/// empty, so the remaining checks still run.
+fn resolve(raw: RawSettings, problems: &mut Vec<ConfigProblem>) -> Settings {
+    let mut push = |key: &str, problem: String| problems.push(ConfigProblem::new(key, problem));
+    let empty = || SecretString::from(String::new());
+    let url = match (&raw.database.url_file, raw.database.url) {
+        (Some(path), _) => read_secret_file(path).unwrap_or_else(|e| {
+            push("database.url_file", e);
+            empty()
+        }),
+        (None, Some(url)) => url,
+        (None, None) => {
+            push(
+                "database.url",
+                "is required: set it in a config file, with database.url_file, \
+                 STATUSD__DATABASE__URL or --database-url"
+                    .into(),
+            );
+            empty()
         }
-        _ => url.to_string(),
+    };
+    let token = match (&raw.admin.token_file, raw.admin.token) {
+        (Some(path), _) => match read_secret_file(path) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                push("admin.token_file", e);
+                None
+            }
+        },
+        (None, token) => token,
+    };
+    Settings {
+        database: DatabaseSettings {
+            url,
+            max_connections: raw.database.max_connections,
+            call_timeout_ms: raw.database.call_timeout_ms,
+        },
+        daemon: raw.daemon,
+        admin: AdminSettings {
+            enabled: raw.admin.enabled,
+            bind: raw.admin.bind,
+            token,
+        },
+        provider: raw.provider,
+        instances: raw.instances,
+        secret_files: SecretFiles {
+            admin_token_file: raw.admin.token_file,
+            database_url_file: raw.database.url_file,
+        },
     }
 }
 
@@ -472,61 +762,27 @@ pub fn redact_url(url: &str) -> String {
 /// `STATUSD__INSTANCES__MAIN__ACCESS_TOKEN` can only reach `[instances.main]`:
 /// an upper-case name in a file would silently become a second, incomplete
 /// instance, reported as a puzzling missing field. Say what is wrong instead.
-fn instance_name_problems(raw: &config::Config) -> Vec<ConfigProblem> {
-    let Ok(table) = raw.get_table("instances") else {
+fn instance_name_problems(tree: &config::Value) -> Vec<ConfigProblem> {
+    let config::ValueKind::Table(root) = &tree.kind else {
         return Vec::new();
     };
-    table
+    let Some(config::ValueKind::Table(instances)) = root.get("instances").map(|v| &v.kind) else {
+        return Vec::new();
+    };
+    instances
         .keys()
         .filter(|k| k.chars().any(char::is_uppercase))
-        .map(|k| ConfigProblem {
-            key: format!("instances.{k}"),
-            problem: format!(
-                "instance names must be lowercase: STATUSD__INSTANCES__… variables are \
-                 lowercased and would configure `{}` instead; rename it",
-                k.to_lowercase()
-            ),
+        .map(|k| {
+            ConfigProblem::new(
+                format!("instances.{k}"),
+                format!(
+                    "instance names must be lowercase: STATUSD__INSTANCES__… variables are \
+                     lowercased and would configure `{}` instead; rename it",
+                    k.to_lowercase()
+                ),
+            )
         })
         .collect()
-}
-
-fn problem_from_serde(msg: &str) -> ConfigProblem {
-    // config 0.15 reports an absent required key as
-    // `missing configuration field "instances.main.instance_id"`.
-    if let Some(key) = msg
-        .strip_prefix("missing configuration field \"")
-        .and_then(|r| r.strip_suffix('"'))
-    {
-        return ConfigProblem {
-            key: key.to_string(),
-            problem: "is required".into(),
-        };
-    }
-    // The config crate reports e.g. "missing field `url` for key `database`"
-    // or "invalid type: ... for key `daemon.concurrency` in config/x.toml".
-    let key = msg
-        .split("for key `")
-        .nth(1)
-        .and_then(|r| r.split('`').next())
-        .map(str::to_string);
-    let field = msg
-        .split("field `")
-        .nth(1)
-        .and_then(|r| r.split('`').next());
-    let key = match (key, field) {
-        (Some(k), Some(f))
-            if msg.starts_with("missing field") || msg.starts_with("unknown field") =>
-        {
-            format!("{k}.{f}")
-        }
-        (Some(k), _) => k,
-        (None, Some(f)) => f.to_string(),
-        (None, None) => "(configuration)".into(),
-    };
-    ConfigProblem {
-        key,
-        problem: msg.to_string(),
-    }
 }
 
 /// Validation of cron expressions without starting a scheduler.
@@ -563,11 +819,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redacts_database_passwords() {
+    fn syntax_errors_do_not_quote_the_line() {
+        let msg = "TOML parse error at line 3, column 9\n  |\n3 | token = \"abc\n  |         ^\n\
+                   invalid basic string\n in config/default.toml";
         assert_eq!(
-            redact_url("postgres://u:secret@h:5432/db"),
-            "postgres://u:[redacted]@h:5432/db"
+            without_source_lines(msg),
+            "TOML parse error at line 3, column 9: invalid basic string: in config/default.toml"
         );
-        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn base_url_needs_http_and_a_host() {
+        assert!(check_base_url("https://api.wawp.net").is_ok());
+        assert!(check_base_url("http://127.0.0.1:9090").is_ok());
+        assert!(check_base_url("https://").is_err());
+        assert!(check_base_url("ftp://api.example").is_err());
+        assert!(check_base_url("api.wawp.net").is_err());
     }
 }

@@ -20,7 +20,8 @@ use crate::store::{EnqueueParams, SqliteStore, Store};
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub statuses: usize,
-    /// A `sqlite://` URL; default: a fresh file in the temp directory.
+    /// `--database-url`, a `sqlite://` URL; default: a fresh file in the
+    /// temp directory.
     pub database: Option<String>,
     pub seed: Option<u64>,
 }
@@ -98,7 +99,7 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
         }
     };
     if !url.starts_with("sqlite:") {
-        anyhow::bail!("--database: the demo runs on SQLite; give a sqlite:// URL");
+        anyhow::bail!("--database-url: the demo runs on SQLite; give a sqlite:// URL");
     }
     let store = SqliteStore::connect(&url, 8)
         .await

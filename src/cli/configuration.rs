@@ -1,6 +1,8 @@
 //! `statusd config check | show`. Neither prints a secret: `show` prints
 //! [`Settings::redacted`], `check` prints keys and problems only.
 
+use std::io::Write;
+
 use secrecy::ExposeSecret;
 
 use super::print_out;
@@ -57,9 +59,23 @@ pub fn check(source: &ConfigSource) -> anyhow::Result<()> {
 
 /// Prints the effective settings with secrets redacted. Loads leniently so
 /// that an operator can see what was read even while `check` complains.
+/// The TOML goes to stdout (it parses as a config file); problems go to
+/// stderr, so `config show > effective.toml` stays valid.
 pub fn show(source: &ConfigSource) -> anyhow::Result<()> {
-    let s = Settings::load_unchecked(source).map_err(|e| {
+    let (s, problems) = Settings::load_report(source).map_err(|e| {
         anyhow::Error::new(e).context(format!("configuration from {}", describe_source(source)))
     })?;
+    if !problems.is_empty() {
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(
+            err,
+            "warning: {} configuration problem{} (keys at fault show their defaults;              see `statusd config check`):",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
+        for p in &problems {
+            let _ = writeln!(err, "  {p}");
+        }
+    }
     print_out(&s.redacted())
 }

@@ -675,7 +675,7 @@ impl WawpClient {
             }
             let any_in_window = messages
                 .iter()
-                .any(|m| listed_time(m).map_or(true, |t| in_window(t, q)));
+                .any(|m| listed_time(m).is_none_or(|t| in_window(t, q)));
             if messages.len() < LIST_PAGE || !any_in_window {
                 return Lookup::Absent;
             }

@@ -4,6 +4,7 @@ mod admin;
 mod chaos;
 mod cli;
 mod clock;
+mod config;
 mod daemon;
 mod dashboard;
 mod disk_full;

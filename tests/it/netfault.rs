@@ -146,6 +146,8 @@ fn write_config(dir: &std::path::Path, db_url: &str, sim_url: &str) {
 [database]
 url = "{db_url}"
 max_connections = 4
+# A black-holed connection fails a call after this long (store::Timed).
+call_timeout_ms = 2000
 
 [daemon]
 concurrency = 16

@@ -1,0 +1,108 @@
+//! `statusd config show`: the effective settings as TOML, secrets redacted.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+use super::redact::{redact_url, REDACTED};
+use super::{DaemonSettings, ProviderKind, ProviderSettings, Settings};
+
+impl Settings {
+    /// The effective settings as TOML (`statusd config show`): every secret
+    /// that is set reads `"[redacted]"`, database passwords included.
+    pub fn redacted(&self) -> String {
+        let url = self.database.url.expose_secret();
+        let shown = Shown {
+            database: ShownDatabase {
+                url: (!url.is_empty()).then(|| redact_url(url)),
+                url_file: self.secret_files.database_url_file.as_deref(),
+                max_connections: self.database.max_connections,
+                call_timeout_ms: self.database.call_timeout_ms,
+            },
+            daemon: &self.daemon,
+            admin: ShownAdmin {
+                enabled: self.admin.enabled,
+                bind: &self.admin.bind,
+                token: self.admin.token.as_ref().map(shown_secret),
+                token_file: self.secret_files.admin_token_file.as_deref(),
+            },
+            provider: &self.provider,
+            instances: self
+                .instances
+                .iter()
+                .map(|(name, i)| {
+                    let shown = ShownInstance {
+                        provider: i.provider,
+                        base_url: &i.base_url,
+                        instance_id: &i.instance_id,
+                        access_token: i.access_token.as_ref().map(shown_secret),
+                        access_token_file: i.access_token_file.as_deref(),
+                        supplied_id: i.supplied_id,
+                        rate_per_sec: i.rate_per_sec,
+                        burst: i.burst,
+                    };
+                    (name.as_str(), shown)
+                })
+                .collect(),
+        };
+        // Plain data with string keys: serializing it cannot fail; say so
+        // in the output rather than panic if it ever does.
+        toml::to_string(&shown)
+            .unwrap_or_else(|e| format!("# cannot print the configuration as TOML: {e}\n"))
+    }
+}
+
+/// `"[redacted]"` for a secret that is set; an empty one is shown empty,
+/// since that is the mistake an operator is looking for.
+fn shown_secret(s: &SecretString) -> &'static str {
+    if s.expose_secret().is_empty() {
+        ""
+    } else {
+        REDACTED
+    }
+}
+
+#[derive(Serialize)]
+struct Shown<'a> {
+    database: ShownDatabase<'a>,
+    daemon: &'a DaemonSettings,
+    admin: ShownAdmin<'a>,
+    provider: &'a ProviderSettings,
+    instances: BTreeMap<&'a str, ShownInstance<'a>>,
+}
+
+#[derive(Serialize)]
+struct ShownDatabase<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url_file: Option<&'a Path>,
+    max_connections: u32,
+    call_timeout_ms: u64,
+}
+
+#[derive(Serialize)]
+struct ShownAdmin<'a> {
+    enabled: bool,
+    bind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_file: Option<&'a Path>,
+}
+
+#[derive(Serialize)]
+struct ShownInstance<'a> {
+    provider: ProviderKind,
+    base_url: &'a str,
+    instance_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_token: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_token_file: Option<&'a Path>,
+    supplied_id: bool,
+    rate_per_sec: u32,
+    burst: u32,
+}
