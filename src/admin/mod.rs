@@ -90,11 +90,13 @@ impl<S: Store, P: Provider> AdminServer<S, P> {
                  reachable from the network; keep admin.token secret and put TLS in front"
             );
         }
+        // The recorder first: descriptions go to the recorder installed.
+        let metrics = metrics_handle();
         m::describe();
         let app = Arc::new(App {
             ctx: ctx.clone(),
             token: settings.token.as_ref().map(TokenCheck::new),
-            metrics: metrics_handle(),
+            metrics,
             shutting_down: CancellationToken::new(),
         });
         Ok(AdminServer {

@@ -6,8 +6,6 @@
 //! The per-instance label is `wa_instance`, not `instance`: Prometheus adds
 //! `instance` (the scrape target) to every series itself.
 
-use std::sync::Once;
-
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
 use crate::model::State;
@@ -43,10 +41,11 @@ pub fn instance_label<'a>(
     }
 }
 
-/// Describes every family once per process (the recorder is process-wide).
+/// Describes every family to the installed recorder. Cheap and idempotent;
+/// called by every daemon and admin server at start, so a description is
+/// never lost to a recorder installed after it.
 pub fn describe() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
+    {
         describe_counter!(
             TRANSITIONS,
             "Rows moved into a state, by target state (`to`)."
@@ -82,7 +81,7 @@ pub fn describe() {
             "Uploading rows whose lease expired and were moved to in_doubt."
         );
         describe_counter!(PURGED, "Terminal rows deleted by the retention purge.");
-    });
+    }
 }
 
 /// Describes the families and registers every counter and per-instance

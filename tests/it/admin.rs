@@ -281,7 +281,7 @@ impl Deployment {
             }
         });
         let mut running = Running {
-            child,
+            _child: child,
             log,
             base: String::new(),
         };
@@ -301,7 +301,8 @@ impl Deployment {
 }
 
 struct Running {
-    child: tokio::process::Child,
+    /// Held: the daemon is killed when this drops.
+    _child: tokio::process::Child,
     log: std::sync::Arc<std::sync::Mutex<String>>,
     base: String,
 }
@@ -392,14 +393,7 @@ async fn admin_server_warns_audits_and_limits_as_deployed() {
     // A body over the limit: 413, and nothing enqueued.
     let big = serde_json::json!({"instance": "main", "kind": "text",
         "payload": {"text": "x".repeat(2 * statusd::admin::MAX_BODY_BYTES)}});
-    let r = http
-        .post(format!("{base}/v1/statuses"))
-        .header("authorization", &auth)
-        .json(&big)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
+    assert_eq!(post_raw(&base, &auth, &big.to_string()).await, 413);
 
     // Mutating actions are audited: enqueue, then cancel that row.
     let r = http
@@ -427,15 +421,25 @@ async fn admin_server_warns_audits_and_limits_as_deployed() {
     for action in ["enqueue", "cancel"] {
         let line = daemon
             .wait_log(
-                |l| l.contains("admin action") && l.contains(&format!("action=\"{action}\"")),
+                |l| {
+                    l.contains("admin action")
+                        && l.contains(&format!("action=\"{action}\""))
+                        && l.contains(&id)
+                },
                 action,
             )
             .await;
         assert!(line.contains(" INFO "), "{line}");
         assert!(line.contains(&format!("token={fp}")), "{line}");
         assert!(line.contains("remote=127.0.0.1:"), "{line}");
-        assert!(line.contains(&id), "{line}");
     }
+    // The refused oversized enqueue is audited too, with its answer.
+    daemon
+        .wait_log(
+            |l| l.contains("admin action") && l.contains("http_status=413"),
+            "the refused enqueue",
+        )
+        .await;
     let log = daemon.log();
     assert_eq!(log.matches("non-loopback").count(), 1, "one warning:\n{log}");
     assert!(!log.contains(ADMIN_TOKEN), "admin token in the log:\n{log}");
@@ -711,4 +715,82 @@ async fn show_lists_attempts_in_time_order_with_refunds() {
     assert_eq!(numbers, ["1", "1", "2", "1"], "{text}");
     assert!(history[0].contains("refunded"), "{text}");
     assert!(!history[1].contains("refunded"), "{text}");
+}
+
+/// POSTs `body` to `/v1/statuses` over a plain socket and returns the
+/// answer's status code. The body is written by a separate task whose write
+/// errors are ignored: a server refusing an oversized body may answer and
+/// close before reading it all (an HTTP client library then reports the
+/// broken write instead of the answer).
+async fn post_raw(base: &str, auth: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let head = format!(
+        "POST /v1/statuses HTTP/1.1\r\nhost: {addr}\r\nauthorization: {auth}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let body = body.to_string();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(head.as_bytes()).await;
+        let _ = wr.write_all(body.as_bytes()).await;
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    writer.abort();
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {text:?}"))
+}
+
+/// Defence in depth: even if a blank `admin.token` got past the config
+/// check, it opens nothing — with no header, an empty bearer or blanks.
+#[tokio::test]
+async fn a_blank_admin_token_never_authenticates() {
+    let sim = start_sim(SimConfig::default()).await;
+    let db = TestDb::sqlite().await;
+    let s = db.sqlite_store().await;
+    let settings = test_settings(&db.url, &sim, &[("main", true)]);
+    let daemon = Daemon::new(s, wawp_instances(&settings).unwrap(), settings.daemon.clone());
+    for configured in ["", "   "] {
+        let admin = AdminServer::bind(
+            &AdminSettings {
+                enabled: true,
+                bind: "127.0.0.1:0".into(),
+                token: Some(configured.to_string().into()),
+            },
+            daemon.ctx(),
+        )
+        .await
+        .unwrap();
+        let base = format!("http://{}", admin.local_addr());
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(admin.serve(shutdown.clone()));
+        let http = reqwest::Client::new();
+        for header in [None, Some("Bearer "), Some("Bearer    ")] {
+            let mut req = http.post(format!("{base}/v1/statuses")).json(
+                &serde_json::json!({"instance": "main", "kind": "text", "payload": {"text": "x"}}),
+            );
+            if let Some(h) = header {
+                req = req.header("authorization", h);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 401, "token {configured:?}, header {header:?}");
+        }
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
 }
