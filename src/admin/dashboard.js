@@ -379,6 +379,16 @@
     return http + err;
   }
 
+  // The error cell: at most ERR_MAX characters (the whole text in its
+  // tooltip and on the API), so one 3,000-character error cannot make a
+  // row a screen tall.
+  const ERR_MAX = 300;
+  function errCell(text) {
+    const t = text || "–";
+    return el("td", { class: "err", "data-field": "last-error", title: t.length > ERR_MAX ? t : undefined },
+      t.length > ERR_MAX ? t.slice(0, ERR_MAX - 1) + "…" : t);
+  }
+
   function rowTr(r, group) {
     const parked = r.state === "in_doubt" && r.parked_at;
     const tr = el("tr", { "data-row-id": r.id, "data-state": r.state, "data-parked": parked ? "true" : "false", "data-member-of": group, class: group ? "member" : undefined });
@@ -397,7 +407,7 @@
     if (parked) st.append(el("span", { class: "parked", title: "The look-up gave up; waiting for an operator" }, "parked"));
     tr.append(st);
     tr.append(el("td", { class: "num" }, r.attempts));
-    tr.append(el("td", { class: "err", "data-field": "last-error" }, errorText(r) || "–"));
+    tr.append(errCell(errorText(r)));
     tr.append(el("td", { title: r.updated_at }, fmtAgo(r.updated_at)));
     const act = el("td", { class: "actions" });
     // Offer what the state machine allows; the API refuses the rest anyway.
@@ -454,7 +464,7 @@
       st.append(el("span", { class: "badge", "data-state": members[0].state }, members[0].state));
       head.append(st);
       head.append(el("td", { class: "num" }, "×" + members.length));
-      head.append(el("td", { class: "err", "data-field": "last-error" }, errorText(members[0]) || "–"));
+      head.append(errCell(errorText(members[0])));
       head.append(el("td", { title: members[0].updated_at }, fmtAgo(members[0].updated_at)));
       head.append(el("td", {}));
       trs.push(head);

@@ -167,6 +167,23 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
         widths[0].as_u64().unwrap() <= widths[1].as_u64().unwrap(),
         "the page is wider than the window: {widths}"
     );
+    let tall = browser
+        .js(&format!(
+            "return document.querySelector('tr[data-row-id=\"{}\"]').getBoundingClientRect().height",
+            seeded.long_invalid
+        ))
+        .await;
+    assert!(tall.as_f64().unwrap() < 200.0, "a long error makes a tall row: {tall}px");
+    // Paused instances, with why and since when (recorded in the store by
+    // a daemon, here by hand).
+    let paused = browser
+        .js("return Array.from(document.querySelectorAll('#paused:not([hidden]) tr[data-paused-instance]'))
+                .map(tr => [tr.dataset.pausedInstance, tr.querySelector('[data-field=\"why\"]').textContent,
+                            tr.querySelector('[data-since]').textContent])")
+        .await;
+    assert_eq!(paused[0][0], json!("backup"), "{paused}");
+    assert_eq!(paused[0][1], json!(PAUSE_REASON), "{paused}");
+    assert!(paused[0][2].as_str().unwrap().ends_with(" ago"), "{paused}");
     // Throughput over the minutes that had work, and the tile says so.
     let tp = browser
         .js("const t = document.getElementById('throughput');
@@ -302,6 +319,7 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
 
 const FAILED_ERROR: &str = "payload.caption: <b>longer than 700 characters</b>";
 const INVALID_ERROR: &str = "payload.text: is required";
+const PAUSE_REASON: &str = "HTTP 401: the access token was refused";
 
 struct Seeded {
     failed: Uuid,
@@ -427,6 +445,7 @@ async fn seed<S: Store>(s: &S) -> Seeded {
     for i in 0..4 {
         s.enqueue(text("backup", 3_000 + i)).await.unwrap();
     }
+    s.set_instance_pause("backup", PAUSE_REASON).await.unwrap();
     // The seeded attempts' minutes, as the page's buckets count them.
     let minute = |t: chrono::DateTime<chrono::Utc>| t.timestamp().div_euclid(60);
     let mut starts: Vec<i64> = done_starts.iter().map(|t| minute(*t)).collect();
