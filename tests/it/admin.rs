@@ -15,7 +15,7 @@ use crate::support::{start_sim, test_settings, wait_drained, TestDb};
 
 const ADMIN_TOKEN: &str = "admin-SECRET-77";
 
-crate::both_backends!(admin_api_drives_the_outbox);
+crate::both_backends!(admin_api_drives_the_outbox, scheduled_rows_and_pauses_in_the_store);
 
 async fn admin_api_drives_the_outbox<S: Store>(s: S, db: &TestDb) {
     let sim = start_sim(SimConfig::default()).await;
@@ -793,4 +793,61 @@ async fn a_blank_admin_token_never_authenticates() {
         shutdown.cancel();
         server.await.unwrap().unwrap();
     }
+}
+
+/// Both backends: a row scheduled for later is counted as `scheduled` and
+/// does not age "oldest pending", while a due row does, from when it became
+/// due; paused instances are kept with their first `since` until cleared.
+async fn scheduled_rows_and_pauses_in_the_store<S: Store>(s: S, db: &TestDb) {
+    let (created, due_at, later) = if db.url.starts_with("sqlite:") {
+        let now = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+        (
+            format!("{now} - 7200000"),
+            format!("{now} - 600000"),
+            format!("{now} + 3600000"),
+        )
+    } else {
+        (
+            "now() - interval '2 hours'".to_string(),
+            "now() - interval '10 minutes'".to_string(),
+            "now() + interval '1 hour'".to_string(),
+        )
+    };
+    crate::support::exec_raw(
+        db,
+        &format!(
+            "INSERT INTO status_outbox (instance, kind, payload, created_at, not_before) VALUES
+             ('main', 'text', '{{\"text\":\"later\"}}', {created}, {later}),
+             ('main', 'text', '{{\"text\":\"due\"}}', {created}, {due_at}),
+             ('other', 'text', '{{\"text\":\"only later\"}}', {created}, {later})"
+        ),
+    )
+    .await
+    .expect("insert rows");
+    let sum = s.summary().await.unwrap();
+    let row = |inst: &str| {
+        sum.iter()
+            .find(|r| r.instance == inst && r.state == State::Queued)
+            .cloned()
+            .unwrap_or_else(|| panic!("no queued row for {inst}: {sum:?}"))
+    };
+    let main = row("main");
+    assert_eq!((main.count, main.scheduled), (2, 1), "{main:?}");
+    let age = main.oldest_age_secs.unwrap();
+    assert!((590.0..900.0).contains(&age), "due 10 minutes ago: {age}");
+    let other = row("other");
+    assert_eq!((other.count, other.scheduled), (1, 1), "{other:?}");
+    assert_eq!(other.oldest_age_secs, None, "only scheduled rows: {other:?}");
+
+    assert!(s.instance_pauses().await.unwrap().is_empty());
+    s.set_instance_pause("main", "HTTP 401: first").await.unwrap();
+    let first = s.instance_pauses().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.set_instance_pause("main", "HTTP 403: second").await.unwrap();
+    let second = s.instance_pauses().await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].reason, "HTTP 403: second");
+    assert_eq!(second[0].since, first[0].since, "since is kept");
+    s.clear_instance_pause("main").await.unwrap();
+    assert!(s.instance_pauses().await.unwrap().is_empty());
 }
