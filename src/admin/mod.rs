@@ -8,7 +8,9 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State as AxState};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State as AxState,
+};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,8 +22,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AdminSettings;
 use crate::cli::Since;
+use crate::config::AdminSettings;
 use crate::daemon::metrics as m;
 use crate::daemon::Ctx;
 use crate::model::{State, StatusBody};
@@ -115,9 +117,7 @@ impl<S: Store, P: Provider> AdminServer<S, P> {
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let gauges = tokio::spawn(refresh_gauges(self.ctx.clone(), shutdown.clone()));
         // With the peer address, for the audit lines.
-        let app = self
-            .app
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let app = self.app.into_make_service_with_connect_info::<SocketAddr>();
         let res = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
@@ -601,7 +601,10 @@ async fn instances<S: Store, P: Provider>(
         })
         .collect();
     // Paused by a replica configured differently.
-    for p in pauses.iter().filter(|p| !app.ctx.instances.contains_key(&p.instance)) {
+    for p in pauses
+        .iter()
+        .filter(|p| !app.ctx.instances.contains_key(&p.instance))
+    {
         out.push(serde_json::json!({
             "instance": p.instance,
             "configured": false,

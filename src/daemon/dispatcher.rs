@@ -477,7 +477,10 @@ async fn probe_paused<S: Store, P: Provider>(ctx: Arc<Ctx<S, P>>, shutdown: Canc
                 Err(e) => {
                     tracing::warn!(instance = %inst.name, error = %e, "instance still down");
                     let reason = inst.pause_reason().unwrap_or_else(|| e.to_string());
-                    inst.pause(Duration::from_millis(ctx.settings.instance_probe_ms), &reason);
+                    inst.pause(
+                        Duration::from_millis(ctx.settings.instance_probe_ms),
+                        &reason,
+                    );
                 }
             }
         }

@@ -30,10 +30,7 @@ pub const UNKNOWN_INSTANCE: &str = "unknown";
 pub const RECONCILE_RESULTS: [&str; 4] = ["present", "absent", "unavailable", "parked"];
 
 /// `name` as a label value if it is one of `configured`, else `unknown`.
-pub fn instance_label<'a>(
-    configured: impl IntoIterator<Item = &'a String>,
-    name: &str,
-) -> String {
+pub fn instance_label<'a>(configured: impl IntoIterator<Item = &'a String>, name: &str) -> String {
     if configured.into_iter().any(|c| c == name) {
         name.to_string()
     } else {

@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::{
     not_allowed, parse_uuid, ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion,
-    EnqueueParams, Enqueued, InstancePause, ListParams, Result, Schedule, Store, StoreError, SummaryRow,
-    Transition,
+    EnqueueParams, Enqueued, InstancePause, ListParams, Result, Schedule, Store, StoreError,
+    SummaryRow, Transition,
 };
 use crate::model::{Attempt, OutboxRow, State};
 

@@ -15,7 +15,10 @@ use crate::support::{start_sim, test_settings, wait_drained, TestDb};
 
 const ADMIN_TOKEN: &str = "admin-SECRET-77";
 
-crate::both_backends!(admin_api_drives_the_outbox, scheduled_rows_and_pauses_in_the_store);
+crate::both_backends!(
+    admin_api_drives_the_outbox,
+    scheduled_rows_and_pauses_in_the_store
+);
 
 async fn admin_api_drives_the_outbox<S: Store>(s: S, db: &TestDb) {
     let sim = start_sim(SimConfig::default()).await;
@@ -370,7 +373,13 @@ async fn admin_server_warns_audits_and_limits_as_deployed() {
     assert_eq!(r.text().await.unwrap(), "ready");
 
     // A blank or near-miss token is refused like a wrong one.
-    for given in ["", " ", "admin-SECRET-7", "admin-SECRET-777", "ADMIN-SECRET-77"] {
+    for given in [
+        "",
+        " ",
+        "admin-SECRET-7",
+        "admin-SECRET-777",
+        "ADMIN-SECRET-77",
+    ] {
         let r = http
             .get(format!("{base}/v1/stats"))
             .header("authorization", format!("Bearer {given}"))
@@ -441,7 +450,11 @@ async fn admin_server_warns_audits_and_limits_as_deployed() {
         )
         .await;
     let log = daemon.log();
-    assert_eq!(log.matches("non-loopback").count(), 1, "one warning:\n{log}");
+    assert_eq!(
+        log.matches("non-loopback").count(),
+        1,
+        "one warning:\n{log}"
+    );
     assert!(!log.contains(ADMIN_TOKEN), "admin token in the log:\n{log}");
 }
 
@@ -520,7 +533,8 @@ async fn metrics_are_described_zeroed_and_bounded() {
     ] {
         for kind in ["# HELP", "# TYPE"] {
             assert!(
-                page.lines().any(|l| l.starts_with(&format!("{kind} {family} "))),
+                page.lines()
+                    .any(|l| l.starts_with(&format!("{kind} {family} "))),
                 "no `{kind} {family}`:\n{page}"
             );
         }
@@ -541,7 +555,10 @@ async fn metrics_are_described_zeroed_and_bounded() {
             "a label named instance: {l}"
         );
     }
-    assert!(!page.contains("xxxxxxxxxx") && !page.contains("evil"), "{page}");
+    assert!(
+        !page.contains("xxxxxxxxxx") && !page.contains("evil"),
+        "{page}"
+    );
     let unknown: f64 = page
         .lines()
         .filter(|l| l.starts_with(m::OUTBOX_ROWS) && l.contains("wa_instance=\"unknown\""))
@@ -597,10 +614,16 @@ async fn operators_see_paused_instances_and_scheduled_rows() {
     );
     let since: chrono::DateTime<chrono::Utc> =
         serde_json::from_value(paused["paused"]["since"].clone()).unwrap();
-    assert!((chrono::Utc::now() - since).num_seconds().abs() < 60, "{since}");
+    assert!(
+        (chrono::Utc::now() - since).num_seconds().abs() < 60,
+        "{since}"
+    );
     assert_eq!(paused["scheduled"], 1, "{paused}");
     let oldest = paused["oldest_pending_age_secs"].as_f64().unwrap();
-    assert!(oldest < 600.0, "the scheduled row is not the oldest pending: {paused}");
+    assert!(
+        oldest < 600.0,
+        "the scheduled row is not the oldest pending: {paused}"
+    );
 
     let text = d.ok(&["stats"]).await;
     assert!(
@@ -616,7 +639,10 @@ async fn operators_see_paused_instances_and_scheduled_rows() {
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert!(
-        v[0]["paused"]["reason"].as_str().unwrap_or("").contains("401"),
+        v[0]["paused"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("401"),
         "{v}"
     );
 
@@ -666,7 +692,12 @@ async fn show_lists_attempts_in_time_order_with_refunds() {
         if to == State::Posted {
             s.retry(id).await.unwrap();
         }
-        let row = s.claim(claim.clone()).await.unwrap().pop().expect("claimed");
+        let row = s
+            .claim(claim.clone())
+            .await
+            .unwrap()
+            .pop()
+            .expect("claimed");
         let mut t = Transition::new(id, row.attempts, to);
         t.refund_attempt = refund;
         t.provider_id = row.message_id.clone();
@@ -693,7 +724,11 @@ async fn show_lists_attempts_in_time_order_with_refunds() {
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let history: Vec<&str> = text
         .lines()
         .skip_while(|l| l.trim() != "attempts")
@@ -764,7 +799,11 @@ async fn a_blank_admin_token_never_authenticates() {
     let db = TestDb::sqlite().await;
     let s = db.sqlite_store().await;
     let settings = test_settings(&db.url, &sim, &[("main", true)]);
-    let daemon = Daemon::new(s, wawp_instances(&settings).unwrap(), settings.daemon.clone());
+    let daemon = Daemon::new(
+        s,
+        wawp_instances(&settings).unwrap(),
+        settings.daemon.clone(),
+    );
     for configured in ["", "   "] {
         let admin = AdminServer::bind(
             &AdminSettings {
@@ -837,13 +876,20 @@ async fn scheduled_rows_and_pauses_in_the_store<S: Store>(s: S, db: &TestDb) {
     assert!((590.0..900.0).contains(&age), "due 10 minutes ago: {age}");
     let other = row("other");
     assert_eq!((other.count, other.scheduled), (1, 1), "{other:?}");
-    assert_eq!(other.oldest_age_secs, None, "only scheduled rows: {other:?}");
+    assert_eq!(
+        other.oldest_age_secs, None,
+        "only scheduled rows: {other:?}"
+    );
 
     assert!(s.instance_pauses().await.unwrap().is_empty());
-    s.set_instance_pause("main", "HTTP 401: first").await.unwrap();
+    s.set_instance_pause("main", "HTTP 401: first")
+        .await
+        .unwrap();
     let first = s.instance_pauses().await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    s.set_instance_pause("main", "HTTP 403: second").await.unwrap();
+    s.set_instance_pause("main", "HTTP 403: second")
+        .await
+        .unwrap();
     let second = s.instance_pauses().await.unwrap();
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].reason, "HTTP 403: second");

@@ -135,7 +135,12 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
         .await;
     assert_eq!(
         group,
-        json!([[seeded.invalid.len().to_string(), "invalid", INVALID_ERROR, 0]])
+        json!([[
+            seeded.invalid.len().to_string(),
+            "invalid",
+            INVALID_ERROR,
+            0
+        ]])
     );
     browser.click("button[data-toggle]").await;
     browser
@@ -173,7 +178,10 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
             seeded.long_invalid
         ))
         .await;
-    assert!(tall.as_f64().unwrap() < 200.0, "a long error makes a tall row: {tall}px");
+    assert!(
+        tall.as_f64().unwrap() < 200.0,
+        "a long error makes a tall row: {tall}px"
+    );
     // Paused instances, with why and since when (recorded in the store by
     // a daemon, here by hand).
     let paused = browser
@@ -398,8 +406,7 @@ async fn seed<S: Store>(s: &S) -> Seeded {
             outcome: outcome.into(),
         });
     }
-    let mut done_starts: Vec<chrono::DateTime<chrono::Utc>> =
-        done.iter().map(finished).collect();
+    let mut done_starts: Vec<chrono::DateTime<chrono::Utc>> = done.iter().map(finished).collect();
     assert_eq!(s.complete(&done).await.unwrap(), 150);
     // The retryable ones go through on their second attempt.
     let again = s.claim(claim).await.unwrap();
@@ -860,8 +867,12 @@ impl Browser {
                     .unwrap_or("")
                     .to_string();
                 let what = if accept { "accept" } else { "dismiss" };
-                self.cmd(reqwest::Method::POST, &format!("/alert/{what}"), Some(json!({})))
-                    .await;
+                self.cmd(
+                    reqwest::Method::POST,
+                    &format!("/alert/{what}"),
+                    Some(json!({})),
+                )
+                .await;
                 return text;
             }
             assert!(Instant::now() < deadline, "no confirmation dialog opened");
