@@ -897,3 +897,57 @@ async fn scheduled_rows_and_pauses_in_the_store<S: Store>(s: S, db: &TestDb) {
     s.clear_instance_pause("main").await.unwrap();
     assert!(s.instance_pauses().await.unwrap().is_empty());
 }
+
+/// `/readyz` is public: when the database is gone it answers 503 "not
+/// ready" and keeps the database's error (host, user, database name) for
+/// the log.
+#[tokio::test]
+async fn readyz_says_not_ready_without_database_details() {
+    let sim = start_sim(SimConfig::default()).await;
+    let db = TestDb::postgres().await;
+    let s = db.pg_store().await;
+    let settings = test_settings(&db.url, &sim, &[("main", true)]);
+    let daemon = Daemon::new(
+        s,
+        wawp_instances(&settings).unwrap(),
+        settings.daemon.clone(),
+    );
+    let admin = AdminServer::bind(
+        &AdminSettings {
+            enabled: true,
+            bind: "127.0.0.1:0".into(),
+            token: Some(ADMIN_TOKEN.to_string().into()),
+        },
+        daemon.ctx(),
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", admin.local_addr());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(admin.serve(shutdown.clone()));
+    let http = reqwest::Client::new();
+    let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.text().await.unwrap()),
+        (200, "ready".into())
+    );
+
+    let name = db.url.rsplit('/').next().unwrap().to_string();
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&format!("{}/postgres", crate::support::pg_base()))
+            .await
+            .unwrap();
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .execute(&mut c)
+            .await
+            .expect("drop the database under the daemon");
+    }
+    let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body = r.text().await.unwrap();
+    assert_eq!(body, "not ready");
+    assert!(!body.contains(&name));
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
