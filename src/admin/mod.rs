@@ -265,9 +265,9 @@ async fn require_token<S: Store, P: Provider>(
     next.run(req).await
 }
 
-/// One INFO line per mutating admin action: who, what, which row, and how
-/// it ended.
-fn audit(caller: &Caller, action: &str, row: &str, result: &Result<Response, ApiError>) {
+/// One INFO line per mutating admin action: who, what, which row (`key` as
+/// given; `row` the id it resolved to, `-` if none), and how it ended.
+fn audit(caller: &Caller, action: &str, key: &str, row: &str, result: &Result<Response, ApiError>) {
     let outcome = match result {
         Ok(r) => r.status().as_u16(),
         Err(e) => e.0.as_u16(),
@@ -277,6 +277,7 @@ fn audit(caller: &Caller, action: &str, row: &str, result: &Result<Response, Api
         token = %caller.fingerprint,
         remote = %caller.remote,
         action,
+        key,
         row,
         http_status = outcome,
         "admin action"
@@ -440,7 +441,7 @@ async fn enqueue<S: Store, P: Provider>(
 ) -> Result<Response, ApiError> {
     let mut row = String::from("-");
     let res = enqueue_inner(&app, body, &mut row).await;
-    audit(&caller, "enqueue", &row, &res);
+    audit(&caller, "enqueue", "-", &row, &res);
     res
 }
 
@@ -508,13 +509,14 @@ async fn retry<S: Store, P: Provider>(
     Path(key): Path<String>,
     Query(q): Query<RetryQuery>,
 ) -> Result<Response, ApiError> {
-    let res = retry_inner(&app, &key, q.force_resend).await;
+    let mut row = String::from("-");
+    let res = retry_inner(&app, &key, q.force_resend, &mut row).await;
     let action = if q.force_resend {
         "force-resend"
     } else {
         "retry"
     };
-    audit(&caller, action, &key, &res);
+    audit(&caller, action, &key, &row, &res);
     res
 }
 
@@ -522,8 +524,10 @@ async fn retry_inner<S: Store, P: Provider>(
     app: &App<S, P>,
     key: &str,
     force_resend: bool,
+    row_id: &mut String,
 ) -> Result<Response, ApiError> {
     let id = resolve_id(app, key).await?;
+    *row_id = id.to_string();
     let row = if force_resend {
         app.ctx.store.force_resend(id).await?
     } else {
@@ -538,16 +542,19 @@ async fn cancel<S: Store, P: Provider>(
     Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
-    let res = cancel_inner(&app, &key).await;
-    audit(&caller, "cancel", &key, &res);
+    let mut row = String::from("-");
+    let res = cancel_inner(&app, &key, &mut row).await;
+    audit(&caller, "cancel", &key, &row, &res);
     res
 }
 
 async fn cancel_inner<S: Store, P: Provider>(
     app: &App<S, P>,
     key: &str,
+    row_id: &mut String,
 ) -> Result<Response, ApiError> {
     let id = resolve_id(app, key).await?;
+    *row_id = id.to_string();
     Ok(Json(app.ctx.store.cancel(id).await?).into_response())
 }
 
@@ -556,15 +563,18 @@ async fn delete<S: Store, P: Provider>(
     Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
-    let res = delete_inner(&app, &key).await;
-    audit(&caller, "delete", &key, &res);
+    let mut row = String::from("-");
+    let res = delete_inner(&app, &key, &mut row).await;
+    audit(&caller, "delete", &key, &row, &res);
     res
 }
 
 async fn delete_inner<S: Store, P: Provider>(
     app: &App<S, P>,
     key: &str,
+    row_id: &mut String,
 ) -> Result<Response, ApiError> {
+    *row_id = resolve_id(app, key).await?.to_string();
     match crate::daemon::delete_status(&app.ctx, key).await {
         Ok(row) => Ok(Json(row).into_response()),
         Err(crate::daemon::DeleteError::Store(e)) => Err(e.into()),

@@ -441,6 +441,8 @@ async fn admin_server_warns_audits_and_limits_as_deployed() {
         assert!(line.contains(" INFO "), "{line}");
         assert!(line.contains(&format!("token={fp}")), "{line}");
         assert!(line.contains("remote=127.0.0.1:"), "{line}");
+        assert!(line.contains(&format!("row=\"{id}\"")), "{line}");
+        assert!(line.contains("http_status=20"), "{line}");
     }
     // The refused oversized enqueue is audited too, with its answer.
     daemon
