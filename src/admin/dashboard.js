@@ -271,7 +271,7 @@
     const busy = buckets.map((b, i) => (b.posted + b.errors ? i : -1)).filter((i) => i >= 0);
     const span = busy.length ? busy[busy.length - 1] - busy[0] + 1 : 0;
     const minutes = Math.max(1, (span * a.bucket_secs) / 60);
-    $("throughput-window").textContent = span ? "over the " + fmtAge(minutes * 60) + " with work" : "no work in the last hour";
+    $("throughput-window").textContent = span ? "over the " + fmtInt(Math.round(minutes)) + " min with work" : "no work in the last hour";
     $("throughput").dataset.minutes = span ? String(minutes) : "";
     $("posted-1h").textContent = fmtInt(posted);
     $("posted-1h").dataset.value = posted;

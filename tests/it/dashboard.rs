@@ -212,6 +212,8 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
         "API text is shown as text, never parsed as HTML"
     );
 
+    // The top of the page for the picture (unfolding the group scrolled).
+    browser.js("window.scrollTo(0, 0); return true").await;
     save_screenshot(&browser, db).await;
 
     // Retry asks first: dismissed, nothing changes.
