@@ -251,6 +251,16 @@ pub async fn show<S: Store>(store: &S, a: ShowArgs) -> anyhow::Result<String> {
         .await
         .with_context(|| format!("reading the attempts of {}", row.id))?;
     if a.json {
+        let attempts: Vec<Value> = attempts
+            .iter()
+            .map(|at| {
+                let mut v = serde_json::to_value(at).unwrap_or(Value::Null);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("counted".into(), json!(refund_note(&at.outcome) == "yes"));
+                }
+                v
+            })
+            .collect();
         return Ok(json_line(&json!({
             "status": row_json(&row),
             "attempts": attempts,

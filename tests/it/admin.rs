@@ -752,6 +752,35 @@ async fn show_lists_attempts_in_time_order_with_refunds() {
     assert_eq!(numbers, ["1", "1", "2", "1"], "{text}");
     assert!(history[0].contains("refunded"), "{text}");
     assert!(!history[1].contains("refunded"), "{text}");
+    let json = crate::support::statusd_command()
+        .arg("--config-dir")
+        .arg(dir.path())
+        .args(["show", &id.to_string(), "--json"])
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let counted: Vec<(&str, bool)> = v["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["outcome"].as_str().unwrap(),
+                a["counted"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counted,
+        [
+            ("released", false),
+            ("retryable", true),
+            ("permanent", true),
+            ("posted", true)
+        ]
+    );
 }
 
 /// POSTs `body` to `/v1/statuses` over a plain socket and returns the
