@@ -442,12 +442,19 @@ async fn outcome_writer<S: Store, P: Provider>(
 async fn probe_paused<S: Store, P: Provider>(ctx: Arc<Ctx<S, P>>, shutdown: CancellationToken) {
     let every = Duration::from_millis((ctx.settings.instance_probe_ms / 4).clamp(50, 5000));
     // What the store holds per instance, as far as this process wrote it;
-    // absent = not yet written by this run.
-    let mut written: std::collections::HashMap<String, Option<String>> = Default::default();
+    // absent = not yet written by this run. A pause is written again every
+    // `REWRITE` while it lasts: another replica starting up clears what it
+    // finds for its own healthy instances, and this puts it back.
+    const REWRITE: Duration = Duration::from_secs(30);
+    let mut written: std::collections::HashMap<String, (Option<String>, Instant)> =
+        Default::default();
     loop {
         for inst in ctx.instances.values() {
             let now = inst.pause_reason();
-            if written.get(&inst.name) == Some(&now) {
+            let fresh = |(w, at): &(Option<String>, Instant)| {
+                *w == now && (now.is_none() || at.elapsed() < REWRITE)
+            };
+            if written.get(&inst.name).is_some_and(fresh) {
                 continue;
             }
             let res = match &now {
@@ -456,7 +463,7 @@ async fn probe_paused<S: Store, P: Provider>(ctx: Arc<Ctx<S, P>>, shutdown: Canc
             };
             match res {
                 Ok(()) => {
-                    written.insert(inst.name.clone(), now);
+                    written.insert(inst.name.clone(), (now, Instant::now()));
                 }
                 // Tried again next round; only the operators' view lags.
                 Err(e) => {
