@@ -107,6 +107,18 @@ impl<S: Store> Store for Counting<S> {
         self.add(1);
         self.inner.summary().await
     }
+    async fn set_instance_pause(&self, instance: &str, reason: &str) -> Result<()> {
+        self.add(1);
+        self.inner.set_instance_pause(instance, reason).await
+    }
+    async fn clear_instance_pause(&self, instance: &str) -> Result<()> {
+        self.add(1);
+        self.inner.clear_instance_pause(instance).await
+    }
+    async fn instance_pauses(&self) -> Result<Vec<statusd::store::InstancePause>> {
+        self.add(1);
+        self.inner.instance_pauses().await
+    }
     async fn retry(&self, id: Uuid) -> Result<OutboxRow> {
         self.add(1);
         self.inner.retry(id).await

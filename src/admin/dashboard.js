@@ -139,16 +139,19 @@
     if (busy) { again = true; return; }
     busy = true;
     try {
-      const [stats, activity, inDoubt, failed] = await Promise.all([
+      const [stats, instances, activity, inDoubt, failed, invalid] = await Promise.all([
         api("GET", "v1/stats"),
+        api("GET", "v1/instances"),
         api("GET", "v1/activity?window=1h&bucket=1m"),
         api("GET", "v1/statuses?state=in_doubt&limit=200"),
         api("GET", "v1/statuses?state=failed&limit=200"),
+        api("GET", "v1/statuses?state=invalid&limit=200"),
       ]);
       showApp();
       renderCounts(stats);
+      renderPaused(instances);
       renderActivity(activity);
-      renderAttention(inDoubt.concat(failed));
+      renderAttention(inDoubt.concat(failed, invalid));
       refreshes += 1;
       document.body.dataset.refreshes = String(refreshes);
       setConn("ok", "connected");
@@ -175,9 +178,10 @@
   function renderCounts(rows) {
     const byInst = new Map();
     for (const r of rows) {
-      if (!byInst.has(r.instance)) byInst.set(r.instance, { counts: {}, oldest: null });
+      if (!byInst.has(r.instance)) byInst.set(r.instance, { counts: {}, oldest: null, scheduled: 0 });
       const i = byInst.get(r.instance);
       i.counts[r.state] = (i.counts[r.state] || 0) + r.count;
+      i.scheduled += r.scheduled || 0;
       if (PENDING.includes(r.state) && r.oldest_age_secs !== null && r.oldest_age_secs !== undefined) {
         i.oldest = i.oldest === null ? r.oldest_age_secs : Math.max(i.oldest, r.oldest_age_secs);
       }
@@ -187,12 +191,14 @@
     const hr = el("tr");
     hr.append(el("th", {}, "Instance"));
     for (const s of STATES) hr.append(el("th", { class: "num" }, s));
+    hr.append(el("th", { class: "num" }, "Scheduled"));
     hr.append(el("th", { class: "num" }, "Oldest pending"));
     head.append(hr);
 
     const body = el("tbody");
     const totals = {};
     let oldestAll = null;
+    let scheduledAll = 0;
     const names = Array.from(byInst.keys()).sort();
     for (const name of names) {
       const i = byInst.get(name);
@@ -203,6 +209,8 @@
         totals[s] = (totals[s] || 0) + n;
         tr.append(el("td", { class: n ? "num" : "num zero", "data-instance": name, "data-state": s, "data-count": n }, fmtInt(n)));
       }
+      scheduledAll += i.scheduled;
+      tr.append(el("td", { class: i.scheduled ? "num" : "num zero", "data-instance": name, "data-scheduled": i.scheduled }, fmtInt(i.scheduled)));
       tr.append(el("td", { class: "num", "data-instance": name, "data-oldest-pending": i.oldest === null ? "" : i.oldest.toFixed(1) }, fmtAge(i.oldest)));
       if (i.oldest !== null) oldestAll = oldestAll === null ? i.oldest : Math.max(oldestAll, i.oldest);
       body.append(tr);
@@ -215,12 +223,30 @@
         const n = totals[s] || 0;
         tr.append(el("td", { class: n ? "num" : "num zero", "data-total-state": s, "data-count": n }, fmtInt(n)));
       }
+      tr.append(el("td", { class: "num" }, fmtInt(scheduledAll)));
       tr.append(el("td", { class: "num" }, fmtAge(oldestAll)));
       foot.append(tr);
     }
     table.replaceChildren(head, body, foot);
     $("counts-empty").hidden = names.length > 0;
     $("oldest-pending").textContent = fmtAge(oldestAll);
+    $("scheduled").textContent = fmtInt(scheduledAll);
+    $("scheduled").dataset.value = scheduledAll;
+  }
+
+  // ---- paused instances ----------------------------------------------------
+
+  function renderPaused(instances) {
+    const paused = instances.filter((i) => i.paused);
+    const trs = paused.map((i) => {
+      const tr = el("tr", { "data-paused-instance": i.instance });
+      tr.append(el("td", { class: "mono wrap" }, i.instance));
+      tr.append(el("td", { class: "why", "data-field": "why" }, i.paused.reason));
+      tr.append(el("td", { title: i.paused.since, "data-since": i.paused.since }, fmtAgo(i.paused.since)));
+      return tr;
+    });
+    $("paused-rows").replaceChildren(...trs);
+    $("paused").hidden = paused.length === 0;
   }
 
   // ---- activity chart ------------------------------------------------------
@@ -239,13 +265,21 @@
     let errors = 0;
     for (const b of buckets) { posted += b.posted; errors += b.errors; }
     const attempts = posted + errors;
-    const minutes = Math.max(1, a.window_secs / 60);
+    // Over the stretch that had work (first to last bucket with an
+    // attempt), not the whole window: a 5-minute burst an hour ago is not
+    // "2 per minute". The tile says which stretch it is.
+    const busy = buckets.map((b, i) => (b.posted + b.errors ? i : -1)).filter((i) => i >= 0);
+    const span = busy.length ? busy[busy.length - 1] - busy[0] + 1 : 0;
+    const minutes = Math.max(1, (span * a.bucket_secs) / 60);
+    $("throughput-window").textContent = span ? "over the " + fmtInt(Math.round(minutes)) + " min with work" : "no work in the last hour";
+    $("throughput").dataset.minutes = span ? String(minutes) : "";
     $("posted-1h").textContent = fmtInt(posted);
     $("posted-1h").dataset.value = posted;
     $("errors-1h").textContent = fmtInt(errors);
     $("errors-1h").dataset.value = errors;
     const tp = posted / minutes;
     $("throughput").textContent = tp >= 10 ? Math.round(tp).toString() : tp.toFixed(1);
+    $("throughput").dataset.value = tp.toFixed(2);
     const rate = attempts ? (100 * errors) / attempts : 0;
     const rateEl = $("error-rate");
     rateEl.textContent = attempts ? rate.toFixed(rate < 10 ? 1 : 0) + "%" : "–";
@@ -327,50 +361,120 @@
 
   // ---- rows that need an operator ----------------------------------------
 
+  // A short, one-line look at what the row would post.
+  function preview(r) {
+    let p = r.payload;
+    if (typeof p === "string") {
+      try { p = JSON.parse(p); } catch (_) { return p.slice(0, 80); }
+    }
+    if (!p || typeof p !== "object") return String(p).slice(0, 80);
+    const text = p.text || p.caption || (p.file && p.file.url) || JSON.stringify(p);
+    const one = String(text).replace(/\s+/g, " ");
+    return one.length > 80 ? one.slice(0, 79) + "…" : one;
+  }
+
+  function errorText(r) {
+    const err = r.last_error || "";
+    const http = r.last_http_status ? "HTTP " + r.last_http_status + (err ? ": " : "") : "";
+    return http + err;
+  }
+
+  // The error cell: at most ERR_MAX characters (the whole text in its
+  // tooltip and on the API), so one 3,000-character error cannot make a
+  // row a screen tall.
+  const ERR_MAX = 300;
+  function errCell(text) {
+    const t = text || "–";
+    return el("td", { class: "err", "data-field": "last-error", title: t.length > ERR_MAX ? t : undefined },
+      t.length > ERR_MAX ? t.slice(0, ERR_MAX - 1) + "…" : t);
+  }
+
+  function rowTr(r, group) {
+    const parked = r.state === "in_doubt" && r.parked_at;
+    const tr = el("tr", { "data-row-id": r.id, "data-state": r.state, "data-parked": parked ? "true" : "false", "data-member-of": group, class: group ? "member" : undefined });
+    const idCell = el("td", { class: "mono", title: r.id });
+    idCell.append(el("span", {}, r.id.slice(0, 8) + "…" + r.id.slice(-4)));
+    if (r.message_id) {
+      idCell.append(el("br"));
+      idCell.append(el("span", { class: "muted", title: "WhatsApp message id" }, r.message_id));
+    }
+    tr.append(idCell);
+    tr.append(el("td", { class: "mono", title: r.instance }, r.instance));
+    tr.append(el("td", {}, r.kind));
+    tr.append(el("td", { class: "preview", "data-field": "preview" }, preview(r)));
+    const st = el("td", { "data-field": "state" });
+    st.append(el("span", { class: "badge", "data-state": r.state }, r.state));
+    if (parked) st.append(el("span", { class: "parked", title: "The look-up gave up; waiting for an operator" }, "parked"));
+    tr.append(st);
+    tr.append(el("td", { class: "num" }, r.attempts));
+    tr.append(errCell(errorText(r)));
+    tr.append(el("td", { title: r.updated_at }, fmtAgo(r.updated_at)));
+    const act = el("td", { class: "actions" });
+    // Offer what the state machine allows; the API refuses the rest anyway.
+    const canRetry = r.state === "failed" || r.state === "invalid" || parked;
+    const retry = el("button", {
+      type: "button", class: "small", "data-action": "retry", "data-id": r.id,
+      title: canRetry
+        ? (r.state === "in_doubt" ? "Look the id up at the provider again" : "Send again (an invalid row is validated again first)")
+        : "The reconciler is still looking this row up",
+    }, "Retry");
+    retry.disabled = !canRetry;
+    const canCancel = r.state === "in_doubt";
+    const cancel = el("button", {
+      type: "button", class: "small secondary", "data-action": "cancel", "data-id": r.id,
+      title: canCancel ? "Stop: never send this status" : "This row is already final; Retry sends it again",
+    }, "Cancel");
+    cancel.disabled = !canCancel;
+    act.append(retry, cancel);
+    tr.append(act);
+    return tr;
+  }
+
+  // Groups open by the operator stay open across refreshes.
+  const openGroups = new Set();
+
   function renderAttention(rows) {
     rows.sort((a, b) => Date.parse(b.updated_at) - Date.parse(a.updated_at));
-    const body = $("attention-rows");
-    const trs = rows.map((r) => {
-      const parked = r.state === "in_doubt" && r.parked_at;
-      const tr = el("tr", { "data-row-id": r.id, "data-state": r.state, "data-parked": parked ? "true" : "false" });
-      const idCell = el("td", { class: "mono", title: r.id });
-      idCell.append(el("span", {}, r.id.slice(0, 8) + "…" + r.id.slice(-4)));
-      if (r.message_id) {
-        idCell.append(el("br"));
-        idCell.append(el("span", { class: "muted", title: "WhatsApp message id" }, r.message_id));
+    // Identical errors (same state and text) read as one line with a count:
+    // 37 rows failing the same way are one problem, not a 4,000 px page.
+    const groups = new Map();
+    for (const r of rows) {
+      const key = r.state + "\u0000" + errorText(r);
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key).push(r);
+    }
+    const trs = [];
+    let n = 0;
+    for (const [key, members] of groups) {
+      if (members.length === 1) {
+        trs.push(rowTr(members[0], undefined));
+        continue;
       }
-      tr.append(idCell);
-      tr.append(el("td", { class: "mono" }, r.instance));
-      tr.append(el("td", {}, r.kind));
-      const st = el("td", { "data-field": "state" });
-      st.append(el("span", { class: "badge", "data-state": r.state }, r.state));
-      if (parked) st.append(el("span", { class: "parked", title: "The look-up gave up; waiting for an operator" }, "parked"));
-      tr.append(st);
-      tr.append(el("td", { class: "num" }, r.attempts));
-      const err = r.last_error || "";
-      const http = r.last_http_status ? "HTTP " + r.last_http_status + (err ? ": " : "") : "";
-      tr.append(el("td", { class: "err", "data-field": "last-error" }, http + err || "–"));
-      tr.append(el("td", { title: r.updated_at }, fmtAgo(r.updated_at)));
-      const act = el("td", { class: "actions" });
-      // Offer what the state machine allows; the API refuses the rest anyway.
-      const canRetry = r.state === "failed" || parked;
-      const retry = el("button", {
-        type: "button", class: "small", "data-action": "retry", "data-id": r.id,
-        title: canRetry
-          ? (r.state === "failed" ? "Send again with the same message id" : "Look the id up at the provider again")
-          : "The reconciler is still looking this row up",
-      }, "Retry");
-      retry.disabled = !canRetry;
-      const canCancel = r.state === "in_doubt";
-      const cancel = el("button", {
-        type: "button", class: "small secondary", "data-action": "cancel", "data-id": r.id,
-        title: canCancel ? "Stop: never send this status" : "A failed row is already final; Retry sends it again",
-      }, "Cancel");
-      cancel.disabled = !canCancel;
-      act.append(retry, cancel);
-      tr.append(act);
-      return tr;
-    });
+      n += 1;
+      const gid = "g" + n;
+      const open = openGroups.has(key);
+      const head = el("tr", { class: "group", "data-group": gid, "data-count": members.length, "data-state": members[0].state });
+      const toggle = el("button", { type: "button", class: "small ghost", "data-toggle": gid, "aria-expanded": open ? "true" : "false" }, (open ? "Hide " : "Show ") + members.length + " rows");
+      toggle.dataset.key = key;
+      const first = el("td", { colspan: 4 });
+      first.append(toggle);
+      first.append(el("span", { class: "muted" }, " " + new Set(members.map((m) => m.instance)).size + " instance(s)"));
+      head.append(first);
+      const st = el("td", {});
+      st.append(el("span", { class: "badge", "data-state": members[0].state }, members[0].state));
+      head.append(st);
+      head.append(el("td", { class: "num" }, "×" + members.length));
+      head.append(errCell(errorText(members[0])));
+      head.append(el("td", { title: members[0].updated_at }, fmtAgo(members[0].updated_at)));
+      head.append(el("td", {}));
+      trs.push(head);
+      for (const m of members) {
+        const tr = rowTr(m, gid);
+        tr.hidden = !open;
+        trs.push(tr);
+      }
+    }
+    const body = $("attention-rows");
     body.replaceChildren(...trs);
     $("attention-empty").hidden = rows.length > 0;
     $("attention").hidden = rows.length === 0;
@@ -381,6 +485,14 @@
   }
 
   async function act(action, id, button) {
+    // Both act on a status viewers may see: ask first.
+    const question = action === "retry"
+      ? "Retry status " + id + "?\n\nA failed or invalid row is sent again; a parked in-doubt row is looked up again."
+      : "Cancel status " + id + "?\n\nIt will never be sent.";
+    if (!window.confirm(question)) {
+      flash("ok", "Nothing done: " + action + " of " + id + " not confirmed.");
+      return;
+    }
     button.disabled = true;
     try {
       const row = await api("POST", "v1/statuses/" + encodeURIComponent(id) + "/" + action);
@@ -413,6 +525,15 @@
     });
     $("refresh").addEventListener("click", () => refresh());
     $("attention-rows").addEventListener("click", (ev) => {
+      const t = ev.target.closest("button[data-toggle]");
+      if (t) {
+        const open = t.getAttribute("aria-expanded") !== "true";
+        if (open) openGroups.add(t.dataset.key); else openGroups.delete(t.dataset.key);
+        t.setAttribute("aria-expanded", open ? "true" : "false");
+        for (const tr of document.querySelectorAll('tr[data-member-of="' + t.dataset.toggle + '"]')) tr.hidden = !open;
+        t.textContent = (open ? "Hide " : "Show ") + t.closest("tr").dataset.count + " rows";
+        return;
+      }
       const b = ev.target.closest("button[data-action]");
       if (b && !b.disabled) act(b.dataset.action, b.dataset.id, b);
     });

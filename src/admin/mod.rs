@@ -8,7 +8,9 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State as AxState};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State as AxState,
+};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -17,9 +19,12 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::Since;
 use crate::config::AdminSettings;
+use crate::daemon::metrics as m;
 use crate::daemon::Ctx;
 use crate::model::{State, StatusBody};
 use crate::provider::Provider;
@@ -57,7 +62,7 @@ pub struct AdminServer<S, P> {
 
 struct App<S, P> {
     ctx: Arc<Ctx<S, P>>,
-    token: Option<SecretString>,
+    token: Option<TokenCheck>,
     metrics: PrometheusHandle,
     shutting_down: CancellationToken,
 }
@@ -70,13 +75,30 @@ impl<S: Store, P: Provider> AdminServer<S, P> {
             .bind
             .parse()
             .map_err(|e| anyhow::anyhow!("admin.bind `{}`: {e}", settings.bind))?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("admin.bind {addr}: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                " (another process listens there, e.g. a second replica on this host: \
+                 give each replica its own admin.bind, e.g. STATUSD__ADMIN__BIND=127.0.0.1:9092, \
+                 or set admin.enabled = false)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("admin.bind {addr}: {e}{hint}")
+        })?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                addr = %addr,
+                "the admin server binds a non-loopback address: the API and the dashboard are \
+                 reachable from the network; keep admin.token secret and put TLS in front"
+            );
+        }
+        // The recorder first: descriptions go to the recorder installed.
+        let metrics = metrics_handle();
+        m::describe();
         let app = Arc::new(App {
             ctx: ctx.clone(),
-            token: settings.token.clone(),
-            metrics: metrics_handle(),
+            token: settings.token.as_ref().map(TokenCheck::new),
+            metrics,
             shutting_down: CancellationToken::new(),
         });
         Ok(AdminServer {
@@ -94,7 +116,9 @@ impl<S: Store, P: Provider> AdminServer<S, P> {
 
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let gauges = tokio::spawn(refresh_gauges(self.ctx.clone(), shutdown.clone()));
-        let res = axum::serve(self.listener, self.app)
+        // With the peer address, for the audit lines.
+        let app = self.app.into_make_service_with_connect_info::<SocketAddr>();
+        let res = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         gauges.abort();
@@ -110,11 +134,13 @@ fn router<S: Store, P: Provider>(app: Shared<S, P>) -> Router {
         .route("/v1/statuses/{id}/cancel", post(cancel::<S, P>))
         .route("/v1/statuses/{id}/delete", post(delete::<S, P>))
         .route("/v1/stats", get(stats::<S, P>))
+        .route("/v1/instances", get(instances::<S, P>))
         .route("/v1/activity", get(activity::<S, P>))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             require_token::<S, P>,
-        ));
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz::<S, P>))
@@ -151,14 +177,60 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-/// Compares without an early exit, so the token can't be guessed by timing.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The largest request body the API reads; a larger one is answered 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The configured admin token, kept as its SHA-256 digest: a request's token
+/// is hashed and the digests compared without an early exit, so neither the
+/// token's bytes nor its length can be learnt from timing. An empty or blank
+/// token never authenticates (config refuses it too; this is the second
+/// line).
+struct TokenCheck {
+    digest: Option<[u8; 32]>,
+    fingerprint: String,
+}
+
+impl TokenCheck {
+    fn new(token: &SecretString) -> TokenCheck {
+        let t = token.expose_secret();
+        TokenCheck {
+            digest: (!t.trim().is_empty()).then(|| Sha256::digest(t.as_bytes()).into()),
+            fingerprint: fingerprint(t),
+        }
+    }
+
+    fn accepts(&self, given: &str) -> bool {
+        let Some(want) = &self.digest else {
+            return false;
+        };
+        let got: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+        let diff = want.iter().zip(&got).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+        // Both sides of `&` are evaluated: no branch on the comparison.
+        (diff == 0) & !given.trim().is_empty()
+    }
+}
+
+/// Who made an audited request: the token's fingerprint (the first 8 hex
+/// digits of its SHA-256, never the token) and the peer address.
+#[derive(Clone)]
+struct Caller {
+    fingerprint: String,
+    remote: String,
+}
+
+/// First 8 hex digits of the SHA-256 of `token`: enough to tell tokens apart
+/// in an audit log, useless for guessing one.
+pub fn fingerprint(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 async fn require_token<S: Store, P: Provider>(
     AxState(app): AxState<Shared<S, P>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let Some(token) = &app.token else {
@@ -174,14 +246,42 @@ async fn require_token<S: Store, P: Provider>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !same(given.as_bytes(), token.expose_secret().as_bytes()) {
+    if !token.accepts(given) {
         return ApiError(
             StatusCode::UNAUTHORIZED,
             "missing or wrong bearer token".into(),
         )
         .into_response();
     }
+    let remote = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "unknown".into());
+    req.extensions_mut().insert(Caller {
+        fingerprint: token.fingerprint.clone(),
+        remote,
+    });
     next.run(req).await
+}
+
+/// One INFO line per mutating admin action: who, what, which row (`key` as
+/// given; `row` the id it resolved to, `-` if none), and how it ended.
+fn audit(caller: &Caller, action: &str, key: &str, row: &str, result: &Result<Response, ApiError>) {
+    let outcome = match result {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.0.as_u16(),
+    };
+    tracing::info!(
+        target: "statusd::audit",
+        token = %caller.fingerprint,
+        remote = %caller.remote,
+        action,
+        key,
+        row,
+        http_status = outcome,
+        "admin action"
+    );
 }
 
 async fn readyz<S: Store, P: Provider>(AxState(app): AxState<Shared<S, P>>) -> Response {
@@ -190,8 +290,16 @@ async fn readyz<S: Store, P: Provider>(AxState(app): AxState<Shared<S, P>>) -> R
     }
     match tokio::time::timeout(Duration::from_secs(2), app.ctx.store.ping()).await {
         Ok(Ok(())) => "ready".into_response(),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")).into_response(),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database: ping timed out").into_response(),
+        // The cause goes to the log, not to an anonymous caller: database
+        // errors can name hosts, users and schemas.
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readyz: the database does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+        }
+        Err(_) => {
+            tracing::warn!("readyz: the database ping timed out");
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+        }
     }
 }
 
@@ -248,30 +356,21 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-/// `30s`, `15m`, `2h`, `7d` or an RFC 3339 time.
+/// `since=`: a duration ago or an RFC 3339 time, parsed as `ls --since`
+/// parses it (one grammar, [`Since::parse`]).
 pub fn parse_since(
     s: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&chrono::Utc));
-    }
-    parse_span(s)
-        .and_then(|d| now.checked_sub_signed(d))
-        .ok_or_else(|| {
-            format!("since: `{s}` is not a duration like 30m, 2h, 7d or an RFC 3339 time")
-        })
+    Since::parse(s)
+        .map(|since| since.resolve(now))
+        .map_err(|e| format!("since: {e}"))
 }
 
-/// `30s`, `15m`, `2h`, `7d`.
+/// A span (`window=`, `bucket=`): the duration part of the same grammar.
 fn parse_span(s: &str) -> Option<chrono::Duration> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = num.parse().ok()?;
-    match unit {
-        "s" => chrono::Duration::try_seconds(n),
-        "m" => chrono::Duration::try_minutes(n),
-        "h" => chrono::Duration::try_hours(n),
-        "d" => chrono::Duration::try_days(n),
+    match Since::parse(s) {
+        Ok(Since::Ago(d)) => Some(d),
         _ => None,
     }
 }
@@ -337,9 +436,23 @@ struct EnqueueBody {
 
 async fn enqueue<S: Store, P: Provider>(
     AxState(app): AxState<Shared<S, P>>,
+    Extension(caller): Extension<Caller>,
     body: Result<Json<EnqueueBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(b) = body.map_err(|e| bad(e.body_text()))?;
+    let mut row = String::from("-");
+    let res = enqueue_inner(&app, body, &mut row).await;
+    audit(&caller, "enqueue", "-", &row, &res);
+    res
+}
+
+async fn enqueue_inner<S: Store, P: Provider>(
+    app: &App<S, P>,
+    body: Result<Json<EnqueueBody>, axum::extract::rejection::JsonRejection>,
+    row: &mut String,
+) -> Result<Response, ApiError> {
+    // The rejection's own status: 413 for a body over the limit, 415 for a
+    // wrong content type, 400/422 for bad JSON.
+    let Json(b) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
     if !app.ctx.instances.contains_key(&b.instance) {
         return Err(bad(format!(
             "instance: `{}` is not a configured instance",
@@ -361,6 +474,7 @@ async fn enqueue<S: Store, P: Provider>(
             not_before: b.not_before,
         })
         .await?;
+    *row = e.id.to_string();
     app.ctx.work.notify_waiters();
     let code = if e.inserted {
         StatusCode::CREATED
@@ -391,11 +505,30 @@ async fn resolve_id<S: Store, P: Provider>(
 
 async fn retry<S: Store, P: Provider>(
     AxState(app): AxState<Shared<S, P>>,
+    Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
     Query(q): Query<RetryQuery>,
 ) -> Result<Response, ApiError> {
-    let id = resolve_id(&app, &key).await?;
-    let row = if q.force_resend {
+    let mut row = String::from("-");
+    let res = retry_inner(&app, &key, q.force_resend, &mut row).await;
+    let action = if q.force_resend {
+        "force-resend"
+    } else {
+        "retry"
+    };
+    audit(&caller, action, &key, &row, &res);
+    res
+}
+
+async fn retry_inner<S: Store, P: Provider>(
+    app: &App<S, P>,
+    key: &str,
+    force_resend: bool,
+    row_id: &mut String,
+) -> Result<Response, ApiError> {
+    let id = resolve_id(app, key).await?;
+    *row_id = id.to_string();
+    let row = if force_resend {
         app.ctx.store.force_resend(id).await?
     } else {
         app.ctx.store.retry(id).await?
@@ -406,17 +539,43 @@ async fn retry<S: Store, P: Provider>(
 
 async fn cancel<S: Store, P: Provider>(
     AxState(app): AxState<Shared<S, P>>,
+    Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = resolve_id(&app, &key).await?;
+    let mut row = String::from("-");
+    let res = cancel_inner(&app, &key, &mut row).await;
+    audit(&caller, "cancel", &key, &row, &res);
+    res
+}
+
+async fn cancel_inner<S: Store, P: Provider>(
+    app: &App<S, P>,
+    key: &str,
+    row_id: &mut String,
+) -> Result<Response, ApiError> {
+    let id = resolve_id(app, key).await?;
+    *row_id = id.to_string();
     Ok(Json(app.ctx.store.cancel(id).await?).into_response())
 }
 
 async fn delete<S: Store, P: Provider>(
     AxState(app): AxState<Shared<S, P>>,
+    Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
-    match crate::daemon::delete_status(&app.ctx, &key).await {
+    let mut row = String::from("-");
+    let res = delete_inner(&app, &key, &mut row).await;
+    audit(&caller, "delete", &key, &row, &res);
+    res
+}
+
+async fn delete_inner<S: Store, P: Provider>(
+    app: &App<S, P>,
+    key: &str,
+    row_id: &mut String,
+) -> Result<Response, ApiError> {
+    *row_id = resolve_id(app, key).await?.to_string();
+    match crate::daemon::delete_status(&app.ctx, key).await {
         Ok(row) => Ok(Json(row).into_response()),
         Err(crate::daemon::DeleteError::Store(e)) => Err(e.into()),
         Err(e @ crate::daemon::DeleteError::Provider(_)) => {
@@ -429,6 +588,40 @@ async fn stats<S: Store, P: Provider>(
     AxState(app): AxState<Shared<S, P>>,
 ) -> Result<Response, ApiError> {
     Ok(Json(app.ctx.store.summary().await?).into_response())
+}
+
+/// `GET /v1/instances`: every configured instance, and whether a daemon
+/// paused it (401/403, session not working), why and since when. Paused
+/// instances come from the store, so this is true across replicas.
+async fn instances<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+) -> Result<Response, ApiError> {
+    let pauses = app.ctx.store.instance_pauses().await?;
+    let mut names: Vec<&String> = app.ctx.instances.keys().collect();
+    names.sort();
+    let mut out: Vec<serde_json::Value> = names
+        .iter()
+        .map(|name| {
+            let p = pauses.iter().find(|p| &&p.instance == name);
+            serde_json::json!({
+                "instance": name,
+                "configured": true,
+                "paused": p.map(|p| serde_json::json!({"reason": p.reason, "since": p.since})),
+            })
+        })
+        .collect();
+    // Paused by a replica configured differently.
+    for p in pauses
+        .iter()
+        .filter(|p| !app.ctx.instances.contains_key(&p.instance))
+    {
+        out.push(serde_json::json!({
+            "instance": p.instance,
+            "configured": false,
+            "paused": {"reason": p.reason, "since": p.since},
+        }));
+    }
+    Ok(Json(out).into_response())
 }
 
 #[derive(Deserialize)]
@@ -525,23 +718,45 @@ fn dense_buckets(
     out
 }
 
-/// Keeps the outbox-depth gauges current.
+/// Keeps the outbox-depth gauges current. Every configured instance's
+/// gauges are set on every pass (a state that emptied reads 0, not its last
+/// count); rows of instances not configured here are summed under
+/// `wa_instance="unknown"`, so table data cannot mint label values.
 async fn refresh_gauges<S: Store, P: Provider>(ctx: Arc<Ctx<S, P>>, shutdown: CancellationToken) {
+    use std::collections::HashMap;
     let every = Duration::from_secs(15);
+    let mut names: Vec<String> = ctx.instances.keys().cloned().collect();
+    names.push(m::UNKNOWN_INSTANCE.to_string());
     loop {
         if let Ok(rows) = ctx.store.summary().await {
-            let mut oldest: std::collections::HashMap<&str, f64> = Default::default();
+            let mut counts: HashMap<(String, State), f64> = HashMap::new();
+            let mut oldest: HashMap<String, f64> = HashMap::new();
+            let mut scheduled: HashMap<String, f64> = HashMap::new();
             for r in &rows {
-                metrics::gauge!("statusd_outbox_rows", "instance" => r.instance.clone(), "state" => r.state.as_str())
-                    .set(r.count as f64);
+                let label = m::instance_label(ctx.instances.keys(), &r.instance);
+                *counts.entry((label.clone(), r.state)).or_default() += r.count as f64;
+                *scheduled.entry(label.clone()).or_default() += r.scheduled as f64;
                 if let Some(age) = r.oldest_age_secs {
-                    let e = oldest.entry(&r.instance).or_insert(0.0);
+                    let e = oldest.entry(label).or_insert(0.0);
                     *e = e.max(age);
                 }
             }
-            for name in ctx.instances.keys() {
-                metrics::gauge!("statusd_outbox_oldest_pending_age_seconds", "instance" => name.clone())
-                    .set(oldest.get(name.as_str()).copied().unwrap_or(0.0));
+            for name in &names {
+                // `unknown` appears only once such rows exist.
+                let seen = name != m::UNKNOWN_INSTANCE
+                    || counts.keys().any(|(n, _)| n == m::UNKNOWN_INSTANCE);
+                if !seen {
+                    continue;
+                }
+                for s in State::ALL {
+                    let n = counts.get(&(name.clone(), s)).copied().unwrap_or(0.0);
+                    metrics::gauge!(m::OUTBOX_ROWS, m::INSTANCE_LABEL => name.clone(), "state" => s.as_str())
+                        .set(n);
+                }
+                metrics::gauge!(m::OLDEST_PENDING_AGE, m::INSTANCE_LABEL => name.clone())
+                    .set(oldest.get(name).copied().unwrap_or(0.0));
+                metrics::gauge!(m::OUTBOX_SCHEDULED, m::INSTANCE_LABEL => name.clone())
+                    .set(scheduled.get(name).copied().unwrap_or(0.0));
             }
         }
         tokio::select! { _ = tokio::time::sleep(every) => {}, _ = shutdown.cancelled() => return }
@@ -589,10 +804,11 @@ mod tests {
     fn spans_and_since() {
         assert_eq!(parse_span("90s"), Some(chrono::Duration::seconds(90)));
         assert_eq!(parse_span("2h"), Some(chrono::Duration::hours(2)));
-        assert_eq!(parse_span("1w"), None);
+        assert_eq!(parse_span("1w"), Some(chrono::Duration::weeks(1)));
         assert_eq!(parse_span("h"), None);
         let now = at(100_000);
         assert_eq!(parse_since("1d", now).unwrap(), at(13_600));
+        assert_eq!(parse_since("1w", now).unwrap(), at(100_000 - 604_800));
         assert!(parse_since("soon", now).unwrap_err().starts_with("since:"));
         assert_eq!(parse_since("1970-01-01T00:00:10Z", now).unwrap(), at(10));
     }

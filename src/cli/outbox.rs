@@ -251,6 +251,16 @@ pub async fn show<S: Store>(store: &S, a: ShowArgs) -> anyhow::Result<String> {
         .await
         .with_context(|| format!("reading the attempts of {}", row.id))?;
     if a.json {
+        let attempts: Vec<Value> = attempts
+            .iter()
+            .map(|at| {
+                let mut v = serde_json::to_value(at).unwrap_or(Value::Null);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("counted".into(), json!(refund_note(&at.outcome) == "yes"));
+                }
+                v
+            })
+            .collect();
         return Ok(json_line(&json!({
             "status": row_json(&row),
             "attempts": attempts,
@@ -316,12 +326,19 @@ pub async fn show<S: Store>(store: &S, a: ShowArgs) -> anyhow::Result<String> {
     if attempts.is_empty() {
         out += "\nno attempts yet\n";
     } else {
-        let mut t = Table::new(vec!["#", "STARTED", "OUTCOME", "HTTP", "LATENCY", "ERROR"]);
+        // In time order: a refunded attempt's number is used again by the
+        // next one (1, 1, 2), so the number alone does not order them.
+        let mut attempts = attempts;
+        attempts.sort_by_key(|a| (a.started_at, a.finished_at));
+        let mut t = Table::new(vec![
+            "#", "STARTED", "OUTCOME", "COUNTED", "HTTP", "LATENCY", "ERROR",
+        ]);
         for at in &attempts {
             t.row(vec![
                 at.attempt.to_string(),
                 at.started_at.to_rfc3339(),
                 at.outcome.clone(),
+                refund_note(&at.outcome).to_string(),
                 at.http_status
                     .map(|h| h.to_string())
                     .unwrap_or_else(|| "-".into()),
@@ -332,6 +349,19 @@ pub async fn show<S: Store>(store: &S, a: ShowArgs) -> anyhow::Result<String> {
         out += &format!("\nattempts\n{}", indent(&t.render()));
     }
     Ok(out)
+}
+
+/// Whether an attempt counted towards `max_attempts`, from its outcome:
+/// the dispatcher gives the attempt back when nothing of the row's fault
+/// happened (see `transition_for`), and the next attempt reuses its number.
+fn refund_note(outcome: &str) -> &'static str {
+    match outcome {
+        "released" => "no: released unsent, refunded",
+        "instance_down" => "no: instance down, refunded",
+        "rate_limited" => "no: Retry-After, refunded",
+        "invalid" => "no: invalid row, refunded",
+        _ => "yes",
+    }
 }
 
 fn indent(s: &str) -> String {
@@ -347,24 +377,43 @@ pub async fn stats<S: Store>(store: &S, as_json: bool) -> anyhow::Result<String>
         .summary()
         .await
         .context("reading the outbox summary")?;
-    // instance → (state → count), and the oldest waiting row per instance.
-    let mut per: BTreeMap<&str, (BTreeMap<State, i64>, Option<f64>)> = BTreeMap::new();
+    let pauses = store
+        .instance_pauses()
+        .await
+        .context("reading the paused instances")?;
+    let now = store.now().await.context("reading the database clock")?;
+    // instance → counts per state, the oldest due row, and rows scheduled
+    // for later (waiting by design, so not "oldest pending").
+    #[derive(Default)]
+    struct Per {
+        counts: BTreeMap<State, i64>,
+        oldest: Option<f64>,
+        scheduled: i64,
+    }
+    let mut per: BTreeMap<&str, Per> = BTreeMap::new();
     for r in &rows {
         let e = per.entry(r.instance.as_str()).or_default();
-        *e.0.entry(r.state).or_default() += r.count;
+        *e.counts.entry(r.state).or_default() += r.count;
+        e.scheduled += r.scheduled;
         if let Some(a) = r.oldest_age_secs {
-            e.1 = Some(e.1.map_or(a, |b: f64| b.max(a)));
+            e.oldest = Some(e.oldest.map_or(a, |b: f64| b.max(a)));
         }
     }
+    for p in &pauses {
+        per.entry(p.instance.as_str()).or_default();
+    }
+    let paused = |name: &str| pauses.iter().find(|p| p.instance == name);
     if as_json {
         let instances: Vec<Value> = per
             .iter()
-            .map(|(name, (counts, oldest))| {
+            .map(|(name, p)| {
                 json!({
                     "instance": name,
-                    "counts": counts.iter().map(|(s, n)| (s.as_str(), *n)).collect::<BTreeMap<_, _>>(),
-                    "total": counts.values().sum::<i64>(),
-                    "oldest_pending_age_secs": oldest,
+                    "counts": p.counts.iter().map(|(s, n)| (s.as_str(), *n)).collect::<BTreeMap<_, _>>(),
+                    "total": p.counts.values().sum::<i64>(),
+                    "oldest_pending_age_secs": p.oldest,
+                    "scheduled": p.scheduled,
+                    "paused": paused(name).map(|p| json!({"reason": p.reason, "since": p.since})),
                 })
             })
             .collect();
@@ -380,20 +429,33 @@ pub async fn stats<S: Store>(store: &S, as_json: bool) -> anyhow::Result<String>
         .collect();
     let mut header = vec!["INSTANCE"];
     header.extend(states.iter().map(|s| s.as_str()));
-    header.extend(["TOTAL", "OLDEST_PENDING"]);
+    header.extend(["TOTAL", "SCHEDULED", "OLDEST_PENDING"]);
     let mut t = Table::new(header);
-    for (name, (counts, oldest)) in &per {
+    for (name, p) in &per {
         let mut cells = vec![name.to_string()];
         cells.extend(
             states
                 .iter()
-                .map(|s| counts.get(s).copied().unwrap_or(0).to_string()),
+                .map(|s| p.counts.get(s).copied().unwrap_or(0).to_string()),
         );
-        cells.push(counts.values().sum::<i64>().to_string());
-        cells.push(oldest.map(age).unwrap_or_else(|| "-".into()));
+        cells.push(p.counts.values().sum::<i64>().to_string());
+        cells.push(p.scheduled.to_string());
+        cells.push(p.oldest.map(age).unwrap_or_else(|| "-".into()));
         t.row(cells);
     }
-    Ok(t.render())
+    let mut out = t.render();
+    if !pauses.is_empty() {
+        let mut t = Table::new(vec!["PAUSED INSTANCE", "SINCE", "WHY"]);
+        for p in &pauses {
+            t.row(vec![
+                p.instance.clone(),
+                format!("{} ({})", p.since.to_rfc3339(), relative(now, p.since)),
+                truncate(&p.reason, 200),
+            ]);
+        }
+        out += &format!("\n{}", t.render());
+    }
+    Ok(out)
 }
 
 pub async fn retry<S: Store>(store: &S, a: RetryArgs) -> anyhow::Result<String> {

@@ -265,7 +265,8 @@ async fn send_one<S: Store, P: Provider>(
                 let call = async {
                     let t = Instant::now();
                     let out = inst.provider.send_status(&status).await;
-                    metrics::histogram!("statusd_provider_request_duration_seconds", "instance" => row.instance.clone(), "outcome" => out.label())
+                    let label = super::metrics::instance_label(ctx.instances.keys(), &row.instance);
+                    metrics::histogram!(super::metrics::PROVIDER_REQUEST_DURATION, super::metrics::INSTANCE_LABEL => label, "outcome" => out.label())
                         .record(t.elapsed().as_secs_f64());
                     out
                 };
@@ -289,11 +290,17 @@ async fn send_one<S: Store, P: Provider>(
             tracing::info!(outcome = other.label(), http_status = other.http_status(), error = other.reason().unwrap_or(""), next = %transition.to, "send did not post")
         }
     }
+    // A Retry-After refusal gives the attempt back: its history line says
+    // so (`statusd show`), unlike a retryable error that counts.
+    let label = match &outcome {
+        SendOutcome::Retryable { .. } if transition.refund_attempt => "rate_limited",
+        other => other.label(),
+    };
     Completion {
         transition,
         started_at,
         latency,
-        outcome: outcome.label().to_string(),
+        outcome: label.to_string(),
     }
 }
 
@@ -343,13 +350,20 @@ pub fn transition_for<S, P: Provider>(
             t.delay = Duration::from_millis(s.settle_delay_ms);
         }
         SendOutcome::Permanent { .. } => t.to = State::Failed,
-        SendOutcome::InstanceDown { .. } => {
+        SendOutcome::InstanceDown {
+            reason,
+            http_status,
+        } => {
             // Not the row's fault: it waits for the instance, it does not fail.
             t.to = State::PendingUpload;
             t.refund_attempt = true;
             t.delay = Duration::from_millis(s.instance_probe_ms);
             if let Some(inst) = ctx.instances.get(&row.instance) {
-                inst.pause(Duration::from_millis(s.instance_probe_ms));
+                let why = match http_status {
+                    Some(h) => format!("HTTP {h}: {reason}"),
+                    None => reason.clone(),
+                };
+                inst.pause(Duration::from_millis(s.instance_probe_ms), &why);
             }
         }
     }
@@ -420,10 +434,43 @@ async fn outcome_writer<S: Store, P: Provider>(
     }
 }
 
-/// Probes paused instances and resumes them when they answer.
+/// Probes paused instances and resumes them when they answer, and keeps the
+/// store's record of paused instances (`statusd stats`, the dashboard) in
+/// step with this process's view: written when an instance pauses, its
+/// reason changes or it resumes (and once at start, clearing what a previous
+/// run left).
 async fn probe_paused<S: Store, P: Provider>(ctx: Arc<Ctx<S, P>>, shutdown: CancellationToken) {
     let every = Duration::from_millis((ctx.settings.instance_probe_ms / 4).clamp(50, 5000));
+    // What the store holds per instance, as far as this process wrote it;
+    // absent = not yet written by this run. A pause is written again every
+    // `REWRITE` while it lasts: another replica starting up clears what it
+    // finds for its own healthy instances, and this puts it back.
+    const REWRITE: Duration = Duration::from_secs(30);
+    let mut written: std::collections::HashMap<String, (Option<String>, Instant)> =
+        Default::default();
     loop {
+        for inst in ctx.instances.values() {
+            let now = inst.pause_reason();
+            let fresh = |(w, at): &(Option<String>, Instant)| {
+                *w == now && (now.is_none() || at.elapsed() < REWRITE)
+            };
+            if written.get(&inst.name).is_some_and(fresh) {
+                continue;
+            }
+            let res = match &now {
+                Some(reason) => ctx.store.set_instance_pause(&inst.name, reason).await,
+                None => ctx.store.clear_instance_pause(&inst.name).await,
+            };
+            match res {
+                Ok(()) => {
+                    written.insert(inst.name.clone(), (now, Instant::now()));
+                }
+                // Tried again next round; only the operators' view lags.
+                Err(e) => {
+                    tracing::warn!(instance = %inst.name, error = %e, "recording the instance's pause failed")
+                }
+            }
+        }
         tokio::select! { _ = tokio::time::sleep(every) => {}, _ = shutdown.cancelled() => return }
         for inst in ctx.instances.values() {
             if !inst.probe_due() {
@@ -436,7 +483,11 @@ async fn probe_paused<S: Store, P: Provider>(ctx: Arc<Ctx<S, P>>, shutdown: Canc
                 }
                 Err(e) => {
                     tracing::warn!(instance = %inst.name, error = %e, "instance still down");
-                    inst.pause(Duration::from_millis(ctx.settings.instance_probe_ms));
+                    let reason = inst.pause_reason().unwrap_or_else(|| e.to_string());
+                    inst.pause(
+                        Duration::from_millis(ctx.settings.instance_probe_ms),
+                        &reason,
+                    );
                 }
             }
         }

@@ -28,6 +28,7 @@ use crate::store::Store;
 
 pub mod dispatcher;
 pub mod id_assigner;
+pub mod metrics;
 #[cfg(test)]
 mod protocol_model;
 pub mod reconciler;
@@ -40,7 +41,15 @@ pub struct Instance<P> {
     pub provider: P,
     limiter: DefaultDirectRateLimiter,
     /// Set after 401/403: no claims for this instance until a probe succeeds.
-    paused_until: Mutex<Option<Instant>>,
+    paused: Mutex<Option<Pause>>,
+}
+
+/// Why and until when an instance is paused (in memory; the prober writes
+/// it to the store so that `statusd stats`, another process, can show it).
+#[derive(Debug, Clone)]
+struct Pause {
+    probe_at: Instant,
+    reason: String,
 }
 
 impl<P: Provider> Instance<P> {
@@ -51,34 +60,45 @@ impl<P: Provider> Instance<P> {
             name: name.to_string(),
             provider,
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
-            paused_until: Mutex::new(None),
+            paused: Mutex::new(None),
         }
     }
 
     pub fn is_paused(&self) -> bool {
-        self.paused_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        self.pause_reason().is_some()
     }
 
-    fn pause(&self, probe_after: Duration) {
-        let mut p = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+    /// Why the instance is paused, if it is.
+    pub fn pause_reason(&self) -> Option<String> {
+        self.paused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|p| p.reason.clone())
+    }
+
+    fn pause(&self, probe_after: Duration, reason: &str) {
+        let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
         if p.is_none() {
-            tracing::warn!(instance = %self.name, "instance is down: pausing its rows and probing");
+            tracing::warn!(instance = %self.name, reason, "instance is down: pausing its rows and probing");
         }
-        *p = Some(Instant::now() + probe_after);
-        metrics::gauge!("statusd_instance_paused", "instance" => self.name.clone()).set(1.0);
+        *p = Some(Pause {
+            probe_at: Instant::now() + probe_after,
+            reason: reason.to_string(),
+        });
+        ::metrics::gauge!(metrics::INSTANCE_PAUSED, metrics::INSTANCE_LABEL => self.name.clone())
+            .set(1.0);
     }
 
     fn resume(&self) {
-        *self.paused_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = None;
         tracing::info!(instance = %self.name, "instance is back: resuming");
-        metrics::gauge!("statusd_instance_paused", "instance" => self.name.clone()).set(0.0);
+        ::metrics::gauge!(metrics::INSTANCE_PAUSED, metrics::INSTANCE_LABEL => self.name.clone())
+            .set(0.0);
     }
 
     fn probe_due(&self) -> bool {
-        matches!(*self.paused_until.lock().unwrap_or_else(|e| e.into_inner()), Some(t) if t <= Instant::now())
+        matches!(&*self.paused.lock().unwrap_or_else(|e| e.into_inner()), Some(p) if p.probe_at <= Instant::now())
     }
 }
 
@@ -195,6 +215,7 @@ impl<S: Store, P: Provider> Daemon<S, P> {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let ctx = self.ctx;
         tracing::info!(owner = %ctx.owner, instances = ctx.instances.len(), "statusd daemon starting");
+        metrics::register(&ctx.instances.keys().cloned().collect::<Vec<_>>());
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(id_assigner::run(ctx.clone(), shutdown.clone()));
         tasks.spawn(dispatcher::run(ctx.clone(), shutdown.clone()));

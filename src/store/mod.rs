@@ -210,7 +210,21 @@ pub struct SummaryRow {
     pub instance: String,
     pub state: State,
     pub count: i64,
+    /// Age of the oldest due `queued`/`pending_upload` row, from when it
+    /// became due; rows scheduled for later (`not_before` ahead) are not
+    /// counted.
     pub oldest_age_secs: Option<f64>,
+    /// `queued`/`pending_upload` rows whose `not_before` is still ahead.
+    pub scheduled: i64,
+}
+
+/// An instance a daemon paused (401/403, session not working): why, and
+/// since when (database time).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstancePause {
+    pub instance: String,
+    pub reason: String,
+    pub since: DateTime<Utc>,
 }
 
 /// A recurring status.
@@ -351,6 +365,17 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         p: ActivityParams,
     ) -> impl Future<Output = Result<Vec<ActivityBucket>>> + Send;
+    /// Records that `instance` is paused for `reason` (the daemon, when it
+    /// pauses one); `since` is kept from the first call until it is cleared.
+    fn set_instance_pause(
+        &self,
+        instance: &str,
+        reason: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Forgets `instance`'s pause (it resumed).
+    fn clear_instance_pause(&self, instance: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Paused instances, by name.
+    fn instance_pauses(&self) -> impl Future<Output = Result<Vec<InstancePause>>> + Send;
 }
 
 /// The backend named by a database URL.

@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use super::{
     not_allowed, parse_uuid, ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion,
-    EnqueueParams, Enqueued, ListParams, Result, Schedule, Store, StoreError, SummaryRow,
-    Transition,
+    EnqueueParams, Enqueued, InstancePause, ListParams, Result, Schedule, Store, StoreError,
+    SummaryRow, Transition,
 };
 use crate::model::{Attempt, OutboxRow, State};
 
@@ -503,7 +503,7 @@ impl Store for SqliteStore {
     async fn attempts(&self, id: Uuid) -> Result<Vec<Attempt>> {
         let rows = sqlx::query(
             "SELECT attempt, started_at, finished_at, outcome, http_status, latency_ms, error
-             FROM status_attempts WHERE status_id = ?1 ORDER BY attempt, started_at",
+             FROM status_attempts WHERE status_id = ?1 ORDER BY started_at, attempt",
         )
         .bind(id.to_string())
         .fetch_all(&self.pool)
@@ -543,7 +543,7 @@ impl Store for SqliteStore {
 
     async fn summary(&self) -> Result<Vec<SummaryRow>> {
         let rows = sqlx::query(
-            "SELECT instance, state, count, oldest_age_secs FROM status_outbox_summary
+            "SELECT instance, state, count, oldest_age_secs, scheduled FROM status_outbox_summary
              ORDER BY instance, state",
         )
         .fetch_all(&self.pool)
@@ -556,6 +556,7 @@ impl Store for SqliteStore {
                     state: State::from_str(&state).map_err(StoreError::Invalid)?,
                     count: r.try_get("count")?,
                     oldest_age_secs: r.try_get("oldest_age_secs")?,
+                    scheduled: r.try_get::<Option<i64>, _>("scheduled")?.unwrap_or(0),
                 })
             })
             .collect()
@@ -734,6 +735,43 @@ impl Store for SqliteStore {
                     start: ms(r.try_get("start")?).unwrap_or_default(),
                     posted: r.try_get("posted")?,
                     errors: r.try_get("errors")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn set_instance_pause(&self, instance: &str, reason: &str) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO status_instance_pauses (instance, reason) VALUES (?1, ?2)
+             ON CONFLICT (instance) DO UPDATE SET reason = excluded.reason, updated_at = {NOW}"
+        ))
+        .bind(instance)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn clear_instance_pause(&self, instance: &str) -> Result<()> {
+        sqlx::query("DELETE FROM status_instance_pauses WHERE instance = ?1")
+            .bind(instance)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn instance_pauses(&self) -> Result<Vec<InstancePause>> {
+        let rows = sqlx::query(
+            "SELECT instance, reason, since FROM status_instance_pauses ORDER BY instance",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(InstancePause {
+                    instance: r.try_get("instance")?,
+                    reason: r.try_get("reason")?,
+                    since: ms(r.try_get("since")?).unwrap_or_default(),
                 })
             })
             .collect()

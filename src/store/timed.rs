@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::{
     ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion, EnqueueParams, Enqueued,
-    ListParams, Result, Schedule, Store, StoreError, SummaryRow, Transition,
+    InstancePause, ListParams, Result, Schedule, Store, StoreError, SummaryRow, Transition,
 };
 use crate::model::{Attempt, OutboxRow};
 
@@ -99,6 +99,9 @@ impl<S: Store> Store for Timed<S> {
         fn now(&self) -> DateTime<Utc>;
         fn next_due(&self, skip_instances: &[String], with_queued: bool) -> Option<Duration>;
         fn activity(&self, p: ActivityParams) -> Vec<ActivityBucket>;
+        fn set_instance_pause(&self, instance: &str, reason: &str) -> ();
+        fn clear_instance_pause(&self, instance: &str) -> ();
+        fn instance_pauses(&self) -> Vec<InstancePause>;
     }
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -116,14 +116,89 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
         "posted bars drawn: {tiles}"
     );
 
-    // The rows that need an operator, with their errors shown as text.
+    // The rows that need an operator, invalid ones included, with their
+    // errors shown as text.
+    let mut want = HashMap::from([
+        (seeded.failed, "failed".to_string()),
+        (seeded.in_doubt, "in_doubt".to_string()),
+        (seeded.long_invalid, "invalid".to_string()),
+    ]);
+    want.extend(seeded.invalid.iter().map(|id| (*id, "invalid".to_string())));
+    assert_eq!(attention(&browser).await, want);
+    // Identical errors are one line with a count; its rows are folded away
+    // until asked for.
+    let group = browser
+        .js("const g = document.querySelectorAll('tr[data-group]');
+             return Array.from(g).map(tr => [tr.dataset.count, tr.dataset.state,
+                tr.querySelector('td[data-field=\"last-error\"]').textContent,
+                document.querySelectorAll('tr[data-member-of=\"' + tr.dataset.group + '\"]:not([hidden])').length])")
+        .await;
     assert_eq!(
-        attention(&browser).await,
-        HashMap::from([
-            (seeded.failed, "failed".to_string()),
-            (seeded.in_doubt, "in_doubt".to_string()),
-        ])
+        group,
+        json!([[
+            seeded.invalid.len().to_string(),
+            "invalid",
+            INVALID_ERROR,
+            0
+        ]])
     );
+    browser.click("button[data-toggle]").await;
+    browser
+        .wait_for(
+            &format!(
+                "return document.querySelectorAll('tr[data-member-of]:not([hidden])').length === {}",
+                seeded.invalid.len()
+            ),
+            "the group's rows to unfold",
+        )
+        .await;
+    // Each row shows a preview of its payload.
+    let preview = browser
+        .js(&format!(
+            "return document.querySelector('tr[data-row-id=\"{}\"] td[data-field=\"preview\"]').textContent",
+            seeded.failed
+        ))
+        .await;
+    assert!(
+        preview.as_str().unwrap_or("").starts_with("status number"),
+        "{preview}"
+    );
+    // Long values (a 3,000-character error, a 2,000-character payload)
+    // do not widen the page.
+    let widths = browser
+        .js("return [document.documentElement.scrollWidth, window.innerWidth]")
+        .await;
+    assert!(
+        widths[0].as_u64().unwrap() <= widths[1].as_u64().unwrap(),
+        "the page is wider than the window: {widths}"
+    );
+    let tall = browser
+        .js(&format!(
+            "return document.querySelector('tr[data-row-id=\"{}\"]').getBoundingClientRect().height",
+            seeded.long_invalid
+        ))
+        .await;
+    assert!(
+        tall.as_f64().unwrap() < 200.0,
+        "a long error makes a tall row: {tall}px"
+    );
+    // Paused instances, with why and since when (recorded in the store by
+    // a daemon, here by hand).
+    let paused = browser
+        .js("return Array.from(document.querySelectorAll('#paused:not([hidden]) tr[data-paused-instance]'))
+                .map(tr => [tr.dataset.pausedInstance, tr.querySelector('[data-field=\"why\"]').textContent,
+                            tr.querySelector('[data-since]').textContent])")
+        .await;
+    assert_eq!(paused[0][0], json!("backup"), "{paused}");
+    assert_eq!(paused[0][1], json!(PAUSE_REASON), "{paused}");
+    assert!(paused[0][2].as_str().unwrap().ends_with(" ago"), "{paused}");
+    // Throughput over the minutes that had work, and the tile says so.
+    let tp = browser
+        .js("const t = document.getElementById('throughput');
+             return [t.dataset.minutes, document.getElementById('throughput-window').textContent]")
+        .await;
+    assert_eq!(tp[0], json!(seeded.busy_minutes.to_string()), "{tp}");
+    assert!(tp[1].as_str().unwrap().contains("with work"), "{tp}");
     let err = browser
         .js(&format!(
             "const td = document.querySelector('tr[data-row-id=\"{}\"] td[data-field=\"last-error\"]');
@@ -137,7 +212,29 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
         "API text is shown as text, never parsed as HTML"
     );
 
+    // The top of the page for the picture (unfolding the group scrolled).
+    browser.js("window.scrollTo(0, 0); return true").await;
     save_screenshot(&browser, db).await;
+
+    // Retry asks first: dismissed, nothing changes.
+    browser
+        .click(&format!(
+            "tr[data-row-id=\"{}\"] button[data-action=\"retry\"]",
+            seeded.failed
+        ))
+        .await;
+    let question = browser.answer_confirm(false).await;
+    assert!(question.contains(&seeded.failed.to_string()), "{question}");
+    browser
+        .wait_for(
+            "return document.getElementById('flash').textContent.includes('not confirmed')",
+            "the not-confirmed message",
+        )
+        .await;
+    assert_eq!(
+        s.get(seeded.failed).await.unwrap().unwrap().state,
+        State::Failed
+    );
 
     // Retry the failed row: it leaves the list, the counts follow the store.
     let before = browser.js("return document.body.dataset.refreshes").await;
@@ -147,6 +244,7 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
             seeded.failed
         ))
         .await;
+    browser.answer_confirm(true).await;
     browser
         .wait_for(
             &format!(
@@ -177,11 +275,16 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
             seeded.in_doubt
         ))
         .await;
+    let question = browser.answer_confirm(true).await;
+    assert!(question.contains("never be sent"), "{question}");
     browser
         .wait_for(
-            "return document.querySelectorAll('tr[data-row-id]').length === 0 &&
-                !document.getElementById('attention-empty').hidden",
-            "an empty attention list",
+            &format!(
+                "return !document.querySelector('tr[data-row-id=\"{}\"]') &&
+                    document.querySelectorAll('tr[data-state=\"in_doubt\"]').length === 0",
+                seeded.in_doubt
+            ),
+            "the cancelled row to leave the list",
         )
         .await;
     assert_eq!(
@@ -225,10 +328,18 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
 }
 
 const FAILED_ERROR: &str = "payload.caption: <b>longer than 700 characters</b>";
+const INVALID_ERROR: &str = "payload.text: is required";
+const PAUSE_REASON: &str = "HTTP 401: the access token was refused";
 
 struct Seeded {
     failed: Uuid,
     in_doubt: Uuid,
+    /// Invalid rows with one identical error.
+    invalid: Vec<Uuid>,
+    /// An invalid row with a 3,000-character error and payload.
+    long_invalid: Uuid,
+    /// Minutes from the first to the last minute with an attempt.
+    busy_minutes: i64,
     posted_attempts: i64,
     error_attempts: i64,
 }
@@ -297,6 +408,7 @@ async fn seed<S: Store>(s: &S) -> Seeded {
             outcome: outcome.into(),
         });
     }
+    let mut done_starts: Vec<chrono::DateTime<chrono::Utc>> = done.iter().map(finished).collect();
     assert_eq!(s.complete(&done).await.unwrap(), 150);
     // The retryable ones go through on their second attempt.
     let again = s.claim(claim).await.unwrap();
@@ -315,6 +427,7 @@ async fn seed<S: Store>(s: &S) -> Seeded {
         })
         .collect();
     posted_attempts += done.len() as i64;
+    done_starts.extend(done.iter().map(finished));
     assert_eq!(s.complete(&done).await.unwrap(), again.len() as u64);
     // Still to do: pending rows on both instances, queued ones on `backup`.
     for i in 0..3 {
@@ -322,15 +435,45 @@ async fn seed<S: Store>(s: &S) -> Seeded {
         s.enqueue(text("backup", 2_000 + i)).await.unwrap();
     }
     assign_all(s).await;
+    // Rows an upstream app got wrong: five the same way, one very long.
+    let mut invalid = Vec::new();
+    for i in 0..5 {
+        let id = s.enqueue(text("main", 4_000 + i)).await.unwrap().id;
+        assert!(s.mark_invalid(id, INVALID_ERROR).await.unwrap());
+        invalid.push(id);
+    }
+    let long = s
+        .enqueue(statusd::store::EnqueueParams {
+            payload: serde_json::json!({ "text": "y".repeat(2_000) }).to_string(),
+            ..text("main", 5_000)
+        })
+        .await
+        .unwrap()
+        .id;
+    assert!(s.mark_invalid(long, &"z".repeat(3_000)).await.unwrap());
     for i in 0..4 {
         s.enqueue(text("backup", 3_000 + i)).await.unwrap();
     }
+    s.set_instance_pause("backup", PAUSE_REASON).await.unwrap();
+    // The seeded attempts' minutes, as the page's buckets count them.
+    let minute = |t: chrono::DateTime<chrono::Utc>| t.timestamp().div_euclid(60);
+    let mut starts: Vec<i64> = done_starts.iter().map(|t| minute(*t)).collect();
+    starts.sort_unstable();
+    let busy_minutes = starts.last().unwrap() - starts.first().unwrap() + 1;
     Seeded {
         failed: failed.unwrap(),
         in_doubt: in_doubt.unwrap(),
+        invalid,
+        long_invalid: long,
+        busy_minutes,
         posted_attempts,
         error_attempts,
     }
+}
+
+/// When an attempt finished: the activity chart counts it in that minute.
+fn finished(c: &Completion) -> chrono::DateTime<chrono::Utc> {
+    c.started_at + chrono::Duration::from_std(c.latency).unwrap()
 }
 
 async fn assign_all<S: Store>(s: &S) {
@@ -706,6 +849,36 @@ impl Browser {
                 panic!("timed out waiting for {what}; the page shows:\n{}", page);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Answers the page's `confirm()` (accept or dismiss) once it is open;
+    /// returns its text. Fails if no dialog opens within 10 s.
+    async fn answer_confirm(&self, accept: bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self
+                .http
+                .get(format!("{}/alert/text", self.session))
+                .send()
+                .await
+                .expect("WebDriver alert/text");
+            if r.status().is_success() {
+                let text = r.json::<Value>().await.unwrap()["value"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                let what = if accept { "accept" } else { "dismiss" };
+                self.cmd(
+                    reqwest::Method::POST,
+                    &format!("/alert/{what}"),
+                    Some(json!({})),
+                )
+                .await;
+                return text;
+            }
+            assert!(Instant::now() < deadline, "no confirmation dialog opened");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
