@@ -11,10 +11,13 @@ use chrono::{DateTime, Utc};
 
 use crate::model::{Kind, StatusBody};
 
-pub mod ids;
 pub mod wawp;
 
-pub use wawp::WawpClient;
+/// Message ids in the provider's shape belong to the [wire
+/// vocabulary](crate::wire); here too because the id assigner makes them on
+/// the provider's behalf (`id_source = "local"`).
+pub use crate::wire::ids;
+pub use wawp::{ClientError, WawpClient};
 
 /// What became of one request that may have changed the provider's state.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +70,17 @@ impl SendOutcome {
     }
 
     pub fn reason(&self) -> Option<&str> {
+        match self {
+            SendOutcome::Posted { .. } => None,
+            SendOutcome::Retryable { reason, .. }
+            | SendOutcome::InDoubt { reason, .. }
+            | SendOutcome::Permanent { reason, .. }
+            | SendOutcome::InstanceDown { reason, .. } => Some(reason),
+        }
+    }
+
+    /// The reason, to rewrite in place (redaction).
+    pub fn reason_mut(&mut self) -> Option<&mut String> {
         match self {
             SendOutcome::Posted { .. } => None,
             SendOutcome::Retryable { reason, .. }

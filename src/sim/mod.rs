@@ -1,7 +1,8 @@
 //! The provider simulator (DESIGN.md §7): a fake of the Wawp status API that
-//! speaks the same HTTP surface as [`WawpClient`](crate::provider::WawpClient)
-//! (same paths, query parameters and bodies, see
-//! [`crate::provider::wawp::paths`]), keeps what a viewer would see, counts
+//! speaks the provider's [wire vocabulary](crate::wire) (paths, query
+//! parameters, chat and id forms) — the same module the
+//! [`WawpClient`](crate::provider::WawpClient) speaks, and the simulator
+//! imports nothing from the client — keeps what a viewer would see, counts
 //! duplicates, and injects faults.
 //!
 //! # What viewers see
@@ -44,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::Kind;
 
-pub use state::SimError;
+pub use state::{InvalidSimConfig, SimError};
 
 /// The simulator's knobs. Every field has a default (no faults, no latency,
 /// any token accepted), so a config file or `POST /_sim/config` body only
@@ -175,7 +176,7 @@ impl SimConfig {
     }
 
     /// Every problem, each naming its knob.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSimConfig> {
         let mut problems = Vec::new();
         let mut sum = 0.0;
         for (name, p) in self.fault_table() {
@@ -193,7 +194,7 @@ impl SimConfig {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(problems.join("; "))
+            Err(InvalidSimConfig { problems })
         }
     }
 }
@@ -239,13 +240,10 @@ impl Simulator {
     /// handle is shut down or dropped. Fails when the address can't be bound
     /// or the config is invalid.
     pub async fn start(addr: SocketAddr, config: SimConfig) -> Result<SimHandle, SimError> {
-        config.validate().map_err(SimError::Config)?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| SimError::Bind(addr, e.to_string()))?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| SimError::Bind(addr, e.to_string()))?;
+        config.validate()?;
+        let bind = |source| SimError::Bind { addr, source };
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
+        let local = listener.local_addr().map_err(bind)?;
         let cancel = CancellationToken::new();
         let shared = Arc::new(state::Shared::new(config, cancel.clone()));
         let task = tokio::spawn(server::serve(listener, shared.clone(), cancel.clone()));

@@ -31,9 +31,10 @@ use tokio_util::sync::CancellationToken;
 use super::state::{Committed, Fault, Plan, Refusal, Shared};
 use super::PostedStatus;
 use crate::model::{Kind, StatusBody};
-use crate::provider::ids::local_message_id;
-use crate::provider::wawp::{
-    bare_message_id, paths, serialized_status_id, NOT_PROCESSED, STATUS_CHAT,
+use crate::wire::ids::local_message_id;
+use crate::wire::{
+    bare_message_id, field, paths, serialized_status_id, NOT_PROCESSED, SESSION_SCAN_QR_CODE,
+    SESSION_WORKING, STATUS_CHAT,
 };
 
 type Sh = State<Arc<Shared>>;
@@ -56,12 +57,6 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: Cancellat
 }
 
 fn router(shared: Arc<Shared>) -> Router {
-    let kinds = [
-        (paths::TEXT, Kind::Text),
-        (paths::IMAGE, Kind::Image),
-        (paths::VOICE, Kind::Voice),
-        (paths::VIDEO, Kind::Video),
-    ];
     let mut r = Router::new()
         .route(paths::NEW_MESSAGE_ID, get(new_message_id))
         .route(paths::DELETE, post(delete_status))
@@ -72,7 +67,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/config", get(sim_config).post(sim_set_config))
         .route("/_sim/reset", post(sim_reset))
         .route("/_sim/posted", get(sim_posted));
-    for (path, kind) in kinds {
+    for (path, kind) in paths::STATUS {
         r = r.route(
             path,
             post(
@@ -248,13 +243,29 @@ async fn admit(
     conn: &Conn,
     faults: bool,
 ) -> Result<(String, Plan), Response> {
-    let instance = q.get("instance_id").cloned().unwrap_or_default();
-    let token = q.get("access_token").map(String::as_str).unwrap_or("");
+    let instance = q.get(field::INSTANCE_ID).cloned().unwrap_or_default();
+    let token = q.get(field::ACCESS_TOKEN).map(String::as_str).unwrap_or("");
     sh.admit(&instance, token).map_err(refused)?;
     let plan = sh.plan(faults);
     if !sleep_unless_stopped(sh, plan.latency).await {
         conn.drop_now();
         return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+    }
+    Ok((instance, plan))
+}
+
+/// [`admit`], then refuses a request that needs a connected WhatsApp
+/// session (posts and deletes) when the instance's session is down.
+async fn admit_connected(
+    sh: &Shared,
+    q: &HashMap<String, String>,
+    conn: &Conn,
+    faults: bool,
+) -> Result<(String, Plan), Response> {
+    let (instance, plan) = admit(sh, q, conn, faults).await?;
+    if sh.disconnected(&instance) {
+        sh.count_disconnected();
+        return Err(refused(Refusal::Disconnected));
     }
     Ok((instance, plan))
 }
@@ -392,14 +403,10 @@ async fn post_status(
     Query(q): Params,
     body: Bytes,
 ) -> Response {
-    let (instance, plan) = match admit(&sh, &q, &conn, true).await {
+    let (instance, plan) = match admit_connected(&sh, &q, &conn, true).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    if sh.disconnected(&instance) {
-        sh.count_disconnected();
-        return refused(Refusal::Disconnected);
-    }
     if let Some(r) = fault_before(&sh, &plan, &conn).await {
         return r;
     }
@@ -407,7 +414,7 @@ async fn post_status(
         Ok(Value::Object(m)) => m,
         _ => return error(StatusCode::BAD_REQUEST, "the body must be a JSON object"),
     };
-    let supplied = match obj.remove("id") {
+    let supplied = match obj.remove(field::ID) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if !s.is_empty() => Some(s),
         Some(_) => return error(StatusCode::BAD_REQUEST, "id must be a non-empty string"),
@@ -427,17 +434,13 @@ async fn delete_status(
     Query(q): Params,
     body: Bytes,
 ) -> Response {
-    let (instance, _) = match admit(&sh, &q, &conn, false).await {
+    let (instance, _) = match admit_connected(&sh, &q, &conn, false).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    if sh.disconnected(&instance) {
-        sh.count_disconnected();
-        return refused(Refusal::Disconnected);
-    }
     let id = serde_json::from_slice::<Value>(&body)
         .ok()
-        .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_string));
+        .and_then(|v| v.get(field::ID).and_then(Value::as_str).map(str::to_string));
     let Some(id) = id.filter(|i| !i.is_empty()) else {
         return error(StatusCode::BAD_REQUEST, "id is required");
     };
@@ -469,7 +472,7 @@ async fn get_message(
             .map(str::to_string)
             .or_else(|| q.get(k).cloned())
     };
-    let (Some(chat), Some(id)) = (param("chatId"), param("messageId")) else {
+    let (Some(chat), Some(id)) = (param(field::CHAT_ID), param(field::MESSAGE_ID)) else {
         return error(StatusCode::BAD_REQUEST, "chatId and messageId are required");
     };
     if chat != STATUS_CHAT {
@@ -491,9 +494,9 @@ async fn chat_messages(
         Err(r) => return r,
     };
     let num = |k: &str, d: usize| q.get(k).and_then(|v| v.parse::<usize>().ok()).unwrap_or(d);
-    let limit = num("limit", 100).min(1000);
-    let offset = num("offset", 0);
-    if q.get("chatId").map(String::as_str) != Some(STATUS_CHAT) {
+    let limit = num(field::LIMIT, 100).min(1000);
+    let offset = num(field::OFFSET, 0);
+    if q.get(field::CHAT_ID).map(String::as_str) != Some(STATUS_CHAT) {
         return Json(json!([])).into_response();
     }
     let list: Vec<Value> = sh
@@ -514,9 +517,9 @@ async fn session_info(
         Err(r) => return r,
     };
     let status = if sh.disconnected(&instance) {
-        "SCAN_QR_CODE"
+        SESSION_SCAN_QR_CODE
     } else {
-        "WORKING"
+        SESSION_WORKING
     };
     Json(json!({
         "name": instance,

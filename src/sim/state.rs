@@ -14,14 +14,34 @@ use tokio_util::sync::CancellationToken;
 
 use super::{PostedStatus, SimConfig, SimStats};
 use crate::model::{Kind, StatusBody};
-use crate::provider::ids::local_message_id;
+use crate::wire::ids::local_message_id;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// What can go wrong starting or configuring a simulator.
+#[derive(Debug, thiserror::Error)]
 pub enum SimError {
     #[error("invalid simulator config: {0}")]
-    Config(String),
-    #[error("cannot listen on {0}: {1}")]
-    Bind(SocketAddr, String),
+    Config(#[from] InvalidSimConfig),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Every problem of a [`SimConfig`], each naming its knob.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .problems.join("; "))]
+pub struct InvalidSimConfig {
+    pub problems: Vec<String>,
+}
+
+impl InvalidSimConfig {
+    pub(super) fn one(problem: impl Into<String>) -> InvalidSimConfig {
+        InvalidSimConfig {
+            problems: vec![problem.into()],
+        }
+    }
 }
 
 /// The one fault drawn for a request, if any.
@@ -142,8 +162,8 @@ impl Shared {
         self.lock().config.clone()
     }
 
-    pub fn set_config(&self, config: SimConfig) -> Result<(), super::SimError> {
-        config.validate().map_err(SimError::Config)?;
+    pub fn set_config(&self, config: SimConfig) -> Result<(), SimError> {
+        config.validate()?;
         let mut g = self.lock();
         if config.seed.is_some() && config.seed != g.config.seed {
             g.rng = rng_for(config.seed);
@@ -156,7 +176,7 @@ impl Shared {
     /// named knobs change, the rest (tokens included) stay.
     pub fn patch_config(&self, patch: &Value) -> Result<SimConfig, SimError> {
         let Value::Object(patch) = patch else {
-            return Err(SimError::Config("the body must be a JSON object".into()));
+            return Err(InvalidSimConfig::one("the body must be a JSON object").into());
         };
         let current = self.config();
         let mut merged = match serde_json::to_value(&current) {
@@ -167,7 +187,7 @@ impl Shared {
             merged.insert(k.clone(), v.clone());
         }
         let mut next: SimConfig = serde_json::from_value(Value::Object(merged))
-            .map_err(|e| SimError::Config(e.to_string()))?;
+            .map_err(|e| InvalidSimConfig::one(e.to_string()))?;
         if !patch.contains_key("tokens") {
             next.tokens = current.tokens;
         }
