@@ -36,6 +36,7 @@ mod state;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -50,7 +51,7 @@ pub use state::{InvalidSimConfig, SimError};
 /// The simulator's knobs. Every field has a default (no faults, no latency,
 /// any token accepted), so a config file or `POST /_sim/config` body only
 /// names what it changes.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimConfig {
     /// Commit the post, then drop the connection without answering.
@@ -84,7 +85,7 @@ pub struct SimConfig {
     /// accepted for any instance; otherwise an unknown instance or a wrong
     /// token gets 401. Never serialized back out.
     #[serde(skip_serializing)]
-    pub tokens: BTreeMap<String, String>,
+    pub tokens: SimTokens,
     /// Ignore supplied ids and assign our own (Wawp's documented current
     /// behaviour).
     pub auto_assign_ids: bool,
@@ -108,35 +109,43 @@ impl Default for SimConfig {
             latency_max_ms: 0,
             unauthorized_instances: BTreeSet::new(),
             disconnected_instances: BTreeSet::new(),
-            tokens: BTreeMap::new(),
+            tokens: SimTokens::default(),
             auto_assign_ids: false,
             seed: None,
         }
     }
 }
 
-/// Tokens are secrets even in the simulator: `Debug` names the instances
-/// only.
-impl fmt::Debug for SimConfig {
+/// Valid token per instance id (see [`SimConfig::tokens`]). Tokens are
+/// secrets even in the simulator: `Debug` names the instances only, and
+/// the config is never served with them.
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct SimTokens(BTreeMap<String, String>);
+
+impl Deref for SimTokens {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl DerefMut for SimTokens {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+/// `[(instance, token), …].into()`, as a `BTreeMap` is built.
+impl<const N: usize> From<[(String, String); N]> for SimTokens {
+    fn from(pairs: [(String, String); N]) -> Self {
+        SimTokens(pairs.into())
+    }
+}
+
+impl fmt::Debug for SimTokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimConfig")
-            .field("lost_response", &self.lost_response)
-            .field("error_5xx_before", &self.error_5xx_before)
-            .field("error_5xx_after", &self.error_5xx_after)
-            .field("hang", &self.hang)
-            .field("hang_after_commit", &self.hang_after_commit)
-            .field("rate_limited_429", &self.rate_limited_429)
-            .field("malformed_body", &self.malformed_body)
-            .field("retry_after_secs", &self.retry_after_secs)
-            .field("hang_ms", &self.hang_ms)
-            .field("latency_min_ms", &self.latency_min_ms)
-            .field("latency_max_ms", &self.latency_max_ms)
-            .field("unauthorized_instances", &self.unauthorized_instances)
-            .field("disconnected_instances", &self.disconnected_instances)
-            .field("tokens_for", &self.tokens.keys().collect::<Vec<_>>())
-            .field("auto_assign_ids", &self.auto_assign_ids)
-            .field("seed", &self.seed)
-            .finish()
+        f.debug_set().entries(self.0.keys()).finish()
     }
 }
 

@@ -132,6 +132,7 @@ mod tests {
         use crate::sim::{SimConfig, Simulator};
         use std::io::Write;
         use std::sync::{Arc, Mutex, OnceLock};
+        use tracing_subscriber::util::SubscriberInitExt as _;
 
         const TOKEN: &str = "tok-SECRET-4f9a2c77e1";
         const OTHER_TOKEN: &str = "tok-OTHER-0b3d9e55a8";
@@ -159,14 +160,7 @@ mod tests {
             static GLOBAL: OnceLock<Option<Capture>> = OnceLock::new();
             let global = GLOBAL.get_or_init(|| {
                 let cap = Capture(Arc::new(Mutex::new(Vec::new())));
-                let w = cap.clone();
-                tracing_subscriber::fmt()
-                    .with_max_level(tracing::Level::TRACE)
-                    .with_ansi(false)
-                    .with_writer(move || w.clone())
-                    .try_init()
-                    .ok()
-                    .map(|_| cap)
+                subscriber(&cap).try_init().ok().map(|_| cap)
             });
             match global {
                 Some(cap) => (cap.clone(), None),
@@ -174,15 +168,20 @@ mod tests {
                 // this thread (the test runs on a current-thread runtime).
                 None => {
                     let cap = Capture(Arc::new(Mutex::new(Vec::new())));
-                    let w = cap.clone();
-                    let sub = tracing_subscriber::fmt()
-                        .with_max_level(tracing::Level::TRACE)
-                        .with_ansi(false)
-                        .with_writer(move || w.clone())
-                        .finish();
-                    (cap, Some(tracing::subscriber::set_default(sub)))
+                    let guard = tracing::subscriber::set_default(subscriber(&cap));
+                    (cap, Some(guard))
                 }
             }
+        }
+
+        /// Every level, no colours, written into `cap`.
+        fn subscriber(cap: &Capture) -> impl tracing::Subscriber + Send + Sync {
+            let w = cap.clone();
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .with_writer(move || w.clone())
+                .finish()
         }
 
         fn client(base: &str, token: &str, supplied_id: bool) -> WawpClient {
@@ -241,12 +240,11 @@ mod tests {
                     StatusBody::parse("text", &json!({ "text": format!("s{i}") }).to_string())
                         .unwrap();
                 let id = crate::wire::ids::local_message_id();
-                let out = good
-                    .send_status(&OutgoingStatus {
-                        message_id: &id,
-                        body: &body,
-                    })
-                    .await;
+                let status = OutgoingStatus {
+                    message_id: &id,
+                    body: &body,
+                };
+                let out = good.send_status(&status).await;
                 labels.push(out.label());
                 seen.push(format!("{out:?}"));
                 seen.push(format!("{:?}", good.new_message_id().await));
@@ -257,26 +255,10 @@ mod tests {
                     sent_after: Utc::now() - chrono::Duration::minutes(1),
                 };
                 seen.push(format!("{:?}", good.find_status(&q).await));
-                seen.push(format!(
-                    "{:?}",
-                    wrong
-                        .send_status(&OutgoingStatus {
-                            message_id: &id,
-                            body: &body
-                        })
-                        .await
-                ));
-                seen.push(format!("{:?}", wrong.find_status(&q).await));
-                seen.push(format!(
-                    "{:?}",
-                    refused
-                        .send_status(&OutgoingStatus {
-                            message_id: &id,
-                            body: &body
-                        })
-                        .await
-                ));
-                seen.push(format!("{:?}", refused.find_status(&q).await));
+                for other in [&wrong, &refused] {
+                    seen.push(format!("{:?}", other.send_status(&status).await));
+                    seen.push(format!("{:?}", other.find_status(&q).await));
+                }
             }
             sim.set_config(cfg.clone()).unwrap();
             for r in [
