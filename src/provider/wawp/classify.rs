@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::provider::SendOutcome;
+use crate::provider::contract::{ProviderError, SendOutcome};
 use crate::wire::{bare_message_id, NOT_PROCESSED};
 
 /// Longest `Retry-After` honoured; longer values are clamped.
@@ -135,6 +135,17 @@ pub fn classify_at(ex: &Exchange, now: DateTime<Utc>) -> SendOutcome {
             reason: format!("unexpected HTTP {status}: {message}"),
             http_status,
         },
+    }
+}
+
+/// The exchange of a call that posts nothing (fetching an id, probing,
+/// looking up), when it did not succeed, as a [`ProviderError`].
+pub(super) fn read_error(ex: &Exchange) -> ProviderError {
+    match classify(ex) {
+        SendOutcome::InstanceDown { reason, .. } => ProviderError::InstanceDown(reason),
+        other => {
+            ProviderError::Unavailable(other.reason().unwrap_or("unexpected response").to_string())
+        }
     }
 }
 

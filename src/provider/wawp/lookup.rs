@@ -1,26 +1,25 @@
 //! Is a status on the provider? The reconciler's question (DESIGN.md §4
 //! rule 4), asked by id (`messages/get`) or, where the provider assigns its
-//! own ids, by content in the recent statuses (`chats/messages`).
+//! own ids, by content in the recent statuses (`chats/messages`). The
+//! client makes the requests; this module reads their answers.
 //!
 //! "Absent" is answered only on evidence (DESIGN.md R5): a documented
 //! not-found, or a listing read to the start of the window with every own
 //! status in it compared. Anything short of that is `Unavailable`.
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::classify::response_id;
-use super::classify::Exchange;
-use super::WawpClient;
+use super::classify::{read_error, response_id, Exchange};
 use crate::model::{fingerprint_of, Kind};
-use crate::provider::{Lookup, StatusQuery};
-use crate::wire::{bare_message_id, field, paths, serialized_status_id, STATUS_CHAT};
+use crate::provider::contract::{Lookup, StatusQuery};
+use crate::wire::bare_message_id;
 
 /// Messages listed per page when searching recent statuses.
-const LIST_PAGE: usize = 100;
+pub(super) const LIST_PAGE: usize = 100;
 /// Pages searched before giving up with `Unavailable` (never `Absent`: a
 /// status we did not get to see may still be there).
-const LIST_MAX_PAGES: usize = 10;
+pub(super) const LIST_MAX_PAGES: usize = 10;
 
 /// What a look-up by id found.
 pub(super) enum ById {
@@ -29,98 +28,85 @@ pub(super) enum ById {
     Failed(String),
 }
 
-impl WawpClient {
-    /// Asks for the message by its id in the status chat.
-    pub(super) async fn lookup_by_id(&self, message_id: &str) -> ById {
-        let rb = self
-            .request(reqwest::Method::POST, paths::GET_MESSAGE)
-            .json(&json!({
-                (field::CHAT_ID): STATUS_CHAT,
-                (field::MESSAGE_ID): serialized_status_id(message_id),
-                (field::DOWNLOAD_MEDIA): false,
-            }));
-        match self.exchange(paths::GET_MESSAGE, rb).await {
-            Exchange::Response {
-                status: 200..=299,
-                body: Ok(body),
-                ..
-            } => match serde_json::from_str::<Value>(&body) {
-                Ok(Value::Null) => ById::NotFound,
-                Ok(v) if v.as_object().is_some_and(|o| o.is_empty()) => ById::NotFound,
-                Ok(v) => match response_id(&v) {
-                    Some(id) if id == message_id => ById::Found(id),
-                    Some(other) => ById::Failed(format!(
-                        "look-up of {message_id} answered with another message ({other})"
-                    )),
-                    None => ById::Failed("look-up answered without a message id".into()),
-                },
-                Err(_) => ById::Failed("look-up answered with a malformed body".into()),
+/// Reads the answer to a look-up of `message_id` in the status chat
+/// (`messages/get`): the message, a documented not-found (404 or an empty
+/// body), or a failure.
+pub(super) fn read_by_id(ex: &Exchange, message_id: &str) -> ById {
+    match ex {
+        Exchange::Response {
+            status: 200..=299,
+            body: Ok(body),
+            ..
+        } => match serde_json::from_str::<Value>(body) {
+            Ok(Value::Null) => ById::NotFound,
+            Ok(v) if v.as_object().is_some_and(|o| o.is_empty()) => ById::NotFound,
+            Ok(v) => match response_id(&v) {
+                Some(id) if id == message_id => ById::Found(id),
+                Some(other) => ById::Failed(format!(
+                    "look-up of {message_id} answered with another message ({other})"
+                )),
+                None => ById::Failed("look-up answered without a message id".into()),
             },
-            Exchange::Response { status: 404, .. } => ById::NotFound,
-            ex => ById::Failed(format!("look-up by id failed: {}", self.read_error(&ex))),
-        }
+            Err(_) => ById::Failed("look-up answered with a malformed body".into()),
+        },
+        Exchange::Response { status: 404, .. } => ById::NotFound,
+        ex => ById::Failed(format!("look-up by id failed: {}", read_error(ex))),
     }
+}
 
-    /// Searches the instance's recent own statuses for one of the query's
-    /// kind and fingerprint, posted at or after `sent_after`.
-    pub(super) async fn lookup_in_recent(&self, q: &StatusQuery<'_>) -> Lookup {
-        for page in 0..LIST_MAX_PAGES {
-            let offset = (page * LIST_PAGE).to_string();
-            let limit = LIST_PAGE.to_string();
-            let rb = self
-                .request(reqwest::Method::GET, paths::CHAT_MESSAGES)
-                .query(&[
-                    (field::CHAT_ID, STATUS_CHAT),
-                    (field::LIMIT, limit.as_str()),
-                    (field::OFFSET, offset.as_str()),
-                    (field::DOWNLOAD_MEDIA, "false"),
-                ]);
-            let body = match self.exchange(paths::CHAT_MESSAGES, rb).await {
-                Exchange::Response {
-                    status: 200..=299,
-                    body: Ok(body),
-                    ..
-                } => body,
-                ex => {
-                    return Lookup::Unavailable {
-                        reason: format!("listing recent statuses failed: {}", self.read_error(&ex)),
-                    }
-                }
-            };
-            let messages = match serde_json::from_str::<Value>(&body) {
-                Ok(Value::Array(a)) => a,
-                Ok(Value::Object(mut o)) => match o.remove("messages").or_else(|| o.remove("data"))
-                {
-                    Some(Value::Array(a)) => a,
-                    _ => {
-                        return Lookup::Unavailable {
-                            reason: "listing recent statuses: no message list in the body".into(),
-                        }
-                    }
-                },
-                _ => {
-                    return Lookup::Unavailable {
-                        reason: "listing recent statuses: malformed body".into(),
-                    }
-                }
-            };
-            if let Some(provider_id) = messages.iter().find_map(|m| listed_match(m, q)) {
-                return Lookup::Present { provider_id };
-            }
-            let any_in_window = messages
-                .iter()
-                .any(|m| listed_time(m).map_or(true, |t| in_window(t, q)));
-            if messages.len() < LIST_PAGE || !any_in_window {
-                return Lookup::Absent;
-            }
+/// Reads one page (of [`LIST_PAGE`] messages) of the status chat's
+/// listing, newest first. `Some` is the answer; `None` asks for the next
+/// page: this one was full and still inside the query's window.
+pub(super) fn read_page(ex: &Exchange, q: &StatusQuery<'_>) -> Option<Lookup> {
+    let body = match ex {
+        Exchange::Response {
+            status: 200..=299,
+            body: Ok(body),
+            ..
+        } => body,
+        ex => {
+            return Some(Lookup::Unavailable {
+                reason: format!("listing recent statuses failed: {}", read_error(ex)),
+            })
         }
-        Lookup::Unavailable {
-            reason: format!(
-                "more than {} recent statuses since {}: not all could be searched",
-                LIST_PAGE * LIST_MAX_PAGES,
-                q.sent_after
-            ),
+    };
+    let messages = match serde_json::from_str::<Value>(body) {
+        Ok(Value::Array(a)) => a,
+        Ok(Value::Object(mut o)) => match o.remove("messages").or_else(|| o.remove("data")) {
+            Some(Value::Array(a)) => a,
+            _ => {
+                return Some(Lookup::Unavailable {
+                    reason: "listing recent statuses: no message list in the body".into(),
+                })
+            }
+        },
+        _ => {
+            return Some(Lookup::Unavailable {
+                reason: "listing recent statuses: malformed body".into(),
+            })
         }
+    };
+    if let Some(provider_id) = messages.iter().find_map(|m| listed_match(m, q)) {
+        return Some(Lookup::Present { provider_id });
+    }
+    let any_in_window = messages
+        .iter()
+        .any(|m| listed_time(m).map_or(true, |t| in_window(t, q)));
+    if messages.len() < LIST_PAGE || !any_in_window {
+        return Some(Lookup::Absent);
+    }
+    None
+}
+
+/// The answer when [`LIST_MAX_PAGES`] full pages were all inside the
+/// window: what was not read may hold the status.
+pub(super) fn window_too_full(q: &StatusQuery<'_>) -> Lookup {
+    Lookup::Unavailable {
+        reason: format!(
+            "more than {} recent statuses since {}: not all could be searched",
+            LIST_PAGE * LIST_MAX_PAGES,
+            q.sent_after
+        ),
     }
 }
 
