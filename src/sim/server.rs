@@ -28,8 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::state::{Committed, Fault, Plan, Refusal, Shared};
-use super::PostedStatus;
+use super::state::{Committed, Fault, Plan, PostedStatus, Refusal, Shared};
 use crate::model::{Kind, StatusBody};
 use crate::wire::ids::local_message_id;
 use crate::wire::{

@@ -1,47 +1,54 @@
-//! The simulator's memory: what viewers see, the counters, the knobs and the
-//! random source, behind one std mutex (never held across an await).
+//! The simulator's memory: what viewers see ([`PostedStatus`]), the counters
+//! ([`SimStats`]), the knobs and the random source, behind one std mutex
+//! (never held across an await).
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{PostedStatus, SimConfig, SimStats};
+use super::knobs::{InvalidSimConfig, SimConfig, SimError};
 use crate::model::{Kind, StatusBody};
 use crate::wire::ids::local_message_id;
 
-/// What can go wrong starting or configuring a simulator.
-#[derive(Debug, thiserror::Error)]
-pub enum SimError {
-    #[error("invalid simulator config: {0}")]
-    Config(#[from] InvalidSimConfig),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+/// Counters, as served by `GET /_sim/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SimStats {
+    /// Every request to the provider API (not `/_sim`).
+    pub requests: u64,
+    /// Statuses shown to viewers (a duplicate counts here too).
+    pub posted: u64,
+    /// Posts whose content was already shown under another id.
+    pub duplicates: u64,
+    /// Posts recognised by their supplied id as already shown.
+    pub deduplicated_by_id: u64,
+    pub deleted: u64,
+    pub lookups: u64,
+    /// Injected faults by knob name; 401s and disconnected sessions are
+    /// counted as `unauthorized` and `disconnected`.
+    pub faults: BTreeMap<String, u64>,
 }
 
-/// Every problem of a [`SimConfig`], each naming its knob.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", .problems.join("; "))]
-pub struct InvalidSimConfig {
-    pub problems: Vec<String>,
-}
-
-impl InvalidSimConfig {
-    pub(super) fn one(problem: impl Into<String>) -> InvalidSimConfig {
-        InvalidSimConfig {
-            problems: vec![problem.into()],
-        }
-    }
+/// One status as the simulator holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PostedStatus {
+    pub id: String,
+    /// The id the client supplied, when it supplied one.
+    pub supplied_id: Option<String>,
+    pub instance: String,
+    pub kind: Kind,
+    pub fingerprint: String,
+    /// The body as posted, without `id`.
+    pub body: serde_json::Value,
+    pub posted_at: DateTime<Utc>,
+    pub deleted: bool,
 }
 
 /// The one fault drawn for a request, if any.
