@@ -131,7 +131,7 @@ impl SimConfig {
     }
 
     /// The fault probabilities in draw order, with their names as counted
-    /// in [`SimStats::faults`].
+    /// in [`SimStats::faults`](super::SimStats::faults).
     pub fn fault_table(&self) -> [(&'static str, f64); 7] {
         [
             ("rate_limited_429", self.rate_limited_429),
