@@ -1,7 +1,8 @@
 //! The provider simulator (DESIGN.md §7): a fake of the Wawp status API that
-//! speaks the same HTTP surface as [`WawpClient`](crate::provider::WawpClient)
-//! (same paths, query parameters and bodies, see
-//! [`crate::provider::wawp::paths`]), keeps what a viewer would see, counts
+//! speaks the provider's [wire vocabulary](crate::wire) (paths, query
+//! parameters, chat and id forms) — the same module the
+//! [`WawpClient`](crate::provider::WawpClient) speaks, and the simulator
+//! imports nothing from the client — keeps what a viewer would see, counts
 //! duplicates, and injects faults.
 //!
 //! # What viewers see
@@ -29,207 +30,19 @@
 //! but no random faults, so that the reconciler can always make progress.
 //! With a `seed`, the draws are reproducible for a given order of requests.
 
+mod knobs;
 mod server;
 mod state;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::Kind;
-
-pub use state::SimError;
-
-/// The simulator's knobs. Every field has a default (no faults, no latency,
-/// any token accepted), so a config file or `POST /_sim/config` body only
-/// names what it changes.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SimConfig {
-    /// Commit the post, then drop the connection without answering.
-    pub lost_response: f64,
-    /// Answer 503 with the `NOT_PROCESSED` code, posting nothing.
-    pub error_5xx_before: f64,
-    /// Commit the post, then answer 500.
-    pub error_5xx_after: f64,
-    /// Sleep `hang_ms` before processing; nothing is posted (the client has
-    /// given up by then, and the request is answered 503 `NOT_PROCESSED`).
-    pub hang: f64,
-    /// Commit the post, then sleep `hang_ms` before answering 200.
-    pub hang_after_commit: f64,
-    /// Answer 429 with `Retry-After: retry_after_secs`, posting nothing.
-    pub rate_limited_429: f64,
-    /// Commit the post, then answer 200 with a truncated body.
-    pub malformed_body: f64,
-    pub retry_after_secs: u64,
-    /// How long a hang lasts; set it above the client's request timeout.
-    pub hang_ms: u64,
-    /// Latency added to every request, uniform in `[min, max]`.
-    pub latency_min_ms: u64,
-    pub latency_max_ms: u64,
-    /// Instance ids answered 401 whatever the token.
-    pub unauthorized_instances: BTreeSet<String>,
-    /// Instance ids whose WhatsApp session is not connected: posts are
-    /// answered 422 "Session status is not as expected" (WAHA's wording),
-    /// session info says `SCAN_QR_CODE`.
-    pub disconnected_instances: BTreeSet<String>,
-    /// Valid token per instance id. When empty, any non-empty token is
-    /// accepted for any instance; otherwise an unknown instance or a wrong
-    /// token gets 401. Never serialized back out.
-    #[serde(skip_serializing)]
-    pub tokens: BTreeMap<String, String>,
-    /// Ignore supplied ids and assign our own (Wawp's documented current
-    /// behaviour).
-    pub auto_assign_ids: bool,
-    /// Seed for the fault and latency draws; `None` seeds from the OS.
-    pub seed: Option<u64>,
-}
-
-impl Default for SimConfig {
-    fn default() -> Self {
-        SimConfig {
-            lost_response: 0.0,
-            error_5xx_before: 0.0,
-            error_5xx_after: 0.0,
-            hang: 0.0,
-            hang_after_commit: 0.0,
-            rate_limited_429: 0.0,
-            malformed_body: 0.0,
-            retry_after_secs: 1,
-            hang_ms: 35_000,
-            latency_min_ms: 0,
-            latency_max_ms: 0,
-            unauthorized_instances: BTreeSet::new(),
-            disconnected_instances: BTreeSet::new(),
-            tokens: BTreeMap::new(),
-            auto_assign_ids: false,
-            seed: None,
-        }
-    }
-}
-
-/// Tokens are secrets even in the simulator: `Debug` names the instances
-/// only.
-impl fmt::Debug for SimConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimConfig")
-            .field("lost_response", &self.lost_response)
-            .field("error_5xx_before", &self.error_5xx_before)
-            .field("error_5xx_after", &self.error_5xx_after)
-            .field("hang", &self.hang)
-            .field("hang_after_commit", &self.hang_after_commit)
-            .field("rate_limited_429", &self.rate_limited_429)
-            .field("malformed_body", &self.malformed_body)
-            .field("retry_after_secs", &self.retry_after_secs)
-            .field("hang_ms", &self.hang_ms)
-            .field("latency_min_ms", &self.latency_min_ms)
-            .field("latency_max_ms", &self.latency_max_ms)
-            .field("unauthorized_instances", &self.unauthorized_instances)
-            .field("disconnected_instances", &self.disconnected_instances)
-            .field("tokens_for", &self.tokens.keys().collect::<Vec<_>>())
-            .field("auto_assign_ids", &self.auto_assign_ids)
-            .field("seed", &self.seed)
-            .finish()
-    }
-}
-
-impl SimConfig {
-    /// A mix of every fault, a few percent each, with a short hang: what the
-    /// demo runs against. The client's request timeout must be below
-    /// `hang_ms` (1.5 s here) for hangs to look like hangs.
-    pub fn with_demo_faults() -> SimConfig {
-        SimConfig {
-            lost_response: 0.03,
-            error_5xx_before: 0.03,
-            error_5xx_after: 0.02,
-            hang: 0.01,
-            hang_after_commit: 0.01,
-            rate_limited_429: 0.03,
-            malformed_body: 0.02,
-            retry_after_secs: 1,
-            hang_ms: 1_500,
-            latency_min_ms: 1,
-            latency_max_ms: 15,
-            ..SimConfig::default()
-        }
-    }
-
-    /// The fault probabilities in draw order, with their names as counted
-    /// in [`SimStats::faults`].
-    pub fn fault_table(&self) -> [(&'static str, f64); 7] {
-        [
-            ("rate_limited_429", self.rate_limited_429),
-            ("error_5xx_before", self.error_5xx_before),
-            ("hang", self.hang),
-            ("lost_response", self.lost_response),
-            ("error_5xx_after", self.error_5xx_after),
-            ("hang_after_commit", self.hang_after_commit),
-            ("malformed_body", self.malformed_body),
-        ]
-    }
-
-    /// Every problem, each naming its knob.
-    pub fn validate(&self) -> Result<(), String> {
-        let mut problems = Vec::new();
-        let mut sum = 0.0;
-        for (name, p) in self.fault_table() {
-            if !(0.0..=1.0).contains(&p) {
-                problems.push(format!("{name} must be a probability between 0 and 1"));
-            }
-            sum += p;
-        }
-        if sum > 1.0 + 1e-9 {
-            problems.push(format!("fault probabilities sum to {sum}, more than 1"));
-        }
-        if self.latency_min_ms > self.latency_max_ms {
-            problems.push("latency_min_ms must not exceed latency_max_ms".into());
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems.join("; "))
-        }
-    }
-}
-
-/// Counters, as served by `GET /_sim/stats`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct SimStats {
-    /// Every request to the provider API (not `/_sim`).
-    pub requests: u64,
-    /// Statuses shown to viewers (a duplicate counts here too).
-    pub posted: u64,
-    /// Posts whose content was already shown under another id.
-    pub duplicates: u64,
-    /// Posts recognised by their supplied id as already shown.
-    pub deduplicated_by_id: u64,
-    pub deleted: u64,
-    pub lookups: u64,
-    /// Injected faults by knob name; 401s and disconnected sessions are
-    /// counted as `unauthorized` and `disconnected`.
-    pub faults: BTreeMap<String, u64>,
-}
-
-/// One status as the simulator holds it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PostedStatus {
-    pub id: String,
-    /// The id the client supplied, when it supplied one.
-    pub supplied_id: Option<String>,
-    pub instance: String,
-    pub kind: Kind,
-    pub fingerprint: String,
-    /// The body as posted, without `id`.
-    pub body: serde_json::Value,
-    pub posted_at: DateTime<Utc>,
-    pub deleted: bool,
-}
+pub use knobs::{InvalidSimConfig, SimConfig, SimError, SimTokens};
+pub use state::{PostedStatus, SimStats};
 
 /// Starts simulators.
 pub struct Simulator;
@@ -239,13 +52,10 @@ impl Simulator {
     /// handle is shut down or dropped. Fails when the address can't be bound
     /// or the config is invalid.
     pub async fn start(addr: SocketAddr, config: SimConfig) -> Result<SimHandle, SimError> {
-        config.validate().map_err(SimError::Config)?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| SimError::Bind(addr, e.to_string()))?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| SimError::Bind(addr, e.to_string()))?;
+        config.validate()?;
+        let bind = |source| SimError::Bind { addr, source };
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(bind)?;
+        let local = listener.local_addr().map_err(bind)?;
         let cancel = CancellationToken::new();
         let shared = Arc::new(state::Shared::new(config, cancel.clone()));
         let task = tokio::spawn(server::serve(listener, shared.clone(), cancel.clone()));

@@ -28,16 +28,19 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::state::{Committed, Fault, Plan, Refusal, Shared};
-use super::PostedStatus;
+use super::state::{Committed, Fault, Plan, PostedStatus, Refusal, Shared};
 use crate::model::{Kind, StatusBody};
-use crate::provider::ids::local_message_id;
-use crate::provider::wawp::{
-    bare_message_id, paths, serialized_status_id, NOT_PROCESSED, STATUS_CHAT,
+use crate::wire::ids::local_message_id;
+use crate::wire::{
+    bare_message_id, field, paths, serialized_status_id, NOT_PROCESSED, SESSION_SCAN_QR_CODE,
+    SESSION_WORKING, STATUS_CHAT,
 };
 
 type Sh = State<Arc<Shared>>;
 type Params = Query<HashMap<String, String>>;
+/// A provider endpoint's answer; `Err` is an answer given early (refused,
+/// faulted before processing, bad request), and axum sends either.
+type Answer = Result<Response, Response>;
 
 /// The JID the simulated session is logged in as.
 const OWN_JID: &str = "10000000000@c.us";
@@ -56,12 +59,6 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: Cancellat
 }
 
 fn router(shared: Arc<Shared>) -> Router {
-    let kinds = [
-        (paths::TEXT, Kind::Text),
-        (paths::IMAGE, Kind::Image),
-        (paths::VOICE, Kind::Voice),
-        (paths::VIDEO, Kind::Video),
-    ];
     let mut r = Router::new()
         .route(paths::NEW_MESSAGE_ID, get(new_message_id))
         .route(paths::DELETE, post(delete_status))
@@ -72,7 +69,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_sim/config", get(sim_config).post(sim_set_config))
         .route("/_sim/reset", post(sim_reset))
         .route("/_sim/posted", get(sim_posted));
-    for (path, kind) in kinds {
+    for (path, kind) in paths::STATUS {
         r = r.route(
             path,
             post(
@@ -241,27 +238,58 @@ async fn sleep_unless_stopped(sh: &Shared, d: Duration) -> bool {
     }
 }
 
-/// Auth check and latency, common to every provider endpoint.
+/// The kind of endpoint a request is for, which decides what is asked of
+/// it before it is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    NewId,
+    Post,
+    Delete,
+    Read,
+}
+
+impl Gate {
+    /// Whether a random fault is drawn: posts and `new-message-id` only, so
+    /// that look-ups always make progress.
+    fn faults(self) -> bool {
+        matches!(self, Gate::NewId | Gate::Post)
+    }
+
+    /// Whether a down WhatsApp session refuses the request: posts and
+    /// deletes need the session; reads are answered from memory.
+    fn needs_session(self) -> bool {
+        matches!(self, Gate::Post | Gate::Delete)
+    }
+}
+
+/// Auth check, latency and the session check, common to every provider
+/// endpoint; answers the instance id and the plan for the request.
 async fn admit(
     sh: &Shared,
     q: &HashMap<String, String>,
     conn: &Conn,
-    faults: bool,
+    gate: Gate,
 ) -> Result<(String, Plan), Response> {
-    let instance = q.get("instance_id").cloned().unwrap_or_default();
-    let token = q.get("access_token").map(String::as_str).unwrap_or("");
+    let instance = q.get(field::INSTANCE_ID).cloned().unwrap_or_default();
+    let token = q.get(field::ACCESS_TOKEN).map(String::as_str).unwrap_or("");
     sh.admit(&instance, token).map_err(refused)?;
-    let plan = sh.plan(faults);
+    let plan = sh.plan(gate.faults());
     if !sleep_unless_stopped(sh, plan.latency).await {
         conn.drop_now();
         return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
     }
+    if gate.needs_session() && sh.disconnected(&instance) {
+        sh.count_disconnected();
+        return Err(refused(Refusal::Disconnected));
+    }
     Ok((instance, plan))
 }
 
-/// Applies a fault drawn for *before* processing; `Some` is the answer.
-async fn fault_before(sh: &Shared, plan: &Plan, conn: &Conn) -> Option<Response> {
-    let fault = plan.fault?;
+/// Applies a fault drawn for *before* processing; `Err` is the answer.
+async fn fault_before(sh: &Shared, plan: &Plan, conn: &Conn) -> Result<(), Response> {
+    let Some(fault) = plan.fault else {
+        return Ok(());
+    };
     let answer = match fault {
         Fault::RateLimited => (
             StatusCode::TOO_MANY_REQUESTS,
@@ -275,12 +303,12 @@ async fn fault_before(sh: &Shared, plan: &Plan, conn: &Conn) -> Option<Response>
             if !sleep_unless_stopped(sh, plan.hang).await {
                 conn.drop_now();
             }
-            return Some(not_processed(plan.retry_after_secs));
+            return Err(not_processed(plan.retry_after_secs));
         }
-        _ => return None,
+        _ => return Ok(()),
     };
     sh.count_fault(fault);
-    Some(answer)
+    Err(answer)
 }
 
 /// Applies a fault drawn for *after* processing to the success answer `ok`.
@@ -374,15 +402,11 @@ async fn new_message_id(
     State(sh): Sh,
     ConnectInfo(conn): ConnectInfo<Conn>,
     Query(q): Params,
-) -> Response {
-    let plan = match admit(&sh, &q, &conn, true).await {
-        Ok((_, plan)) => plan,
-        Err(r) => return r,
-    };
-    if let Some(r) = fault_before(&sh, &plan, &conn).await {
-        return r;
-    }
-    fault_after(&sh, &plan, &conn, json!({ "id": local_message_id() })).await
+) -> Answer {
+    let (_, plan) = admit(&sh, &q, &conn, Gate::NewId).await?;
+    fault_before(&sh, &plan, &conn).await?;
+    let id = json!({ (field::ID): local_message_id() });
+    Ok(fault_after(&sh, &plan, &conn, id).await)
 }
 
 async fn post_status(
@@ -391,34 +415,30 @@ async fn post_status(
     ConnectInfo(conn): ConnectInfo<Conn>,
     Query(q): Params,
     body: Bytes,
-) -> Response {
-    let (instance, plan) = match admit(&sh, &q, &conn, true).await {
-        Ok(x) => x,
-        Err(r) => return r,
+) -> Answer {
+    let (instance, plan) = admit(&sh, &q, &conn, Gate::Post).await?;
+    fault_before(&sh, &plan, &conn).await?;
+    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(&body) else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object",
+        ));
     };
-    if sh.disconnected(&instance) {
-        sh.count_disconnected();
-        return refused(Refusal::Disconnected);
-    }
-    if let Some(r) = fault_before(&sh, &plan, &conn).await {
-        return r;
-    }
-    let mut obj = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(m)) => m,
-        _ => return error(StatusCode::BAD_REQUEST, "the body must be a JSON object"),
-    };
-    let supplied = match obj.remove("id") {
+    let supplied = match obj.remove(field::ID) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if !s.is_empty() => Some(s),
-        Some(_) => return error(StatusCode::BAD_REQUEST, "id must be a non-empty string"),
+        Some(_) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "id must be a non-empty string",
+            ))
+        }
     };
     let raw = Value::Object(obj);
-    let parsed = match StatusBody::parse(kind.as_str(), &raw.to_string()) {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
-    };
+    let parsed = StatusBody::parse(kind.as_str(), &raw.to_string())
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string()))?;
     let committed = sh.commit(&instance, kind, &parsed, raw, supplied);
-    fault_after(&sh, &plan, &conn, posted_answer(&committed)).await
+    Ok(fault_after(&sh, &plan, &conn, posted_answer(&committed)).await)
 }
 
 async fn delete_status(
@@ -426,27 +446,19 @@ async fn delete_status(
     ConnectInfo(conn): ConnectInfo<Conn>,
     Query(q): Params,
     body: Bytes,
-) -> Response {
-    let (instance, _) = match admit(&sh, &q, &conn, false).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    if sh.disconnected(&instance) {
-        sh.count_disconnected();
-        return refused(Refusal::Disconnected);
-    }
+) -> Answer {
+    let (instance, _) = admit(&sh, &q, &conn, Gate::Delete).await?;
     let id = serde_json::from_slice::<Value>(&body)
         .ok()
-        .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_string));
+        .and_then(|v| v.get(field::ID).and_then(Value::as_str).map(str::to_string));
     let Some(id) = id.filter(|i| !i.is_empty()) else {
-        return error(StatusCode::BAD_REQUEST, "id is required");
+        return Err(error(StatusCode::BAD_REQUEST, "id is required"));
     };
     let bare = bare_message_id(&id);
-    if sh.delete(&instance, bare) {
-        Json(json!({ "id": bare, "deleted": true })).into_response()
-    } else {
-        error(StatusCode::NOT_FOUND, "status not found")
+    if !sh.delete(&instance, bare) {
+        return Err(error(StatusCode::NOT_FOUND, "status not found"));
     }
+    Ok(Json(json!({ "id": bare, "deleted": true })).into_response())
 }
 
 /// `chatId` and `messageId` from the JSON body, else from the query (the
@@ -456,11 +468,8 @@ async fn get_message(
     ConnectInfo(conn): ConnectInfo<Conn>,
     Query(q): Params,
     body: Bytes,
-) -> Response {
-    let (instance, _) = match admit(&sh, &q, &conn, false).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+) -> Answer {
+    let (instance, _) = admit(&sh, &q, &conn, Gate::Read).await?;
     let from_body = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
     let param = |k: &str| {
         from_body
@@ -469,15 +478,18 @@ async fn get_message(
             .map(str::to_string)
             .or_else(|| q.get(k).cloned())
     };
-    let (Some(chat), Some(id)) = (param("chatId"), param("messageId")) else {
-        return error(StatusCode::BAD_REQUEST, "chatId and messageId are required");
+    let (Some(chat), Some(id)) = (param(field::CHAT_ID), param(field::MESSAGE_ID)) else {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "chatId and messageId are required",
+        ));
     };
-    if chat != STATUS_CHAT {
-        return error(StatusCode::NOT_FOUND, "message not found");
-    }
-    match sh.find(&instance, bare_message_id(&id)) {
-        Some(s) => Json(message_json(&s)).into_response(),
-        None => error(StatusCode::NOT_FOUND, "message not found"),
+    let found = (chat == STATUS_CHAT)
+        .then(|| sh.find(&instance, bare_message_id(&id)))
+        .flatten();
+    match found {
+        Some(s) => Ok(Json(message_json(&s)).into_response()),
+        None => Err(error(StatusCode::NOT_FOUND, "message not found")),
     }
 }
 
@@ -485,45 +497,39 @@ async fn chat_messages(
     State(sh): Sh,
     ConnectInfo(conn): ConnectInfo<Conn>,
     Query(q): Params,
-) -> Response {
-    let (instance, _) = match admit(&sh, &q, &conn, false).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+) -> Answer {
+    let (instance, _) = admit(&sh, &q, &conn, Gate::Read).await?;
     let num = |k: &str, d: usize| q.get(k).and_then(|v| v.parse::<usize>().ok()).unwrap_or(d);
-    let limit = num("limit", 100).min(1000);
-    let offset = num("offset", 0);
-    if q.get("chatId").map(String::as_str) != Some(STATUS_CHAT) {
-        return Json(json!([])).into_response();
+    let limit = num(field::LIMIT, 100).min(1000);
+    let offset = num(field::OFFSET, 0);
+    if q.get(field::CHAT_ID).map(String::as_str) != Some(STATUS_CHAT) {
+        return Ok(Json(json!([])).into_response());
     }
     let list: Vec<Value> = sh
         .list(&instance, offset, limit)
         .iter()
         .map(message_json)
         .collect();
-    Json(Value::Array(list)).into_response()
+    Ok(Json(Value::Array(list)).into_response())
 }
 
 async fn session_info(
     State(sh): Sh,
     ConnectInfo(conn): ConnectInfo<Conn>,
     Query(q): Params,
-) -> Response {
-    let (instance, _) = match admit(&sh, &q, &conn, false).await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+) -> Answer {
+    let (instance, _) = admit(&sh, &q, &conn, Gate::Read).await?;
     let status = if sh.disconnected(&instance) {
-        "SCAN_QR_CODE"
+        SESSION_SCAN_QR_CODE
     } else {
-        "WORKING"
+        SESSION_WORKING
     };
-    Json(json!({
+    Ok(Json(json!({
         "name": instance,
         "status": status,
         "me": { "id": OWN_JID, "pushName": "statusd simulator" },
     }))
-    .into_response()
+    .into_response())
 }
 
 // ---------------------------------------------------------------------------

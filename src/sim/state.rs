@@ -1,27 +1,54 @@
-//! The simulator's memory: what viewers see, the counters, the knobs and the
-//! random source, behind one std mutex (never held across an await).
+//! The simulator's memory: what viewers see ([`PostedStatus`]), the counters
+//! ([`SimStats`]), the knobs and the random source, behind one std mutex
+//! (never held across an await).
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{PostedStatus, SimConfig, SimStats};
+use super::knobs::{InvalidSimConfig, SimConfig, SimError};
 use crate::model::{Kind, StatusBody};
-use crate::provider::ids::local_message_id;
+use crate::wire::ids::local_message_id;
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SimError {
-    #[error("invalid simulator config: {0}")]
-    Config(String),
-    #[error("cannot listen on {0}: {1}")]
-    Bind(SocketAddr, String),
+/// Counters, as served by `GET /_sim/stats`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SimStats {
+    /// Every request to the provider API (not `/_sim`).
+    pub requests: u64,
+    /// Statuses shown to viewers (a duplicate counts here too).
+    pub posted: u64,
+    /// Posts whose content was already shown under another id.
+    pub duplicates: u64,
+    /// Posts recognised by their supplied id as already shown.
+    pub deduplicated_by_id: u64,
+    pub deleted: u64,
+    pub lookups: u64,
+    /// Injected faults by knob name; 401s and disconnected sessions are
+    /// counted as `unauthorized` and `disconnected`.
+    pub faults: BTreeMap<String, u64>,
+}
+
+/// One status as the simulator holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PostedStatus {
+    pub id: String,
+    /// The id the client supplied, when it supplied one.
+    pub supplied_id: Option<String>,
+    pub instance: String,
+    pub kind: Kind,
+    pub fingerprint: String,
+    /// The body as posted, without `id`.
+    pub body: serde_json::Value,
+    pub posted_at: DateTime<Utc>,
+    pub deleted: bool,
 }
 
 /// The one fault drawn for a request, if any.
@@ -142,8 +169,8 @@ impl Shared {
         self.lock().config.clone()
     }
 
-    pub fn set_config(&self, config: SimConfig) -> Result<(), super::SimError> {
-        config.validate().map_err(SimError::Config)?;
+    pub fn set_config(&self, config: SimConfig) -> Result<(), SimError> {
+        config.validate()?;
         let mut g = self.lock();
         if config.seed.is_some() && config.seed != g.config.seed {
             g.rng = rng_for(config.seed);
@@ -156,7 +183,7 @@ impl Shared {
     /// named knobs change, the rest (tokens included) stay.
     pub fn patch_config(&self, patch: &Value) -> Result<SimConfig, SimError> {
         let Value::Object(patch) = patch else {
-            return Err(SimError::Config("the body must be a JSON object".into()));
+            return Err(InvalidSimConfig::one("the body must be a JSON object").into());
         };
         let current = self.config();
         let mut merged = match serde_json::to_value(&current) {
@@ -167,7 +194,7 @@ impl Shared {
             merged.insert(k.clone(), v.clone());
         }
         let mut next: SimConfig = serde_json::from_value(Value::Object(merged))
-            .map_err(|e| SimError::Config(e.to_string()))?;
+            .map_err(|e| InvalidSimConfig::one(e.to_string()))?;
         if !patch.contains_key("tokens") {
             next.tokens = current.tokens;
         }

@@ -8,11 +8,11 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use statusd::config::{InstanceConfig, ProviderSettings};
 use statusd::model::{Kind, StatusBody};
-use statusd::provider::ids::{is_well_formed, local_message_id};
 use statusd::provider::{
     Lookup, OutgoingStatus, Provider, ProviderError, SendOutcome, StatusQuery, WawpClient,
 };
 use statusd::sim::{SimConfig, SimHandle, Simulator};
+use statusd::wire::ids::{is_well_formed, local_message_id};
 
 const INSTANCE: &str = "inst-1";
 const TOKEN: &str = "test-token-1";
@@ -547,10 +547,12 @@ fn construction_errors_name_the_problem() {
     .expect("config");
     assert!(WawpClient::new("a", &bad_url, &settings)
         .unwrap_err()
+        .to_string()
         .contains("base_url"));
     let no_token: InstanceConfig =
         serde_json::from_value(json!({ "instance_id": "i" })).expect("config");
     assert!(WawpClient::new("a", &no_token, &settings)
         .unwrap_err()
+        .to_string()
         .contains("access_token"));
 }

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use serde_json::{json, Value};
 use statusd::config::{InstanceConfig, ProviderSettings};
 use statusd::model::StatusBody;
-use statusd::provider::ids::local_message_id;
 use statusd::provider::{OutgoingStatus, Provider, WawpClient};
 use statusd::sim::{SimConfig, SimHandle, SimStats, Simulator};
+use statusd::wire::ids::local_message_id;
 
 const INSTANCE: &str = "sim-inst";
 const TOKEN: &str = "sim-token";

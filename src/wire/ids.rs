@@ -1,8 +1,9 @@
-//! Local message ids in the provider's shape.
+//! Message ids in the provider's shape.
 //!
 //! WhatsApp web clients (and the provider's `new-message-id`) produce ids
 //! like `3EB0` followed by uppercase hex. When `id_source = "local"` the id
-//! assigner makes them here instead of asking the provider, so they must be
+//! assigner makes them here instead of asking the provider, and the
+//! simulator makes its own ids here too, so they must be
 //! indistinguishable in shape and as unguessable as the provider's: a
 //! collision would merge two statuses into one (the second would be taken for
 //! a re-send of the first), so the bits come from the operating system's

@@ -1,0 +1,144 @@
+//! The provider's wire vocabulary: API paths, query and body field names,
+//! chat ids, id forms, error codes and session states — everything the Wawp
+//! client sends or reads and the simulator serves.
+//!
+//! Both [`provider::wawp`](crate::provider::wawp) and [`sim`](crate::sim)
+//! import it, and neither imports the other: the simulator plays the
+//! provider as documented (API.md), not as our client happens to call it,
+//! and a change of vocabulary is made once, here, for both sides.
+
+pub mod ids;
+
+/// Paths of the Wawp API, each with the public page it was taken from.
+pub mod paths {
+    use crate::model::Kind;
+
+    /// `GET`, answers `{"id": "3EB0…"}`.
+    /// Source: <https://api.wawp.net/en/docs/v2/status/new-message-id>.
+    pub const NEW_MESSAGE_ID: &str = "/v2/status/new-message-id";
+    /// `POST /v2/status/{text,image,voice,video}`, JSON body as in API.md.
+    /// Source: <https://api.wawp.net/en/docs/v2/status/text> and the image,
+    /// voice and video pages of the "24 Hour Status" section of
+    /// <https://docs.wawp.net>.
+    pub const TEXT: &str = "/v2/status/text";
+    pub const IMAGE: &str = "/v2/status/image";
+    pub const VOICE: &str = "/v2/status/voice";
+    pub const VIDEO: &str = "/v2/status/video";
+    /// `POST`, JSON body `{"id", "contacts"}`. Source: "Delete status" in the
+    /// "24 Hour Status" section of <https://docs.wawp.net> (API.md).
+    pub const DELETE: &str = "/v2/status/delete";
+    /// `POST`, JSON body `{"chatId", "messageId", "downloadMedia"}`: one
+    /// message by id. Source: <https://api.wawp.net/en/docs/v2/messages/get>
+    /// (its example `messageId` is the serialized `true_<chat>_<id>` form).
+    pub const GET_MESSAGE: &str = "/v2/messages/get";
+    /// `GET`, query `chatId`, `limit`, `offset`, `downloadMedia`: a chat's
+    /// messages. Source: <https://api.wawp.net/en/docs/v2/chats/messages>;
+    /// the WAHA equivalent is `GET /api/{session}/chats/{chatId}/messages`
+    /// (<https://waha.devlike.pro/docs/how-to/chats/>).
+    pub const CHAT_MESSAGES: &str = "/v2/chats/messages";
+    /// Session state (`status: "WORKING"` when usable). Source:
+    /// <https://api.wawp.net/en/docs/v2/session/info>, which documents
+    /// `POST`; <https://docs.wawp.net> lists it as `GET`. The client uses
+    /// `POST`; the simulator answers both.
+    pub const SESSION_INFO: &str = "/v2/session/info";
+
+    /// The posting path of a kind.
+    pub fn status(kind: Kind) -> &'static str {
+        match kind {
+            Kind::Text => TEXT,
+            Kind::Image => IMAGE,
+            Kind::Voice => VOICE,
+            Kind::Video => VIDEO,
+        }
+    }
+
+    /// Every posting path with its kind.
+    pub const STATUS: [(&str, Kind); 4] = [
+        (TEXT, Kind::Text),
+        (IMAGE, Kind::Image),
+        (VOICE, Kind::Voice),
+        (VIDEO, Kind::Video),
+    ];
+}
+
+/// Names of query parameters and JSON request fields.
+pub mod field {
+    /// Query parameter of every request: the Wawp instance.
+    pub const INSTANCE_ID: &str = "instance_id";
+    /// Query parameter of every request: the secret token. Wawp takes it in
+    /// the URL, which is why every URL that could reach a log is redacted.
+    pub const ACCESS_TOKEN: &str = "access_token";
+    /// The chat of a message look-up or listing.
+    pub const CHAT_ID: &str = "chatId";
+    /// The (serialized) id of a message look-up.
+    pub const MESSAGE_ID: &str = "messageId";
+    /// Whether a look-up or listing downloads media (never: we compare URLs).
+    pub const DOWNLOAD_MEDIA: &str = "downloadMedia";
+    /// Paging of a chat listing.
+    pub const LIMIT: &str = "limit";
+    pub const OFFSET: &str = "offset";
+    /// The message id in a status post (our pre-generated id) or a delete.
+    pub const ID: &str = "id";
+}
+
+/// The chat that holds one's own statuses (WhatsApp's status broadcast list).
+pub const STATUS_CHAT: &str = "status@broadcast";
+
+/// Error code meaning "rejected before processing: nothing was posted".
+///
+/// Neither Wawp nor WAHA documents such a code, so this is our convention:
+/// a 5xx is taken as *not processed* only when its JSON body carries
+/// `"code": "NOT_PROCESSED"` (or `"error": "NOT_PROCESSED"`). The simulator
+/// emits it for its `error_5xx_before` fault. Against the real provider no
+/// 5xx carries it, so every real 5xx stays `InDoubt` — the safe reading.
+pub const NOT_PROCESSED: &str = "NOT_PROCESSED";
+
+/// `status` of a session that can send (session info).
+pub const SESSION_WORKING: &str = "WORKING";
+/// `status` of a session waiting for its QR code to be scanned: logged out.
+pub const SESSION_SCAN_QR_CODE: &str = "SCAN_QR_CODE";
+
+/// The serialized id WAHA-style APIs use for a message of ours in the status
+/// chat: `true_status@broadcast_<id>`.
+pub fn serialized_status_id(message_id: &str) -> String {
+    format!("true_{STATUS_CHAT}_{message_id}")
+}
+
+/// The bare message id of a serialized one (`true_<chat>_<id>` → `<id>`);
+/// a bare id is returned unchanged.
+pub fn bare_message_id(id: &str) -> &str {
+    if id.starts_with("true_") || id.starts_with("false_") {
+        let mut parts = id.splitn(3, '_');
+        let _from_me = parts.next();
+        let _chat = parts.next();
+        if let Some(rest) = parts.next() {
+            // A group message may carry a trailing `_<participant>`.
+            return rest.split('_').next().unwrap_or(rest);
+        }
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Kind;
+
+    #[test]
+    fn serialized_ids_round_trip() {
+        let id = "3EB0AAAABBBBCCCCDDDD0000";
+        assert_eq!(bare_message_id(&serialized_status_id(id)), id);
+        assert_eq!(bare_message_id(id), id);
+        assert_eq!(bare_message_id("false_123@g.us_ABC_999@c.us"), "ABC");
+    }
+
+    /// The simulator routes by the table, the client posts by the function:
+    /// they must name the same path for every kind.
+    #[test]
+    fn the_posting_table_and_function_agree() {
+        for (path, kind) in paths::STATUS {
+            assert_eq!(paths::status(kind), path);
+        }
+        assert_eq!(paths::STATUS.map(|(_, kind)| kind), Kind::ALL);
+    }
+}
