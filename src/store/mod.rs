@@ -18,6 +18,7 @@ use crate::model::{Attempt, OutboxRow, State};
 
 mod postgres;
 mod sqlite;
+mod sqlite_wake;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -330,7 +331,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Duration>>> + Send;
     /// A signal that changes when work may have arrived: PostgreSQL `LISTEN`
     /// (reconnecting on its own); on a SQLite file, any process's commit,
-    /// seen in the wal-index header and the files, not by a query.
+    /// seen by directory notifications and `PRAGMA data_version` on a
+    /// connection of its own (never by touching SQLite's files).
     /// Keep the receiver across waits so that a signal between two waits is
     /// not missed.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;

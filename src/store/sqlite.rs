@@ -17,6 +17,7 @@ use super::{
     EnqueueParams, Enqueued, ListParams, Result, Schedule, Store, StoreError, SummaryRow,
     Transition,
 };
+use super::sqlite_wake::Wake;
 use crate::model::{Attempt, OutboxRow, State};
 
 /// The database clock in milliseconds (works on every SQLite an upstream app
@@ -32,65 +33,10 @@ const COLS: &str = "id, instance, kind, CAST(payload AS BLOB) AS payload, dedupe
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// Signalled when the database file or its WAL changes (see `watch`).
-    wake: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
-    /// Whether a file is watched (not for an in-memory database).
-    watched: bool,
-}
-
-/// How often the database files are looked at: a `stat` of two files and a
-/// 48-byte read, no query, so an idle daemon costs the database nothing.
-const WATCH_EVERY: Duration = Duration::from_millis(10);
-
-/// What changes when any process commits. SQLite has no notifications, but
-/// in WAL mode every commit bumps the change counter and last frame in the
-/// wal-index header (the first 48 bytes of the `-shm` file), appends to the
-/// `-wal` file, and a checkpoint writes the database file. The header is
-/// exact; the file sizes and times are a second opinion.
-#[derive(PartialEq)]
-struct Marks {
-    files: Vec<Option<(std::time::SystemTime, u64)>>,
-    wal_index: Option<[u8; 48]>,
-}
-
-fn marks(db: &std::path::Path) -> Marks {
-    let with = |suffix: &str| {
-        let mut p = db.as_os_str().to_owned();
-        p.push(suffix);
-        std::path::PathBuf::from(p)
-    };
-    let files = [db.to_path_buf(), with("-wal")]
-        .iter()
-        .map(|f| {
-            let m = std::fs::metadata(f).ok()?;
-            Some((m.modified().ok()?, m.len()))
-        })
-        .collect();
-    let wal_index = std::fs::File::open(with("-shm")).ok().and_then(|mut f| {
-        use std::io::Read;
-        let mut header = [0u8; 48];
-        f.read_exact(&mut header).ok().map(|_| header)
-    });
-    Marks { files, wal_index }
-}
-
-/// Signals `wake` whenever the database changes, until every store holding
-/// the sender is dropped.
-fn watch(db: std::path::PathBuf, wake: std::sync::Weak<tokio::sync::watch::Sender<u64>>) {
-    tokio::spawn(async move {
-        let mut last = marks(&db);
-        let mut tick = tokio::time::interval(WATCH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tick.tick().await;
-            let Some(wake) = wake.upgrade() else { return };
-            let now = marks(&db);
-            if now != last {
-                last = now;
-                wake.send_modify(|n| *n = n.wrapping_add(1));
-            }
-        }
-    });
+    /// Signalled on commits by any process (see `sqlite_wake`).
+    wake: std::sync::Arc<Wake>,
+    /// Statements sent through `pool` (the idle-cost figure).
+    statements: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SqliteStore {
@@ -108,21 +54,39 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(15))
             .connect_with(opts.clone())
             .await?;
-        let wake = std::sync::Arc::new(tokio::sync::watch::Sender::new(0));
         let file = opts.get_filename();
-        let watched = file.is_file();
-        if watched {
-            watch(file.to_path_buf(), std::sync::Arc::downgrade(&wake));
-        }
+        // An in-memory database has no file to watch (only we write it).
+        let file = file.is_file().then(|| file.to_path_buf());
         Ok(SqliteStore {
             pool,
-            wake,
-            watched,
+            wake: Wake::new(file, opts),
+            statements: Default::default(),
         })
     }
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// The pool, counting one statement: every query goes through here, so
+    /// that an idle daemon's cost (and a spinning one) shows on `/metrics`
+    /// as `statusd_db_statements_total`.
+    fn db(&self) -> &SqlitePool {
+        self.statements
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("statusd_db_statements_total", "source" => "store").increment(1);
+        &self.pool
+    }
+
+    /// Statements sent so far: the store's and the wake-up poller's.
+    pub fn statements(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.statements.load(Relaxed) + self.wake.statements.load(Relaxed)
+    }
+
+    /// Statements of the wake-up poller alone (`PRAGMA data_version`).
+    pub fn wake_statements(&self) -> u64 {
+        self.wake.statements.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn fetch_rows(&self, sql: &str, binds: Vec<Bind>) -> Result<Vec<OutboxRow>> {
@@ -133,7 +97,7 @@ impl SqliteStore {
                 Bind::S(v) => q.bind(v),
             };
         }
-        q.fetch_all(&self.pool).await?.iter().map(row).collect()
+        q.fetch_all(self.db()).await?.iter().map(row).collect()
     }
 
     /// Runs an operator transition and explains a refusal.
@@ -145,7 +109,7 @@ impl SqliteStore {
     ) -> Result<OutboxRow> {
         let r = sqlx::query(sql)
             .bind(id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.db())
             .await?;
         match r {
             Some(r) => row(&r),
@@ -183,7 +147,7 @@ impl SqliteStore {
                AND status_outbox.attempts = u.value ->> 'attempt'
              RETURNING status_outbox.id"
         );
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
         let applied: Vec<String> = sqlx::query_scalar(&sql)
             .bind(items.to_string())
             .bind(from.as_str())
@@ -268,12 +232,12 @@ fn row(r: &SqliteRow) -> Result<OutboxRow> {
 
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+        sqlx::migrate!("migrations/sqlite").run(self.db()).await?;
         Ok(())
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(self.db()).await?;
         Ok(())
     }
 
@@ -291,7 +255,7 @@ impl Store for SqliteStore {
         .bind(&p.dedupe_key)
         .bind(p.priority)
         .bind(p.not_before.map(|t| t.timestamp_millis()))
-        .execute(&self.pool)
+        .execute(self.db())
         .await?
         .rows_affected()
             == 1;
@@ -301,7 +265,7 @@ impl Store for SqliteStore {
         let existing: Option<String> =
             sqlx::query_scalar("SELECT id FROM status_outbox WHERE dedupe_key = ?1")
                 .bind(&p.dedupe_key)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.db())
                 .await?;
         match existing.as_deref().and_then(parse_uuid) {
             Some(id) => Ok(Enqueued {
@@ -327,7 +291,7 @@ impl Store for SqliteStore {
              ON CONFLICT DO NOTHING",
         )
         .bind(super::enqueue_batch_json(p))
-        .execute(&self.pool)
+        .execute(self.db())
         .await?
         .rows_affected())
     }
@@ -355,7 +319,7 @@ impl Store for SqliteStore {
         );
         Ok(sqlx::query(&sql)
             .bind(serde_json::Value::Array(items).to_string())
-            .execute(&self.pool)
+            .execute(self.db())
             .await?
             .rows_affected())
     }
@@ -368,7 +332,7 @@ impl Store for SqliteStore {
         Ok(sqlx::query(&sql)
             .bind(id.to_string())
             .bind(error)
-            .execute(&self.pool)
+            .execute(self.db())
             .await?
             .rows_affected()
             == 1)
@@ -449,7 +413,7 @@ impl Store for SqliteStore {
         let ids: Vec<String> = sqlx::query_scalar(&sql)
             .bind(limit)
             .bind(settle.as_millis() as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(self.db())
             .await?;
         Ok(ids.iter().filter_map(|s| parse_uuid(s)).collect())
     }
@@ -492,7 +456,7 @@ impl Store for SqliteStore {
              FROM status_attempts WHERE status_id = ?1 ORDER BY attempt, started_at",
         )
         .bind(id.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter()
             .map(|r| {
@@ -522,7 +486,7 @@ impl Store for SqliteStore {
             .bind(p.instance)
             .bind(p.since.map(|t| t.timestamp_millis()))
             .bind(p.limit)
-            .fetch_all(&self.pool)
+            .fetch_all(self.db())
             .await?;
         rows.iter().map(row).collect()
     }
@@ -532,7 +496,7 @@ impl Store for SqliteStore {
             "SELECT instance, state, count, oldest_age_secs FROM status_outbox_summary
              ORDER BY instance, state",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter()
             .map(|r| {
@@ -605,7 +569,7 @@ impl Store for SqliteStore {
         Ok(sqlx::query(&sql)
             .bind(older_than.as_millis() as i64)
             .bind(limit)
-            .execute(&self.pool)
+            .execute(self.db())
             .await?
             .rows_affected())
     }
@@ -623,7 +587,7 @@ impl Store for SqliteStore {
         .bind(&s.kind)
         .bind(&s.payload)
         .bind(s.enabled)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -633,7 +597,7 @@ impl Store for SqliteStore {
             "SELECT id, name, cron, timezone, instance, kind, payload, enabled
              FROM status_schedules ORDER BY name",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter()
             .map(|r| {
@@ -656,7 +620,7 @@ impl Store for SqliteStore {
         Ok(
             sqlx::query("DELETE FROM status_schedules WHERE name = ?1 OR id = ?1")
                 .bind(name_or_id)
-                .execute(&self.pool)
+                .execute(self.db())
                 .await?
                 .rows_affected()
                 > 0,
@@ -665,7 +629,7 @@ impl Store for SqliteStore {
 
     async fn now(&self) -> Result<DateTime<Utc>> {
         let m: i64 = sqlx::query_scalar(&format!("SELECT {NOW}"))
-            .fetch_one(&self.pool)
+            .fetch_one(self.db())
             .await?;
         Ok(ms(Some(m)).unwrap_or_default())
     }
@@ -685,7 +649,7 @@ impl Store for SqliteStore {
         let ms: Option<i64> = sqlx::query_scalar(&sql)
             .bind(skip)
             .bind(with_queued)
-            .fetch_one(&self.pool)
+            .fetch_one(self.db())
             .await?;
         Ok(ms.map(|m| Duration::from_millis(m.max(0) as u64)))
     }
@@ -695,7 +659,7 @@ impl Store for SqliteStore {
     }
 
     fn notifies(&self) -> bool {
-        self.watched
+        self.wake.watched()
     }
 
     async fn activity(&self, p: ActivityParams) -> Result<Vec<ActivityBucket>> {
@@ -712,7 +676,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query(&sql)
             .bind(since)
             .bind(bucket)
-            .fetch_all(&self.pool)
+            .fetch_all(self.db())
             .await?;
         rows.iter()
             .map(|r| {
