@@ -12,12 +12,12 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
+use super::sqlite_wake::Wake;
 use super::{
     not_allowed, parse_uuid, ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion,
     EnqueueParams, Enqueued, ListParams, Result, Schedule, Store, StoreError, SummaryRow,
-    Transition,
+    Transition, Unreadable,
 };
-use super::sqlite_wake::Wake;
 use crate::model::{Attempt, OutboxRow, State};
 
 /// The database clock in milliseconds (works on every SQLite an upstream app
@@ -26,7 +26,7 @@ const NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
 
 /// `payload` is read as bytes: rows written by other programs may hold text
 /// that is not UTF-8, and such a row must still be read to be marked invalid.
-const COLS: &str = "id, instance, kind, CAST(payload AS BLOB) AS payload, dedupe_key, message_id, state, priority, \
+const COLS: &str = "id, CAST(id AS BLOB) AS raw_id, instance, kind, CAST(payload AS BLOB) AS payload, dedupe_key, message_id, state, priority, \
     not_before, attempts, next_attempt_at, lease_owner, lease_expires_at, claimed_at, reconcile_attempts, \
     parked_at, provider_id, last_error, last_http_status, created_at, updated_at, posted_at";
 
@@ -86,7 +86,9 @@ impl SqliteStore {
 
     /// Statements of the wake-up poller alone (`PRAGMA data_version`).
     pub fn wake_statements(&self) -> u64 {
-        self.wake.statements.load(std::sync::atomic::Ordering::Relaxed)
+        self.wake
+            .statements
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn fetch_rows(&self, sql: &str, binds: Vec<Bind>) -> Result<Vec<OutboxRow>> {
@@ -97,7 +99,35 @@ impl SqliteStore {
                 Bind::S(v) => q.bind(v),
             };
         }
-        q.fetch_all(self.db()).await?.iter().map(row).collect()
+        let rows = q.fetch_all(self.db()).await?;
+        self.readable(&rows, None).await
+    }
+
+    /// Decodes each row on its own; unreadable ones are set aside (see
+    /// [`super::QUARANTINE_NOTE`]) and the rest returned. `owner`: the claim
+    /// that just leased these rows, whose unreadable ones were never sent.
+    async fn readable(&self, rows: &[SqliteRow], owner: Option<&str>) -> Result<Vec<OutboxRow>> {
+        let (good, bad) = super::split_rows(rows, row);
+        for u in &bad {
+            tracing::warn!(row_id = %u.id, error = %u.error, "unreadable row set aside");
+            let sql = format!(
+                "UPDATE status_outbox SET
+                    state = CASE WHEN state = 'in_doubt' THEN state ELSE 'invalid' END,
+                    parked_at = CASE WHEN state = 'in_doubt' THEN {NOW} END,
+                    lease_owner = NULL, lease_expires_at = NULL,
+                    last_error = ?2, updated_at = {NOW}
+                 WHERE id = ?1
+                   AND (state IN ('queued', 'pending_upload', 'in_doubt')
+                        OR (state = 'uploading' AND lease_owner = ?3))"
+            );
+            sqlx::query(&sql)
+                .bind(&u.id)
+                .bind(&u.error)
+                .bind(owner)
+                .execute(self.db())
+                .await?;
+        }
+        Ok(good)
     }
 
     /// Runs an operator transition and explains a refusal.
@@ -112,7 +142,11 @@ impl SqliteStore {
             .fetch_optional(self.db())
             .await?;
         match r {
-            Some(r) => row(&r),
+            Some(r) => self
+                .readable(std::slice::from_ref(&r), None)
+                .await?
+                .pop()
+                .ok_or_else(|| StoreError::Invalid(format!("row {id} {}", super::QUARANTINE_NOTE))),
             None => match self.get(id).await? {
                 Some(current) => Err(not_allowed(&current, action)),
                 None => Err(StoreError::NotFound(id.to_string())),
@@ -200,33 +234,60 @@ fn payload_text(raw: Vec<u8>) -> String {
     })
 }
 
-fn row(r: &SqliteRow) -> Result<OutboxRow> {
-    let id: String = r.try_get("id")?;
-    let state: String = r.try_get("state")?;
+/// One column, or an error naming it.
+fn col<'r, T>(r: &'r SqliteRow, c: &str) -> std::result::Result<T, String>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    r.try_get(c).map_err(|e| match e {
+        sqlx::Error::ColumnDecode { source, .. } => super::column_error(c, source),
+        e => super::column_error(c, e),
+    })
+}
+
+/// A time column (milliseconds since the epoch); out of range is an error.
+fn time(r: &SqliteRow, c: &str) -> std::result::Result<Option<DateTime<Utc>>, String> {
+    match col::<Option<i64>>(r, c)? {
+        None => Ok(None),
+        Some(m) => ms(Some(m))
+            .map(Some)
+            .ok_or_else(|| super::column_error(c, format!("{m} is out of range"))),
+    }
+}
+
+fn row(r: &SqliteRow) -> std::result::Result<OutboxRow, Unreadable> {
+    // The id as stored, read as bytes so that even a mangled one can be named.
+    let raw_id: Vec<u8> = r.try_get("raw_id").unwrap_or_default();
+    let raw_id = String::from_utf8_lossy(&raw_id).into_owned();
+    decode(r).map_err(|error| Unreadable { id: raw_id, error })
+}
+
+fn decode(r: &SqliteRow) -> std::result::Result<OutboxRow, String> {
+    let id: String = col(r, "id")?;
+    let state: String = col(r, "state")?;
     Ok(OutboxRow {
-        id: Uuid::parse_str(&id)
-            .map_err(|e| StoreError::Invalid(format!("row id `{id}` is not a UUID: {e}")))?,
-        instance: r.try_get("instance")?,
-        kind: r.try_get("kind")?,
-        payload: payload_text(r.try_get("payload")?),
-        dedupe_key: r.try_get("dedupe_key")?,
-        message_id: r.try_get("message_id")?,
-        state: State::from_str(&state).map_err(StoreError::Invalid)?,
-        priority: r.try_get("priority")?,
-        not_before: ms(r.try_get("not_before")?),
-        attempts: r.try_get("attempts")?,
-        next_attempt_at: ms(r.try_get("next_attempt_at")?),
-        lease_owner: r.try_get("lease_owner")?,
-        lease_expires_at: ms(r.try_get("lease_expires_at")?),
-        claimed_at: ms(r.try_get("claimed_at")?),
-        reconcile_attempts: r.try_get("reconcile_attempts")?,
-        parked_at: ms(r.try_get("parked_at")?),
-        provider_id: r.try_get("provider_id")?,
-        last_error: r.try_get("last_error")?,
-        last_http_status: r.try_get("last_http_status")?,
-        created_at: ms(r.try_get("created_at")?).unwrap_or_default(),
-        updated_at: ms(r.try_get("updated_at")?).unwrap_or_default(),
-        posted_at: ms(r.try_get("posted_at")?),
+        id: Uuid::parse_str(&id).map_err(|e| super::column_error("id", e))?,
+        instance: col(r, "instance")?,
+        kind: col(r, "kind")?,
+        payload: payload_text(col(r, "payload")?),
+        dedupe_key: col(r, "dedupe_key")?,
+        message_id: col(r, "message_id")?,
+        state: State::from_str(&state).map_err(|e| super::column_error("state", e))?,
+        priority: col(r, "priority")?,
+        not_before: time(r, "not_before")?,
+        attempts: col(r, "attempts")?,
+        next_attempt_at: time(r, "next_attempt_at")?,
+        lease_owner: col(r, "lease_owner")?,
+        lease_expires_at: time(r, "lease_expires_at")?,
+        claimed_at: time(r, "claimed_at")?,
+        reconcile_attempts: col(r, "reconcile_attempts")?,
+        parked_at: time(r, "parked_at")?,
+        provider_id: col(r, "provider_id")?,
+        last_error: col(r, "last_error")?,
+        last_http_status: col(r, "last_http_status")?,
+        created_at: time(r, "created_at")?.unwrap_or_default(),
+        updated_at: time(r, "updated_at")?.unwrap_or_default(),
+        posted_at: time(r, "posted_at")?,
     })
 }
 
@@ -372,18 +433,17 @@ impl Store for SqliteStore {
         );
         let skip = serde_json::to_string(&p.skip_instances).unwrap_or_else(|_| "[]".into());
         let ids = serde_json::to_string(&p.fresh_ids).unwrap_or_else(|_| "[]".into());
-        let mut rows = self
-            .fetch_rows(
-                &sql,
-                vec![
-                    Bind::S(p.owner),
-                    Bind::I(p.lease.as_millis() as i64),
-                    Bind::S(skip),
-                    Bind::I(p.limit),
-                    Bind::S(ids),
-                ],
-            )
+        let raw = sqlx::query(&sql)
+            .bind(&p.owner)
+            .bind(p.lease.as_millis() as i64)
+            .bind(skip)
+            .bind(p.limit)
+            .bind(ids)
+            .fetch_all(self.db())
             .await?;
+        // Leased and committed: a row that cannot be read was never sent,
+        // and becomes `invalid` under this lease; the others go on.
+        let mut rows = self.readable(&raw, Some(&p.owner)).await?;
         // RETURNING order is unspecified; keep FIFO within a batch.
         rows.sort_by(|a, b| {
             b.priority
@@ -488,7 +548,7 @@ impl Store for SqliteStore {
             .bind(p.limit)
             .fetch_all(self.db())
             .await?;
-        rows.iter().map(row).collect()
+        self.readable(&rows, None).await
     }
 
     async fn summary(&self) -> Result<Vec<SummaryRow>> {

@@ -88,7 +88,7 @@ impl Wake {
 
 /// Watches `db`'s directory; None (logged) if notifications are unavailable.
 fn watch_directory(db: &Path, wake: Weak<Wake>) -> Option<notify::RecommendedWatcher> {
-    use notify::event::{AccessKind, AccessMode, EventKind};
+    use notify::event::{EventKind, ModifyKind};
     use notify::Watcher;
     let dir = match db.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -105,13 +105,13 @@ fn watch_directory(db: &Path, wake: Weak<Wake>) -> Option<notify::RecommendedWat
             wake.bump();
             return;
         };
-        // Writes only: opening or reading the files (every query, `statusd
-        // ls`) must not wake the workers, or their own reads would.
+        // Data writes only: a commit always writes the WAL (or, without
+        // one, the database file). Opening, reading, closing or a new
+        // connection's fchown of the files (SQLite does that as root) are
+        // no commit, and waking on them would let readers wake the workers.
         let write = matches!(
             event.kind,
-            EventKind::Modify(_)
-                | EventKind::Create(_)
-                | EventKind::Access(AccessKind::Close(AccessMode::Write))
+            EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any | ModifyKind::Other)
         );
         let ours = event
             .paths

@@ -741,7 +741,8 @@ async fn next_due_tells_an_idle_dispatcher_how_long_to_sleep<S: Store>(s: S, _db
 }
 
 /// SQLite has no notifications: a commit by another program (an upstream
-/// app inserting a row) is seen by watching the database's files.
+/// app inserting a row) is seen by directory notifications and `PRAGMA
+/// data_version`, never by touching SQLite's files.
 #[tokio::test]
 async fn sqlite_signals_commits_by_other_connections() {
     let db = TestDb::sqlite().await;
