@@ -5,6 +5,7 @@ mod chaos;
 mod cli;
 mod daemon;
 mod dashboard;
+mod multiprocess;
 mod provider;
 mod sim;
 mod state_machine;
