@@ -695,15 +695,23 @@ impl Store for SqliteStore {
     }
 
     async fn next_due(&self, skip: &[String], with_queued: bool) -> Result<Option<Duration>> {
+        // Called after a claim found nothing: a row claimable for more than
+        // a second (since it was due and last changed) is then one the
+        // claim cannot take, and waiting "0 ms"
+        // for it would spin the dispatcher (as a TEXT `not_before` did before
+        // the tables were STRICT). Such rows are left out; rows due within
+        // the last second (due between the claim and this query) count.
         let sql = format!(
             "SELECT MIN(due) - {NOW} FROM (
-                SELECT MAX(next_attempt_at, COALESCE(not_before, 0)) AS due FROM status_outbox
+                SELECT MAX(next_attempt_at, COALESCE(not_before, 0)) AS due, updated_at
+                FROM status_outbox
                 WHERE state = 'pending_upload'
                   AND instance NOT IN (SELECT value FROM json_each(?1))
                 UNION ALL
-                SELECT COALESCE(not_before, 0) FROM status_outbox
+                SELECT COALESCE(not_before, 0), updated_at FROM status_outbox
                 WHERE ?2 AND state = 'queued'
-                  AND instance NOT IN (SELECT value FROM json_each(?1)))"
+                  AND instance NOT IN (SELECT value FROM json_each(?1)))
+             WHERE typeof(due) = 'integer' AND MAX(due, updated_at) > {NOW} - 1000"
         );
         let skip = serde_json::to_string(skip).unwrap_or_else(|_| "[]".into());
         let ms: Option<i64> = sqlx::query_scalar(&sql)
