@@ -185,3 +185,45 @@ fn poll_data_version(wake: Weak<Wake>, every: Duration) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    /// The fallback alone (no directory notifications): a commit by another
+    /// connection changes `data_version`, and only a commit does.
+    #[tokio::test]
+    async fn data_version_alone_sees_other_connections_commits() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("w.db");
+        let url = format!("sqlite://{}", file.display());
+        let opts = SqliteConnectOptions::from_str(&url)
+            .expect("url")
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let mut other = opts.connect().await.expect("connect");
+        sqlx::query("CREATE TABLE t (x INTEGER)")
+            .execute(&mut other)
+            .await
+            .expect("create");
+        let wake = Wake::new(Some(file), opts);
+        let mut rx = wake.tx.subscribe();
+        poll_data_version(Arc::downgrade(&wake), Duration::from_millis(20));
+        let quiet = tokio::time::timeout(Duration::from_millis(300), rx.changed()).await;
+        assert!(quiet.is_err(), "no signal without a commit");
+        sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut other)
+            .await
+            .expect("insert");
+        tokio::time::timeout(Duration::from_secs(2), rx.changed())
+            .await
+            .expect("the commit is seen")
+            .expect("sender alive");
+        assert!(
+            wake.statements.load(Ordering::Relaxed) > 0,
+            "PRAGMAs counted"
+        );
+    }
+}
