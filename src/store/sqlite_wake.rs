@@ -15,7 +15,7 @@
 //! - **`PRAGMA data_version`** on a dedicated connection: its value changes
 //!   whenever any other connection (this process's pool included) commits.
 //!   The slow, always-correct fallback for what notifications miss (a full
-//!   event queue, file systems without them such as NFS): once a second, or
+//!   event queue, file systems without them such as NFS): every 2 s, or
 //!   every 100 ms when notifications could not be set up. It is counted in
 //!   the statement counter like every other statement.
 
@@ -29,7 +29,7 @@ use sqlx::{ConnectOptions, Connection};
 use tokio::sync::watch;
 
 /// `PRAGMA data_version` period while directory notifications work.
-const DATA_VERSION_EVERY: Duration = Duration::from_secs(1);
+const DATA_VERSION_EVERY: Duration = Duration::from_secs(2);
 /// … and when they could not be set up (the only signal left).
 const DATA_VERSION_ALONE_EVERY: Duration = Duration::from_millis(100);
 
