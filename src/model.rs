@@ -273,6 +273,14 @@ impl StatusBody {
         }
         let value: Value = serde_json::from_str(payload)
             .map_err(|e| ValidationError::new("payload", format!("not valid JSON: {e}")))?;
+        // PostgreSQL's jsonb and text refuse NUL; SQLite stores it. Refused
+        // here too, so that both backends post the same rows.
+        if let Some(field) = nul_in(&value, "payload") {
+            return Err(ValidationError::new(
+                field,
+                "must not contain a NUL character",
+            ));
+        }
         let obj = value
             .as_object()
             .ok_or_else(|| ValidationError::new("payload", "must be a JSON object"))?;
@@ -375,6 +383,26 @@ pub fn fingerprint_of(kind: Kind, parts: &[&str]) -> String {
     }
     let out = h.finalize();
     out.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+/// The path of the first string (or key) holding a NUL character.
+fn nul_in(v: &Value, path: &str) -> Option<String> {
+    match v {
+        Value::String(s) if s.contains('\0') => Some(path.to_string()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| nul_in(x, &format!("{path}[{i}]"))),
+        Value::Object(m) => m.iter().find_map(|(k, x)| {
+            let p = format!("{path}.{}", k.replace('\0', "\\0"));
+            if k.contains('\0') {
+                Some(p)
+            } else {
+                nul_in(x, &p)
+            }
+        }),
+        _ => None,
+    }
 }
 
 type Obj = serde_json::Map<String, Value>;
@@ -559,6 +587,17 @@ mod tests {
             ("text", r#"{"text":"   "}"#, "payload.text"),
             ("text", r#"{"text":5}"#, "payload.text"),
             ("text", r#"{"text":"a","font":9}"#, "payload.font"),
+            ("text", r#"{"text":"a\u0000b"}"#, "payload.text"),
+            (
+                "image",
+                r#"{"file":{"url":"https://x/a.jpg","mimetype":"image/jpeg"},"caption":"\u0000"}"#,
+                "payload.caption",
+            ),
+            (
+                "text",
+                r#"{"text":"a","contacts":["1","2\u0000"]}"#,
+                "payload.contacts[1]",
+            ),
             (
                 "text",
                 r#"{"text":"a","backgroundColor":"red"}"#,

@@ -18,6 +18,7 @@ use crate::model::{Attempt, OutboxRow, State};
 
 mod postgres;
 mod sqlite;
+mod sqlite_wake;
 mod timed;
 
 pub use postgres::PgStore;
@@ -351,7 +352,8 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Duration>>> + Send;
     /// A signal that changes when work may have arrived: PostgreSQL `LISTEN`
     /// (reconnecting on its own); on a SQLite file, any process's commit,
-    /// seen in the wal-index header and the files, not by a query.
+    /// seen by directory notifications and `PRAGMA data_version` on a
+    /// connection of its own (never by touching SQLite's files).
     /// Keep the receiver across waits so that a signal between two waits is
     /// not missed.
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
@@ -397,6 +399,44 @@ impl Backend {
             ))
         }
     }
+}
+
+/// A row that could not be read (a column of the wrong type or out of
+/// range, text that is not UTF-8): its id as stored, and why, naming the
+/// column. One such row never fails the batch it came in: the others go on,
+/// and it is set aside by [`QUARANTINE_NOTE`]'s rule.
+#[derive(Debug, Clone)]
+pub(crate) struct Unreadable {
+    pub id: String,
+    pub error: String,
+}
+
+/// What becomes of an unreadable row, the same on both backends: not yet
+/// sent (`queued`, `pending_upload`, or `uploading` under the lease just
+/// taken by the claim that read it) → `invalid`; `in_doubt` (maybe posted)
+/// → parked for an operator; anything else is left as it is. The reason goes
+/// to `last_error`.
+pub(crate) const QUARANTINE_NOTE: &str = "cannot be read";
+
+/// Splits decoded rows into readable ones and unreadable ones.
+pub(crate) fn split_rows<R>(
+    rows: &[R],
+    decode: impl Fn(&R) -> std::result::Result<OutboxRow, Unreadable>,
+) -> (Vec<OutboxRow>, Vec<Unreadable>) {
+    let mut good = Vec::with_capacity(rows.len());
+    let mut bad = Vec::new();
+    for r in rows {
+        match decode(r) {
+            Ok(row) => good.push(row),
+            Err(u) => bad.push(u),
+        }
+    }
+    (good, bad)
+}
+
+/// The message for a column that could not be decoded.
+pub(crate) fn column_error(column: &str, e: impl std::fmt::Display) -> String {
+    format!("{column}: {QUARANTINE_NOTE} ({e})")
 }
 
 /// Operator input naming a row: its UUID, message id or dedupe key.

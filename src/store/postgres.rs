@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::{
     not_allowed, parse_uuid, ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion,
     EnqueueParams, Enqueued, InstancePause, ListParams, Result, Schedule, Store, StoreError,
-    SummaryRow, Transition,
+    SummaryRow, Transition, Unreadable,
 };
 use crate::model::{Attempt, OutboxRow, State};
 
@@ -74,7 +74,33 @@ impl PgStore {
         &self,
         q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<Vec<OutboxRow>> {
-        q.fetch_all(&self.pool).await?.iter().map(row).collect()
+        let rows = q.fetch_all(&self.pool).await?;
+        self.readable(&rows, None).await
+    }
+
+    /// Decodes each row on its own; unreadable ones are set aside (see
+    /// [`super::QUARANTINE_NOTE`]) and the rest returned.
+    async fn readable(&self, rows: &[PgRow], owner: Option<&str>) -> Result<Vec<OutboxRow>> {
+        let (good, bad) = super::split_rows(rows, readable_row);
+        for u in &bad {
+            tracing::warn!(row_id = %u.id, error = %u.error, "unreadable row set aside");
+            sqlx::query(
+                "UPDATE status_outbox SET
+                    state = CASE WHEN state = 'in_doubt' THEN state ELSE 'invalid' END,
+                    parked_at = CASE WHEN state = 'in_doubt' THEN now() END,
+                    lease_owner = NULL, lease_expires_at = NULL,
+                    last_error = $2, updated_at = now()
+                 WHERE id::text = $1
+                   AND (state IN ('queued', 'pending_upload', 'in_doubt')
+                        OR (state = 'uploading' AND lease_owner = $3))",
+            )
+            .bind(&u.id)
+            .bind(&u.error)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(good)
     }
 
     async fn operator_update(
@@ -85,7 +111,11 @@ impl PgStore {
     ) -> Result<OutboxRow> {
         let r = sqlx::query(sql).bind(id).fetch_optional(&self.pool).await?;
         match r {
-            Some(r) => row(&r),
+            Some(r) => self
+                .readable(std::slice::from_ref(&r), None)
+                .await?
+                .pop()
+                .ok_or_else(|| StoreError::Invalid(format!("row {id} {}", super::QUARANTINE_NOTE))),
             None => match self.get(id).await? {
                 Some(current) => Err(not_allowed(&current, action)),
                 None => Err(StoreError::NotFound(id.to_string())),
@@ -205,6 +235,31 @@ impl PgStore {
                 }
             }
         });
+    }
+}
+
+/// One row, or why it cannot be read. A decoder that panics (chrono on a
+/// time past its range) is an unreadable row too, never a dead worker.
+fn readable_row(r: &PgRow) -> std::result::Result<OutboxRow, Unreadable> {
+    let id = r
+        .try_get::<Uuid, _>("id")
+        .map(|u| u.to_string())
+        .unwrap_or_default();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| row(r))) {
+        Ok(Ok(row)) => Ok(row),
+        Ok(Err(e)) => Err(Unreadable {
+            id,
+            error: match e {
+                StoreError::Database(sqlx::Error::ColumnDecode { index, source }) => {
+                    super::column_error(index.trim_matches('"'), source)
+                }
+                e => e.to_string(),
+            },
+        }),
+        Err(_) => Err(Unreadable {
+            id,
+            error: format!("row {}: a value is out of range", super::QUARANTINE_NOTE),
+        }),
     }
 }
 
@@ -384,16 +439,16 @@ impl Store for PgStore {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let mut rows = self
-            .fetch_rows(
-                sqlx::query(&sql)
-                    .bind(&p.owner)
-                    .bind(p.lease.as_millis() as i64)
-                    .bind(&p.skip_instances)
-                    .bind(p.limit)
-                    .bind(&p.fresh_ids),
-            )
+        let raw = sqlx::query(&sql)
+            .bind(&p.owner)
+            .bind(p.lease.as_millis() as i64)
+            .bind(&p.skip_instances)
+            .bind(p.limit)
+            .bind(&p.fresh_ids)
+            .fetch_all(&self.pool)
             .await?;
+        // Leased and committed: a row that cannot be read was never sent.
+        let mut rows = self.readable(&raw, Some(&p.owner)).await?;
         rows.sort_by(|a, b| {
             b.priority
                 .cmp(&a.priority)

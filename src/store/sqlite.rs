@@ -12,10 +12,11 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
+use super::sqlite_wake::Wake;
 use super::{
     not_allowed, parse_uuid, ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion,
     EnqueueParams, Enqueued, InstancePause, ListParams, Result, Schedule, Store, StoreError,
-    SummaryRow, Transition,
+    SummaryRow, Transition, Unreadable,
 };
 use crate::model::{Attempt, OutboxRow, State};
 
@@ -25,72 +26,17 @@ const NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
 
 /// `payload` is read as bytes: rows written by other programs may hold text
 /// that is not UTF-8, and such a row must still be read to be marked invalid.
-const COLS: &str = "id, instance, kind, CAST(payload AS BLOB) AS payload, dedupe_key, message_id, state, priority, \
+const COLS: &str = "id, CAST(id AS BLOB) AS raw_id, instance, kind, CAST(payload AS BLOB) AS payload, dedupe_key, message_id, state, priority, \
     not_before, attempts, next_attempt_at, lease_owner, lease_expires_at, claimed_at, reconcile_attempts, \
     parked_at, provider_id, last_error, last_http_status, created_at, updated_at, posted_at";
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// Signalled when the database file or its WAL changes (see `watch`).
-    wake: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
-    /// Whether a file is watched (not for an in-memory database).
-    watched: bool,
-}
-
-/// How often the database files are looked at: a `stat` of two files and a
-/// 48-byte read, no query, so an idle daemon costs the database nothing.
-const WATCH_EVERY: Duration = Duration::from_millis(10);
-
-/// What changes when any process commits. SQLite has no notifications, but
-/// in WAL mode every commit bumps the change counter and last frame in the
-/// wal-index header (the first 48 bytes of the `-shm` file), appends to the
-/// `-wal` file, and a checkpoint writes the database file. The header is
-/// exact; the file sizes and times are a second opinion.
-#[derive(PartialEq)]
-struct Marks {
-    files: Vec<Option<(std::time::SystemTime, u64)>>,
-    wal_index: Option<[u8; 48]>,
-}
-
-fn marks(db: &std::path::Path) -> Marks {
-    let with = |suffix: &str| {
-        let mut p = db.as_os_str().to_owned();
-        p.push(suffix);
-        std::path::PathBuf::from(p)
-    };
-    let files = [db.to_path_buf(), with("-wal")]
-        .iter()
-        .map(|f| {
-            let m = std::fs::metadata(f).ok()?;
-            Some((m.modified().ok()?, m.len()))
-        })
-        .collect();
-    let wal_index = std::fs::File::open(with("-shm")).ok().and_then(|mut f| {
-        use std::io::Read;
-        let mut header = [0u8; 48];
-        f.read_exact(&mut header).ok().map(|_| header)
-    });
-    Marks { files, wal_index }
-}
-
-/// Signals `wake` whenever the database changes, until every store holding
-/// the sender is dropped.
-fn watch(db: std::path::PathBuf, wake: std::sync::Weak<tokio::sync::watch::Sender<u64>>) {
-    tokio::spawn(async move {
-        let mut last = marks(&db);
-        let mut tick = tokio::time::interval(WATCH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tick.tick().await;
-            let Some(wake) = wake.upgrade() else { return };
-            let now = marks(&db);
-            if now != last {
-                last = now;
-                wake.send_modify(|n| *n = n.wrapping_add(1));
-            }
-        }
-    });
+    /// Signalled on commits by any process (see `sqlite_wake`).
+    wake: std::sync::Arc<Wake>,
+    /// Statements sent through `pool` (the idle-cost figure).
+    statements: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SqliteStore {
@@ -122,21 +68,41 @@ impl SqliteStore {
             })
             .connect_with(opts.clone())
             .await?;
-        let wake = std::sync::Arc::new(tokio::sync::watch::Sender::new(0));
         let file = opts.get_filename();
-        let watched = file.is_file();
-        if watched {
-            watch(file.to_path_buf(), std::sync::Arc::downgrade(&wake));
-        }
+        // An in-memory database has no file to watch (only we write it).
+        let file = file.is_file().then(|| file.to_path_buf());
         Ok(SqliteStore {
             pool,
-            wake,
-            watched,
+            wake: Wake::new(file, opts),
+            statements: Default::default(),
         })
     }
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// The pool, counting one statement: every query goes through here, so
+    /// that an idle daemon's cost (and a spinning one) shows on `/metrics`
+    /// as `statusd_db_statements_total`.
+    fn db(&self) -> &SqlitePool {
+        self.statements
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("statusd_db_statements_total", "source" => "store").increment(1);
+        &self.pool
+    }
+
+    /// Statements sent so far: the store's and the wake-up poller's.
+    pub fn statements(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.statements.load(Relaxed) + self.wake.statements.load(Relaxed)
+    }
+
+    /// Statements of the wake-up poller alone (`PRAGMA data_version`).
+    pub fn wake_statements(&self) -> u64 {
+        self.wake
+            .statements
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn fetch_rows(&self, sql: &str, binds: Vec<Bind>) -> Result<Vec<OutboxRow>> {
@@ -147,7 +113,35 @@ impl SqliteStore {
                 Bind::S(v) => q.bind(v),
             };
         }
-        q.fetch_all(&self.pool).await?.iter().map(row).collect()
+        let rows = q.fetch_all(self.db()).await?;
+        self.readable(&rows, None).await
+    }
+
+    /// Decodes each row on its own; unreadable ones are set aside (see
+    /// [`super::QUARANTINE_NOTE`]) and the rest returned. `owner`: the claim
+    /// that just leased these rows, whose unreadable ones were never sent.
+    async fn readable(&self, rows: &[SqliteRow], owner: Option<&str>) -> Result<Vec<OutboxRow>> {
+        let (good, bad) = super::split_rows(rows, row);
+        for u in &bad {
+            tracing::warn!(row_id = %u.id, error = %u.error, "unreadable row set aside");
+            let sql = format!(
+                "UPDATE status_outbox SET
+                    state = CASE WHEN state = 'in_doubt' THEN state ELSE 'invalid' END,
+                    parked_at = CASE WHEN state = 'in_doubt' THEN {NOW} END,
+                    lease_owner = NULL, lease_expires_at = NULL,
+                    last_error = ?2, updated_at = {NOW}
+                 WHERE id = ?1
+                   AND (state IN ('queued', 'pending_upload', 'in_doubt')
+                        OR (state = 'uploading' AND lease_owner = ?3))"
+            );
+            sqlx::query(&sql)
+                .bind(&u.id)
+                .bind(&u.error)
+                .bind(owner)
+                .execute(self.db())
+                .await?;
+        }
+        Ok(good)
     }
 
     /// Runs an operator transition and explains a refusal.
@@ -159,10 +153,14 @@ impl SqliteStore {
     ) -> Result<OutboxRow> {
         let r = sqlx::query(sql)
             .bind(id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.db())
             .await?;
         match r {
-            Some(r) => row(&r),
+            Some(r) => self
+                .readable(std::slice::from_ref(&r), None)
+                .await?
+                .pop()
+                .ok_or_else(|| StoreError::Invalid(format!("row {id} {}", super::QUARANTINE_NOTE))),
             None => match self.get(id).await? {
                 Some(current) => Err(not_allowed(&current, action)),
                 None => Err(StoreError::NotFound(id.to_string())),
@@ -197,7 +195,7 @@ impl SqliteStore {
                AND status_outbox.attempts = u.value ->> 'attempt'
              RETURNING status_outbox.id"
         );
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
         let applied: Vec<String> = sqlx::query_scalar(&sql)
             .bind(items.to_string())
             .bind(from.as_str())
@@ -250,44 +248,71 @@ fn payload_text(raw: Vec<u8>) -> String {
     })
 }
 
-fn row(r: &SqliteRow) -> Result<OutboxRow> {
-    let id: String = r.try_get("id")?;
-    let state: String = r.try_get("state")?;
+/// One column, or an error naming it.
+fn col<'r, T>(r: &'r SqliteRow, c: &str) -> std::result::Result<T, String>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    r.try_get(c).map_err(|e| match e {
+        sqlx::Error::ColumnDecode { source, .. } => super::column_error(c, source),
+        e => super::column_error(c, e),
+    })
+}
+
+/// A time column (milliseconds since the epoch); out of range is an error.
+fn time(r: &SqliteRow, c: &str) -> std::result::Result<Option<DateTime<Utc>>, String> {
+    match col::<Option<i64>>(r, c)? {
+        None => Ok(None),
+        Some(m) => ms(Some(m))
+            .map(Some)
+            .ok_or_else(|| super::column_error(c, format!("{m} is out of range"))),
+    }
+}
+
+fn row(r: &SqliteRow) -> std::result::Result<OutboxRow, Unreadable> {
+    // The id as stored, read as bytes so that even a mangled one can be named.
+    let raw_id: Vec<u8> = r.try_get("raw_id").unwrap_or_default();
+    let raw_id = String::from_utf8_lossy(&raw_id).into_owned();
+    decode(r).map_err(|error| Unreadable { id: raw_id, error })
+}
+
+fn decode(r: &SqliteRow) -> std::result::Result<OutboxRow, String> {
+    let id: String = col(r, "id")?;
+    let state: String = col(r, "state")?;
     Ok(OutboxRow {
-        id: Uuid::parse_str(&id)
-            .map_err(|e| StoreError::Invalid(format!("row id `{id}` is not a UUID: {e}")))?,
-        instance: r.try_get("instance")?,
-        kind: r.try_get("kind")?,
-        payload: payload_text(r.try_get("payload")?),
-        dedupe_key: r.try_get("dedupe_key")?,
-        message_id: r.try_get("message_id")?,
-        state: State::from_str(&state).map_err(StoreError::Invalid)?,
-        priority: r.try_get("priority")?,
-        not_before: ms(r.try_get("not_before")?),
-        attempts: r.try_get("attempts")?,
-        next_attempt_at: ms(r.try_get("next_attempt_at")?),
-        lease_owner: r.try_get("lease_owner")?,
-        lease_expires_at: ms(r.try_get("lease_expires_at")?),
-        claimed_at: ms(r.try_get("claimed_at")?),
-        reconcile_attempts: r.try_get("reconcile_attempts")?,
-        parked_at: ms(r.try_get("parked_at")?),
-        provider_id: r.try_get("provider_id")?,
-        last_error: r.try_get("last_error")?,
-        last_http_status: r.try_get("last_http_status")?,
-        created_at: ms(r.try_get("created_at")?).unwrap_or_default(),
-        updated_at: ms(r.try_get("updated_at")?).unwrap_or_default(),
-        posted_at: ms(r.try_get("posted_at")?),
+        id: Uuid::parse_str(&id).map_err(|e| super::column_error("id", e))?,
+        instance: col(r, "instance")?,
+        kind: col(r, "kind")?,
+        payload: payload_text(col(r, "payload")?),
+        dedupe_key: col(r, "dedupe_key")?,
+        message_id: col(r, "message_id")?,
+        state: State::from_str(&state).map_err(|e| super::column_error("state", e))?,
+        priority: col(r, "priority")?,
+        not_before: time(r, "not_before")?,
+        attempts: col(r, "attempts")?,
+        next_attempt_at: time(r, "next_attempt_at")?,
+        lease_owner: col(r, "lease_owner")?,
+        lease_expires_at: time(r, "lease_expires_at")?,
+        claimed_at: time(r, "claimed_at")?,
+        reconcile_attempts: col(r, "reconcile_attempts")?,
+        parked_at: time(r, "parked_at")?,
+        provider_id: col(r, "provider_id")?,
+        last_error: col(r, "last_error")?,
+        last_http_status: col(r, "last_http_status")?,
+        created_at: time(r, "created_at")?.unwrap_or_default(),
+        updated_at: time(r, "updated_at")?.unwrap_or_default(),
+        posted_at: time(r, "posted_at")?,
     })
 }
 
 impl Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("migrations/sqlite").run(&self.pool).await?;
+        sqlx::migrate!("migrations/sqlite").run(self.db()).await?;
         Ok(())
     }
 
     async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(self.db()).await?;
         Ok(())
     }
 
@@ -305,7 +330,7 @@ impl Store for SqliteStore {
         .bind(&p.dedupe_key)
         .bind(p.priority)
         .bind(p.not_before.map(|t| t.timestamp_millis()))
-        .execute(&self.pool)
+        .execute(self.db())
         .await?
         .rows_affected()
             == 1;
@@ -315,7 +340,7 @@ impl Store for SqliteStore {
         let existing: Option<String> =
             sqlx::query_scalar("SELECT id FROM status_outbox WHERE dedupe_key = ?1")
                 .bind(&p.dedupe_key)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.db())
                 .await?;
         match existing.as_deref().and_then(parse_uuid) {
             Some(id) => Ok(Enqueued {
@@ -341,7 +366,7 @@ impl Store for SqliteStore {
              ON CONFLICT DO NOTHING",
         )
         .bind(super::enqueue_batch_json(p))
-        .execute(&self.pool)
+        .execute(self.db())
         .await?
         .rows_affected())
     }
@@ -369,7 +394,7 @@ impl Store for SqliteStore {
         );
         Ok(sqlx::query(&sql)
             .bind(serde_json::Value::Array(items).to_string())
-            .execute(&self.pool)
+            .execute(self.db())
             .await?
             .rows_affected())
     }
@@ -382,7 +407,7 @@ impl Store for SqliteStore {
         Ok(sqlx::query(&sql)
             .bind(id.to_string())
             .bind(error)
-            .execute(&self.pool)
+            .execute(self.db())
             .await?
             .rows_affected()
             == 1)
@@ -422,18 +447,17 @@ impl Store for SqliteStore {
         );
         let skip = serde_json::to_string(&p.skip_instances).unwrap_or_else(|_| "[]".into());
         let ids = serde_json::to_string(&p.fresh_ids).unwrap_or_else(|_| "[]".into());
-        let mut rows = self
-            .fetch_rows(
-                &sql,
-                vec![
-                    Bind::S(p.owner),
-                    Bind::I(p.lease.as_millis() as i64),
-                    Bind::S(skip),
-                    Bind::I(p.limit),
-                    Bind::S(ids),
-                ],
-            )
+        let raw = sqlx::query(&sql)
+            .bind(&p.owner)
+            .bind(p.lease.as_millis() as i64)
+            .bind(skip)
+            .bind(p.limit)
+            .bind(ids)
+            .fetch_all(self.db())
             .await?;
+        // Leased and committed: a row that cannot be read was never sent,
+        // and becomes `invalid` under this lease; the others go on.
+        let mut rows = self.readable(&raw, Some(&p.owner)).await?;
         // RETURNING order is unspecified; keep FIFO within a batch.
         rows.sort_by(|a, b| {
             b.priority
@@ -463,7 +487,7 @@ impl Store for SqliteStore {
         let ids: Vec<String> = sqlx::query_scalar(&sql)
             .bind(limit)
             .bind(settle.as_millis() as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(self.db())
             .await?;
         Ok(ids.iter().filter_map(|s| parse_uuid(s)).collect())
     }
@@ -506,7 +530,7 @@ impl Store for SqliteStore {
              FROM status_attempts WHERE status_id = ?1 ORDER BY started_at, attempt",
         )
         .bind(id.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter()
             .map(|r| {
@@ -536,9 +560,9 @@ impl Store for SqliteStore {
             .bind(p.instance)
             .bind(p.since.map(|t| t.timestamp_millis()))
             .bind(p.limit)
-            .fetch_all(&self.pool)
+            .fetch_all(self.db())
             .await?;
-        rows.iter().map(row).collect()
+        self.readable(&rows, None).await
     }
 
     async fn summary(&self) -> Result<Vec<SummaryRow>> {
@@ -546,7 +570,7 @@ impl Store for SqliteStore {
             "SELECT instance, state, count, oldest_age_secs, scheduled FROM status_outbox_summary
              ORDER BY instance, state",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter()
             .map(|r| {
@@ -620,7 +644,7 @@ impl Store for SqliteStore {
         Ok(sqlx::query(&sql)
             .bind(older_than.as_millis() as i64)
             .bind(limit)
-            .execute(&self.pool)
+            .execute(self.db())
             .await?
             .rows_affected())
     }
@@ -638,7 +662,7 @@ impl Store for SqliteStore {
         .bind(&s.kind)
         .bind(&s.payload)
         .bind(s.enabled)
-        .execute(&self.pool)
+        .execute(self.db())
         .await?;
         Ok(())
     }
@@ -648,7 +672,7 @@ impl Store for SqliteStore {
             "SELECT id, name, cron, timezone, instance, kind, payload, enabled
              FROM status_schedules ORDER BY name",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.db())
         .await?;
         rows.iter()
             .map(|r| {
@@ -671,7 +695,7 @@ impl Store for SqliteStore {
         Ok(
             sqlx::query("DELETE FROM status_schedules WHERE name = ?1 OR id = ?1")
                 .bind(name_or_id)
-                .execute(&self.pool)
+                .execute(self.db())
                 .await?
                 .rows_affected()
                 > 0,
@@ -680,27 +704,35 @@ impl Store for SqliteStore {
 
     async fn now(&self) -> Result<DateTime<Utc>> {
         let m: i64 = sqlx::query_scalar(&format!("SELECT {NOW}"))
-            .fetch_one(&self.pool)
+            .fetch_one(self.db())
             .await?;
         Ok(ms(Some(m)).unwrap_or_default())
     }
 
     async fn next_due(&self, skip: &[String], with_queued: bool) -> Result<Option<Duration>> {
+        // Called after a claim found nothing: a row claimable for more than
+        // a second (since it was due and last changed) is then one the
+        // claim cannot take, and waiting "0 ms"
+        // for it would spin the dispatcher (as a TEXT `not_before` did before
+        // the tables were STRICT). Such rows are left out; rows due within
+        // the last second (due between the claim and this query) count.
         let sql = format!(
             "SELECT MIN(due) - {NOW} FROM (
-                SELECT MAX(next_attempt_at, COALESCE(not_before, 0)) AS due FROM status_outbox
+                SELECT MAX(next_attempt_at, COALESCE(not_before, 0)) AS due, updated_at
+                FROM status_outbox
                 WHERE state = 'pending_upload'
                   AND instance NOT IN (SELECT value FROM json_each(?1))
                 UNION ALL
-                SELECT COALESCE(not_before, 0) FROM status_outbox
+                SELECT COALESCE(not_before, 0), updated_at FROM status_outbox
                 WHERE ?2 AND state = 'queued'
-                  AND instance NOT IN (SELECT value FROM json_each(?1)))"
+                  AND instance NOT IN (SELECT value FROM json_each(?1)))
+             WHERE typeof(due) = 'integer' AND MAX(due, updated_at) > {NOW} - 1000"
         );
         let skip = serde_json::to_string(skip).unwrap_or_else(|_| "[]".into());
         let ms: Option<i64> = sqlx::query_scalar(&sql)
             .bind(skip)
             .bind(with_queued)
-            .fetch_one(&self.pool)
+            .fetch_one(self.db())
             .await?;
         Ok(ms.map(|m| Duration::from_millis(m.max(0) as u64)))
     }
@@ -710,7 +742,7 @@ impl Store for SqliteStore {
     }
 
     fn notifies(&self) -> bool {
-        self.watched
+        self.wake.watched()
     }
 
     async fn activity(&self, p: ActivityParams) -> Result<Vec<ActivityBucket>> {
@@ -727,7 +759,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query(&sql)
             .bind(since)
             .bind(bucket)
-            .fetch_all(&self.pool)
+            .fetch_all(self.db())
             .await?;
         rows.iter()
             .map(|r| {

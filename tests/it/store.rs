@@ -741,7 +741,8 @@ async fn next_due_tells_an_idle_dispatcher_how_long_to_sleep<S: Store>(s: S, _db
 }
 
 /// SQLite has no notifications: a commit by another program (an upstream
-/// app inserting a row) is seen by watching the database's files.
+/// app inserting a row) is seen by directory notifications and `PRAGMA
+/// data_version`, never by touching SQLite's files.
 #[tokio::test]
 async fn sqlite_signals_commits_by_other_connections() {
     let db = TestDb::sqlite().await;
@@ -768,4 +769,180 @@ async fn sqlite_signals_commits_by_other_connections() {
         .await
         .unwrap();
     assert!(!mem.notifies());
+}
+
+/// Applies only migration 0001 of `backend` (the schema as it was before
+/// 0002), as an existing database would have it.
+async fn migrate_to_0001(db: &TestDb, backend: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let src = format!(
+        "{}/migrations/{backend}/0001_outbox.sql",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::copy(&src, dir.path().join("0001_outbox.sql")).expect("copy 0001");
+    let m = sqlx::migrate::Migrator::new(dir.path())
+        .await
+        .expect("migrator");
+    if backend == "sqlite" {
+        let pool = sqlx::SqlitePool::connect(&format!("{}?mode=rwc", db.url))
+            .await
+            .unwrap();
+        m.run(&pool).await.expect("0001");
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        m.run(&pool).await.expect("0001");
+        pool.close().await;
+    }
+}
+
+/// Migration 0002 on SQLite: existing rows are copied, never dropped;
+/// unambiguous values are converted (non-canonical UUIDs with their history,
+/// '7' as a priority), the others fall back and a row not yet sent becomes
+/// `invalid` naming the column. Afterwards the same values are refused at
+/// INSERT, with the column named.
+#[tokio::test]
+async fn sqlite_migration_0002_keeps_every_row_and_makes_tables_strict() {
+    let db = TestDb::sqlite().await;
+    migrate_to_0001(&db, "sqlite").await;
+    exec_raw(
+        &db,
+        r#"
+        INSERT INTO status_outbox (id, instance, kind, payload) VALUES
+            ('0190A2B4-1111-7222-8333-444455556666', 'main', 'text', '{"text":"upper"}'),
+            ('{0190a2b4-1111-7222-8333-444455556667}', 'main', 'text', '{"text":"braced"}'),
+            ('0190a2b4111172228333444455556668', 'main', 'text', '{"text":"bare"}'),
+            ('garbage', 'main', 'text', '{"text":"not a uuid"}');
+        INSERT INTO status_outbox (instance, kind, payload, priority, not_before, dedupe_key) VALUES
+            ('main', 'text', '{"text":"r"}', 0, 1700000000000.5, 'real'),
+            ('main', 'text', '{"text":"t"}', 0, '2030-01-01', 'text'),
+            ('main', 'text', '{"text":"w"}', '7', 1700000000000.0, 'whole');
+        INSERT INTO status_outbox (instance, kind, payload, state, message_id, posted_at, dedupe_key)
+            VALUES ('main', 'text', '{"text":"p"}', 'posted', 'M1', 'yesterday', 'posted');
+        INSERT INTO status_attempts (status_id, attempt, started_at, finished_at, outcome, latency_ms)
+            VALUES ('0190A2B4-1111-7222-8333-444455556666', 1, 1, 2, 'posted', 1);
+        "#,
+    )
+    .await
+    .expect("rows of the old schema");
+    let s = db.sqlite_store().await;
+    let rows = crate::support::all_rows(&s).await;
+    assert_eq!(rows.len(), 8, "no row dropped: {rows:?}");
+    for suffix in ["6666", "6667", "6668"] {
+        let id: Uuid = format!("0190a2b4-1111-7222-8333-44445555{suffix}")
+            .parse()
+            .unwrap();
+        let r = s.get(id).await.unwrap().expect("canonical id");
+        assert_eq!(r.state, State::Queued, "{r:?}");
+    }
+    let history = s
+        .attempts("0190a2b4-1111-7222-8333-444455556666".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 1, "history follows its row's id");
+    let by_key = |k: &str| {
+        rows.iter()
+            .find(|r| r.dedupe_key.as_deref() == Some(k))
+            .unwrap()
+    };
+    let real = by_key("real");
+    assert_eq!(real.state, State::Invalid);
+    assert!(
+        real.last_error
+            .as_deref()
+            .unwrap()
+            .contains("not_before: 1700000000000.5"),
+        "{real:?}"
+    );
+    assert_eq!(by_key("text").state, State::Invalid);
+    let whole = by_key("whole");
+    assert_eq!((whole.state, whole.priority), (State::Queued, 7));
+    assert_eq!(
+        whole.not_before.map(|t| t.timestamp_millis()),
+        Some(1_700_000_000_000)
+    );
+    let posted = by_key("posted");
+    assert_eq!(posted.state, State::Posted, "a posted row stays posted");
+    assert!(posted.last_error.as_deref().unwrap().contains("posted_at"));
+    let garbage = rows
+        .iter()
+        .find(|r| r.payload.contains("not a uuid"))
+        .unwrap();
+    assert_eq!(garbage.state, State::Invalid);
+    assert!(garbage.last_error.as_deref().unwrap().contains("'garbage'"));
+
+    for (values, why) in [
+        (
+            "'main', 'text', '{}', 1700000000000.5",
+            "status_outbox.not_before",
+        ),
+        ("'main', 'text', X'7B7D', NULL", "status_outbox.payload"),
+    ] {
+        let e = exec_raw(
+            &db,
+            &format!(
+                "INSERT INTO status_outbox (instance, kind, payload, not_before) VALUES ({values})"
+            ),
+        )
+        .await
+        .expect_err("refused");
+        assert!(e.to_string().contains(why), "{e}");
+    }
+    let e = exec_raw(
+        &db,
+        "INSERT INTO status_outbox (id, instance, kind, payload) VALUES ('0190A2B4-1111-7222-8333-444455550000', 'main', 'text', '{}')",
+    )
+    .await
+    .expect_err("refused");
+    assert!(e.to_string().contains("id_is_a_canonical_uuid"), "{e}");
+}
+
+/// PostgreSQL counterpart: a time PostgreSQL accepts but statusd cannot
+/// read ('infinity', year 200000) used to fail every read of its row (a
+/// panic in the decoder). Migration 0002 converts existing ones (the row
+/// kept, `invalid`, naming the column) and refuses new ones at INSERT; a
+/// payload of the wrong JSON shape is read and ends `invalid`.
+#[tokio::test]
+async fn pg_out_of_range_times_are_refused_and_existing_ones_kept() {
+    let db = TestDb::postgres().await;
+    migrate_to_0001(&db, "postgres").await;
+    exec_raw(
+        &db,
+        r#"INSERT INTO status_outbox (instance, kind, payload, not_before, dedupe_key) VALUES
+             ('main', 'text', '{"text":"never"}', 'infinity', 'inf'),
+             ('main', 'text', '{"text":"far"}', '200000-01-01', 'far'),
+             ('main', 'text', '{"text":"fine"}', NULL, 'fine'),
+             ('main', 'text', '[1, 2]', NULL, 'shape')"#,
+    )
+    .await
+    .expect("rows of the old schema");
+    let s = db.pg_store().await;
+    let rows = crate::support::all_rows(&s).await;
+    assert_eq!(rows.len(), 4, "no row dropped, none unreadable: {rows:?}");
+    for key in ["inf", "far"] {
+        let r = rows
+            .iter()
+            .find(|r| r.dedupe_key.as_deref() == Some(key))
+            .unwrap();
+        assert_eq!(r.state, State::Invalid, "{r:?}");
+        assert!(
+            r.last_error.as_deref().unwrap().contains("not_before"),
+            "{r:?}"
+        );
+    }
+    for v in ["'infinity'", "'200000-01-01'", "'1969-12-31'"] {
+        let e = exec_raw(
+            &db,
+            &format!("INSERT INTO status_outbox (instance, kind, payload, not_before) VALUES ('main', 'text', '{{}}', {v})"),
+        )
+        .await
+        .expect_err("refused");
+        assert!(e.to_string().contains("not_before_in_range"), "{v}: {e}");
+    }
+    let shape = rows
+        .iter()
+        .find(|r| r.dedupe_key.as_deref() == Some("shape"))
+        .unwrap();
+    let e = StatusBody::parse(&shape.kind, &shape.payload).expect_err("wrong shape");
+    assert_eq!(e.field, "payload");
 }
