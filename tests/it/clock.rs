@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use statusd::sim::SimConfig;
 use statusd::store::Store;
 
-use crate::support::{live_rows, start_sim, statusd_command, text, TestDb, TEST_TOKEN};
+use crate::support::{
+    live_rows, spawn_run, start_sim, text, write_daemon_config, TestDb, TEST_TOKEN,
+};
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
@@ -56,66 +58,23 @@ async fn clock_jumps<S: Store>(db: &TestDb, store: S, jumps: &[&str]) {
     })
     .await;
     let cfg = tempfile::tempdir().unwrap();
-    std::fs::write(
-        cfg.path().join("default.toml"),
-        format!(
-            r#"
-[database]
-url = "{}"
-max_connections = 4
-
-[daemon]
-concurrency = 16
-batch_size = 32
-lease_secs = 4
-poll_interval_ms = 50
-fallback_poll_ms = 1000
-retry_base_ms = 50
-retry_max_ms = 1000
-settle_delay_ms = 300
-reconcile_interval_ms = 200
-rescue_interval_ms = 300
-reconcile_max_attempts = 1000
-instance_probe_ms = 500
-
-[admin]
-enabled = false
-
-[provider]
-connect_timeout_ms = 500
-request_timeout_ms = 800
-
-[instances.main]
-base_url = "{}"
-instance_id = "main"
-supplied_id = true
-rate_per_sec = 5000
-burst = 500
-"#,
-            db.url,
-            sim.base_url()
-        ),
-    )
-    .unwrap();
+    write_daemon_config(cfg.path(), &db.url, &sim.base_url());
     let offset = cfg.path().join("faketime");
     std::fs::write(&offset, "+0\n").unwrap();
     let log_path = cfg.path().join("statusd.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut daemon = statusd_command()
-        .arg("--config-dir")
-        .arg(cfg.path())
-        .args(["--log-format", "json", "--log-level", "info", "run"])
-        .env("STATUSD__INSTANCES__MAIN__ACCESS_TOKEN", TEST_TOKEN)
-        .env_remove("RUST_LOG")
-        .env("LD_PRELOAD", LIBFAKETIME)
-        .env("FAKETIME_TIMESTAMP_FILE", &offset)
-        .env("FAKETIME_NO_CACHE", "1")
-        // Only the wall clock jumps; CLOCK_MONOTONIC stays true.
-        .env("DONT_FAKE_MONOTONIC", "1")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn statusd run");
+    let offset_file = offset.display().to_string();
+    let mut daemon = spawn_run(
+        cfg.path(),
+        &log_path,
+        "info",
+        &[
+            ("LD_PRELOAD", LIBFAKETIME),
+            ("FAKETIME_TIMESTAMP_FILE", &offset_file),
+            ("FAKETIME_NO_CACHE", "1"),
+            // Only the wall clock jumps; CLOCK_MONOTONIC stays true.
+            ("DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
 
     let rows = 500;
     let app = {

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use statusd::sim::SimConfig;
 use statusd::store::{SqliteStore, Store};
 
-use crate::support::{live_rows, start_sim, statusd_command, text, TEST_TOKEN};
+use crate::support::{
+    live_rows, spawn_run, start_sim, statusd_in, text, write_daemon_config, TEST_TOKEN,
+};
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
 struct SmallDisk {
@@ -78,58 +80,15 @@ async fn a_full_disk_loses_and_doubles_nothing_and_the_daemon_resumes() {
     })
     .await;
     let cfg = tempfile::tempdir().unwrap();
-    std::fs::write(
-        cfg.path().join("default.toml"),
-        format!(
-            r#"
-[database]
-url = "{db_url}"
-
-[daemon]
-lease_secs = 3
-poll_interval_ms = 50
-fallback_poll_ms = 500
-retry_base_ms = 50
-retry_max_ms = 500
-settle_delay_ms = 300
-reconcile_interval_ms = 200
-rescue_interval_ms = 300
-reconcile_max_attempts = 1000
-
-[admin]
-enabled = false
-
-[provider]
-connect_timeout_ms = 500
-request_timeout_ms = 800
-
-[instances.main]
-base_url = "{}"
-instance_id = "main"
-supplied_id = true
-rate_per_sec = 5000
-burst = 500
-"#,
-            sim.base_url()
-        ),
-    )
-    .unwrap();
-    let statusd = |args: &[&str]| {
-        let mut c = statusd_command();
-        c.arg("--config-dir").arg(cfg.path()).args(args);
-        c.env("STATUSD__INSTANCES__MAIN__ACCESS_TOKEN", TEST_TOKEN)
-            .env_remove("RUST_LOG");
-        c
-    };
-    let migrated = statusd(&["migrate"]).output().await.unwrap();
-    assert!(migrated.status.success(), "{migrated:?}");
+    write_daemon_config(cfg.path(), &db_url, &sim.base_url());
     let log_path = cfg.path().join("statusd.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut daemon = statusd(&["--log-format", "json", "--log-level", "info", "run"])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn statusd run");
+    let migrated = statusd_in(cfg.path(), &log_path, &[])
+        .arg("migrate")
+        .status()
+        .await
+        .unwrap();
+    assert!(migrated.success(), "statusd migrate: {migrated}");
+    let mut daemon = spawn_run(cfg.path(), &log_path, "info", &[]);
 
     // The app: a separate connection, as an upstream app's would be.
     let app = SqliteStore::connect(&db_url, 2)

@@ -15,7 +15,9 @@ use statusd::store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::support::{live_rows, start_sim, statusd_command, text, TestDb, TEST_TOKEN};
+use crate::support::{
+    live_rows, spawn_run, start_sim, text, write_daemon_config, TestDb, TEST_TOKEN,
+};
 
 /// What the proxy does to the bytes it carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,48 +142,6 @@ async fn wait_for_reset(generation: &AtomicU64, born: u64) {
     }
 }
 
-fn write_config(dir: &std::path::Path, db_url: &str, sim_url: &str) {
-    let cfg = format!(
-        r#"
-[database]
-url = "{db_url}"
-max_connections = 4
-# A black-holed connection fails a call after this long (store::Timed).
-call_timeout_ms = 2000
-
-[daemon]
-concurrency = 16
-batch_size = 32
-lease_secs = 4
-poll_interval_ms = 50
-fallback_poll_ms = 1000
-retry_base_ms = 50
-retry_max_ms = 1000
-settle_delay_ms = 300
-reconcile_interval_ms = 200
-rescue_interval_ms = 300
-reconcile_max_attempts = 1000
-instance_probe_ms = 500
-shutdown_grace_secs = 3
-
-[admin]
-enabled = false
-
-[provider]
-connect_timeout_ms = 500
-request_timeout_ms = 800
-
-[instances.main]
-base_url = "{sim_url}"
-instance_id = "main"
-supplied_id = true
-rate_per_sec = 5000
-burst = 500
-"#
-    );
-    std::fs::write(dir.join("default.toml"), cfg).expect("write config");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn provider_and_database_network_faults_lose_and_double_nothing() {
     let db = TestDb::postgres().await;
@@ -211,23 +171,19 @@ async fn provider_and_database_network_faults_lose_and_double_nothing() {
         "the daemon's database URL goes through the proxy"
     );
     let cfg = tempfile::tempdir().unwrap();
-    write_config(
+    write_daemon_config(
         cfg.path(),
         &proxied_db,
         &format!("http://{}", sim_proxy.addr),
     );
     let log_path = cfg.path().join("statusd.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut daemon = statusd_command()
-        .arg("--config-dir")
-        .arg(cfg.path())
-        .args(["--log-format", "json", "--log-level", "info", "run"])
-        .env("STATUSD__INSTANCES__MAIN__ACCESS_TOKEN", TEST_TOKEN)
-        .env_remove("RUST_LOG")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn statusd run");
+    // A black-holed connection fails a call after this long (store::Timed).
+    let mut daemon = spawn_run(
+        cfg.path(),
+        &log_path,
+        "info",
+        &[("STATUSD__DATABASE__CALL_TIMEOUT_MS", "2000")],
+    );
 
     let rows = 400;
     let app = {

@@ -8,7 +8,7 @@
 //!
 //! The outage lasts `STATUSD_PG_OUTAGE_SECS` (default 60).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,9 @@ use statusd::model::State;
 use statusd::sim::SimConfig;
 use statusd::store::{EnqueueParams, PgStore, Store};
 
-use crate::support::{live_rows, start_sim, statusd_command, text, TEST_TOKEN};
+use crate::support::{
+    live_rows, spawn_run, start_sim, statusd_in, text, write_daemon_config, TEST_TOKEN,
+};
 
 const ADMIN_TOKEN: &str = "admin-SECRET-93be1f";
 
@@ -134,47 +136,6 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn write_config(dir: &Path, db_url: &str, sim_url: &str, admin: &str) {
-    let cfg = format!(
-        r#"
-[database]
-url = "{db_url}"
-max_connections = 4
-
-[daemon]
-concurrency = 16
-batch_size = 32
-lease_secs = 3
-poll_interval_ms = 50
-# Long on purpose: pickup in milliseconds after a restart proves LISTEN is back.
-fallback_poll_ms = 20000
-retry_base_ms = 50
-retry_max_ms = 1000
-settle_delay_ms = 300
-reconcile_interval_ms = 200
-rescue_interval_ms = 300
-reconcile_max_attempts = 1000
-instance_probe_ms = 500
-shutdown_grace_secs = 3
-
-[admin]
-bind = "{admin}"
-
-[provider]
-connect_timeout_ms = 500
-request_timeout_ms = 800
-
-[instances.main]
-base_url = "{sim_url}"
-instance_id = "main"
-supplied_id = true
-rate_per_sec = 5000
-burst = 500
-"#
-    );
-    std::fs::write(dir.join("default.toml"), cfg).expect("write config");
-}
-
 async fn readyz(http: &reqwest::Client, admin: &str) -> Option<u16> {
     http.get(format!("http://{admin}/readyz"))
         .send()
@@ -246,28 +207,23 @@ async fn postgres_crash_restarts_and_an_outage_lose_and_double_nothing() {
         .and_then(|l| l.local_addr())
         .unwrap()
         .to_string();
-    write_config(cfg.path(), &db_url, &sim.base_url(), &admin);
-    let statusd = |args: &[&str]| {
-        let mut c = statusd_command();
-        c.arg("--config-dir").arg(cfg.path()).args(args);
-        c.env("STATUSD__INSTANCES__MAIN__ACCESS_TOKEN", TEST_TOKEN)
-            .env("STATUSD__ADMIN__TOKEN", ADMIN_TOKEN)
-            .env_remove("RUST_LOG");
-        c
-    };
-    let migrated = statusd(&["migrate"])
-        .output()
+    write_daemon_config(cfg.path(), &db_url, &sim.base_url());
+    let log_path = cfg.path().join("statusd.log");
+    let env = [
+        ("STATUSD__ADMIN__ENABLED", "true"),
+        ("STATUSD__ADMIN__BIND", admin.as_str()),
+        ("STATUSD__ADMIN__TOKEN", ADMIN_TOKEN),
+        // Long on purpose: pickup in milliseconds after a restart proves
+        // LISTEN is back.
+        ("STATUSD__DAEMON__FALLBACK_POLL_MS", "20000"),
+    ];
+    let migrated = statusd_in(cfg.path(), &log_path, &env)
+        .arg("migrate")
+        .status()
         .await
         .expect("statusd migrate");
-    assert!(migrated.status.success(), "{migrated:?}");
-
-    let log_path = cfg.path().join("statusd.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut daemon = statusd(&["--log-format", "json", "--log-level", "info", "run"])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn statusd run");
+    assert!(migrated.success(), "statusd migrate: {migrated}");
+    let mut daemon = spawn_run(cfg.path(), &log_path, "info", &env);
     // Longer than /readyz's own 2 s database timeout.
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))

@@ -18,7 +18,9 @@ use statusd::sim::SimConfig;
 use statusd::store::Store;
 use tokio::process::Child;
 
-use crate::support::{live_rows, start_sim, statusd_command, text, TestDb, TEST_TOKEN};
+use crate::support::{
+    live_rows, spawn_run, start_sim, text, write_daemon_config, TestDb, TEST_TOKEN,
+};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -28,22 +30,18 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 fn spawn_replica(cfg: &Path, log: &Path, n: usize) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    statusd_command()
-        .arg("--config-dir")
-        .arg(cfg)
-        .args(["--log-format", "json", "--log-level", "warn", "run"])
-        .env("STATUSD__INSTANCES__MAIN__ACCESS_TOKEN", TEST_TOKEN)
-        .env("STATUSD__DAEMON__OWNER", format!("soak-{n}"))
-        .env_remove("RUST_LOG")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn statusd run")
+    let owner = format!("soak-{n}");
+    spawn_run(
+        cfg,
+        log,
+        "warn",
+        &[
+            ("STATUSD__DAEMON__OWNER", owner.as_str()),
+            ("STATUSD__DATABASE__MAX_CONNECTIONS", "8"),
+            ("STATUSD__PROVIDER__REQUEST_TIMEOUT_MS", "2000"),
+            ("STATUSD__DAEMON__SETTLE_DELAY_MS", "500"),
+        ],
+    )
 }
 
 /// (RSS in MiB, open descriptors) of a running process.
@@ -76,44 +74,7 @@ async fn soak_two_replicas_on_postgres() {
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("default.toml"),
-        format!(
-            r#"
-[database]
-url = "{}"
-max_connections = 8
-
-[daemon]
-lease_secs = 5
-fallback_poll_ms = 1000
-retry_base_ms = 100
-retry_max_ms = 2000
-settle_delay_ms = 500
-reconcile_interval_ms = 300
-rescue_interval_ms = 500
-reconcile_max_attempts = 1000
-instance_probe_ms = 1000
-
-[admin]
-enabled = false
-
-[provider]
-connect_timeout_ms = 1000
-request_timeout_ms = 2000
-
-[instances.main]
-base_url = "{}"
-instance_id = "main"
-supplied_id = true
-rate_per_sec = 5000
-burst = 500
-"#,
-            db.url,
-            sim.base_url()
-        ),
-    )
-    .unwrap();
+    write_daemon_config(dir.path(), &db.url, &sim.base_url());
     let log = dir.path().join("soak.log");
     let mut replicas = [
         spawn_replica(dir.path(), &log, 0),

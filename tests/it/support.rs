@@ -345,3 +345,85 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
         });
     }
 }
+
+/// Writes the config every multi-process test's daemon starts from into
+/// `dir/default.toml`: short timings, the admin server off, one instance
+/// `main` on the simulator at `sim_url`. A test changes single settings with
+/// `STATUSD__…` variables, as an operator would.
+pub fn write_daemon_config(dir: &std::path::Path, db_url: &str, sim_url: &str) {
+    let cfg = format!(
+        r#"
+[database]
+url = "{db_url}"
+max_connections = 4
+
+[daemon]
+concurrency = 16
+batch_size = 32
+lease_secs = 4
+poll_interval_ms = 50
+fallback_poll_ms = 1000
+retry_base_ms = 50
+retry_max_ms = 1000
+settle_delay_ms = 300
+reconcile_interval_ms = 200
+rescue_interval_ms = 300
+reconcile_max_attempts = 1000
+instance_probe_ms = 500
+shutdown_grace_secs = 3
+
+[admin]
+enabled = false
+
+[provider]
+connect_timeout_ms = 500
+request_timeout_ms = 800
+
+[instances.main]
+base_url = "{sim_url}"
+instance_id = "main"
+supplied_id = true
+rate_per_sec = 5000
+burst = 500
+"#
+    );
+    std::fs::write(dir.join("default.toml"), cfg).expect("write default.toml");
+}
+
+/// `statusd --config-dir CFG …` with the instance token from the
+/// environment and `env` on top, its output appended to `log`.
+pub fn statusd_in(
+    cfg: &std::path::Path,
+    log: &std::path::Path,
+    env: &[(&str, &str)],
+) -> tokio::process::Command {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let mut cmd = statusd_command();
+    cmd.arg("--config-dir")
+        .arg(cfg)
+        .env("STATUSD__INSTANCES__MAIN__ACCESS_TOKEN", TEST_TOKEN)
+        .env_remove("RUST_LOG")
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// `statusd run` with JSON logs at `level` (see [`statusd_in`]).
+pub fn spawn_run(
+    cfg: &std::path::Path,
+    log: &std::path::Path,
+    level: &str,
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
+    statusd_in(cfg, log, env)
+        .args(["--log-format", "json", "--log-level", level, "run"])
+        .spawn()
+        .expect("spawn statusd run")
+}
