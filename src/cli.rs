@@ -35,7 +35,7 @@ use crate::config::{
 use crate::model::State;
 use crate::store::{Backend, PgStore, SqliteStore, Store, Timed};
 
-pub use table::Since;
+pub use crate::ops::Since;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -667,7 +667,7 @@ async fn start_daemon<S: Store>(
         .migrate()
         .await
         .context("applying the database migrations")?;
-    crate::daemon::run(store, settings, shutdown).await
+    crate::app::run(store, settings, shutdown).await
 }
 
 /// `statusd health`: GET /healthz on the configured admin address; an

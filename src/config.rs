@@ -785,6 +785,24 @@ fn instance_name_problems(tree: &config::Value) -> Vec<ConfigProblem> {
         .collect()
 }
 
+/// The one check of "is `instance` configured here", with the one message
+/// (naming the instances that are), for the CLI, the admin API and the
+/// daemon's validation of rows written by others.
+pub fn check_configured<'a>(
+    instance: &str,
+    configured: impl IntoIterator<Item = &'a String>,
+) -> Result<(), String> {
+    let mut known: Vec<&str> = configured.into_iter().map(String::as_str).collect();
+    if known.contains(&instance) {
+        return Ok(());
+    }
+    known.sort_unstable();
+    Err(format!(
+        "instance: `{instance}` is not a configured instance (configured: {})",
+        known.join(", ")
+    ))
+}
+
 /// Validation of cron expressions without starting a scheduler.
 pub mod cron_check {
     use std::str::FromStr;

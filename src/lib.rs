@@ -23,11 +23,15 @@
 //!   daemon in one process, and what viewers saw.
 
 pub mod admin;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod instance;
+pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod provider;
 pub mod sim;
 pub mod store;

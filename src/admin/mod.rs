@@ -22,11 +22,11 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Since;
 use crate::config::AdminSettings;
-use crate::daemon::metrics as m;
-use crate::daemon::Ctx;
-use crate::model::{State, StatusBody};
+use crate::metrics as m;
+use crate::model::State;
+use crate::ops::Since;
+use crate::ops::{OpError, Operator};
 use crate::provider::Provider;
 use crate::store::{ActivityBucket, ActivityParams, EnqueueParams, ListParams, Store, StoreError};
 
@@ -57,11 +57,11 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub struct AdminServer<S, P> {
     listener: tokio::net::TcpListener,
     app: Router,
-    ctx: Arc<Ctx<S, P>>,
+    ctx: Arc<Operator<S, P>>,
 }
 
 struct App<S, P> {
-    ctx: Arc<Ctx<S, P>>,
+    ctx: Arc<Operator<S, P>>,
     token: Option<TokenCheck>,
     metrics: PrometheusHandle,
     shutting_down: CancellationToken,
@@ -70,7 +70,7 @@ struct App<S, P> {
 type Shared<S, P> = Arc<App<S, P>>;
 
 impl<S: Store, P: Provider> AdminServer<S, P> {
-    pub async fn bind(settings: &AdminSettings, ctx: Arc<Ctx<S, P>>) -> anyhow::Result<Self> {
+    pub async fn bind(settings: &AdminSettings, ctx: Arc<Operator<S, P>>) -> anyhow::Result<Self> {
         let addr: SocketAddr = settings
             .bind
             .parse()
@@ -170,6 +170,17 @@ impl From<StoreError> for ApiError {
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(code, e.to_string())
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::NotFound(_) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
+            OpError::Invalid(m) => bad(m),
+            OpError::Store(e) => e.into(),
+            OpError::Provider(_) => ApiError(StatusCode::BAD_GATEWAY, e.to_string()),
+        }
     }
 }
 
@@ -453,29 +464,19 @@ async fn enqueue_inner<S: Store, P: Provider>(
     // The rejection's own status: 413 for a body over the limit, 415 for a
     // wrong content type, 400/422 for bad JSON.
     let Json(b) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
-    if !app.ctx.instances.contains_key(&b.instance) {
-        return Err(bad(format!(
-            "instance: `{}` is not a configured instance",
-            b.instance
-        )));
-    }
-    let payload = b.payload.to_string();
-    StatusBody::parse(&b.kind, &payload).map_err(|e| bad(e.to_string()))?;
     let e = app
         .ctx
-        .store
         .enqueue(EnqueueParams {
             id: None,
             instance: b.instance,
             kind: b.kind,
-            payload,
+            payload: b.payload.to_string(),
             dedupe_key: b.dedupe_key,
             priority: b.priority,
             not_before: b.not_before,
         })
         .await?;
     *row = e.id.to_string();
-    app.ctx.work.notify_waiters();
     let code = if e.inserted {
         StatusCode::CREATED
     } else {
@@ -490,17 +491,14 @@ struct RetryQuery {
     force_resend: bool,
 }
 
-async fn resolve_id<S: Store, P: Provider>(
+async fn find<S: Store, P: Provider>(
     app: &App<S, P>,
     key: &str,
-) -> Result<uuid::Uuid, ApiError> {
-    Ok(app
-        .ctx
-        .store
-        .find(key)
-        .await?
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no status with id {key}")))?
-        .id)
+    row_id: &mut String,
+) -> Result<crate::model::OutboxRow, ApiError> {
+    let row = app.ctx.find(key).await?;
+    *row_id = row.id.to_string();
+    Ok(row)
 }
 
 async fn retry<S: Store, P: Provider>(
@@ -526,15 +524,8 @@ async fn retry_inner<S: Store, P: Provider>(
     force_resend: bool,
     row_id: &mut String,
 ) -> Result<Response, ApiError> {
-    let id = resolve_id(app, key).await?;
-    *row_id = id.to_string();
-    let row = if force_resend {
-        app.ctx.store.force_resend(id).await?
-    } else {
-        app.ctx.store.retry(id).await?
-    };
-    app.ctx.work.notify_waiters();
-    Ok(Json(row).into_response())
+    let row = find(app, key, row_id).await?;
+    Ok(Json(app.ctx.retry(row, force_resend).await?.after).into_response())
 }
 
 async fn cancel<S: Store, P: Provider>(
@@ -553,9 +544,8 @@ async fn cancel_inner<S: Store, P: Provider>(
     key: &str,
     row_id: &mut String,
 ) -> Result<Response, ApiError> {
-    let id = resolve_id(app, key).await?;
-    *row_id = id.to_string();
-    Ok(Json(app.ctx.store.cancel(id).await?).into_response())
+    let row = find(app, key, row_id).await?;
+    Ok(Json(app.ctx.cancel(row).await?.after).into_response())
 }
 
 async fn delete<S: Store, P: Provider>(
@@ -574,14 +564,8 @@ async fn delete_inner<S: Store, P: Provider>(
     key: &str,
     row_id: &mut String,
 ) -> Result<Response, ApiError> {
-    *row_id = resolve_id(app, key).await?.to_string();
-    match crate::daemon::delete_status(&app.ctx, key).await {
-        Ok(row) => Ok(Json(row).into_response()),
-        Err(crate::daemon::DeleteError::Store(e)) => Err(e.into()),
-        Err(e @ crate::daemon::DeleteError::Provider(_)) => {
-            Err(ApiError(StatusCode::BAD_GATEWAY, e.to_string()))
-        }
-    }
+    let row = find(app, key, row_id).await?;
+    Ok(Json(app.ctx.delete(row).await?.after).into_response())
 }
 
 async fn stats<S: Store, P: Provider>(
@@ -722,7 +706,10 @@ fn dense_buckets(
 /// gauges are set on every pass (a state that emptied reads 0, not its last
 /// count); rows of instances not configured here are summed under
 /// `wa_instance="unknown"`, so table data cannot mint label values.
-async fn refresh_gauges<S: Store, P: Provider>(ctx: Arc<Ctx<S, P>>, shutdown: CancellationToken) {
+async fn refresh_gauges<S: Store, P: Provider>(
+    ctx: Arc<Operator<S, P>>,
+    shutdown: CancellationToken,
+) {
     use std::collections::HashMap;
     let every = Duration::from_secs(15);
     let mut names: Vec<String> = ctx.instances.keys().cloned().collect();

@@ -265,8 +265,8 @@ async fn send_one<S: Store, P: Provider>(
                 let call = async {
                     let t = Instant::now();
                     let out = inst.provider.send_status(&status).await;
-                    let label = super::metrics::instance_label(ctx.instances.keys(), &row.instance);
-                    metrics::histogram!(super::metrics::PROVIDER_REQUEST_DURATION, super::metrics::INSTANCE_LABEL => label, "outcome" => out.label())
+                    let label = crate::metrics::instance_label(ctx.instances.keys(), &row.instance);
+                    metrics::histogram!(crate::metrics::PROVIDER_REQUEST_DURATION, crate::metrics::INSTANCE_LABEL => label, "outcome" => out.label())
                         .record(t.elapsed().as_secs_f64());
                     out
                 };

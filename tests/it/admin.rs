@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use statusd::admin::AdminServer;
+use statusd::app::wawp_instances;
 use statusd::config::AdminSettings;
-use statusd::daemon::{wawp_instances, Daemon};
+use statusd::daemon::Daemon;
 use statusd::model::State;
 use statusd::sim::SimConfig;
 use statusd::store::Store;
@@ -34,7 +35,7 @@ async fn admin_api_drives_the_outbox<S: Store>(s: S, db: &TestDb) {
             bind: "127.0.0.1:0".into(),
             token: Some(ADMIN_TOKEN.to_string().into()),
         },
-        daemon.ctx(),
+        daemon.operator(),
     )
     .await
     .unwrap();
@@ -486,7 +487,7 @@ async fn a_taken_admin_port_names_the_setting_to_change() {
 /// than minting a label value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_described_zeroed_and_bounded() {
-    use statusd::daemon::metrics as m;
+    use statusd::metrics as m;
     let sim = start_sim(SimConfig::default()).await;
     let db = TestDb::sqlite().await;
     let d = Deployment::new(&db.url, &sim.base_url(), "127.0.0.1:0");
@@ -842,7 +843,7 @@ async fn a_blank_admin_token_never_authenticates() {
                 bind: "127.0.0.1:0".into(),
                 token: Some(configured.to_string().into()),
             },
-            daemon.ctx(),
+            daemon.operator(),
         )
         .await
         .unwrap();
@@ -949,7 +950,7 @@ async fn readyz_says_not_ready_without_database_details() {
             bind: "127.0.0.1:0".into(),
             token: Some(ADMIN_TOKEN.to_string().into()),
         },
-        daemon.ctx(),
+        daemon.operator(),
     )
     .await
     .unwrap();

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use statusd::admin::AdminServer;
+use statusd::app::wawp_instances;
 use statusd::config::AdminSettings;
-use statusd::daemon::{wawp_instances, Daemon};
+use statusd::daemon::Daemon;
 use statusd::model::State;
 use statusd::sim::SimConfig;
 use statusd::store::{AssignId, ClaimParams, Completion, Store, Transition};
@@ -46,7 +47,7 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
             bind: "127.0.0.1:0".into(),
             token: Some(ADMIN_TOKEN.to_string().into()),
         },
-        daemon.ctx(),
+        daemon.operator(),
     )
     .await
     .unwrap();

@@ -137,8 +137,9 @@ pub async fn exec_raw(db: &TestDb, sql: &str) -> Result<u64, sqlx::Error> {
     }
 }
 
+use statusd::app::wawp_instances;
 use statusd::config::{InstanceConfig, Settings};
-use statusd::daemon::{wawp_instances, Daemon};
+use statusd::daemon::Daemon;
 use statusd::sim::{SimConfig, SimHandle, Simulator};
 use tokio_util::sync::CancellationToken;
 
