@@ -491,14 +491,49 @@ struct RetryQuery {
     force_resend: bool,
 }
 
-async fn find<S: Store, P: Provider>(
+/// An operator action on one row, as the API offers it.
+#[derive(Clone, Copy)]
+enum RowAction {
+    Retry { force_resend: bool },
+    Cancel,
+    Delete,
+}
+
+impl RowAction {
+    fn name(self) -> &'static str {
+        match self {
+            RowAction::Retry {
+                force_resend: false,
+            } => "retry",
+            RowAction::Retry { force_resend: true } => "force-resend",
+            RowAction::Cancel => "cancel",
+            RowAction::Delete => "delete",
+        }
+    }
+}
+
+/// Runs `action` on the row `key` names (one of [`crate::ops`]'s actions)
+/// and writes the audit line, with the row's id once it is known.
+async fn act<S: Store, P: Provider>(
     app: &App<S, P>,
+    caller: &Caller,
     key: &str,
-    row_id: &mut String,
-) -> Result<crate::model::OutboxRow, ApiError> {
-    let row = app.ctx.find(key).await?;
-    *row_id = row.id.to_string();
-    Ok(row)
+    action: RowAction,
+) -> Result<Response, ApiError> {
+    let mut row_id = String::from("-");
+    let res = async {
+        let row = app.ctx.find(key).await?;
+        row_id = row.id.to_string();
+        let change = match action {
+            RowAction::Retry { force_resend } => app.ctx.retry(row, force_resend).await?,
+            RowAction::Cancel => app.ctx.cancel(row).await?,
+            RowAction::Delete => app.ctx.delete(row).await?,
+        };
+        Ok(Json(change.after).into_response())
+    }
+    .await;
+    audit(caller, action.name(), key, &row_id, &res);
+    res
 }
 
 async fn retry<S: Store, P: Provider>(
@@ -507,25 +542,8 @@ async fn retry<S: Store, P: Provider>(
     Path(key): Path<String>,
     Query(q): Query<RetryQuery>,
 ) -> Result<Response, ApiError> {
-    let mut row = String::from("-");
-    let res = retry_inner(&app, &key, q.force_resend, &mut row).await;
-    let action = if q.force_resend {
-        "force-resend"
-    } else {
-        "retry"
-    };
-    audit(&caller, action, &key, &row, &res);
-    res
-}
-
-async fn retry_inner<S: Store, P: Provider>(
-    app: &App<S, P>,
-    key: &str,
-    force_resend: bool,
-    row_id: &mut String,
-) -> Result<Response, ApiError> {
-    let row = find(app, key, row_id).await?;
-    Ok(Json(app.ctx.retry(row, force_resend).await?.after).into_response())
+    let force_resend = q.force_resend;
+    act(&app, &caller, &key, RowAction::Retry { force_resend }).await
 }
 
 async fn cancel<S: Store, P: Provider>(
@@ -533,19 +551,7 @@ async fn cancel<S: Store, P: Provider>(
     Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
-    let mut row = String::from("-");
-    let res = cancel_inner(&app, &key, &mut row).await;
-    audit(&caller, "cancel", &key, &row, &res);
-    res
-}
-
-async fn cancel_inner<S: Store, P: Provider>(
-    app: &App<S, P>,
-    key: &str,
-    row_id: &mut String,
-) -> Result<Response, ApiError> {
-    let row = find(app, key, row_id).await?;
-    Ok(Json(app.ctx.cancel(row).await?.after).into_response())
+    act(&app, &caller, &key, RowAction::Cancel).await
 }
 
 async fn delete<S: Store, P: Provider>(
@@ -553,19 +559,7 @@ async fn delete<S: Store, P: Provider>(
     Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
-    let mut row = String::from("-");
-    let res = delete_inner(&app, &key, &mut row).await;
-    audit(&caller, "delete", &key, &row, &res);
-    res
-}
-
-async fn delete_inner<S: Store, P: Provider>(
-    app: &App<S, P>,
-    key: &str,
-    row_id: &mut String,
-) -> Result<Response, ApiError> {
-    let row = find(app, key, row_id).await?;
-    Ok(Json(app.ctx.delete(row).await?.after).into_response())
+    act(&app, &caller, &key, RowAction::Delete).await
 }
 
 async fn stats<S: Store, P: Provider>(
