@@ -102,6 +102,9 @@ pub struct DaemonSettings {
     pub fallback_poll_ms: u64,
     /// How often the reconciler looks for due in-doubt rows.
     pub reconcile_interval_ms: u64,
+    /// Look-ups of in-doubt rows in flight at once (the reconciler's own,
+    /// not the id fetcher's `id_fetch_parallelism`).
+    pub reconcile_parallelism: usize,
     /// How often expired leases are rescued.
     pub rescue_interval_ms: u64,
     /// Retryable outcomes allowed before a row becomes `failed`.
@@ -133,6 +136,7 @@ impl Default for DaemonSettings {
             poll_interval_ms: 500,
             fallback_poll_ms: 5000,
             reconcile_interval_ms: 2000,
+            reconcile_parallelism: 16,
             rescue_interval_ms: 5000,
             max_attempts: 10,
             retry_base_ms: 1000,
@@ -512,6 +516,9 @@ impl Settings {
         if d.id_fetch_parallelism == 0 {
             p("daemon.id_fetch_parallelism", "must be at least 1");
         }
+        if d.reconcile_parallelism == 0 {
+            p("daemon.reconcile_parallelism", "must be at least 1");
+        }
         if d.purge_cron.parse::<cron_check::Expr>().is_err() {
             p(
                 "daemon.purge_cron",
@@ -853,5 +860,27 @@ mod tests {
         assert!(check_base_url("https://").is_err());
         assert!(check_base_url("ftp://api.example").is_err());
         assert!(check_base_url("api.wawp.net").is_err());
+    }
+
+    /// `config/default.toml` documents every setting with its default; the
+    /// built-in defaults apply when a key is left out. The two must agree,
+    /// key for key, or an operator reading the file is misled.
+    #[test]
+    fn default_toml_and_built_in_defaults_agree() {
+        let file: toml::Table =
+            toml::from_str(include_str!("../config/default.toml")).expect("default.toml parses");
+        let section = |name: &str| -> serde_json::Value {
+            serde_json::to_value(file.get(name).expect("section present")).expect("to JSON")
+        };
+        assert_eq!(
+            section("daemon"),
+            serde_json::to_value(DaemonSettings::default()).expect("to JSON"),
+            "[daemon] in config/default.toml vs DaemonSettings::default()"
+        );
+        assert_eq!(
+            section("provider"),
+            serde_json::to_value(ProviderSettings::default()).expect("to JSON"),
+            "[provider] in config/default.toml vs ProviderSettings::default()"
+        );
     }
 }

@@ -38,6 +38,10 @@ pub struct Ctx<S, P> {
     pub store: S,
     pub instances: Arc<Instances<P>>,
     pub settings: DaemonSettings,
+    /// Each service's own settings, built from `settings` once.
+    pub dispatcher: dispatcher::DispatcherConfig,
+    pub reconciler: reconciler::ReconcilerConfig,
+    pub rescuer: rescuer::RescuerConfig,
     /// `lease_owner` of this replica.
     pub owner: String,
     /// In-process nudge: rows just became claimable (ids assigned, absent
@@ -126,6 +130,9 @@ impl<S: Store, P: Provider> Daemon<S, P> {
                         .map(|i| (i.name.clone(), Arc::new(i)))
                         .collect(),
                 ),
+                dispatcher: dispatcher::DispatcherConfig::new(&settings),
+                reconciler: reconciler::ReconcilerConfig::new(&settings),
+                rescuer: rescuer::RescuerConfig::new(&settings),
                 settings,
                 owner,
                 work: Arc::new(Notify::new()),
