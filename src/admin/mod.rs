@@ -8,19 +8,22 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State as AxState,
-};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State as AxState};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
+
+mod auth;
+mod gauges;
+
+pub use auth::fingerprint;
+use auth::{audit, require_token, Caller, TokenCheck};
+use gauges::refresh_gauges;
 
 use crate::config::AdminSettings;
 use crate::metrics as m;
@@ -190,110 +193,6 @@ fn bad(msg: impl Into<String>) -> ApiError {
 
 /// The largest request body the API reads; a larger one is answered 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-/// The configured admin token, kept as its SHA-256 digest: a request's token
-/// is hashed and the digests compared without an early exit, so neither the
-/// token's bytes nor its length can be learnt from timing. An empty or blank
-/// token never authenticates (config refuses it too; this is the second
-/// line).
-struct TokenCheck {
-    digest: Option<[u8; 32]>,
-    fingerprint: String,
-}
-
-impl TokenCheck {
-    fn new(token: &SecretString) -> TokenCheck {
-        let t = token.expose_secret();
-        TokenCheck {
-            digest: (!t.trim().is_empty()).then(|| Sha256::digest(t.as_bytes()).into()),
-            fingerprint: fingerprint(t),
-        }
-    }
-
-    fn accepts(&self, given: &str) -> bool {
-        let Some(want) = &self.digest else {
-            return false;
-        };
-        let got: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-        let diff = want.iter().zip(&got).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-        // Both sides of `&` are evaluated: no branch on the comparison.
-        (diff == 0) & !given.trim().is_empty()
-    }
-}
-
-/// Who made an audited request: the token's fingerprint (the first 8 hex
-/// digits of its SHA-256, never the token) and the peer address.
-#[derive(Clone)]
-struct Caller {
-    fingerprint: String,
-    remote: String,
-}
-
-/// First 8 hex digits of the SHA-256 of `token`: enough to tell tokens apart
-/// in an audit log, useless for guessing one.
-pub fn fingerprint(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .take(4)
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-async fn require_token<S: Store, P: Provider>(
-    AxState(app): AxState<Shared<S, P>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let Some(token) = &app.token else {
-        return ApiError(
-            StatusCode::FORBIDDEN,
-            "the admin API is disabled until admin.token is configured".into(),
-        )
-        .into_response();
-    };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !token.accepts(given) {
-        return ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token".into(),
-        )
-        .into_response();
-    }
-    let remote = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_else(|| "unknown".into());
-    req.extensions_mut().insert(Caller {
-        fingerprint: token.fingerprint.clone(),
-        remote,
-    });
-    next.run(req).await
-}
-
-/// One INFO line per mutating admin action: who, what, which row (`key` as
-/// given; `row` the id it resolved to, `-` if none), and how it ended.
-fn audit(caller: &Caller, action: &str, key: &str, row: &str, result: &Result<Response, ApiError>) {
-    let outcome = match result {
-        Ok(r) => r.status().as_u16(),
-        Err(e) => e.0.as_u16(),
-    };
-    tracing::info!(
-        target: "statusd::audit",
-        token = %caller.fingerprint,
-        remote = %caller.remote,
-        action,
-        key,
-        row,
-        http_status = outcome,
-        "admin action"
-    );
-}
 
 async fn readyz<S: Store, P: Provider>(AxState(app): AxState<Shared<S, P>>) -> Response {
     if app.shutting_down.is_cancelled() {
@@ -694,54 +593,6 @@ fn dense_buckets(
         }
     }
     out
-}
-
-/// Keeps the outbox-depth gauges current. Every configured instance's
-/// gauges are set on every pass (a state that emptied reads 0, not its last
-/// count); rows of instances not configured here are summed under
-/// `wa_instance="unknown"`, so table data cannot mint label values.
-async fn refresh_gauges<S: Store, P: Provider>(
-    ctx: Arc<Operator<S, P>>,
-    shutdown: CancellationToken,
-) {
-    use std::collections::HashMap;
-    let every = Duration::from_secs(15);
-    let mut names: Vec<String> = ctx.instances.keys().cloned().collect();
-    names.push(m::UNKNOWN_INSTANCE.to_string());
-    loop {
-        if let Ok(rows) = ctx.store.summary().await {
-            let mut counts: HashMap<(String, State), f64> = HashMap::new();
-            let mut oldest: HashMap<String, f64> = HashMap::new();
-            let mut scheduled: HashMap<String, f64> = HashMap::new();
-            for r in &rows {
-                let label = m::instance_label(ctx.instances.keys(), &r.instance);
-                *counts.entry((label.clone(), r.state)).or_default() += r.count as f64;
-                *scheduled.entry(label.clone()).or_default() += r.scheduled as f64;
-                if let Some(age) = r.oldest_age_secs {
-                    let e = oldest.entry(label).or_insert(0.0);
-                    *e = e.max(age);
-                }
-            }
-            for name in &names {
-                // `unknown` appears only once such rows exist.
-                let seen = name != m::UNKNOWN_INSTANCE
-                    || counts.keys().any(|(n, _)| n == m::UNKNOWN_INSTANCE);
-                if !seen {
-                    continue;
-                }
-                for s in State::ALL {
-                    let n = counts.get(&(name.clone(), s)).copied().unwrap_or(0.0);
-                    metrics::gauge!(m::OUTBOX_ROWS, m::INSTANCE_LABEL => name.clone(), "state" => s.as_str())
-                        .set(n);
-                }
-                metrics::gauge!(m::OLDEST_PENDING_AGE, m::INSTANCE_LABEL => name.clone())
-                    .set(oldest.get(name).copied().unwrap_or(0.0));
-                metrics::gauge!(m::OUTBOX_SCHEDULED, m::INSTANCE_LABEL => name.clone())
-                    .set(scheduled.get(name).copied().unwrap_or(0.0));
-            }
-        }
-        tokio::select! { _ = tokio::time::sleep(every) => {}, _ = shutdown.cancelled() => return }
-    }
 }
 
 #[cfg(test)]
