@@ -7,6 +7,7 @@
 //! - this module: the argument grammar (clap derive), logging, loading the
 //!   settings, picking the backend once from the URL scheme and handing a
 //!   concrete store to the generic [`dispatch`];
+//! - `args`: the argument grammar (clap derive);
 //! - [`outbox`]: `migrate`, `enqueue`, `ls`, `show`, `stats`, `retry`, `cancel`;
 //! - [`schedule`]: `schedule add | ls | rm`;
 //! - [`configuration`]: `config check | show`;
@@ -15,351 +16,27 @@
 //! Errors are `anyhow` with a `.context(…)` per step; [`main`] prints one line
 //! per cause and exits non-zero. Usage errors exit 2 (clap's convention).
 
+mod args;
 mod configuration;
 mod outbox;
 mod schedule;
 mod table;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::Parser;
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
     redact_url, redact_url_secrets_in, ConfigError, ConfigSource, Settings, CONFIG_DIR_KEY,
 };
-use crate::model::State;
 use crate::store::{Backend, PgStore, SqliteStore, Store, Timed};
 
-pub use table::Since;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "statusd",
-    version,
-    about = "Posts WhatsApp statuses from a persistent outbox, exactly once.",
-    after_help = "Example:\n  statusd --config-dir /etc/statusd ls --state in_doubt --since 2h"
-)]
-pub struct Cli {
-    /// An extra configuration file, layered over the config directory.
-    #[arg(long, global = true, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Directory holding default.toml and {STATUSD_ENV}.toml.
-    #[arg(
-        long,
-        global = true,
-        value_name = "DIR",
-        env = "STATUSD_CONFIG_DIR",
-        default_value = "config"
-    )]
-    pub config_dir: PathBuf,
-    /// Overrides database.url (sqlite://FILE or postgres://…).
-    #[arg(long, global = true, value_name = "URL")]
-    pub database_url: Option<String>,
-    /// Log line format (logs go to stderr).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-    /// Log filter, e.g. `info` or `statusd=debug,sqlx=warn`. Default: RUST_LOG,
-    /// else `info` for run/sim/demo and `warn` for the other commands.
-    #[arg(long, global = true, value_name = "FILTER")]
-    pub log_level: Option<String>,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Apply the database migrations.
-    #[command(after_help = "Example:\n  statusd --database-url sqlite://statusd.db migrate")]
-    Migrate,
-    /// Add a status to the outbox.
-    #[command(after_help = "Examples:\n  \
-        statusd enqueue --instance main --text \"Open until 8 pm today\" --background-color '#25D366' --font 1\n  \
-        statusd enqueue --instance main --image https://cdn.example.com/menu.jpg --caption \"Today's menu\" --dedupe-key menu-2024-06-01\n  \
-        statusd enqueue --instance main --kind text --payload '{\"text\":\"hi\"}' --not-before 2024-06-01T08:00:00Z")]
-    Enqueue(EnqueueArgs),
-    /// List statuses, newest first.
-    #[command(
-        after_help = "Example:\n  statusd ls --state in_doubt --instance main --since 2h --limit 20"
-    )]
-    Ls(LsArgs),
-    /// Show one status and its attempt history.
-    #[command(after_help = "Example:\n  statusd show menu-2024-06-01\n  \
-        (ID is the row's UUID, its WhatsApp message id or its dedupe key)")]
-    Show(ShowArgs),
-    /// Counts per instance and state, and the age of the oldest waiting row.
-    #[command(after_help = "Example:\n  statusd stats --json")]
-    Stats(JsonFlag),
-    /// Send a failed, cancelled, invalid or parked status again.
-    #[command(
-        after_help = "Examples:\n  statusd retry 0190a5d2-7c4e-7a30-9f1e-3b2d8c6e4f10\n  \
-        statusd retry menu-2024-06-01 --force-resend   # in_doubt: re-post although it may be shown already"
-    )]
-    Retry(RetryArgs),
-    /// Cancel a status that has not been posted.
-    #[command(after_help = "Example:\n  statusd cancel menu-2024-06-01")]
-    Cancel(IdArg),
-    /// Take a posted status down at the provider (needs its instance configured).
-    #[command(after_help = "Example:\n  statusd delete menu-2024-06-01")]
-    Delete(IdArg),
-    /// Recurring statuses.
-    #[command(
-        subcommand,
-        after_help = "Example:\n  statusd schedule add --name morning --cron \"0 0 8 * * *\" --timezone Europe/Berlin --instance main --text \"Good morning\""
-    )]
-    Schedule(ScheduleCommand),
-    /// Check or print the configuration.
-    #[command(
-        subcommand,
-        after_help = "Example:\n  statusd --config prod.toml config check"
-    )]
-    Config(ConfigCommand),
-    /// Run the daemon until SIGINT or SIGTERM.
-    #[command(
-        after_help = "Example:\n  STATUSD__INSTANCES__MAIN__ACCESS_TOKEN=… statusd --config-dir /etc/statusd run"
-    )]
-    Run,
-    /// Ask the running daemon's /healthz, at admin.bind (a container's
-    /// HEALTHCHECK: the runtime image has no curl).
-    #[command(after_help = "Example:\n  statusd --config-dir /etc/statusd health")]
-    Health,
-    /// Serve the provider simulator on 127.0.0.1 (tests, demos, benchmarks).
-    #[command(after_help = "Example:\n  statusd sim --port 9090 --demo-faults --seed 7")]
-    Sim(SimArgs),
-    /// Show exactly-once at work: SQLite, the simulator with faults, a table.
-    #[command(after_help = "Example:\n  statusd demo --statuses 2000 --seed 42")]
-    Demo(DemoArgs),
-}
-
-impl Command {
-    /// Long-running commands say what they do at `info`; the one-shot
-    /// operator commands keep stderr quiet unless something is wrong.
-    fn default_log_level(&self) -> &'static str {
-        match self {
-            Command::Run | Command::Sim(_) => "info",
-            // The demo's output is its progress bar and table; the faults it
-            // survives would otherwise log a line each.
-            _ => "warn",
-        }
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct JsonFlag {
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct IdArg {
-    /// The row's UUID, WhatsApp message id or dedupe key.
-    pub id: String,
-}
-
-#[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("content").required(true).multiple(false)
-    .args(["text", "image", "video", "voice", "kind"])))]
-pub struct EnqueueArgs {
-    /// Configured instance to post with.
-    #[arg(long)]
-    pub instance: String,
-    /// A text status.
-    #[arg(long)]
-    pub text: Option<String>,
-    /// An image status: https URL of the file.
-    #[arg(long, value_name = "URL")]
-    pub image: Option<String>,
-    /// A video status: https URL of the file.
-    #[arg(long, value_name = "URL")]
-    pub video: Option<String>,
-    /// A voice status: https URL of the file.
-    #[arg(long, value_name = "URL")]
-    pub voice: Option<String>,
-    /// Any kind with a raw JSON payload (see the outbox table's documentation).
-    #[arg(long, requires = "payload", value_name = "KIND")]
-    pub kind: Option<String>,
-    /// The JSON payload for --kind.
-    #[arg(long, requires = "kind", value_name = "JSON")]
-    pub payload: Option<String>,
-    /// Background colour of a text or voice status.
-    #[arg(long, value_name = "#RRGGBB", conflicts_with_all = ["image", "video", "kind"])]
-    pub background_color: Option<String>,
-    /// Font of a text status, 0 to 5.
-    #[arg(long, value_name = "N", conflicts_with_all = ["image", "video", "voice", "kind"])]
-    pub font: Option<u8>,
-    /// Caption of an image or video status.
-    #[arg(long, conflicts_with_all = ["text", "voice", "kind"])]
-    pub caption: Option<String>,
-    /// MIME type of the file; guessed from the URL's extension if absent.
-    #[arg(long, conflicts_with_all = ["text", "kind"])]
-    pub mimetype: Option<String>,
-    /// Show only to this contact (repeatable); default: all contacts.
-    #[arg(long = "contact", value_name = "NUMBER", conflicts_with = "kind")]
-    pub contacts: Vec<String>,
-    /// Idempotency key: enqueuing the same key again does nothing.
-    #[arg(long)]
-    pub dedupe_key: Option<String>,
-    /// Higher is sent first.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    pub priority: i32,
-    /// Do not post before this time (RFC 3339, e.g. 2024-06-01T08:00:00+02:00).
-    #[arg(long, value_name = "TIME", value_parser = parse_rfc3339)]
-    pub not_before: Option<chrono::DateTime<chrono::Utc>>,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct LsArgs {
-    /// Only rows in this state.
-    #[arg(long, value_parser = parse_state)]
-    pub state: Option<State>,
-    /// Only rows of this instance.
-    #[arg(long)]
-    pub instance: Option<String>,
-    /// Only rows created since: a duration ago (30m, 1h, 2d, 1w) or an RFC 3339 time.
-    #[arg(long, value_parser = Since::parse)]
-    pub since: Option<Since>,
-    /// At most this many rows.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..))]
-    pub limit: i64,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct ShowArgs {
-    /// The row's UUID, WhatsApp message id or dedupe key.
-    pub id: String,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct RetryArgs {
-    /// The row's UUID, WhatsApp message id or dedupe key.
-    pub id: String,
-    /// For an `in_doubt` row: post it again with the same id although it may
-    /// already be shown (only when the provider cannot tell).
-    #[arg(long)]
-    pub force_resend: bool,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ScheduleCommand {
-    /// Add a recurring status.
-    #[command(after_help = "Examples:\n  \
-        statusd schedule add --name morning --cron \"0 0 8 * * *\" --timezone Europe/Berlin --instance main --text \"Good morning\"\n  \
-        statusd schedule add --name menu --cron \"0 30 11 * * Mon-Fri\" --instance main --kind image --payload '{\"file\":{\"url\":\"https://cdn.example.com/menu.jpg\",\"mimetype\":\"image/jpeg\"}}'")]
-    Add(ScheduleAddArgs),
-    /// List the schedules.
-    #[command(after_help = "Example:\n  statusd schedule ls --json")]
-    Ls(JsonFlag),
-    /// Remove a schedule by name (or id).
-    #[command(after_help = "Example:\n  statusd schedule rm morning")]
-    Rm(ScheduleRmArgs),
-}
-
-#[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("content").required(true).multiple(false)
-    .args(["text", "kind"])))]
-pub struct ScheduleAddArgs {
-    /// Unique name of the schedule.
-    #[arg(long)]
-    pub name: String,
-    /// Cron expression with seconds: sec min hour day-of-month month day-of-week.
-    #[arg(long)]
-    pub cron: String,
-    /// IANA time zone the cron expression is read in.
-    #[arg(long, default_value = "UTC")]
-    pub timezone: String,
-    /// Configured instance to post with.
-    #[arg(long)]
-    pub instance: String,
-    /// A text status.
-    #[arg(long)]
-    pub text: Option<String>,
-    /// Any kind with a raw JSON payload.
-    #[arg(long, requires = "payload")]
-    pub kind: Option<String>,
-    /// The JSON payload for --kind.
-    #[arg(long, requires = "kind", value_name = "JSON")]
-    pub payload: Option<String>,
-    /// Add it disabled.
-    #[arg(long)]
-    pub disabled: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct ScheduleRmArgs {
-    /// The schedule's name or id.
-    pub name: String,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ConfigCommand {
-    /// Load the configuration and report every problem with its key.
-    #[command(after_help = "Example:\n  statusd --config-dir /etc/statusd config check")]
-    Check,
-    /// Print the effective configuration, secrets redacted.
-    #[command(after_help = "Example:\n  STATUSD_ENV=production statusd config show")]
-    Show,
-}
-
-#[derive(Debug, Args)]
-pub struct SimArgs {
-    /// Port to listen on (0 picks a free one).
-    #[arg(long, default_value_t = 9090)]
-    pub port: u16,
-    /// Address to listen on. Loopback by default: the simulator's /_sim
-    /// endpoints have no authentication (0.0.0.0 only inside a container).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub bind: std::net::IpAddr,
-    /// Simulator knobs (TOML or JSON, fields of SimConfig). The global
-    /// --config is the daemon's configuration and is not read by `sim`.
-    #[arg(long, value_name = "FILE")]
-    pub sim_config: Option<PathBuf>,
-    /// Start from the demo's fault mix.
-    #[arg(long, conflicts_with = "sim_config")]
-    pub demo_faults: bool,
-    /// Seed for the fault draws.
-    #[arg(long)]
-    pub seed: Option<u64>,
-}
-
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// How many statuses to enqueue.
-    #[arg(long, default_value_t = 3000)]
-    pub statuses: usize,
-    /// Seed for the simulator's faults.
-    #[arg(long)]
-    pub seed: Option<u64>,
-}
-
-fn parse_state(s: &str) -> Result<State, String> {
-    s.parse()
-}
-
-fn parse_rfc3339(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&chrono::Utc))
-        .map_err(|e| format!("`{s}` is not an RFC 3339 time like 2024-06-01T08:00:00Z ({e})"))
-}
+pub use crate::ops::Since;
+pub use args::*;
 
 /// Entry point of the `statusd` binary.
 pub fn main() -> ExitCode {
@@ -667,7 +344,7 @@ async fn start_daemon<S: Store>(
         .migrate()
         .await
         .context("applying the database migrations")?;
-    crate::daemon::run(store, settings, shutdown).await
+    crate::app::run(store, settings, shutdown).await
 }
 
 /// `statusd health`: GET /healthz on the configured admin address; an

@@ -10,8 +10,9 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::wawp_instances;
 use crate::config::{InstanceConfig, Settings};
-use crate::daemon::{wawp_instances, Daemon};
+use crate::daemon::Daemon;
 use crate::model::{State, StatusBody};
 use crate::sim::{SimConfig, Simulator};
 use crate::store::{EnqueueParams, SqliteStore, Store};

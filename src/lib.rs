@@ -4,10 +4,15 @@
 //!
 //! # Layout
 //!
+//! In pipeline order, from the data to the wiring; each module imports only
+//! the ones listed above it, unit tests aside (the binary sits on top).
+//!
 //! - [`model`]: states, kinds, rows and the validation of rows written by others.
-//! - [`config`]: layered settings (`config/`, `STATUSD__…` variables), secrets.
+//! - [`config`]: layered settings (`config/`, `STATUSD__…` variables), secrets,
+//!   and the one "is this instance configured" check.
 //! - [`store`]: the `Store` trait, one method per query, with a SQLite and a
 //!   PostgreSQL implementation; only this module writes SQL.
+//! - [`metrics`]: the Prometheus metric names, help texts and label sets.
 //! - [`wire`]: the provider's wire vocabulary (API paths, field names, chat
 //!   ids, message-id forms and their generation), shared by the client and
 //!   the simulator so that neither imports the other.
@@ -15,19 +20,30 @@
 //!   the classification of every HTTP outcome, look-ups, redaction).
 //! - [`sim`]: the provider simulator with fault injection (tests, demo,
 //!   bench); it imports the wire vocabulary, never the client.
-//! - [`daemon`]: the pipeline services: id assigner, dispatcher, reconciler,
-//!   lease rescuer, scheduler, wake-up, shutdown.
-//! - [`admin`]: the admin HTTP API, metrics and dashboard.
-//! - [`cli`]: the operator's command line (the binary is a thin wrapper).
+//! - [`instance`]: a configured instance as a process holds it: client,
+//!   rate limiter, pause.
+//! - [`ops`]: the operator actions both the CLI and the admin API offer
+//!   (find, validated enqueue, retry / force-resend, cancel, delete).
+//! - [`daemon`]: the pipeline services, enqueue → id → claim → send →
+//!   outcome → reconcile: id assigner, dispatcher, reconciler, lease
+//!   rescuer, scheduler, each with its own config; wake-up, shutdown.
+//! - [`admin`]: the admin HTTP API, metrics page and dashboard, over [`ops`].
+//! - [`app`]: startup: builds the provider clients and wires store, daemon
+//!   and admin server (`statusd run`).
 //! - [`demo`]: `statusd demo`: SQLite, the simulator with faults and the
 //!   daemon in one process, and what viewers saw.
+//! - [`cli`]: the operator's command line (the binary is a thin wrapper).
 
 pub mod admin;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod instance;
+pub mod metrics;
 pub mod model;
+pub mod ops;
 pub mod provider;
 pub mod sim;
 pub mod store;

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use counting::Counting;
+use statusd::app::wawp_instances;
 use statusd::config::{IdSource, InstanceConfig, Settings};
-use statusd::daemon::{wawp_instances, Daemon};
+use statusd::daemon::Daemon;
 use statusd::model::{State, StatusBody};
 use statusd::provider::{OutgoingStatus, Provider, SendOutcome, WawpClient};
 use statusd::sim::{SimConfig, SimHandle, Simulator};
@@ -522,7 +523,7 @@ async fn daemon_child(cfg: &Path) -> anyhow::Result<()> {
         overrides: vec![],
     })?;
     let store = PgStore::connect(secrecy_url(&settings), POOL).await?;
-    statusd::daemon::run(store, settings, CancellationToken::new()).await
+    statusd::app::run(store, settings, CancellationToken::new()).await
 }
 
 fn secrecy_url(s: &Settings) -> &str {

@@ -8,25 +8,28 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, Extension, Path, Query, Request, State as AxState,
-};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State as AxState};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Since;
+mod auth;
+mod gauges;
+
+pub use auth::fingerprint;
+use auth::{audit, require_token, Caller, TokenCheck};
+use gauges::refresh_gauges;
+
 use crate::config::AdminSettings;
-use crate::daemon::metrics as m;
-use crate::daemon::Ctx;
-use crate::model::{State, StatusBody};
+use crate::metrics as m;
+use crate::model::State;
+use crate::ops::Since;
+use crate::ops::{OpError, Operator};
 use crate::provider::Provider;
 use crate::store::{ActivityBucket, ActivityParams, EnqueueParams, ListParams, Store, StoreError};
 
@@ -57,11 +60,11 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub struct AdminServer<S, P> {
     listener: tokio::net::TcpListener,
     app: Router,
-    ctx: Arc<Ctx<S, P>>,
+    ctx: Arc<Operator<S, P>>,
 }
 
 struct App<S, P> {
-    ctx: Arc<Ctx<S, P>>,
+    ctx: Arc<Operator<S, P>>,
     token: Option<TokenCheck>,
     metrics: PrometheusHandle,
     shutting_down: CancellationToken,
@@ -70,7 +73,7 @@ struct App<S, P> {
 type Shared<S, P> = Arc<App<S, P>>;
 
 impl<S: Store, P: Provider> AdminServer<S, P> {
-    pub async fn bind(settings: &AdminSettings, ctx: Arc<Ctx<S, P>>) -> anyhow::Result<Self> {
+    pub async fn bind(settings: &AdminSettings, ctx: Arc<Operator<S, P>>) -> anyhow::Result<Self> {
         let addr: SocketAddr = settings
             .bind
             .parse()
@@ -173,116 +176,23 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::NotFound(_) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
+            OpError::Invalid(m) => bad(m),
+            OpError::Store(e) => e.into(),
+            OpError::Provider(_) => ApiError(StatusCode::BAD_GATEWAY, e.to_string()),
+        }
+    }
+}
+
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
 /// The largest request body the API reads; a larger one is answered 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-/// The configured admin token, kept as its SHA-256 digest: a request's token
-/// is hashed and the digests compared without an early exit, so neither the
-/// token's bytes nor its length can be learnt from timing. An empty or blank
-/// token never authenticates (config refuses it too; this is the second
-/// line).
-struct TokenCheck {
-    digest: Option<[u8; 32]>,
-    fingerprint: String,
-}
-
-impl TokenCheck {
-    fn new(token: &SecretString) -> TokenCheck {
-        let t = token.expose_secret();
-        TokenCheck {
-            digest: (!t.trim().is_empty()).then(|| Sha256::digest(t.as_bytes()).into()),
-            fingerprint: fingerprint(t),
-        }
-    }
-
-    fn accepts(&self, given: &str) -> bool {
-        let Some(want) = &self.digest else {
-            return false;
-        };
-        let got: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-        let diff = want.iter().zip(&got).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-        // Both sides of `&` are evaluated: no branch on the comparison.
-        (diff == 0) & !given.trim().is_empty()
-    }
-}
-
-/// Who made an audited request: the token's fingerprint (the first 8 hex
-/// digits of its SHA-256, never the token) and the peer address.
-#[derive(Clone)]
-struct Caller {
-    fingerprint: String,
-    remote: String,
-}
-
-/// First 8 hex digits of the SHA-256 of `token`: enough to tell tokens apart
-/// in an audit log, useless for guessing one.
-pub fn fingerprint(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .take(4)
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-async fn require_token<S: Store, P: Provider>(
-    AxState(app): AxState<Shared<S, P>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let Some(token) = &app.token else {
-        return ApiError(
-            StatusCode::FORBIDDEN,
-            "the admin API is disabled until admin.token is configured".into(),
-        )
-        .into_response();
-    };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !token.accepts(given) {
-        return ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token".into(),
-        )
-        .into_response();
-    }
-    let remote = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_else(|| "unknown".into());
-    req.extensions_mut().insert(Caller {
-        fingerprint: token.fingerprint.clone(),
-        remote,
-    });
-    next.run(req).await
-}
-
-/// One INFO line per mutating admin action: who, what, which row (`key` as
-/// given; `row` the id it resolved to, `-` if none), and how it ended.
-fn audit(caller: &Caller, action: &str, key: &str, row: &str, result: &Result<Response, ApiError>) {
-    let outcome = match result {
-        Ok(r) => r.status().as_u16(),
-        Err(e) => e.0.as_u16(),
-    };
-    tracing::info!(
-        target: "statusd::audit",
-        token = %caller.fingerprint,
-        remote = %caller.remote,
-        action,
-        key,
-        row,
-        http_status = outcome,
-        "admin action"
-    );
-}
 
 async fn readyz<S: Store, P: Provider>(AxState(app): AxState<Shared<S, P>>) -> Response {
     if app.shutting_down.is_cancelled() {
@@ -453,29 +363,19 @@ async fn enqueue_inner<S: Store, P: Provider>(
     // The rejection's own status: 413 for a body over the limit, 415 for a
     // wrong content type, 400/422 for bad JSON.
     let Json(b) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
-    if !app.ctx.instances.contains_key(&b.instance) {
-        return Err(bad(format!(
-            "instance: `{}` is not a configured instance",
-            b.instance
-        )));
-    }
-    let payload = b.payload.to_string();
-    StatusBody::parse(&b.kind, &payload).map_err(|e| bad(e.to_string()))?;
     let e = app
         .ctx
-        .store
         .enqueue(EnqueueParams {
             id: None,
             instance: b.instance,
             kind: b.kind,
-            payload,
+            payload: b.payload.to_string(),
             dedupe_key: b.dedupe_key,
             priority: b.priority,
             not_before: b.not_before,
         })
         .await?;
     *row = e.id.to_string();
-    app.ctx.work.notify_waiters();
     let code = if e.inserted {
         StatusCode::CREATED
     } else {
@@ -490,17 +390,49 @@ struct RetryQuery {
     force_resend: bool,
 }
 
-async fn resolve_id<S: Store, P: Provider>(
+/// An operator action on one row, as the API offers it.
+#[derive(Clone, Copy)]
+enum RowAction {
+    Retry { force_resend: bool },
+    Cancel,
+    Delete,
+}
+
+impl RowAction {
+    fn name(self) -> &'static str {
+        match self {
+            RowAction::Retry {
+                force_resend: false,
+            } => "retry",
+            RowAction::Retry { force_resend: true } => "force-resend",
+            RowAction::Cancel => "cancel",
+            RowAction::Delete => "delete",
+        }
+    }
+}
+
+/// Runs `action` on the row `key` names (one of [`crate::ops`]'s actions)
+/// and writes the audit line, with the row's id once it is known.
+async fn act<S: Store, P: Provider>(
     app: &App<S, P>,
+    caller: &Caller,
     key: &str,
-) -> Result<uuid::Uuid, ApiError> {
-    Ok(app
-        .ctx
-        .store
-        .find(key)
-        .await?
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no status with id {key}")))?
-        .id)
+    action: RowAction,
+) -> Result<Response, ApiError> {
+    let mut row_id = String::from("-");
+    let res = async {
+        let row = app.ctx.find(key).await?;
+        row_id = row.id.to_string();
+        let change = match action {
+            RowAction::Retry { force_resend } => app.ctx.retry(row, force_resend).await?,
+            RowAction::Cancel => app.ctx.cancel(row).await?,
+            RowAction::Delete => app.ctx.delete(row).await?,
+        };
+        Ok(Json(change.after).into_response())
+    }
+    .await;
+    audit(caller, action.name(), key, &row_id, &res);
+    res
 }
 
 async fn retry<S: Store, P: Provider>(
@@ -509,32 +441,8 @@ async fn retry<S: Store, P: Provider>(
     Path(key): Path<String>,
     Query(q): Query<RetryQuery>,
 ) -> Result<Response, ApiError> {
-    let mut row = String::from("-");
-    let res = retry_inner(&app, &key, q.force_resend, &mut row).await;
-    let action = if q.force_resend {
-        "force-resend"
-    } else {
-        "retry"
-    };
-    audit(&caller, action, &key, &row, &res);
-    res
-}
-
-async fn retry_inner<S: Store, P: Provider>(
-    app: &App<S, P>,
-    key: &str,
-    force_resend: bool,
-    row_id: &mut String,
-) -> Result<Response, ApiError> {
-    let id = resolve_id(app, key).await?;
-    *row_id = id.to_string();
-    let row = if force_resend {
-        app.ctx.store.force_resend(id).await?
-    } else {
-        app.ctx.store.retry(id).await?
-    };
-    app.ctx.work.notify_waiters();
-    Ok(Json(row).into_response())
+    let force_resend = q.force_resend;
+    act(&app, &caller, &key, RowAction::Retry { force_resend }).await
 }
 
 async fn cancel<S: Store, P: Provider>(
@@ -542,20 +450,7 @@ async fn cancel<S: Store, P: Provider>(
     Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
-    let mut row = String::from("-");
-    let res = cancel_inner(&app, &key, &mut row).await;
-    audit(&caller, "cancel", &key, &row, &res);
-    res
-}
-
-async fn cancel_inner<S: Store, P: Provider>(
-    app: &App<S, P>,
-    key: &str,
-    row_id: &mut String,
-) -> Result<Response, ApiError> {
-    let id = resolve_id(app, key).await?;
-    *row_id = id.to_string();
-    Ok(Json(app.ctx.store.cancel(id).await?).into_response())
+    act(&app, &caller, &key, RowAction::Cancel).await
 }
 
 async fn delete<S: Store, P: Provider>(
@@ -563,25 +458,7 @@ async fn delete<S: Store, P: Provider>(
     Extension(caller): Extension<Caller>,
     Path(key): Path<String>,
 ) -> Result<Response, ApiError> {
-    let mut row = String::from("-");
-    let res = delete_inner(&app, &key, &mut row).await;
-    audit(&caller, "delete", &key, &row, &res);
-    res
-}
-
-async fn delete_inner<S: Store, P: Provider>(
-    app: &App<S, P>,
-    key: &str,
-    row_id: &mut String,
-) -> Result<Response, ApiError> {
-    *row_id = resolve_id(app, key).await?.to_string();
-    match crate::daemon::delete_status(&app.ctx, key).await {
-        Ok(row) => Ok(Json(row).into_response()),
-        Err(crate::daemon::DeleteError::Store(e)) => Err(e.into()),
-        Err(e @ crate::daemon::DeleteError::Provider(_)) => {
-            Err(ApiError(StatusCode::BAD_GATEWAY, e.to_string()))
-        }
-    }
+    act(&app, &caller, &key, RowAction::Delete).await
 }
 
 async fn stats<S: Store, P: Provider>(
@@ -716,51 +593,6 @@ fn dense_buckets(
         }
     }
     out
-}
-
-/// Keeps the outbox-depth gauges current. Every configured instance's
-/// gauges are set on every pass (a state that emptied reads 0, not its last
-/// count); rows of instances not configured here are summed under
-/// `wa_instance="unknown"`, so table data cannot mint label values.
-async fn refresh_gauges<S: Store, P: Provider>(ctx: Arc<Ctx<S, P>>, shutdown: CancellationToken) {
-    use std::collections::HashMap;
-    let every = Duration::from_secs(15);
-    let mut names: Vec<String> = ctx.instances.keys().cloned().collect();
-    names.push(m::UNKNOWN_INSTANCE.to_string());
-    loop {
-        if let Ok(rows) = ctx.store.summary().await {
-            let mut counts: HashMap<(String, State), f64> = HashMap::new();
-            let mut oldest: HashMap<String, f64> = HashMap::new();
-            let mut scheduled: HashMap<String, f64> = HashMap::new();
-            for r in &rows {
-                let label = m::instance_label(ctx.instances.keys(), &r.instance);
-                *counts.entry((label.clone(), r.state)).or_default() += r.count as f64;
-                *scheduled.entry(label.clone()).or_default() += r.scheduled as f64;
-                if let Some(age) = r.oldest_age_secs {
-                    let e = oldest.entry(label).or_insert(0.0);
-                    *e = e.max(age);
-                }
-            }
-            for name in &names {
-                // `unknown` appears only once such rows exist.
-                let seen = name != m::UNKNOWN_INSTANCE
-                    || counts.keys().any(|(n, _)| n == m::UNKNOWN_INSTANCE);
-                if !seen {
-                    continue;
-                }
-                for s in State::ALL {
-                    let n = counts.get(&(name.clone(), s)).copied().unwrap_or(0.0);
-                    metrics::gauge!(m::OUTBOX_ROWS, m::INSTANCE_LABEL => name.clone(), "state" => s.as_str())
-                        .set(n);
-                }
-                metrics::gauge!(m::OLDEST_PENDING_AGE, m::INSTANCE_LABEL => name.clone())
-                    .set(oldest.get(name).copied().unwrap_or(0.0));
-                metrics::gauge!(m::OUTBOX_SCHEDULED, m::INSTANCE_LABEL => name.clone())
-                    .set(scheduled.get(name).copied().unwrap_or(0.0));
-            }
-        }
-        tokio::select! { _ = tokio::time::sleep(every) => {}, _ = shutdown.cancelled() => return }
-    }
 }
 
 #[cfg(test)]

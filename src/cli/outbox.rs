@@ -11,6 +11,7 @@ use super::table::{age, age_at, relative, truncate, Table};
 use super::{EnqueueArgs, LsArgs, RetryArgs, ShowArgs};
 use crate::config::{redact_url, Settings};
 use crate::model::{OutboxRow, State, StatusBody};
+use crate::ops;
 use crate::store::{EnqueueParams, ListParams, Store, StoreError};
 
 pub async fn migrate<S: Store>(store: &S, settings: &Settings) -> anyhow::Result<String> {
@@ -36,14 +37,8 @@ pub fn check_instance(instance: &str, settings: &Settings) -> anyhow::Result<()>
         );
         return Ok(());
     }
-    if !settings.instances.contains_key(instance) {
-        let names: Vec<&str> = settings.instances.keys().map(String::as_str).collect();
-        anyhow::bail!(
-            "--instance: `{instance}` is not a configured instance (configured: {})",
-            names.join(", ")
-        );
-    }
-    Ok(())
+    crate::config::check_configured(instance, settings.instances.keys())
+        .map_err(|e| anyhow::anyhow!("--{e}"))
 }
 
 /// The row's kind and payload from the flags, validated the way the daemon
@@ -143,8 +138,10 @@ pub async fn enqueue<S: Store>(
 ) -> anyhow::Result<String> {
     let (kind, payload) = kind_and_payload(&a)?;
     check_instance(&a.instance, settings)?;
-    let done = store
-        .enqueue(EnqueueParams {
+    let done = ops::enqueue(
+        store,
+        None::<Vec<&String>>,
+        EnqueueParams {
             id: None,
             instance: a.instance.clone(),
             kind,
@@ -152,9 +149,10 @@ pub async fn enqueue<S: Store>(
             dedupe_key: a.dedupe_key.clone(),
             priority: a.priority,
             not_before: a.not_before,
-        })
-        .await
-        .with_context(|| format!("enqueuing a status for instance `{}`", a.instance))?;
+        },
+    )
+    .await
+    .with_context(|| format!("enqueuing a status for instance `{}`", a.instance))?;
     if a.json {
         return Ok(json_line(&json!({
             "id": done.id,
@@ -237,11 +235,10 @@ fn json_line(v: &Value) -> String {
 
 /// Operator input → row, with the one error message for "no such row".
 async fn find<S: Store>(store: &S, key: &str) -> anyhow::Result<OutboxRow> {
-    store
-        .find(key)
-        .await
-        .with_context(|| format!("looking up `{key}`"))?
-        .ok_or_else(|| anyhow::anyhow!("no status with id, message id or dedupe key `{key}`"))
+    ops::find(store, key).await.map_err(|e| match e {
+        e @ ops::OpError::NotFound(_) => anyhow::Error::new(e),
+        e => anyhow::Error::new(e).context(format!("looking up `{key}`")),
+    })
 }
 
 pub async fn show<S: Store>(store: &S, a: ShowArgs) -> anyhow::Result<String> {
@@ -460,53 +457,41 @@ pub async fn stats<S: Store>(store: &S, as_json: bool) -> anyhow::Result<String>
 
 pub async fn retry<S: Store>(store: &S, a: RetryArgs) -> anyhow::Result<String> {
     let row = find(store, &a.id).await?;
-    let after = if a.force_resend {
-        store.force_resend(row.id).await
+    let action = if a.force_resend {
+        "force-resend"
     } else {
-        store.retry(row.id).await
+        "retry"
     };
-    let after = after.map_err(|e| {
-        transition_error(
-            e,
-            &row,
-            if a.force_resend {
-                "force-resend"
-            } else {
-                "retry"
-            },
-        )
-    })?;
-    Ok(format!("{}: {} -> {}\n", row.id, row.state, after.state))
+    let c = ops::retry(store, row.clone(), a.force_resend)
+        .await
+        .map_err(|e| op_error(e, &row, action))?;
+    Ok(format!("{}: {} -> {}\n", row.id, row.state, c.after.state))
 }
 
 pub async fn cancel<S: Store>(store: &S, key: &str) -> anyhow::Result<String> {
     let row = find(store, key).await?;
-    let after = store
-        .cancel(row.id)
+    let c = ops::cancel(store, row.clone())
         .await
-        .map_err(|e| transition_error(e, &row, "cancel"))?;
-    Ok(format!("{}: {} -> {}\n", row.id, row.state, after.state))
+        .map_err(|e| op_error(e, &row, "cancel"))?;
+    Ok(format!("{}: {} -> {}\n", row.id, row.state, c.after.state))
 }
 
 /// `statusd delete`: asks the row's instance to take the status down, then
 /// records `deleted`.
 pub async fn delete<S: Store>(store: &S, key: &str, settings: &Settings) -> anyhow::Result<String> {
     let row = find(store, key).await?;
-    if !settings.instances.contains_key(&row.instance) {
-        anyhow::bail!(
-            "instances.{}: not configured; deleting needs the instance's base_url and access token",
-            row.instance
-        );
-    }
-    let instances = crate::daemon::wawp_instances(settings)?;
-    let daemon = crate::daemon::Daemon::new(store.clone(), instances, settings.daemon.clone());
-    let after = crate::daemon::delete_status(&daemon.ctx(), &row.id.to_string())
+    let instances = crate::app::wawp_instance_map(settings)?;
+    let c = ops::delete(store, &instances, row.clone())
         .await
-        .map_err(|e| match e {
-            crate::daemon::DeleteError::Store(e) => transition_error(e, &row, "delete"),
-            other => anyhow::Error::new(other),
-        })?;
-    Ok(format!("{}: {} -> {}\n", row.id, row.state, after.state))
+        .map_err(|e| op_error(e, &row, "delete"))?;
+    Ok(format!("{}: {} -> {}\n", row.id, row.state, c.after.state))
+}
+
+fn op_error(e: ops::OpError, row: &OutboxRow, action: &str) -> anyhow::Error {
+    match e {
+        ops::OpError::Store(e) => transition_error(e, row, action),
+        other => anyhow::Error::new(other),
+    }
 }
 
 /// A refused operator action, with a hint at what would be allowed.

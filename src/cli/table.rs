@@ -90,68 +90,9 @@ pub fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-/// `--since`: a duration before now (database time), or a point in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Since {
-    Ago(chrono::Duration),
-    At(DateTime<Utc>),
-}
-
-impl Since {
-    /// Parses `30s`, `30m`, `1h`, `2d`, `1w` or an RFC 3339 time.
-    pub fn parse(s: &str) -> Result<Since, String> {
-        let bad = || {
-            format!("`{s}` is not a duration like 30m, 1h, 2d or an RFC 3339 time like 2024-06-01T08:00:00Z")
-        };
-        if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-            return Ok(Since::At(t.with_timezone(&Utc)));
-        }
-        let s = s.trim();
-        let unit_at = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        let (num, unit) = s.split_at(unit_at);
-        let n: i64 = num.parse().map_err(|_| bad())?;
-        let d = match unit {
-            "s" => chrono::Duration::try_seconds(n),
-            "m" => chrono::Duration::try_minutes(n),
-            "h" => chrono::Duration::try_hours(n),
-            "d" => chrono::Duration::try_days(n),
-            "w" => chrono::Duration::try_weeks(n),
-            _ => None,
-        };
-        d.map(Since::Ago).ok_or_else(bad)
-    }
-
-    /// The point in time, given the database's clock.
-    pub fn resolve(self, now: DateTime<Utc>) -> DateTime<Utc> {
-        match self {
-            Since::Ago(d) => now - d,
-            Since::At(t) => t,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn since_accepts_durations_and_times() {
-        assert_eq!(
-            Since::parse("30m"),
-            Ok(Since::Ago(chrono::Duration::minutes(30)))
-        );
-        assert_eq!(
-            Since::parse("2d"),
-            Ok(Since::Ago(chrono::Duration::days(2)))
-        );
-        assert!(matches!(
-            Since::parse("2024-06-01T08:00:00Z"),
-            Ok(Since::At(_))
-        ));
-        for bad in ["", "h", "5", "5y", "-5m", "yesterday", "99999999999999999w"] {
-            assert!(Since::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn ages_read_naturally() {

@@ -12,17 +12,57 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::{backoff, Ctx};
-use crate::config::IdSource;
+use crate::config::{DaemonSettings, IdSource};
 use crate::model::{OutboxRow, State, StatusBody};
 use crate::provider::{ids, OutgoingStatus, Provider, SendOutcome};
 use crate::store::{ClaimParams, Completion, Store, Transition};
+
+/// The dispatcher's settings, built from `[daemon]` (defaults:
+/// [`DaemonSettings::default`]).
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    /// Provider calls in flight, all instances together.
+    pub concurrency: usize,
+    /// Most rows claimed in one statement.
+    pub batch_size: usize,
+    pub lease: Duration,
+    pub id_source: IdSource,
+    /// Retryable outcomes allowed before a row becomes `failed`, and the
+    /// backoff between them.
+    pub max_attempts: i32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// Wait after an unknown outcome before the first look-up.
+    pub settle_delay: Duration,
+    /// Pause of an instance that answered 401/403 before it is probed.
+    pub instance_probe: Duration,
+    /// Time in-flight sends get to finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl DispatcherConfig {
+    pub fn new(s: &DaemonSettings) -> DispatcherConfig {
+        DispatcherConfig {
+            concurrency: s.concurrency,
+            batch_size: s.batch_size,
+            lease: s.lease(),
+            id_source: s.id_source,
+            max_attempts: s.max_attempts,
+            retry_base: Duration::from_millis(s.retry_base_ms),
+            retry_max: Duration::from_millis(s.retry_max_ms),
+            settle_delay: Duration::from_millis(s.settle_delay_ms),
+            instance_probe: Duration::from_millis(s.instance_probe_ms),
+            shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
+        }
+    }
+}
 
 pub async fn run<S: Store, P: Provider>(
     ctx: Arc<Ctx<S, P>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let slots = Arc::new(Semaphore::new(ctx.settings.concurrency));
-    let (tx, rx) = mpsc::channel::<Completion>(ctx.settings.concurrency * 4);
+    let slots = Arc::new(Semaphore::new(ctx.dispatcher.concurrency));
+    let (tx, rx) = mpsc::channel::<Completion>(ctx.dispatcher.concurrency * 4);
     // Two writers take turns: one gathers the next batch while the other's
     // statement runs (fenced per row, so their order does not matter).
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
@@ -42,7 +82,7 @@ pub async fn run<S: Store, P: Provider>(
     let prefetch = ctx
         .settings
         .batch_size
-        .min(ctx.settings.concurrency * 4)
+        .min(ctx.dispatcher.concurrency * 4)
         .max(1);
     let (rows_tx, mut rows_rx) = mpsc::channel::<(OutboxRow, Instant)>(prefetch);
     let claimer = tokio::spawn(claim_loop(ctx.clone(), rows_tx, shutdown.clone()));
@@ -90,7 +130,7 @@ pub async fn run<S: Store, P: Provider>(
         tracing::info!(released, "claimed rows not yet sent were released");
     }
     in_flight.close();
-    let grace = Duration::from_secs(ctx.settings.shutdown_grace_secs);
+    let grace = ctx.dispatcher.shutdown_grace;
     if !in_flight.is_empty() {
         tracing::info!(
             in_flight = in_flight.len(),
@@ -136,14 +176,14 @@ async fn claim_loop<S: Store, P: Provider>(
             }
             continue;
         }
-        let limit = rows.capacity().min(ctx.settings.batch_size);
+        let limit = rows.capacity().min(ctx.dispatcher.batch_size);
         let skip = ctx.paused_instances();
         let params = ClaimParams {
             owner: ctx.owner.clone(),
             limit: limit as i64,
-            lease: ctx.settings.lease(),
+            lease: ctx.dispatcher.lease,
             skip_instances: skip.clone(),
-            fresh_ids: match ctx.settings.id_source {
+            fresh_ids: match ctx.dispatcher.id_source {
                 IdSource::Local => (0..limit).map(|_| ids::local_message_id()).collect(),
                 IdSource::Api => Vec::new(),
             },
@@ -166,7 +206,7 @@ async fn claim_loop<S: Store, P: Provider>(
             // `not_before`) rather than a whole poll interval.
             let due = ctx
                 .store
-                .next_due(&skip, ctx.settings.id_source == IdSource::Local)
+                .next_due(&skip, ctx.dispatcher.id_source == IdSource::Local)
                 .await
                 .unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "dispatcher: next due time unknown; polling");
@@ -251,7 +291,7 @@ async fn send_one<S: Store, P: Provider>(
                 // the rate limit gives the row back, it does not put it in
                 // doubt. (The lease is checked before the rate limit, so a
                 // released row never uses up one of its instance's sends.)
-                if claimed.elapsed() > ctx.settings.lease() / 2 {
+                if claimed.elapsed() > ctx.dispatcher.lease / 2 {
                     tracing::warn!(
                         waited_ms = claimed.elapsed().as_millis() as u64,
                         "claimed row waited past half its lease for a send slot; released unsent"
@@ -265,8 +305,8 @@ async fn send_one<S: Store, P: Provider>(
                 let call = async {
                     let t = Instant::now();
                     let out = inst.provider.send_status(&status).await;
-                    let label = super::metrics::instance_label(ctx.instances.keys(), &row.instance);
-                    metrics::histogram!(super::metrics::PROVIDER_REQUEST_DURATION, super::metrics::INSTANCE_LABEL => label, "outcome" => out.label())
+                    let label = crate::metrics::instance_label(ctx.instances.keys(), &row.instance);
+                    metrics::histogram!(crate::metrics::PROVIDER_REQUEST_DURATION, crate::metrics::INSTANCE_LABEL => label, "outcome" => out.label())
                         .record(t.elapsed().as_secs_f64());
                     out
                 };
@@ -310,7 +350,7 @@ pub fn transition_for<S, P: Provider>(
     row: &OutboxRow,
     outcome: &SendOutcome,
 ) -> Transition {
-    let s = &ctx.settings;
+    let s = &ctx.dispatcher;
     let mut t = Transition::new(row.id, row.attempts, State::Failed);
     t.http_status = outcome.http_status().map(i32::from);
     t.error = outcome.reason().map(str::to_string);
@@ -338,16 +378,12 @@ pub fn transition_for<S, P: Provider>(
                 ));
             } else {
                 t.to = State::PendingUpload;
-                t.delay = backoff(
-                    row.attempts,
-                    Duration::from_millis(s.retry_base_ms),
-                    Duration::from_millis(s.retry_max_ms),
-                );
+                t.delay = backoff(row.attempts, s.retry_base, s.retry_max);
             }
         }
         SendOutcome::InDoubt { .. } => {
             t.to = State::InDoubt;
-            t.delay = Duration::from_millis(s.settle_delay_ms);
+            t.delay = s.settle_delay;
         }
         SendOutcome::Permanent { .. } => t.to = State::Failed,
         SendOutcome::InstanceDown {
@@ -357,13 +393,13 @@ pub fn transition_for<S, P: Provider>(
             // Not the row's fault: it waits for the instance, it does not fail.
             t.to = State::PendingUpload;
             t.refund_attempt = true;
-            t.delay = Duration::from_millis(s.instance_probe_ms);
+            t.delay = s.instance_probe;
             if let Some(inst) = ctx.instances.get(&row.instance) {
                 let why = match http_status {
                     Some(h) => format!("HTTP {h}: {reason}"),
                     None => reason.clone(),
                 };
-                inst.pause(Duration::from_millis(s.instance_probe_ms), &why);
+                inst.pause(s.instance_probe, &why);
             }
         }
     }
@@ -375,7 +411,7 @@ async fn outcome_writer<S: Store, P: Provider>(
     ctx: Arc<Ctx<S, P>>,
     rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Completion>>>,
 ) {
-    let max_batch = ctx.settings.batch_size.max(1);
+    let max_batch = ctx.dispatcher.batch_size.max(1);
     let mut batch = Vec::with_capacity(max_batch);
     loop {
         {
@@ -440,7 +476,8 @@ async fn outcome_writer<S: Store, P: Provider>(
 /// reason changes or it resumes (and once at start, clearing what a previous
 /// run left).
 async fn probe_paused<S: Store, P: Provider>(ctx: Arc<Ctx<S, P>>, shutdown: CancellationToken) {
-    let every = Duration::from_millis((ctx.settings.instance_probe_ms / 4).clamp(50, 5000));
+    let every = (ctx.dispatcher.instance_probe / 4)
+        .clamp(Duration::from_millis(50), Duration::from_millis(5000));
     // What the store holds per instance, as far as this process wrote it;
     // absent = not yet written by this run. A pause is written again every
     // `REWRITE` while it lasts: another replica starting up clears what it
@@ -484,10 +521,7 @@ async fn probe_paused<S: Store, P: Provider>(ctx: Arc<Ctx<S, P>>, shutdown: Canc
                 Err(e) => {
                     tracing::warn!(instance = %inst.name, error = %e, "instance still down");
                     let reason = inst.pause_reason().unwrap_or_else(|| e.to_string());
-                    inst.pause(
-                        Duration::from_millis(ctx.settings.instance_probe_ms),
-                        &reason,
-                    );
+                    inst.pause(ctx.dispatcher.instance_probe, &reason);
                 }
             }
         }

@@ -11,107 +11,42 @@
 //! cancelled and their rows recorded as `in_doubt`, so a cancelled call is
 //! settled by the reconciler and never re-posted blindly.
 
-use std::collections::HashMap;
-use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DaemonSettings, Settings};
-use crate::provider::{Provider, WawpClient};
+use crate::config::DaemonSettings;
+pub use crate::instance::Instance;
+use crate::instance::Instances;
+use crate::ops::Operator;
+use crate::provider::Provider;
 use crate::store::Store;
 
 pub mod dispatcher;
 pub mod id_assigner;
-pub mod metrics;
 #[cfg(test)]
 mod protocol_model;
 pub mod reconciler;
 pub mod rescuer;
 pub mod scheduler;
 
-/// One configured provider instance with its rate limiter and pause state.
-pub struct Instance<P> {
-    pub name: String,
-    pub provider: P,
-    limiter: DefaultDirectRateLimiter,
-    /// Set after 401/403: no claims for this instance until a probe succeeds.
-    paused: Mutex<Option<Pause>>,
-}
-
-/// Why and until when an instance is paused (in memory; the prober writes
-/// it to the store so that `statusd stats`, another process, can show it).
-#[derive(Debug, Clone)]
-struct Pause {
-    probe_at: Instant,
-    reason: String,
-}
-
-impl<P: Provider> Instance<P> {
-    pub fn new(name: &str, provider: P, rate_per_sec: u32, burst: u32) -> Instance<P> {
-        let rate = NonZeroU32::new(rate_per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        Instance {
-            name: name.to_string(),
-            provider,
-            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
-            paused: Mutex::new(None),
-        }
-    }
-
-    pub fn is_paused(&self) -> bool {
-        self.pause_reason().is_some()
-    }
-
-    /// Why the instance is paused, if it is.
-    pub fn pause_reason(&self) -> Option<String> {
-        self.paused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|p| p.reason.clone())
-    }
-
-    fn pause(&self, probe_after: Duration, reason: &str) {
-        let mut p = self.paused.lock().unwrap_or_else(|e| e.into_inner());
-        if p.is_none() {
-            tracing::warn!(instance = %self.name, reason, "instance is down: pausing its rows and probing");
-        }
-        *p = Some(Pause {
-            probe_at: Instant::now() + probe_after,
-            reason: reason.to_string(),
-        });
-        ::metrics::gauge!(metrics::INSTANCE_PAUSED, metrics::INSTANCE_LABEL => self.name.clone())
-            .set(1.0);
-    }
-
-    fn resume(&self) {
-        *self.paused.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        tracing::info!(instance = %self.name, "instance is back: resuming");
-        ::metrics::gauge!(metrics::INSTANCE_PAUSED, metrics::INSTANCE_LABEL => self.name.clone())
-            .set(0.0);
-    }
-
-    fn probe_due(&self) -> bool {
-        matches!(&*self.paused.lock().unwrap_or_else(|e| e.into_inner()), Some(p) if p.probe_at <= Instant::now())
-    }
-}
-
 /// What every service shares.
 pub struct Ctx<S, P> {
     pub store: S,
-    pub instances: HashMap<String, Arc<Instance<P>>>,
+    pub instances: Arc<Instances<P>>,
     pub settings: DaemonSettings,
+    /// Each service's own settings, built from `settings` once.
+    pub dispatcher: dispatcher::DispatcherConfig,
+    pub reconciler: reconciler::ReconcilerConfig,
+    pub rescuer: rescuer::RescuerConfig,
     /// `lease_owner` of this replica.
     pub owner: String,
     /// In-process nudge: rows just became claimable (ids assigned, absent
     /// in-doubt rows sent back). Complements the database's notifications.
-    pub work: Notify,
+    pub work: Arc<Notify>,
 }
 
 impl<S: Store, P: Provider> Ctx<S, P> {
@@ -119,14 +54,8 @@ impl<S: Store, P: Provider> Ctx<S, P> {
     /// validation, the message naming the field), or None if it can. Every
     /// stage that takes a row written by someone else asks this first.
     pub fn check_row(&self, row: &crate::model::OutboxRow) -> Option<String> {
-        if !self.instances.contains_key(&row.instance) {
-            let mut known: Vec<&str> = self.instances.keys().map(String::as_str).collect();
-            known.sort();
-            return Some(format!(
-                "instance: `{}` is not a configured instance (configured: {})",
-                row.instance,
-                known.join(", ")
-            ));
+        if let Err(e) = crate::config::check_configured(&row.instance, self.instances.keys()) {
+            return Some(e);
         }
         crate::model::StatusBody::parse(&row.kind, &row.payload)
             .err()
@@ -195,13 +124,18 @@ impl<S: Store, P: Provider> Daemon<S, P> {
         Daemon {
             ctx: Arc::new(Ctx {
                 store,
-                instances: instances
-                    .into_iter()
-                    .map(|i| (i.name.clone(), Arc::new(i)))
-                    .collect(),
+                instances: Arc::new(
+                    instances
+                        .into_iter()
+                        .map(|i| (i.name.clone(), Arc::new(i)))
+                        .collect(),
+                ),
+                dispatcher: dispatcher::DispatcherConfig::new(&settings),
+                reconciler: reconciler::ReconcilerConfig::new(&settings),
+                rescuer: rescuer::RescuerConfig::new(&settings),
                 settings,
                 owner,
-                work: Notify::new(),
+                work: Arc::new(Notify::new()),
             }),
         }
     }
@@ -210,12 +144,22 @@ impl<S: Store, P: Provider> Daemon<S, P> {
         self.ctx.clone()
     }
 
+    /// The operator actions over this daemon's store and instances; rows
+    /// they make claimable wake this daemon's workers.
+    pub fn operator(&self) -> Arc<Operator<S, P>> {
+        Arc::new(Operator::new(
+            self.ctx.store.clone(),
+            self.ctx.instances.clone(),
+            self.ctx.work.clone(),
+        ))
+    }
+
     /// Runs every service until `shutdown`; returns once in-flight work is
     /// finished or recorded as in doubt.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let ctx = self.ctx;
         tracing::info!(owner = %ctx.owner, instances = ctx.instances.len(), "statusd daemon starting");
-        metrics::register(&ctx.instances.keys().cloned().collect::<Vec<_>>());
+        crate::metrics::register(&ctx.instances.keys().cloned().collect::<Vec<_>>());
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(id_assigner::run(ctx.clone(), shutdown.clone()));
         tasks.spawn(dispatcher::run(ctx.clone(), shutdown.clone()));
@@ -255,81 +199,4 @@ fn default_owner() -> String {
         std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
-}
-
-/// Builds the Wawp clients of every configured instance.
-pub fn wawp_instances(settings: &Settings) -> anyhow::Result<Vec<Instance<WawpClient>>> {
-    settings
-        .instances
-        .iter()
-        .map(|(name, inst)| {
-            let client = WawpClient::new(name, inst, &settings.provider)
-                .map_err(|e| anyhow::anyhow!("instances.{name}: {e}"))?;
-            Ok(Instance::new(name, client, inst.rate_per_sec, inst.burst))
-        })
-        .collect()
-}
-
-/// `statusd run`: the daemon and its admin server over `store`.
-pub async fn run<S: Store>(
-    store: S,
-    settings: Settings,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let daemon = Daemon::new(store, wawp_instances(&settings)?, settings.daemon.clone());
-    let admin = if settings.admin.enabled {
-        let server = crate::admin::AdminServer::bind(&settings.admin, daemon.ctx())
-            .await
-            .context("starting the admin HTTP server")?;
-        tracing::info!(addr = %server.local_addr(), "admin HTTP listening");
-        Some(tokio::spawn(server.serve(shutdown.clone())))
-    } else {
-        None
-    };
-    let result = daemon.run(shutdown.clone()).await;
-    shutdown.cancel();
-    if let Some(a) = admin {
-        let _ = a.await;
-    }
-    result
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DeleteError {
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    #[error("the provider did not delete the status: {0}")]
-    Provider(String),
-}
-
-/// Takes a posted status down (`statusd delete`, `POST /v1/statuses/{id}/delete`).
-pub async fn delete_status<S: Store, P: Provider>(
-    ctx: &Ctx<S, P>,
-    key: &str,
-) -> Result<crate::model::OutboxRow, DeleteError> {
-    use crate::store::StoreError;
-    let row = ctx
-        .store
-        .find(key)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(key.to_string()))?;
-    if row.state != crate::model::State::Posted {
-        return Err(crate::store::not_allowed(&row, "delete").into());
-    }
-    let inst = ctx.instances.get(&row.instance).ok_or_else(|| {
-        DeleteError::Provider(format!("instance `{}` is not configured", row.instance))
-    })?;
-    let id = row
-        .provider_id
-        .as_deref()
-        .or(row.message_id.as_deref())
-        .unwrap_or_default();
-    match inst.provider.delete_status(id).await {
-        crate::provider::SendOutcome::Posted { .. } => Ok(ctx.store.mark_deleted(row.id).await?),
-        other => Err(DeleteError::Provider(format!(
-            "{} ({})",
-            other.reason().unwrap_or(other.label()),
-            other.label()
-        ))),
-    }
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{backoff, Ctx};
+use crate::config::DaemonSettings;
 use crate::model::{OutboxRow, State, StatusBody};
 use crate::provider::{Lookup, Provider, StatusQuery};
 use crate::store::{Store, Transition};
@@ -20,14 +21,45 @@ use crate::store::{Store, Transition};
 /// candidates for a content match (clock skew between us and the provider).
 const MATCH_SLACK: chrono::Duration = chrono::Duration::minutes(2);
 
+/// The reconciler's settings, built from `[daemon]` (defaults:
+/// [`DaemonSettings::default`]).
+#[derive(Debug, Clone)]
+pub struct ReconcilerConfig {
+    /// How often due in-doubt rows are looked for.
+    pub interval: Duration,
+    /// Most rows looked at in one pass.
+    pub batch_size: usize,
+    /// Look-ups in flight at once.
+    pub parallelism: usize,
+    /// Failed look-ups before a row is parked for an operator.
+    pub max_attempts: i32,
+    /// Backoff between failed look-ups: from `settle_delay` (at least
+    /// 100 ms, never a busy loop) up to `retry_max`.
+    pub settle_delay: Duration,
+    pub retry_max: Duration,
+}
+
+impl ReconcilerConfig {
+    pub fn new(s: &DaemonSettings) -> ReconcilerConfig {
+        ReconcilerConfig {
+            interval: Duration::from_millis(s.reconcile_interval_ms),
+            batch_size: s.batch_size,
+            parallelism: s.reconcile_parallelism.max(1),
+            max_attempts: s.reconcile_max_attempts,
+            settle_delay: Duration::from_millis(s.settle_delay_ms.max(100)),
+            retry_max: Duration::from_millis(s.retry_max_ms),
+        }
+    }
+}
+
 pub async fn run<S: Store, P: Provider>(
     ctx: Arc<Ctx<S, P>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let every = Duration::from_millis(ctx.settings.reconcile_interval_ms);
+    let every = ctx.reconciler.interval;
     while !shutdown.is_cancelled() {
         match pass(&ctx).await {
-            Ok(n) if n >= ctx.settings.batch_size => continue,
+            Ok(n) if n >= ctx.reconciler.batch_size => continue,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "reconciler: database error; retrying"),
         }
@@ -40,7 +72,7 @@ pub async fn run<S: Store, P: Provider>(
 pub async fn pass<S: Store, P: Provider>(ctx: &Ctx<S, P>) -> anyhow::Result<usize> {
     let rows = ctx
         .store
-        .due_in_doubt(ctx.settings.batch_size as i64)
+        .due_in_doubt(ctx.reconciler.batch_size as i64)
         .await?;
     let n = rows.len();
     if n == 0 {
@@ -48,7 +80,7 @@ pub async fn pass<S: Store, P: Provider>(ctx: &Ctx<S, P>) -> anyhow::Result<usiz
     }
     let transitions: Vec<Transition> = stream::iter(rows)
         .map(|row| async move { decide(ctx, &row).await })
-        .buffer_unordered(ctx.settings.id_fetch_parallelism.max(1))
+        .buffer_unordered(ctx.reconciler.parallelism)
         .collect()
         .await;
     ctx.store.resolve_in_doubt(&transitions).await?;
@@ -69,7 +101,7 @@ pub async fn pass<S: Store, P: Provider>(ctx: &Ctx<S, P>) -> anyhow::Result<usiz
 
 async fn decide<S: Store, P: Provider>(ctx: &Ctx<S, P>, row: &OutboxRow) -> Transition {
     let mut t = Transition::new(row.id, row.attempts, State::InDoubt);
-    let s = &ctx.settings;
+    let s = &ctx.reconciler;
     // A row that fails validation was never sent (the dispatcher validates
     // before sending), so it cannot be on the provider: it is invalid. This
     // happens when a daemon died between claiming a bad `queued` row and
@@ -117,18 +149,14 @@ async fn decide<S: Store, P: Provider>(ctx: &Ctx<S, P>, row: &OutboxRow) -> Tran
             Lookup::Unavailable { reason } => {
                 let tries = row.reconcile_attempts + 1;
                 t.bump_reconcile = true;
-                if tries >= s.reconcile_max_attempts {
+                if tries >= s.max_attempts {
                     tracing::warn!(tries, error = %reason, "look-up keeps failing: parking the row for an operator");
                     t.park = true;
                     t.error = Some(format!(
                         "parked after {tries} failed look-ups (last: {reason}); `statusd retry` looks again, `statusd retry --force-resend` sends again"
                     ));
                 } else {
-                    t.delay = backoff(
-                        tries,
-                        Duration::from_millis(s.settle_delay_ms.max(100)),
-                        Duration::from_millis(s.retry_max_ms),
-                    );
+                    t.delay = backoff(tries, s.settle_delay, s.retry_max);
                     t.error = Some(format!("look-up failed: {reason}"));
                 }
             }

@@ -7,19 +7,42 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
+use crate::config::DaemonSettings;
 use crate::provider::Provider;
 use crate::store::Store;
+
+/// The rescuer's settings, built from `[daemon]` (defaults:
+/// [`DaemonSettings::default`]).
+#[derive(Debug, Clone)]
+pub struct RescuerConfig {
+    /// How often expired leases are looked for.
+    pub interval: Duration,
+    /// Wait after a rescue before the first look-up of the row.
+    pub settle_delay: Duration,
+    /// Most rows rescued in one statement.
+    pub batch_size: usize,
+}
+
+impl RescuerConfig {
+    pub fn new(s: &DaemonSettings) -> RescuerConfig {
+        RescuerConfig {
+            interval: Duration::from_millis(s.rescue_interval_ms),
+            settle_delay: Duration::from_millis(s.settle_delay_ms),
+            batch_size: s.batch_size,
+        }
+    }
+}
 
 pub async fn run<S: Store, P: Provider>(
     ctx: Arc<Ctx<S, P>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let every = Duration::from_millis(ctx.settings.rescue_interval_ms);
-    let settle = Duration::from_millis(ctx.settings.settle_delay_ms);
+    let cfg = &ctx.rescuer;
+    let (every, settle) = (cfg.interval, cfg.settle_delay);
     while !shutdown.is_cancelled() {
         match ctx
             .store
-            .rescue_expired(ctx.settings.batch_size as i64, settle)
+            .rescue_expired(cfg.batch_size as i64, settle)
             .await
         {
             Ok(ids) if !ids.is_empty() => {

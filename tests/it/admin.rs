@@ -4,14 +4,15 @@
 use std::time::Duration;
 
 use statusd::admin::AdminServer;
+use statusd::app::wawp_instances;
 use statusd::config::AdminSettings;
-use statusd::daemon::{wawp_instances, Daemon};
+use statusd::daemon::Daemon;
 use statusd::model::State;
 use statusd::sim::SimConfig;
 use statusd::store::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{start_sim, test_settings, wait_drained, TestDb};
+use crate::support::{spawn_app, start_sim, test_settings, wait_drained, TestDb};
 
 const ADMIN_TOKEN: &str = "admin-SECRET-77";
 
@@ -21,28 +22,21 @@ crate::both_backends!(
 );
 
 async fn admin_api_drives_the_outbox<S: Store>(s: S, db: &TestDb) {
-    let sim = start_sim(SimConfig::default()).await;
-    let settings = test_settings(&db.url, &sim, &[("main", true)]);
-    let daemon = Daemon::new(
-        s.clone(),
-        wawp_instances(&settings).unwrap(),
-        settings.daemon.clone(),
-    );
-    let admin = AdminServer::bind(
-        &AdminSettings {
-            enabled: true,
-            bind: "127.0.0.1:0".into(),
-            token: Some(ADMIN_TOKEN.to_string().into()),
-        },
-        daemon.ctx(),
+    let mut app = spawn_app(
+        s,
+        &db.url,
+        SimConfig::default(),
+        &[("main", true)],
+        ADMIN_TOKEN,
     )
-    .await
-    .unwrap();
-    let base = format!("http://{}", admin.local_addr());
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(admin.serve(shutdown.clone()));
-    let run = tokio::spawn(daemon.run(shutdown.clone()));
-    let http = reqwest::Client::new();
+    .await;
+    let run = app.run_daemon();
+    let (s, base, http, sim) = (
+        app.store.clone(),
+        app.base.clone(),
+        app.http.clone(),
+        &app.sim,
+    );
     let auth = format!("Bearer {ADMIN_TOKEN}");
 
     // Health and metrics need no token; the API does.
@@ -193,13 +187,9 @@ async fn admin_api_drives_the_outbox<S: Store>(s: S, db: &TestDb) {
     );
     assert!(!m.contains(crate::support::TEST_TOKEN) && !m.contains(ADMIN_TOKEN));
 
-    shutdown.cancel();
+    app.shutdown.cancel();
     run.await.unwrap().unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    app.stop().await;
 }
 
 /// A config directory for `statusd` run as a separate process, with the
@@ -486,7 +476,7 @@ async fn a_taken_admin_port_names_the_setting_to_change() {
 /// than minting a label value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_described_zeroed_and_bounded() {
-    use statusd::daemon::metrics as m;
+    use statusd::metrics as m;
     let sim = start_sim(SimConfig::default()).await;
     let db = TestDb::sqlite().await;
     let d = Deployment::new(&db.url, &sim.base_url(), "127.0.0.1:0");
@@ -842,7 +832,7 @@ async fn a_blank_admin_token_never_authenticates() {
                 bind: "127.0.0.1:0".into(),
                 token: Some(configured.to_string().into()),
             },
-            daemon.ctx(),
+            daemon.operator(),
         )
         .await
         .unwrap();
@@ -934,36 +924,23 @@ async fn scheduled_rows_and_pauses_in_the_store<S: Store>(s: S, db: &TestDb) {
 /// the log.
 #[tokio::test]
 async fn readyz_says_not_ready_without_database_details() {
-    let sim = start_sim(SimConfig::default()).await;
     let db = TestDb::postgres().await;
-    let s = db.pg_store().await;
-    let settings = test_settings(&db.url, &sim, &[("main", true)]);
-    let daemon = Daemon::new(
-        s,
-        wawp_instances(&settings).unwrap(),
-        settings.daemon.clone(),
-    );
-    let admin = AdminServer::bind(
-        &AdminSettings {
-            enabled: true,
-            bind: "127.0.0.1:0".into(),
-            token: Some(ADMIN_TOKEN.to_string().into()),
-        },
-        daemon.ctx(),
+    let app = spawn_app(
+        db.pg_store().await,
+        &db.url,
+        SimConfig::default(),
+        &[("main", true)],
+        ADMIN_TOKEN,
     )
-    .await
-    .unwrap();
-    let base = format!("http://{}", admin.local_addr());
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(admin.serve(shutdown.clone()));
-    let http = reqwest::Client::new();
+    .await;
+    let (base, http) = (&app.base, &app.http);
     let r = http.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(
         (r.status().as_u16(), r.text().await.unwrap()),
         (200, "ready".into())
     );
 
-    let name = db.url.rsplit('/').next().unwrap().to_string();
+    let name = app.db_url.rsplit('/').next().unwrap().to_string();
     {
         use sqlx::Connection;
         let mut c = sqlx::PgConnection::connect(&format!("{}/postgres", crate::support::pg_base()))
@@ -979,6 +956,5 @@ async fn readyz_says_not_ready_without_database_details() {
     let body = r.text().await.unwrap();
     assert_eq!(body, "not ready");
     assert!(!body.contains(&name));
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    app.stop().await;
 }

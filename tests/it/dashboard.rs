@@ -14,16 +14,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use statusd::admin::AdminServer;
-use statusd::config::AdminSettings;
-use statusd::daemon::{wawp_instances, Daemon};
 use statusd::model::State;
 use statusd::sim::SimConfig;
 use statusd::store::{AssignId, ClaimParams, Completion, Store, Transition};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::support::{start_sim, test_settings, text, TestDb};
+use crate::support::{spawn_app, text, TestDb};
 
 const ADMIN_TOKEN: &str = "dash-SECRET-31";
 
@@ -31,28 +27,17 @@ crate::both_backends!(dashboard_shows_the_outbox_and_acts_on_rows);
 
 async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb) {
     let seeded = seed(&s).await;
-    let sim = start_sim(SimConfig::default()).await;
-    let settings = test_settings(&db.url, &sim, &[("main", true), ("backup", true)]);
     // The daemon is built for its context but not run: rows stay where the
     // test put them, so the page can be compared with the store.
-    let daemon = Daemon::new(
+    let app = spawn_app(
         s.clone(),
-        wawp_instances(&settings).unwrap(),
-        settings.daemon.clone(),
-    );
-    let admin = AdminServer::bind(
-        &AdminSettings {
-            enabled: true,
-            bind: "127.0.0.1:0".into(),
-            token: Some(ADMIN_TOKEN.to_string().into()),
-        },
-        daemon.ctx(),
+        &db.url,
+        SimConfig::default(),
+        &[("main", true), ("backup", true)],
+        ADMIN_TOKEN,
     )
-    .await
-    .unwrap();
-    let base = format!("http://{}", admin.local_addr());
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(admin.serve(shutdown.clone()));
+    .await;
+    let base = app.base.clone();
 
     check_activity_api(&base, &seeded).await;
 
@@ -319,12 +304,7 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
         .await;
 
     browser.close().await;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    app.stop().await;
 }
 
 const FAILED_ERROR: &str = "payload.caption: <b>longer than 700 characters</b>";

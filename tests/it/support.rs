@@ -137,8 +137,11 @@ pub async fn exec_raw(db: &TestDb, sql: &str) -> Result<u64, sqlx::Error> {
     }
 }
 
-use statusd::config::{InstanceConfig, Settings};
-use statusd::daemon::{wawp_instances, Daemon};
+use statusd::admin::AdminServer;
+use statusd::app::wawp_instances;
+use statusd::config::{AdminSettings, InstanceConfig, Settings};
+use statusd::daemon::Daemon;
+use statusd::provider::WawpClient;
 use statusd::sim::{SimConfig, SimHandle, Simulator};
 use tokio_util::sync::CancellationToken;
 
@@ -426,4 +429,80 @@ pub fn spawn_run(
         .args(["--log-format", "json", "--log-level", level, "run"])
         .spawn()
         .expect("spawn statusd run")
+}
+
+/// An app as the admin and dashboard tests need it (zero-to-production's
+/// `spawn_app`): the store, a simulator, the daemon built over both (not
+/// yet running: [`TestApp::run_daemon`]), and its admin server on a free
+/// port with a client.
+pub struct TestApp<S: Store> {
+    pub db_url: String,
+    pub store: S,
+    pub sim: SimHandle,
+    pub daemon: Option<Daemon<S, WawpClient>>,
+    /// `http://127.0.0.1:<port>` of the admin server.
+    pub base: String,
+    pub http: reqwest::Client,
+    pub shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts [`TestApp`] over `store` (of the database at `db_url`), with a
+/// simulator configured by `sim`, the given instances (name, supplied id)
+/// and admin token.
+pub async fn spawn_app<S: Store>(
+    store: S,
+    db_url: &str,
+    sim: SimConfig,
+    instances: &[(&str, bool)],
+    admin_token: &str,
+) -> TestApp<S> {
+    let sim = start_sim(sim).await;
+    let settings = test_settings(db_url, &sim, instances);
+    let daemon = Daemon::new(
+        store.clone(),
+        wawp_instances(&settings).expect("instances"),
+        settings.daemon.clone(),
+    );
+    let admin = AdminServer::bind(
+        &AdminSettings {
+            enabled: true,
+            bind: "127.0.0.1:0".into(),
+            token: Some(admin_token.to_string().into()),
+        },
+        daemon.operator(),
+    )
+    .await
+    .expect("bind the admin server");
+    let base = format!("http://{}", admin.local_addr());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(admin.serve(shutdown.clone()));
+    TestApp {
+        db_url: db_url.to_string(),
+        store,
+        sim,
+        daemon: Some(daemon),
+        base,
+        http: reqwest::Client::new(),
+        shutdown,
+        server,
+    }
+}
+
+impl<S: Store> TestApp<S> {
+    /// Runs the daemon's services until [`TestApp::stop`].
+    pub fn run_daemon(&mut self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        let daemon = self.daemon.take().expect("the daemon runs once");
+        tokio::spawn(daemon.run(self.shutdown.clone()))
+    }
+
+    /// Shuts down; the admin server must stop within 5 s.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(5), self.server)
+            .await
+            .expect("the admin server stops")
+            .expect("the admin server task")
+            .expect("the admin server");
+    }
 }
