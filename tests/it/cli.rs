@@ -696,17 +696,61 @@ async fn sim_refuses_the_daemon_config_and_bad_knobs() {
     .fails_with("simulator configuration");
 }
 
+impl Cli {
+    /// Config for `statusd run` on `db_url` against the simulator at
+    /// `sim_url`: one instance `main`, the admin server on a free port.
+    fn for_run(db_url: &str, sim_url: &str) -> Cli {
+        let mut cli = Cli::new(&format!(
+            "[database]\nurl = {db_url:?}\n\n[daemon]\npoll_interval_ms = 20\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n\
+             [instances.main]\nbase_url = {sim_url:?}\ninstance_id = \"main\"\n"
+        ));
+        cli.env("STATUSD__INSTANCES__MAIN__ACCESS_TOKEN", TEST_TOKEN);
+        cli
+    }
+
+    /// Waits (by `statusd ls`) until `n` rows are in `state`.
+    async fn wait_for_rows(&self, state: &str, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let rows = self
+                .run(&["ls", "--state", state, "--json"])
+                .await
+                .ok()
+                .json();
+            if rows.as_array().map(Vec::len) == Some(n) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} rows not `{state}` in time"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Sends SIGTERM to a running daemon and returns its output once it exits.
+async fn sigterm_and_wait(daemon: tokio::process::Child) -> Output {
+    let pid = daemon.id().expect("daemon pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        daemon.wait_with_output(),
+    )
+    .await
+    .expect("daemon stops after SIGTERM")
+    .expect("daemon output")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_posts_and_stops_cleanly_on_sigterm() {
     let sim = crate::support::start_sim(statusd::sim::SimConfig::default()).await;
     let db = TestDb::sqlite().await;
-    let mut cli = Cli::new(&format!(
-        "[database]\nurl = {:?}\n\n[daemon]\npoll_interval_ms = 20\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n\
-         [instances.main]\nbase_url = {:?}\ninstance_id = \"main\"\n",
-        db.url,
-        sim.base_url()
-    ));
-    cli.env("STATUSD__INSTANCES__MAIN__ACCESS_TOKEN", TEST_TOKEN);
+    let cli = Cli::for_run(&db.url, &sim.base_url());
     cli.run(&["migrate"]).await.ok();
     cli.run(&["enqueue", "--instance", "main", "--text", "status number 0"])
         .await
@@ -718,32 +762,8 @@ async fn run_posts_and_stops_cleanly_on_sigterm() {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn statusd run");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let posted = cli
-            .run(&["ls", "--state", "posted", "--json"])
-            .await
-            .ok()
-            .json();
-        if posted.as_array().map(Vec::len) == Some(1) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "not posted in time");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let pid = daemon.id().expect("daemon pid").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("run kill");
-    assert!(killed.success());
-    let out = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        daemon.wait_with_output(),
-    )
-    .await
-    .expect("daemon stops after SIGTERM")
-    .expect("daemon output");
+    cli.wait_for_rows("posted", 1).await;
+    let out = sigterm_and_wait(daemon).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
     assert!(stderr.contains("SIGTERM"), "{stderr}");
@@ -758,13 +778,7 @@ async fn run_posts_and_stops_cleanly_on_sigterm() {
 async fn text_logs_escape_control_characters_from_rows() {
     let sim = crate::support::start_sim(statusd::sim::SimConfig::default()).await;
     let db = TestDb::sqlite().await;
-    let mut cli = Cli::new(&format!(
-        "[database]\nurl = {:?}\n\n[daemon]\npoll_interval_ms = 20\n\n[admin]\nbind = \"127.0.0.1:0\"\n\n\
-         [instances.main]\nbase_url = {:?}\ninstance_id = \"main\"\n",
-        db.url,
-        sim.base_url()
-    ));
-    cli.env("STATUSD__INSTANCES__MAIN__ACCESS_TOKEN", TEST_TOKEN);
+    let cli = Cli::for_run(&db.url, &sim.base_url());
     cli.run(&["migrate"]).await.ok();
     let forged = "main\n2026-01-01T00:00:00Z ERROR FORGED line\u{1b}[2J";
     crate::support::exec_raw(
@@ -782,35 +796,8 @@ async fn text_logs_escape_control_characters_from_rows() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn statusd run");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let invalid = cli
-            .run(&["ls", "--state", "invalid", "--json"])
-            .await
-            .ok()
-            .json();
-        if invalid.as_array().map(Vec::len) == Some(1) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "row not marked invalid in time"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let pid = daemon.id().expect("daemon pid").to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("run kill")
-        .success());
-    let out = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        daemon.wait_with_output(),
-    )
-    .await
-    .expect("daemon stops after SIGTERM")
-    .expect("daemon output");
+    cli.wait_for_rows("invalid", 1).await;
+    let out = sigterm_and_wait(daemon).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("FORGED"),
