@@ -8,11 +8,34 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminServer;
-use crate::config::Settings;
+use crate::config::{ProviderSettings, Settings};
 use crate::daemon::Daemon;
-use crate::instance::{Instance, Instances};
+use crate::instance::{Instance, Instances, MakeProvider, Registry};
 use crate::provider::WawpClient;
 use crate::store::Store;
+
+/// Builds the Wawp client of an instance from the table (the token read
+/// from the variable or file it names, in this process).
+pub fn wawp_maker(provider: &ProviderSettings) -> MakeProvider<WawpClient> {
+    let provider = provider.clone();
+    Arc::new(move |name, cfg| WawpClient::new(name, cfg, &provider).map_err(|e| e.to_string()))
+}
+
+/// Every instance an operator command run without a daemon can use
+/// (`statusd delete`): the file's, and the table's as this process can
+/// build them.
+pub async fn wawp_registry<S: Store>(
+    settings: &Settings,
+    store: &S,
+) -> anyhow::Result<Arc<Registry<WawpClient>>> {
+    let registry = Registry::new(wawp_instances(settings)?);
+    let table = store
+        .instance_table()
+        .await
+        .context("reading the instance table")?;
+    registry.apply(&table, &wawp_maker(&settings.provider));
+    Ok(Arc::new(registry))
+}
 
 /// Builds the Wawp clients of every configured instance.
 pub fn wawp_instances(settings: &Settings) -> anyhow::Result<Vec<Instance<WawpClient>>> {
@@ -44,7 +67,28 @@ pub async fn run<S: Store>(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let daemon = Daemon::new(store, wawp_instances(&settings)?, settings.daemon.clone());
+    let daemon = Daemon::new(
+        store.clone(),
+        wawp_instances(&settings)?,
+        settings.daemon.clone(),
+    );
+    // The table's instances: read once before the services start (a row
+    // of a table instance is then never judged by a view without it), then
+    // kept in step until shutdown.
+    let ctx = daemon.ctx();
+    let make = wawp_maker(&settings.provider);
+    ctx.instances.expect_table();
+    if let Err(e) = crate::instance::refresh(&store, &ctx.instances, &make).await {
+        tracing::warn!(error = %e, "reading the instance table failed; starting with the file's instances and retrying");
+    }
+    let registry = tokio::spawn(crate::instance::keep_in_step(
+        store,
+        ctx.instances.clone(),
+        make,
+        ctx.work.clone(),
+        std::time::Duration::from_millis(settings.daemon.fallback_poll_ms),
+        shutdown.clone(),
+    ));
     let admin = if settings.admin.enabled {
         let server = AdminServer::bind(&settings.admin, daemon.operator())
             .await
@@ -56,6 +100,7 @@ pub async fn run<S: Store>(
     };
     let result = daemon.run(shutdown.clone()).await;
     shutdown.cancel();
+    let _ = registry.await;
     if let Some(a) = admin {
         let _ = a.await;
     }

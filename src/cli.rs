@@ -10,6 +10,7 @@
 //! - `args`: the argument grammar (clap derive);
 //! - [`outbox`]: `migrate`, `enqueue`, `ls`, `show`, `stats`, `retry`, `cancel`;
 //! - [`schedule`]: `schedule add | ls | rm`;
+//! - [`instance`]: `instance add | ls | set | rm | disable | enable`;
 //! - [`configuration`]: `config check | show`;
 //! - [`table`]: plain-text tables, ages and `--since` durations.
 //!
@@ -18,6 +19,7 @@
 
 mod args;
 mod configuration;
+mod instance;
 mod outbox;
 mod schedule;
 mod table;
@@ -292,6 +294,7 @@ pub async fn dispatch<S: Store>(store: S, cmd: Command, settings: &Settings) -> 
         Command::Schedule(ScheduleCommand::Add(a)) => schedule::add(&store, a, settings).await?,
         Command::Schedule(ScheduleCommand::Ls(a)) => schedule::ls(&store, a.json).await?,
         Command::Schedule(ScheduleCommand::Rm(a)) => schedule::rm(&store, &a.name).await?,
+        Command::Instance(c) => instance::dispatch(&store, c, settings).await?,
         Command::Config(_)
         | Command::Run
         | Command::Health

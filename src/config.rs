@@ -225,6 +225,11 @@ pub struct InstanceConfig {
     pub access_token: Option<SecretString>,
     #[serde(default)]
     pub access_token_file: Option<PathBuf>,
+    /// The name of an environment variable holding the token, read by each
+    /// daemon from its own environment (instances added at runtime name
+    /// their token this way or by `access_token_file`, never by value).
+    #[serde(default)]
+    pub access_token_env: Option<String>,
     /// Send our pre-generated id in the body (API.md).
     #[serde(default = "d_true")]
     pub supplied_id: bool,
@@ -233,6 +238,24 @@ pub struct InstanceConfig {
     pub rate_per_sec: u32,
     #[serde(default = "d_burst")]
     pub burst: u32,
+}
+
+impl Default for InstanceConfig {
+    /// The defaults a `[instances.NAME]` table gets for every key left out
+    /// (no token, no instance id: both are required).
+    fn default() -> Self {
+        InstanceConfig {
+            provider: ProviderKind::default(),
+            base_url: d_base_url(),
+            instance_id: String::new(),
+            access_token: None,
+            access_token_file: None,
+            access_token_env: None,
+            supplied_id: d_true(),
+            rate_per_sec: d_rate(),
+            burst: d_burst(),
+        }
+    }
 }
 
 fn d_base_url() -> String {
@@ -249,15 +272,114 @@ fn d_burst() -> u32 {
 }
 
 impl InstanceConfig {
-    /// The token, read from the file when configured that way.
+    /// The token: given by value, or read from the file or the environment
+    /// variable named, when configured that way. Errors name the file or the
+    /// variable, never a value.
     pub fn token(&self) -> Result<SecretString, String> {
         if let Some(t) = &self.access_token {
             return Ok(t.clone());
         }
-        match &self.access_token_file {
-            Some(p) => read_secret_file(p).map_err(|e| format!("access_token_file {e}")),
-            None => Err("access_token (or access_token_file) is required".into()),
+        match (&self.access_token_file, &self.access_token_env) {
+            (Some(p), _) => read_secret_file(p).map_err(|e| format!("access_token_file {e}")),
+            (None, Some(var)) => read_secret_env(var),
+            (None, None) => {
+                Err("access_token (or access_token_file, or access_token_env) is required".into())
+            }
         }
+    }
+
+    /// An instance added at runtime, from its `status_instances.settings`
+    /// (the keys of an `[instances.NAME]` table, defaults for the rest). An
+    /// access token by value is refused: the table names it, never holds it.
+    pub fn from_table(
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<InstanceConfig, String> {
+        if settings.contains_key("access_token") {
+            return Err(
+                "access_token must not be stored in the table: name the token with \
+                        access_token_env or access_token_file"
+                    .into(),
+            );
+        }
+        let value = serde_json::Value::Object(settings.clone());
+        serde_path_to_error::deserialize::<_, InstanceConfig>(value).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." || path.is_empty() {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            }
+        })
+    }
+
+    /// Every problem of this instance's settings, each with its key under
+    /// `prefix` (`instances.NAME` for the file; the table's own prefix for an
+    /// instance added at runtime).
+    pub fn problems(&self, prefix: &str) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        // Without a prefix (an instance of the table) the token's key is
+        // named for what it is: the table names a token, never holds one.
+        let mut p = |k: &str, problem: &str| {
+            let key = match (prefix.is_empty(), k) {
+                (true, "access_token") => "token".to_string(),
+                (true, k) => k.to_string(),
+                (false, k) => format!("{prefix}.{k}"),
+            };
+            out.push(ConfigProblem::new(key, problem))
+        };
+        if let Err(e) = check_base_url(&self.base_url) {
+            p("base_url", e);
+        }
+        if self.instance_id.trim().is_empty() {
+            p("instance_id", "is required and must not be empty");
+        }
+        match self.token() {
+            Err(e) => p("access_token", &e),
+            Ok(t) if t.expose_secret().trim().is_empty() => {
+                p("access_token", "must not be empty or blank")
+            }
+            Ok(_) => {}
+        }
+        if self.rate_per_sec == 0 {
+            p("rate_per_sec", "must be at least 1");
+        }
+        if self.burst == 0 {
+            p("burst", "must be at least 1");
+        }
+        out
+    }
+}
+
+/// Whether `name` is a usable environment variable name (shown in errors;
+/// anything else may be a token pasted by mistake and is never echoed).
+pub fn is_env_var_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Reads a secret from the environment variable `var`, trimmed. Errors name
+/// the variable (if it looks like one), never the value.
+fn read_secret_env(var: &str) -> Result<SecretString, String> {
+    if !is_env_var_name(var) {
+        return Err(
+            "access_token_env must name an environment variable (letters, digits and _), \
+             not hold the token itself"
+                .into(),
+        );
+    }
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
+        Ok(_) => Err(format!(
+            "access_token_env: the environment variable {var} is empty"
+        )),
+        Err(std::env::VarError::NotPresent) => Err(format!(
+            "access_token_env: the environment variable {var} is not set"
+        )),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+            "access_token_env: the environment variable {var} is not valid UTF-8"
+        )),
     }
 }
 
@@ -275,7 +397,7 @@ impl std::fmt::Display for ConfigProblem {
 }
 
 impl ConfigProblem {
-    fn new(key: impl Into<String>, problem: impl Into<String>) -> ConfigProblem {
+    pub fn new(key: impl Into<String>, problem: impl Into<String>) -> ConfigProblem {
         ConfigProblem {
             key: key.into(),
             problem: problem.into(),
@@ -548,8 +670,7 @@ impl Settings {
         if self.provider.connect_timeout_ms == 0 {
             p("provider.connect_timeout_ms", "must be at least 1");
         }
-        for (name, inst) in &self.instances {
-            let key = |k: &str| format!("instances.{name}.{k}");
+        for name in self.instances.keys() {
             if name.is_empty()
                 || !name
                     .chars()
@@ -560,35 +681,19 @@ impl Settings {
                     "name must be letters, digits, - or _",
                 );
             }
-            if let Err(e) = check_base_url(&inst.base_url) {
-                p(&key("base_url"), e);
-            }
-            if inst.instance_id.trim().is_empty() {
-                p(&key("instance_id"), "is required and must not be empty");
-            }
-            match inst.token() {
-                Err(e) => p(&key("access_token"), &e),
-                Ok(t) if t.expose_secret().trim().is_empty() => {
-                    p(&key("access_token"), "must not be empty or blank")
-                }
-                Ok(_) => {}
-            }
-            if inst.rate_per_sec == 0 {
-                p(&key("rate_per_sec"), "must be at least 1");
-            }
-            if inst.burst == 0 {
-                p(&key("burst"), "must be at least 1");
-            }
         }
         if self.instances.is_empty() {
             p("instances", "at least one instance must be configured");
+        }
+        for (name, inst) in &self.instances {
+            out.extend(inst.problems(&format!("instances.{name}")));
         }
         out
     }
 }
 
 /// An instance's API root: http(s) with a host (`https://` alone is not).
-fn check_base_url(base: &str) -> Result<(), &'static str> {
+pub(crate) fn check_base_url(base: &str) -> Result<(), &'static str> {
     let url = url::Url::parse(base).map_err(|_| "must be an http(s) URL with a host")?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err("must be an http(s) URL");

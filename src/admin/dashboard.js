@@ -150,6 +150,7 @@
       showApp();
       renderCounts(stats);
       renderPaused(instances);
+      renderInstances(instances);
       renderActivity(activity);
       renderAttention(inDoubt.concat(failed, invalid));
       refreshes += 1;
@@ -247,6 +248,25 @@
     });
     $("paused-rows").replaceChildren(...trs);
     $("paused").hidden = paused.length === 0;
+  }
+
+  // ---- instances (runtime and file) ----------------------------------------
+
+  function renderInstances(instances) {
+    const trs = instances.map((i) => {
+      const tr = el("tr", { "data-instance": i.instance, "data-state": i.state });
+      tr.append(el("td", { class: "mono wrap" }, i.instance));
+      tr.append(el("td", {}, i.source));
+      tr.append(el("td", { "data-field": "state" }, i.state));
+      tr.append(el("td", { class: "num", "data-field": "due" }, fmtInt(i.due)));
+      tr.append(el("td", { class: "num", "data-field": "in-flight" }, fmtInt(i.in_flight)));
+      tr.append(el("td", { class: "num", "data-field": "posted" }, fmtInt(i.posted_last_minute)));
+      tr.append(el("td", { class: "num" }, i.oldest_due_age_secs == null ? "–" : fmtAge(i.oldest_due_age_secs)));
+      tr.append(el("td", { class: "why" }, i.reason || ""));
+      return tr;
+    });
+    $("instance-rows").replaceChildren(...trs);
+    $("instances").hidden = instances.length === 0;
   }
 
   // ---- activity chart ------------------------------------------------------

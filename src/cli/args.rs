@@ -88,6 +88,12 @@ pub enum Command {
         after_help = "Example:\n  statusd schedule add --name morning --cron \"0 0 8 * * *\" --timezone Europe/Berlin --instance main --text \"Good morning\""
     )]
     Schedule(ScheduleCommand),
+    /// Instances kept in the database, added and changed while daemons run.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  statusd instance add shop42 --instance-id 1A2B3C --token-env WAWP_SHOP42_TOKEN"
+    )]
+    Instance(super::instance::InstanceCommand),
     /// Check or print the configuration.
     #[command(
         subcommand,

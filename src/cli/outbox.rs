@@ -25,11 +25,28 @@ pub async fn migrate<S: Store>(store: &S, settings: &Settings) -> anyhow::Result
     ))
 }
 
-/// Checks that `instance` is configured here. With no instances configured
+/// Checks that `instance` is configured here (in the file) or in the
+/// instance table (disabled ones too: their rows wait). With none of either
 /// (an operator box without tokens) the daemon that reads the row decides,
 /// so this only warns.
-pub fn check_instance(instance: &str, settings: &Settings) -> anyhow::Result<()> {
-    if settings.instances.is_empty() {
+pub async fn check_instance<S: Store>(
+    store: &S,
+    instance: &str,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let table = store
+        .instance_table()
+        .await
+        .context("reading the instance table")?;
+    let mut known: Vec<String> = settings.instances.keys().cloned().collect();
+    known.extend(
+        table
+            .rows
+            .into_iter()
+            .filter(|r| r.removed_at.is_none())
+            .map(|r| r.name),
+    );
+    if known.is_empty() {
         tracing::warn!(
             instance,
             "no instances are configured here: cannot check --instance; \
@@ -37,8 +54,7 @@ pub fn check_instance(instance: &str, settings: &Settings) -> anyhow::Result<()>
         );
         return Ok(());
     }
-    crate::config::check_configured(instance, settings.instances.keys())
-        .map_err(|e| anyhow::anyhow!("--{e}"))
+    crate::config::check_configured(instance, &known).map_err(|e| anyhow::anyhow!("--{e}"))
 }
 
 /// The row's kind and payload from the flags, validated the way the daemon
@@ -137,7 +153,7 @@ pub async fn enqueue<S: Store>(
     settings: &Settings,
 ) -> anyhow::Result<String> {
     let (kind, payload) = kind_and_payload(&a)?;
-    check_instance(&a.instance, settings)?;
+    check_instance(store, &a.instance, settings).await?;
     let done = ops::enqueue(
         store,
         None::<Vec<&String>>,
@@ -480,8 +496,8 @@ pub async fn cancel<S: Store>(store: &S, key: &str) -> anyhow::Result<String> {
 /// records `deleted`.
 pub async fn delete<S: Store>(store: &S, key: &str, settings: &Settings) -> anyhow::Result<String> {
     let row = find(store, key).await?;
-    let instances = crate::app::wawp_instance_map(settings)?;
-    let c = ops::delete(store, &instances, row.clone())
+    let instances = crate::app::wawp_registry(settings, store).await?;
+    let c = ops::delete(store, &instances.snapshot().running, row.clone())
         .await
         .map_err(|e| op_error(e, &row, "delete"))?;
     Ok(format!("{}: {} -> {}\n", row.id, row.state, c.after.state))

@@ -39,6 +39,7 @@ impl Settings {
                         instance_id: &i.instance_id,
                         access_token: i.access_token.as_ref().map(shown_secret),
                         access_token_file: i.access_token_file.as_deref(),
+                        access_token_env: i.access_token_env.as_deref(),
                         supplied_id: i.supplied_id,
                         rate_per_sec: i.rate_per_sec,
                         burst: i.burst,
@@ -102,6 +103,8 @@ struct ShownInstance<'a> {
     access_token: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     access_token_file: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_token_env: Option<&'a str>,
     supplied_id: bool,
     rate_per_sec: u32,
     burst: u32,

@@ -111,6 +111,14 @@ async fn decide<S: Store, P: Provider>(ctx: &Ctx<S, P>, row: &OutboxRow) -> Tran
         t.error = Some(problem);
         return t;
     }
+    // An instance that is held here (disabled, removed, token unreadable)
+    // cannot be asked: the row stays in doubt, looked at again later, not
+    // parked — it is looked up once the instance sends again.
+    if ctx.instances.snapshot().held.contains_key(&row.instance) {
+        t.delay = s.settle_delay;
+        t.error = row.last_error.clone();
+        return t;
+    }
     let (Some(inst), Some(mid), Ok(body)) = (
         ctx.instances.get(&row.instance),
         row.message_id.as_deref(),

@@ -16,11 +16,13 @@ use uuid::Uuid;
 
 use crate::model::{Attempt, OutboxRow, State};
 
+mod instances;
 mod postgres;
 mod sqlite;
 mod sqlite_wake;
 mod timed;
 
+pub use instances::{Added, InstanceRecord, InstanceStore, InstanceTable};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use timed::Timed;
@@ -280,7 +282,7 @@ impl ActivityParams {
 
 /// The outbox's queries. See the module docs for the rules every backend
 /// keeps.
-pub trait Store: Clone + Send + Sync + 'static {
+pub trait Store: InstanceStore + Clone + Send + Sync + 'static {
     /// Applies the embedded migrations.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
     /// Round trip to the database (readiness).

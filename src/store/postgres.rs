@@ -27,6 +27,10 @@ const COLS: &str = "id, instance, kind, payload::text AS payload, dedupe_key, me
 /// The channel the migration's trigger notifies.
 pub const CHANNEL: &str = "status_outbox";
 
+/// The channel migration 0006's trigger notifies when `status_instances`
+/// changes (see `store::instances`); the same listener connection hears it.
+pub const INSTANCES_CHANNEL: &str = "status_instances";
+
 /// How long a released connection may take to answer a ping.
 const RELEASE_PING: Duration = Duration::from_secs(3);
 
@@ -34,6 +38,8 @@ const RELEASE_PING: Duration = Duration::from_secs(3);
 pub struct PgStore {
     pool: PgPool,
     wake: Arc<watch::Sender<u64>>,
+    /// Bumped on `NOTIFY status_instances` (and after a reconnect).
+    instances_wake: Arc<watch::Sender<u64>>,
     listener_started: Arc<Mutex<bool>>,
 }
 
@@ -62,12 +68,20 @@ impl PgStore {
         Ok(PgStore {
             pool,
             wake: Arc::new(watch::Sender::new(0)),
+            instances_wake: Arc::new(watch::Sender::new(0)),
             listener_started: Arc::new(Mutex::new(false)),
         })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Changes when `status_instances` may have changed (see
+    /// `store::instances`).
+    pub(super) fn subscribe_instances(&self) -> watch::Receiver<u64> {
+        self.start_listener();
+        self.instances_wake.subscribe()
     }
 
     async fn fetch_rows(
@@ -196,6 +210,8 @@ impl PgStore {
         *started = true;
         let pool = self.pool.clone();
         let wake = Arc::downgrade(&self.wake);
+        let instances_wake = Arc::downgrade(&self.instances_wake);
+        let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
         tokio::spawn(async move {
             loop {
                 let mut listener = match PgListener::connect_with(&pool).await {
@@ -209,7 +225,7 @@ impl PgStore {
                         continue;
                     }
                 };
-                if let Err(e) = listener.listen(CHANNEL).await {
+                if let Err(e) = listener.listen_all([CHANNEL, INSTANCES_CHANNEL]).await {
                     tracing::warn!(error = %e, "LISTEN failed; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
@@ -218,13 +234,19 @@ impl PgStore {
                     let got = listener.try_recv().await;
                     let Some(tx) = wake.upgrade() else { return };
                     match got {
-                        Ok(Some(_)) => {
-                            tx.send_modify(|n| *n = n.wrapping_add(1));
+                        Ok(Some(n)) if n.channel() == INSTANCES_CHANNEL => {
+                            if let Some(i) = instances_wake.upgrade() {
+                                bump(&i);
+                            }
                         }
+                        Ok(Some(_)) => bump(&tx),
                         Ok(None) => {
                             // Connection lost; the next try_recv reconnects.
                             tracing::warn!("LISTEN connection lost; reconnecting");
-                            tx.send_modify(|n| *n = n.wrapping_add(1));
+                            bump(&tx);
+                            if let Some(i) = instances_wake.upgrade() {
+                                bump(&i);
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "LISTEN connection failed; reconnecting");
