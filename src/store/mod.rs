@@ -18,7 +18,6 @@ use crate::model::{Attempt, OutboxRow, State};
 
 mod postgres;
 mod sqlite;
-mod sqlite_wake;
 mod timed;
 
 pub use postgres::PgStore;

@@ -12,13 +12,15 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
-use super::sqlite_wake::Wake;
+mod wake;
+
 use super::{
     not_allowed, parse_uuid, ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion,
     EnqueueParams, Enqueued, InstancePause, ListParams, Result, Schedule, Store, StoreError,
     SummaryRow, Transition, Unreadable,
 };
 use crate::model::{Attempt, OutboxRow, State};
+use wake::Wake;
 
 /// The database clock in milliseconds (works on every SQLite an upstream app
 /// may use, unlike `unixepoch('subsec')`).
@@ -33,7 +35,7 @@ const COLS: &str = "id, CAST(id AS BLOB) AS raw_id, instance, kind, CAST(payload
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// Signalled on commits by any process (see `sqlite_wake`).
+    /// Signalled on commits by any process (see `wake`).
     wake: std::sync::Arc<Wake>,
     /// Statements sent through `pool` (the idle-cost figure).
     statements: std::sync::Arc<std::sync::atomic::AtomicU64>,
