@@ -64,6 +64,13 @@ pub fn not_allowed(row: &OutboxRow, action: &'static str) -> StoreError {
     }
 }
 
+/// `IN ('queued', …)`: a state set of [`State`]'s as SQL, so that both
+/// backends' statements name the same states.
+pub(crate) fn in_list(states: &[State]) -> String {
+    let names: Vec<String> = states.iter().map(|s| format!("'{}'", s.as_str())).collect();
+    format!("IN ({})", names.join(", "))
+}
+
 /// One column of a row of either backend, or a message naming it.
 pub(crate) fn col<'r, R, T>(r: &'r R, c: &str) -> std::result::Result<T, String>
 where
@@ -247,6 +254,9 @@ pub(crate) struct Dialect {
     pub id_text: &'static str,
     /// The columns an outbox row is read from.
     pub cols: &'static str,
+    /// What turns a number of milliseconds into a span of [`Dialect::now`]
+    /// (nothing where times are milliseconds).
+    pub millis: &'static str,
 }
 
 impl Dialect {
@@ -254,11 +264,25 @@ impl Dialect {
         format!("{}{n}", self.param)
     }
 
+    /// Deletes terminal rows not updated for a while; parameters: that
+    /// while in milliseconds, the most rows to delete.
+    pub(crate) fn purge_sql(&self) -> String {
+        let (now, ms, terminal) = (self.now, self.millis, in_list(&State::TERMINAL));
+        let (p1, p2) = (self.p(1), self.p(2));
+        format!(
+            "DELETE FROM status_outbox WHERE id IN (
+                SELECT id FROM status_outbox
+                WHERE state {terminal} AND updated_at < {now} - {p1}{ms}
+                LIMIT {p2})"
+        )
+    }
+
     /// Sets an unreadable row aside by [`QUARANTINE_NOTE`]'s rule;
     /// parameters: the id as text, the reason, the claim's lease owner.
     pub(crate) fn quarantine_sql(&self) -> String {
         let (now, id) = (self.now, self.id_text);
         let (p1, p2, p3) = (self.p(1), self.p(2), self.p(3));
+        let idle = in_list(&State::IDLE);
         format!(
             "UPDATE status_outbox SET
                 state = CASE WHEN state = 'in_doubt' THEN state ELSE 'invalid' END,
@@ -266,7 +290,7 @@ impl Dialect {
                 lease_owner = NULL, lease_expires_at = NULL,
                 last_error = {p2}, updated_at = {now}
              WHERE {id} = {p1}
-               AND (state IN ('queued', 'pending_upload', 'in_doubt')
+               AND (state {idle}
                     OR (state = 'uploading' AND lease_owner = {p3}))"
         )
     }
@@ -312,6 +336,7 @@ impl OperatorAction {
     /// The update; parameter 1 is the row's id, and it returns the row.
     pub(crate) fn sql(self, d: &Dialect) -> String {
         let (now, due, cols, p1) = (d.now, d.due_now, d.cols, d.p(1));
+        let (retryable, idle) = (in_list(&State::RETRYABLE), in_list(&State::IDLE));
         let (set, allowed) = match self {
             OperatorAction::Retry => (
                 format!(
@@ -323,8 +348,7 @@ impl OperatorAction {
                     attempts = CASE WHEN state = 'in_doubt' THEN attempts ELSE 0 END,
                     next_attempt_at = {due}, last_error = NULL"
                 ),
-                "(state IN ('failed', 'invalid', 'cancelled')
-                  OR (state = 'in_doubt' AND parked_at IS NOT NULL))",
+                format!("(state {retryable} OR (state = 'in_doubt' AND parked_at IS NOT NULL))"),
             ),
             OperatorAction::ForceResend => (
                 format!(
@@ -332,15 +356,15 @@ impl OperatorAction {
                     reconcile_attempts = 0, next_attempt_at = {due},
                     last_error = 'operator forced a re-send'"
                 ),
-                "state = 'in_doubt'",
+                "state = 'in_doubt'".to_string(),
             ),
             OperatorAction::Cancel => (
                 "state = 'cancelled', parked_at = NULL,
                     last_error = 'cancelled by an operator'"
                     .to_string(),
-                "state IN ('queued', 'pending_upload', 'in_doubt')",
+                format!("state {idle}"),
             ),
-            OperatorAction::Delete => ("state = 'deleted'".to_string(), "state = 'posted'"),
+            OperatorAction::Delete => ("state = 'deleted'".to_string(), "state = 'posted'".into()),
         };
         format!(
             "UPDATE status_outbox SET {set}, updated_at = {now}

@@ -34,6 +34,7 @@ const DIALECT: Dialect = Dialect {
     param: "$",
     id_text: "id::text",
     cols: COLS,
+    millis: " * interval '1 millisecond'",
 };
 
 /// How long a released connection may take to answer a ping.
@@ -467,18 +468,12 @@ impl Store for PgStore {
     }
 
     async fn purge_terminal(&self, older_than: Duration, limit: i64) -> Result<u64> {
-        Ok(sqlx::query(
-            "DELETE FROM status_outbox WHERE id IN (
-                SELECT id FROM status_outbox
-                WHERE state IN ('posted', 'failed', 'invalid', 'cancelled', 'deleted')
-                  AND updated_at < now() - $1 * interval '1 millisecond'
-                LIMIT $2)",
-        )
-        .bind(older_than.as_millis() as i64)
-        .bind(limit)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        Ok(sqlx::query(&DIALECT.purge_sql())
+            .bind(older_than.as_millis() as i64)
+            .bind(limit)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     async fn add_schedule(&self, s: &Schedule) -> Result<()> {

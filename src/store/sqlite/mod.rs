@@ -40,6 +40,7 @@ const DIALECT: Dialect = Dialect {
     param: "?",
     id_text: "id",
     cols: COLS,
+    millis: "",
 };
 
 #[derive(Clone, Debug)]
@@ -527,14 +528,7 @@ impl Store for SqliteStore {
     }
 
     async fn purge_terminal(&self, older_than: Duration, limit: i64) -> Result<u64> {
-        let sql = format!(
-            "DELETE FROM status_outbox WHERE id IN (
-                SELECT id FROM status_outbox
-                WHERE state IN ('posted', 'failed', 'invalid', 'cancelled', 'deleted')
-                  AND updated_at < {NOW} - ?1
-                LIMIT ?2)"
-        );
-        Ok(sqlx::query(&sql)
+        Ok(sqlx::query(&DIALECT.purge_sql())
             .bind(older_than.as_millis() as i64)
             .bind(limit)
             .execute(self.db())
