@@ -35,7 +35,8 @@ impl PgStore {
         let pool = self.pool.clone();
         let wake = Arc::downgrade(&self.wake);
         let instances_wake = Arc::downgrade(&self.instances_wake);
-        let bump = |tx: &tokio::sync::watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
+        let bump =
+            |tx: &tokio::sync::watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
         tokio::spawn(async move {
             loop {
                 let mut listener = match PgListener::connect_with(&pool).await {

@@ -37,7 +37,6 @@ const DIALECT: Dialect = Dialect {
     millis: " * interval '1 millisecond'",
 };
 
-
 /// How long a released connection may take to answer a ping.
 const RELEASE_PING: Duration = Duration::from_secs(3);
 
