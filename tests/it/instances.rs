@@ -396,3 +396,158 @@ async fn tokens_are_named_never_stored_sqlite() {
 async fn tokens_are_named_never_stored_postgres() {
     tokens_are_named_never_stored(TestDb::postgres().await).await;
 }
+
+const ADMIN_TOKEN: &str = "admin-SECRET-instances";
+
+/// The admin API's instance calls: the same checks and answers as the CLI,
+/// behind the admin token.
+async fn admin_api_manages_instances<S: statusd::store::Store>(store: S, db: &TestDb) {
+    let app = crate::support::spawn_app(
+        store,
+        &db.url,
+        SimConfig::default(),
+        &[("main", true)],
+        ADMIN_TOKEN,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("shop.token");
+    std::fs::write(&token_file, format!("{SHOP_TOKEN}\n")).unwrap();
+    let url = |p: &str| format!("{}/v1/instances{p}", app.base);
+    let send = async |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut r = app.http.request(method, url(path)).bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.expect("admin API");
+        let code = r.status().as_u16();
+        (code, r.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    use reqwest::Method;
+    let shop = |settings: Value| serde_json::json!({"name": "shop", "settings": settings});
+
+    let r = app
+        .http
+        .post(url(""))
+        .json(&shop(serde_json::json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the instance API needs the admin token");
+
+    let (code, body) = send(
+        Method::POST,
+        "",
+        Some(shop(
+            serde_json::json!({"instance_id": "s", "access_token": SHOP_TOKEN}),
+        )),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("never stored"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(SHOP_TOKEN), "{body}");
+
+    let (code, body) = send(Method::POST, "", Some(shop(serde_json::json!({"instance_id": "s", "access_token_env": "STATUSD_TEST_NOT_SET_EITHER"})))).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("STATUSD_TEST_NOT_SET_EITHER is not set"),
+        "{body}"
+    );
+
+    let main = serde_json::json!({"name": "main", "settings": {"instance_id": "m", "access_token_file": token_file}});
+    let (code, body) = send(Method::POST, "", Some(main)).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("configuration file"),
+        "{body}"
+    );
+
+    let good = shop(
+        serde_json::json!({"instance_id": "shop-1", "access_token_file": token_file, "base_url": app.sim.base_url()}),
+    );
+    let (code, body) = send(Method::POST, "", Some(good.clone())).await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = send(Method::POST, "", Some(good.clone())).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("already exists"),
+        "{body}"
+    );
+
+    let view = async || {
+        let (code, all) = send(Method::GET, "", None).await;
+        assert_eq!(code, 200);
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["instance"] == "shop")
+            .cloned()
+            .unwrap()
+    };
+    let v = view().await;
+    assert_eq!(
+        (v["source"].as_str(), v["state"].as_str()),
+        (Some("table"), Some("active")),
+        "{v}"
+    );
+
+    let (code, body) = send(
+        Method::PATCH,
+        "/shop",
+        Some(serde_json::json!({"settings": {"rate_per_sec": 7}, "enabled": false})),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let v = view().await;
+    assert_eq!(v["state"], "disabled", "{v}");
+    assert_eq!(v["settings"]["rate_per_sec"], 7, "{v}");
+    let (code, _) = send(
+        Method::PATCH,
+        "/shop",
+        Some(serde_json::json!({"settings": {"access_token": "x"}})),
+    )
+    .await;
+    assert_eq!(code, 400);
+    let (code, _) = send(Method::POST, "/shop/enable", None).await;
+    assert_eq!(code, 200);
+    assert_eq!(view().await["state"], "active");
+
+    let (code, body) = send(Method::DELETE, "/shop", None).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["waiting"], 0, "{body}");
+    assert_eq!(view().await["state"], "removed");
+    let (code, _) = send(Method::DELETE, "/shop", None).await;
+    assert_eq!(code, 404);
+    let (code, _) = send(
+        Method::PATCH,
+        "/nope",
+        Some(serde_json::json!({"enabled": true})),
+    )
+    .await;
+    assert_eq!(code, 404);
+    // Added back: 200, not 201.
+    let (code, _) = send(Method::POST, "", Some(good)).await;
+    assert_eq!(code, 200);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_manages_instances_sqlite() {
+    let db = TestDb::sqlite().await;
+    admin_api_manages_instances(db.sqlite_store().await, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_manages_instances_postgres() {
+    let db = TestDb::postgres().await;
+    admin_api_manages_instances(db.pg_store().await, &db).await;
+}
