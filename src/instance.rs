@@ -77,6 +77,8 @@ impl<P> Snapshot<P> {
 /// clone; a reload swaps the whole [`Snapshot`].
 pub struct Registry<P> {
     current: RwLock<Arc<Snapshot<P>>>,
+    /// Set when held instances must be reported again (see `forget_held`).
+    report_all: std::sync::atomic::AtomicBool,
 }
 
 /// What a reload changed, for the caller to record and act on.
@@ -111,6 +113,7 @@ impl<P: Provider> Registry<P> {
                 read_at: None,
                 fingerprints: HashMap::new(),
             })),
+            report_all: Default::default(),
         }
     }
 
@@ -131,6 +134,13 @@ impl<P: Provider> Registry<P> {
                 fingerprints: s.fingerprints.clone(),
             });
         }
+    }
+
+    /// Makes the next [`Registry::apply`] report every held instance
+    /// again (after recording them in the store failed).
+    pub fn forget_held(&self) {
+        self.report_all
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot<P>> {
@@ -228,6 +238,9 @@ impl<P: Provider> Registry<P> {
     /// that is new or whose settings or token changed. Returns what changed.
     pub fn apply(&self, table: &InstanceTable, make: &MakeProvider<P>) -> RegistryChanges {
         let old = self.snapshot();
+        let report_all = self
+            .report_all
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
         let file: BTreeSet<&String> = old
             .running
             .keys()
@@ -270,7 +283,7 @@ impl<P: Provider> Registry<P> {
                     changes.started.push(rec.name.clone());
                 }
                 Built::Held(reason) => {
-                    if old.held.get(&rec.name) != Some(&reason) {
+                    if report_all || old.held.get(&rec.name) != Some(&reason) {
                         tracing::warn!(instance = %rec.name, reason = %reason, "instance from the table does not send; its rows wait");
                         changes.held.push((rec.name.clone(), reason.clone()));
                     }
@@ -381,7 +394,9 @@ pub async fn keep_in_step<S: Store, P: Provider>(
             }
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures % 20 == 0 {
+                // A pause that was not recorded is reported again next time.
+                registry.forget_held();
+                if failures == 1 || failures.is_multiple_of(20) {
                     tracing::warn!(error = %e, "reading the instances table failed; keeping the current instances");
                 }
             }

@@ -21,9 +21,12 @@
 //! - [`sim`]: the provider simulator with fault injection (tests, demo,
 //!   bench); it imports the wire vocabulary, never the client.
 //! - [`instance`]: a configured instance as a process holds it: client,
-//!   rate limiter, pause.
+//!   rate limiter, pause; and the registry of every instance the process
+//!   knows (the file's, and the `status_instances` table's, kept in step
+//!   at runtime).
 //! - [`ops`]: the operator actions both the CLI and the admin API offer
-//!   (find, validated enqueue, retry / force-resend, cancel, delete).
+//!   (find, validated enqueue, retry / force-resend, cancel, delete; the
+//!   instance commands in `ops::instances`).
 //! - [`daemon`]: the pipeline services, enqueue → id → claim → send →
 //!   outcome → reconcile: id assigner, dispatcher, reconciler, lease
 //!   rescuer, scheduler, each with its own config; wake-up, shutdown.
