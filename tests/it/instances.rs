@@ -551,3 +551,88 @@ async fn admin_api_manages_instances_postgres() {
     let db = TestDb::postgres().await;
     admin_api_manages_instances(db.pg_store().await, &db).await;
 }
+
+/// Per-instance metrics for a runtime instance: its series exist once the
+/// daemon knows it, its pause follows `disable`, and a name taken from a
+/// row never becomes a label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_instances_get_bounded_per_instance_metrics() {
+    let db = TestDb::sqlite().await;
+    let sim = start_sim(SimConfig::default()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = dir.path().join("config");
+    std::fs::create_dir(&cfg).unwrap();
+    write_daemon_config(&cfg, &db.url, &sim.base_url());
+    ok(&cfg, &["migrate"], &[]).await;
+    let base = sim.base_url();
+    ok(
+        &cfg,
+        &[
+            "instance",
+            "add",
+            "shop",
+            "--base-url",
+            &base,
+            "--instance-id",
+            "shop-1",
+            "--token-env",
+            SHOP_VAR,
+        ],
+        &[(SHOP_VAR, SHOP_TOKEN)],
+    )
+    .await;
+    exec_raw(
+        &db,
+        "INSERT INTO status_outbox (instance, kind, payload) VALUES ('bogus-name', 'text', '{\"text\": \"x\"}')",
+    )
+    .await
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let log = dir.path().join("daemon.log");
+    let mut daemon = spawn_run(
+        &cfg,
+        &log,
+        "info",
+        &[
+            (SHOP_VAR, SHOP_TOKEN),
+            ("STATUSD__ADMIN__ENABLED", "true"),
+            ("STATUSD__ADMIN__BIND", &bind),
+        ],
+    );
+    let page = async || match reqwest::get(format!("http://{bind}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    wait_for("shop's gauges", 20, async || {
+        page()
+            .await
+            .contains("statusd_instance_due_rows{wa_instance=\"shop\"}")
+    })
+    .await;
+    let text = page().await;
+    for family in [
+        "statusd_instance_in_flight_rows{wa_instance=\"shop\"}",
+        "statusd_instance_posted_last_minute{wa_instance=\"shop\"}",
+        "statusd_instance_paused{wa_instance=\"shop\"} 0",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    assert!(
+        !text.contains("bogus-name"),
+        "a row's instance became a label"
+    );
+    ok(&cfg, &["instance", "disable", "shop"], &[]).await;
+    wait_for("shop paused in the metrics", 20, async || {
+        page()
+            .await
+            .contains("statusd_instance_paused{wa_instance=\"shop\"} 1")
+    })
+    .await;
+    let _ = daemon.start_kill();
+    let _ = daemon.wait().await;
+}
