@@ -55,6 +55,9 @@ pub struct Snapshot<P> {
     pub held: BTreeMap<String, String>,
     /// Table rows hidden by a file instance of the same name.
     pub shadowed: BTreeSet<String>,
+    /// Held because an operator removed them (`statusd instance rm`): their
+    /// rows wait, but nothing new is enqueued for them through statusd.
+    pub removed: BTreeSet<String>,
     /// Names that come from the table (running or held).
     pub from_table: BTreeSet<String>,
     /// Database time of the table read this view reflects; None when the
@@ -109,6 +112,7 @@ impl<P: Provider> Registry<P> {
                     .collect(),
                 held: BTreeMap::new(),
                 shadowed: BTreeSet::new(),
+                removed: BTreeSet::new(),
                 from_table: BTreeSet::new(),
                 read_at: None,
                 fingerprints: HashMap::new(),
@@ -129,6 +133,7 @@ impl<P: Provider> Registry<P> {
                 running: s.running.clone(),
                 held: s.held.clone(),
                 shadowed: s.shadowed.clone(),
+                removed: s.removed.clone(),
                 from_table: s.from_table.clone(),
                 read_at: Some(DateTime::<Utc>::UNIX_EPOCH),
                 fingerprints: s.fingerprints.clone(),
@@ -207,6 +212,21 @@ impl<P: Provider> Registry<P> {
         v
     }
 
+    /// The names statusd accepts new rows for (`POST /v1/statuses`): known
+    /// and not removed; disabled ones included (their rows wait).
+    pub fn enqueue_names(&self) -> Vec<String> {
+        let s = self.snapshot();
+        let mut v: Vec<String> = s
+            .running
+            .keys()
+            .chain(s.held.keys())
+            .filter(|n| !s.removed.contains(*n))
+            .cloned()
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// `name` as a metric label: itself if known, else `unknown`.
     pub fn label(&self, name: &str) -> String {
         if self.is_known(name) {
@@ -254,6 +274,7 @@ impl<P: Provider> Registry<P> {
             .collect();
         let mut held = BTreeMap::new();
         let mut shadowed = BTreeSet::new();
+        let mut removed = BTreeSet::new();
         let mut from_table = BTreeSet::new();
         let mut fingerprints = HashMap::new();
         let mut changes = RegistryChanges::default();
@@ -266,6 +287,9 @@ impl<P: Provider> Registry<P> {
                 continue;
             }
             from_table.insert(rec.name.clone());
+            if rec.removed_at.is_some() {
+                removed.insert(rec.name.clone());
+            }
             match build(
                 rec,
                 old.running.get(&rec.name),
@@ -300,6 +324,7 @@ impl<P: Provider> Registry<P> {
             running,
             held,
             shadowed,
+            removed,
             from_table,
             read_at: Some(table.read_at),
             fingerprints,

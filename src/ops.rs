@@ -143,7 +143,7 @@ impl<S: Store, P: Provider> Operator<S, P> {
     }
 
     pub async fn enqueue(&self, p: EnqueueParams) -> Result<Enqueued, OpError> {
-        let done = enqueue(&self.store, Some(&self.instances.known_names()), p).await?;
+        let done = enqueue(&self.store, Some(&self.instances.enqueue_names()), p).await?;
         self.work.notify_waiters();
         Ok(done)
     }

@@ -424,6 +424,19 @@ async fn admin_api_manages_instances<S: statusd::store::Store>(store: S, db: &Te
         (code, r.json::<Value>().await.unwrap_or(Value::Null))
     };
     use reqwest::Method;
+    let enqueue_shop = async || {
+        app.http
+            .post(format!("{}/v1/statuses", app.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(
+                &serde_json::json!({"instance": "shop", "kind": "text", "payload": {"text": "hi"}}),
+            )
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
     let shop = |settings: Value| serde_json::json!({"name": "shop", "settings": settings});
 
     let r = app
@@ -527,6 +540,14 @@ async fn admin_api_manages_instances<S: statusd::store::Store>(store: S, db: &Te
     assert_eq!(view().await["state"], "removed");
     let (code, _) = send(Method::DELETE, "/shop", None).await;
     assert_eq!(code, 404);
+    // Nothing new is enqueued through statusd for a removed instance (the
+    // admin server's registry, reloaded as a daemon's would be).
+    let registry = app.daemon.as_ref().unwrap().ctx().instances.clone();
+    let make = statusd::app::wawp_maker(&Default::default());
+    statusd::instance::refresh(&app.store, &registry, &make)
+        .await
+        .unwrap();
+    assert_eq!(enqueue_shop().await, 400, "enqueue for a removed instance");
     let (code, _) = send(
         Method::PATCH,
         "/nope",
@@ -534,9 +555,17 @@ async fn admin_api_manages_instances<S: statusd::store::Store>(store: S, db: &Te
     )
     .await;
     assert_eq!(code, 404);
-    // Added back: 200, not 201.
+    // Added back: 200, not 201; enqueueing works again.
     let (code, _) = send(Method::POST, "", Some(good)).await;
     assert_eq!(code, 200);
+    statusd::instance::refresh(&app.store, &registry, &make)
+        .await
+        .unwrap();
+    assert_eq!(
+        enqueue_shop().await,
+        201,
+        "enqueue for an instance added back"
+    );
     app.stop().await;
 }
 
