@@ -1,7 +1,8 @@
 //! The outbox store: one trait with one method per query, each taking a
 //! `…Params` struct where it needs more than an id, and one implementation
 //! per backend ([`SqliteStore`], [`PgStore`]), each owning its SQL and its
-//! migrations. The backend is picked once from the URL scheme ([`Backend`]).
+//! migrations. The backend is picked once from the URL scheme ([`Backend`])
+//! by [`connect`], the one place a store is opened from settings.
 //!
 //! Every state transition is one atomic statement (or one transaction), and
 //! every completion is fenced by state and attempt number so a stale worker
@@ -16,11 +17,13 @@ use uuid::Uuid;
 
 use crate::model::{Attempt, OutboxRow, State};
 
+mod connect;
 mod postgres;
 mod row;
 mod sqlite;
 mod timed;
 
+pub use connect::{connect, Connected, Patience, Scrubbed};
 pub use postgres::PgStore;
 pub use row::{not_allowed, OperatorAction};
 pub(crate) use row::{parse_uuid, split_rows, Unreadable, QUARANTINE_NOTE};
@@ -43,6 +46,18 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Opening the database failed: the URL with its passwords redacted,
+    /// and the driver's message scrubbed of them.
+    #[error("{what} {url}")]
+    Connect {
+        what: &'static str,
+        url: String,
+        #[source]
+        cause: Scrubbed,
+    },
+    /// The database has none of statusd's tables yet.
+    #[error("the database has no statusd tables: run `statusd migrate` first")]
+    NotMigrated,
     #[error("database call `{call}` got no answer within {after:?}")]
     Timeout {
         call: &'static str,
