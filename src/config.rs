@@ -250,15 +250,42 @@ fn d_burst() -> u32 {
 
 impl InstanceConfig {
     /// The token, read from the file when configured that way.
-    pub fn token(&self) -> Result<SecretString, String> {
+    pub fn token(&self) -> Result<SecretString, SecretError> {
         if let Some(t) = &self.access_token {
             return Ok(t.clone());
         }
         match &self.access_token_file {
-            Some(p) => read_secret_file(p).map_err(|e| format!("access_token_file {e}")),
-            None => Err("access_token (or access_token_file) is required".into()),
+            Some(p) => read_secret_file(p).map_err(|e| SecretError::TokenFile(Box::new(e))),
+            None => Err(SecretError::NoToken),
         }
     }
+}
+
+/// Why a secret could not be had. Names the file and the I/O failure, never
+/// the content.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is empty", .0.display())]
+    Empty(PathBuf),
+    #[error("access_token (or access_token_file) is required")]
+    NoToken,
+    /// `access_token_file` could not be read (the message names the key).
+    #[error("access_token_file {0}")]
+    TokenFile(Box<SecretError>),
+}
+
+/// An instance that is not configured here, with the ones that are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("instance: `{instance}` is not a configured instance (configured: {})", configured.join(", "))]
+pub struct NotConfigured {
+    pub instance: String,
+    /// Sorted.
+    pub configured: Vec<String>,
 }
 
 /// A problem in the configuration, with the key at fault.
@@ -405,12 +432,14 @@ impl Default for RawAdmin {
 
 /// Reads a secret from a file, trimmed (files end with a newline). Errors
 /// name the path and the I/O failure, never the content.
-fn read_secret_file(path: &Path) -> Result<SecretString, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+fn read_secret_file(path: &Path) -> Result<SecretString, SecretError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SecretError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let secret = text.trim();
     if secret.is_empty() {
-        return Err(format!("{} is empty", path.display()));
+        return Err(SecretError::Empty(path.to_path_buf()));
     }
     Ok(SecretString::from(secret.to_string()))
 }
@@ -567,7 +596,7 @@ impl Settings {
                 p(&key("instance_id"), "is required and must not be empty");
             }
             match inst.token() {
-                Err(e) => p(&key("access_token"), &e),
+                Err(e) => p(&key("access_token"), &e.to_string()),
                 Ok(t) if t.expose_secret().trim().is_empty() => {
                     p(&key("access_token"), "must not be empty or blank")
                 }
@@ -605,16 +634,16 @@ fn check_base_url(base: &str) -> Result<(), &'static str> {
 pub fn check_configured<'a>(
     instance: &str,
     configured: impl IntoIterator<Item = &'a String>,
-) -> Result<(), String> {
-    let mut known: Vec<&str> = configured.into_iter().map(String::as_str).collect();
-    if known.contains(&instance) {
+) -> Result<(), NotConfigured> {
+    let mut known: Vec<String> = configured.into_iter().cloned().collect();
+    if known.iter().any(|k| k == instance) {
         return Ok(());
     }
     known.sort_unstable();
-    Err(format!(
-        "instance: `{instance}` is not a configured instance (configured: {})",
-        known.join(", ")
-    ))
+    Err(NotConfigured {
+        instance: instance.to_string(),
+        configured: known,
+    })
 }
 
 /// Validation of cron expressions without starting a scheduler.

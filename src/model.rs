@@ -108,6 +108,71 @@ impl FromStr for State {
     }
 }
 
+/// How one send attempt ended, as its history line stores it
+/// (`status_attempts.outcome`; the stored text is [`AttemptOutcome::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Posted,
+    /// Failed in a way worth retrying; the attempt counts.
+    Retryable,
+    /// Refused with Retry-After: retried then, the attempt given back.
+    RateLimited,
+    /// Maybe posted: the reconciler looks it up.
+    InDoubt,
+    /// Refused as invalid by the provider.
+    Permanent,
+    /// The instance is unusable (401/403, session down): the attempt given back.
+    InstanceDown,
+    /// Claimed but given back unsent (its lease was too old to send on).
+    Released,
+    /// Claimed straight from `queued` and found invalid before any send.
+    Invalid,
+}
+
+impl AttemptOutcome {
+    pub const ALL: [AttemptOutcome; 8] = [
+        AttemptOutcome::Posted,
+        AttemptOutcome::Retryable,
+        AttemptOutcome::RateLimited,
+        AttemptOutcome::InDoubt,
+        AttemptOutcome::Permanent,
+        AttemptOutcome::InstanceDown,
+        AttemptOutcome::Released,
+        AttemptOutcome::Invalid,
+    ];
+
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Posted => "posted",
+            AttemptOutcome::Retryable => "retryable",
+            AttemptOutcome::RateLimited => "rate_limited",
+            AttemptOutcome::InDoubt => "in_doubt",
+            AttemptOutcome::Permanent => "permanent",
+            AttemptOutcome::InstanceDown => "instance_down",
+            AttemptOutcome::Released => "released",
+            AttemptOutcome::Invalid => "invalid",
+        }
+    }
+}
+
+impl fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AttemptOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AttemptOutcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("unknown attempt outcome `{s}`"))
+    }
+}
+
 /// The four kinds of status the provider accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
