@@ -21,11 +21,14 @@ use serde::{Deserialize, Serialize};
 
 mod load;
 mod redact;
+mod secret;
 mod show;
 
 use load::{deserialize_collecting, instance_name_problems, read_layers, resolve};
 
 pub use redact::{redact_url, redact_url_secrets_in};
+use secret::read_secret_file;
+pub use secret::SecretError;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -248,37 +251,6 @@ fn d_burst() -> u32 {
     20
 }
 
-impl InstanceConfig {
-    /// The token, read from the file when configured that way.
-    pub fn token(&self) -> Result<SecretString, SecretError> {
-        if let Some(t) = &self.access_token {
-            return Ok(t.clone());
-        }
-        match &self.access_token_file {
-            Some(p) => read_secret_file(p).map_err(|e| SecretError::TokenFile(Box::new(e))),
-            None => Err(SecretError::NoToken),
-        }
-    }
-}
-
-/// Why a secret could not be had. Names the file and the I/O failure, never
-/// the content.
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    #[error("cannot read {}: {source}", path.display())]
-    Unreadable {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{} is empty", .0.display())]
-    Empty(PathBuf),
-    #[error("access_token (or access_token_file) is required")]
-    NoToken,
-    /// `access_token_file` could not be read (the message names the key).
-    #[error("access_token_file {0}")]
-    TokenFile(Box<SecretError>),
-}
-
 /// An instance that is not configured here, with the ones that are.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("instance: `{instance}` is not a configured instance (configured: {})", configured.join(", "))]
@@ -428,20 +400,6 @@ impl Default for RawAdmin {
             token_file: None,
         }
     }
-}
-
-/// Reads a secret from a file, trimmed (files end with a newline). Errors
-/// name the path and the I/O failure, never the content.
-fn read_secret_file(path: &Path) -> Result<SecretString, SecretError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SecretError::Unreadable {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let secret = text.trim();
-    if secret.is_empty() {
-        return Err(SecretError::Empty(path.to_path_buf()));
-    }
-    Ok(SecretString::from(secret.to_string()))
 }
 
 impl Settings {
