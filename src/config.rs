@@ -21,11 +21,14 @@ use serde::{Deserialize, Serialize};
 
 mod load;
 mod redact;
+mod secret;
 mod show;
 
 use load::{deserialize_collecting, instance_name_problems, read_layers, resolve};
 
 pub use redact::{redact_url, redact_url_secrets_in};
+use secret::read_secret_file;
+pub use secret::SecretError;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -272,22 +275,6 @@ fn d_burst() -> u32 {
 }
 
 impl InstanceConfig {
-    /// The token: given by value, or read from the file or the environment
-    /// variable named, when configured that way. Errors name the file or the
-    /// variable, never a value.
-    pub fn token(&self) -> Result<SecretString, String> {
-        if let Some(t) = &self.access_token {
-            return Ok(t.clone());
-        }
-        match (&self.access_token_file, &self.access_token_env) {
-            (Some(p), _) => read_secret_file(p).map_err(|e| format!("access_token_file {e}")),
-            (None, Some(var)) => read_secret_env(var),
-            (None, None) => {
-                Err("access_token (or access_token_file, or access_token_env) is required".into())
-            }
-        }
-    }
-
     /// An instance added at runtime, from its `status_instances.settings`
     /// (the keys of an `[instances.NAME]` table, defaults for the rest). An
     /// access token by value is refused: the table names it, never holds it.
@@ -334,7 +321,7 @@ impl InstanceConfig {
             p("instance_id", "is required and must not be empty");
         }
         match self.token() {
-            Err(e) => p("access_token", &e),
+            Err(e) => p("access_token", &e.to_string()),
             Ok(t) if t.expose_secret().trim().is_empty() => {
                 p("access_token", "must not be empty or blank")
             }
@@ -359,28 +346,13 @@ pub fn is_env_var_name(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Reads a secret from the environment variable `var`, trimmed. Errors name
-/// the variable (if it looks like one), never the value.
-fn read_secret_env(var: &str) -> Result<SecretString, String> {
-    if !is_env_var_name(var) {
-        return Err(
-            "access_token_env must name an environment variable (letters, digits and _), \
-             not hold the token itself"
-                .into(),
-        );
-    }
-    match std::env::var(var) {
-        Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
-        Ok(_) => Err(format!(
-            "access_token_env: the environment variable {var} is empty"
-        )),
-        Err(std::env::VarError::NotPresent) => Err(format!(
-            "access_token_env: the environment variable {var} is not set"
-        )),
-        Err(std::env::VarError::NotUnicode(_)) => Err(format!(
-            "access_token_env: the environment variable {var} is not valid UTF-8"
-        )),
-    }
+/// An instance that is not configured here, with the ones that are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("instance: `{instance}` is not a configured instance (configured: {})", configured.join(", "))]
+pub struct NotConfigured {
+    pub instance: String,
+    /// Sorted.
+    pub configured: Vec<String>,
 }
 
 /// A problem in the configuration, with the key at fault.
@@ -523,18 +495,6 @@ impl Default for RawAdmin {
             token_file: None,
         }
     }
-}
-
-/// Reads a secret from a file, trimmed (files end with a newline). Errors
-/// name the path and the I/O failure, never the content.
-fn read_secret_file(path: &Path) -> Result<SecretString, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let secret = text.trim();
-    if secret.is_empty() {
-        return Err(format!("{} is empty", path.display()));
-    }
-    Ok(SecretString::from(secret.to_string()))
 }
 
 impl Settings {
@@ -710,16 +670,16 @@ pub(crate) fn check_base_url(base: &str) -> Result<(), &'static str> {
 pub fn check_configured<'a>(
     instance: &str,
     configured: impl IntoIterator<Item = &'a String>,
-) -> Result<(), String> {
-    let mut known: Vec<&str> = configured.into_iter().map(String::as_str).collect();
-    if known.contains(&instance) {
+) -> Result<(), NotConfigured> {
+    let mut known: Vec<String> = configured.into_iter().cloned().collect();
+    if known.iter().any(|k| k == instance) {
         return Ok(());
     }
     known.sort_unstable();
-    Err(format!(
-        "instance: `{instance}` is not a configured instance (configured: {})",
-        known.join(", ")
-    ))
+    Err(NotConfigured {
+        instance: instance.to_string(),
+        configured: known,
+    })
 }
 
 /// Validation of cron expressions without starting a scheduler.

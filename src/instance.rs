@@ -250,7 +250,9 @@ impl<P: Provider> Registry<P> {
         }
         let mut known: Vec<&String> = s.running.keys().chain(s.held.keys()).collect();
         known.sort_unstable();
-        crate::config::check_configured(instance, known).err()
+        crate::config::check_configured(instance, known)
+            .err()
+            .map(|e| e.to_string())
     }
 
     /// Replaces the table's part of the view with `table` (the file's

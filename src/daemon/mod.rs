@@ -176,7 +176,7 @@ impl<S: Store, P: Provider> Daemon<S, P> {
                 Err(e) => {
                     tracing::error!(error = %e, "a daemon service panicked; stopping");
                     shutdown.cancel();
-                    result = Err(anyhow::anyhow!("a daemon service panicked: {e}"));
+                    result = Err(anyhow::Error::new(e).context("a daemon service panicked"));
                 }
             }
         }
