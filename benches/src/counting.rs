@@ -158,3 +158,50 @@ impl<S: Store> Store for Counting<S> {
         self.inner.notifies()
     }
 }
+
+/// The runtime instance registry's queries, one statement each.
+impl<S: Store> statusd::store::InstanceStore for Counting<S> {
+    async fn instance_table(&self) -> Result<statusd::store::InstanceTable> {
+        self.add(1);
+        self.inner.instance_table().await
+    }
+    async fn add_instance(
+        &self,
+        name: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        enabled: bool,
+    ) -> Result<statusd::store::Added> {
+        self.add(1);
+        self.inner.add_instance(name, settings, enabled).await
+    }
+    async fn update_instance(
+        &self,
+        name: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        seen_updated_at: DateTime<Utc>,
+    ) -> Result<bool> {
+        self.add(1);
+        self.inner
+            .update_instance(name, settings, seen_updated_at)
+            .await
+    }
+    async fn set_instance_enabled(&self, name: &str, enabled: bool) -> Result<bool> {
+        self.add(1);
+        self.inner.set_instance_enabled(name, enabled).await
+    }
+    async fn remove_instance(&self, name: &str) -> Result<bool> {
+        self.add(1);
+        self.inner.remove_instance(name).await
+    }
+    async fn make_instance_rows_due(&self, names: &[String]) -> Result<u64> {
+        self.add(u64::from(!names.is_empty()));
+        self.inner.make_instance_rows_due(names).await
+    }
+    async fn posted_per_instance(&self, window: Duration) -> Result<Vec<(String, i64)>> {
+        self.add(1);
+        self.inner.posted_per_instance(window).await
+    }
+    fn subscribe_instances(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.subscribe_instances()
+    }
+}
