@@ -16,11 +16,15 @@ use uuid::Uuid;
 
 use crate::model::{Attempt, OutboxRow, State};
 
+mod capabilities;
 mod postgres;
 mod sqlite;
 mod sqlite_wake;
 mod timed;
 
+pub use capabilities::{
+    record_capabilities, Capabilities, CapabilityChange, CapabilityStore, Known, Source,
+};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use timed::Timed;
@@ -280,7 +284,7 @@ impl ActivityParams {
 
 /// The outbox's queries. See the module docs for the rules every backend
 /// keeps.
-pub trait Store: Clone + Send + Sync + 'static {
+pub trait Store: CapabilityStore + Clone + Send + Sync + 'static {
     /// Applies the embedded migrations.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
     /// Round trip to the database (readiness).
