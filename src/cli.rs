@@ -441,6 +441,9 @@ async fn run_sim(args: SimArgs, global_config_given: bool) -> anyhow::Result<()>
     if args.seed.is_some() {
         cfg.seed = args.seed;
     }
+    if let Some(engine) = args.engine {
+        cfg.engine = engine;
+    }
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("simulator configuration: {e}"))?;
     let shutdown = CancellationToken::new();

@@ -110,7 +110,9 @@ pub enum Command {
     #[command(after_help = "Example:\n  statusd --config-dir /etc/statusd health")]
     Health,
     /// Serve the provider simulator on 127.0.0.1 (tests, demos, benchmarks).
-    #[command(after_help = "Example:\n  statusd sim --port 9090 --demo-faults --seed 7")]
+    #[command(
+        after_help = "Examples:\n  statusd sim --port 9090 --demo-faults --seed 7\n  statusd sim --port 9090 --engine noweb"
+    )]
     Sim(SimArgs),
     /// Show exactly-once at work: SQLite, the simulator with faults, a table.
     #[command(after_help = "Example:\n  statusd demo --statuses 2000 --seed 42")]
@@ -352,6 +354,11 @@ pub struct SimArgs {
     /// Seed for the fault draws.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The provider to play: wawp, noweb, gows or webjs (WAHA's engines).
+    /// Overrides `engine` in --sim-config; the engine's defaults apply to
+    /// the knobs the file leaves unset.
+    #[arg(long, value_name = "ENGINE")]
+    pub engine: Option<crate::sim::SimEngine>,
 }
 
 #[derive(Debug, Args)]

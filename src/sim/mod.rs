@@ -30,9 +30,11 @@
 //! but no random faults, so that the reconciler can always make progress.
 //! With a `seed`, the draws are reproducible for a given order of requests.
 
+mod engines;
 mod knobs;
 mod server;
 mod state;
+mod waha;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -41,7 +43,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use knobs::{InvalidSimConfig, SimConfig, SimError, SimTokens};
+pub use knobs::{InvalidSimConfig, SimConfig, SimEngine, SimError, SimTokens};
 pub use state::{PostedStatus, SimStats};
 
 /// Starts simulators.
