@@ -78,7 +78,7 @@ async fn ids_of_other_rows_are_known<S: Store>(store: S, _db: &TestDb) {
     let claimed = store
         .claim(statusd::store::ClaimParams {
             owner: "t".into(),
-            limit: 10,
+            limit: 2,
             lease: std::time::Duration::from_secs(30),
             skip_instances: vec![],
             fresh_ids: vec![
