@@ -447,11 +447,31 @@ async fn settle_instance<S: Store, P: Provider>(
         .await;
         let ids: Vec<String> = listing.items.iter().map(|i| i.id.clone()).collect();
         let except: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).collect();
+        // Listed statuses that belong to other rows are nobody's match here —
+        // when the content agrees: a provider answering with another
+        // status's id (WEBJS answers with the latest own status) can have
+        // given a row a wrong one, which must not hide this row's status.
         let foreign: Result<HashSet<String>, _> = ctx
             .store
             .known_message_ids(name, &ids, &except)
             .await
-            .map(|v| v.into_iter().collect());
+            .map(|known| {
+                known
+                    .into_iter()
+                    .filter(|k| {
+                        let owner = StatusBody::parse(&k.kind, &k.payload).ok();
+                        listing.items.iter().any(|i| {
+                            i.id == k.id
+                                && match (&owner, &i.fingerprint) {
+                                    (Some(o), Some(f)) => o.fingerprint() == *f,
+                                    (Some(o), None) => Some(o.kind()) == i.kind,
+                                    (None, _) => true,
+                                }
+                        })
+                    })
+                    .map(|k| k.id)
+                    .collect()
+            });
         let verdicts = match foreign {
             Ok(foreign) => search::settle(&open_queries, &listing, &foreign),
             Err(e) => open_queries

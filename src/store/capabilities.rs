@@ -164,6 +164,17 @@ impl Capabilities {
     }
 }
 
+/// A listed status's id that belongs to a row (its message id or the id the
+/// provider answered with), with that row's kind and payload: the caller
+/// compares contents, since a provider that answers with another status's
+/// id (WEBJS: "the latest own status") can give a row a wrong one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnownId {
+    pub id: String,
+    pub kind: String,
+    pub payload: String,
+}
+
 /// The capability queries, one method per query; implemented by both
 /// backends and by [`Timed`].
 pub trait CapabilityStore {
@@ -173,14 +184,15 @@ pub trait CapabilityStore {
     /// row yet); returns whether it did.
     fn put_capabilities(&self, new: &Capabilities) -> impl Future<Output = Result<bool>> + Send;
     /// Which of `ids` are the message id or provider id of a row of
-    /// `instance` other than `except` (the rows being reconciled): listed
-    /// statuses that belong to them are not candidates for a content match.
+    /// `instance` other than `except` (the rows being reconciled), with the
+    /// owning row's kind and payload: listed statuses that belong to them
+    /// are not candidates for a content match.
     fn known_message_ids(
         &self,
         instance: &str,
         ids: &[String],
         except: &[uuid::Uuid],
-    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+    ) -> impl Future<Output = Result<Vec<KnownId>>> + Send;
 }
 
 /// Applies `change` to `instance`'s capabilities (compare and set, retried
@@ -264,7 +276,7 @@ impl CapabilityStore for SqliteStore {
         instance: &str,
         ids: &[String],
         except: &[uuid::Uuid],
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<KnownId>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -272,11 +284,10 @@ impl CapabilityStore for SqliteStore {
         let except: Vec<String> = except.iter().map(|u| u.to_string()).collect();
         let except = serde_json::to_string(&except).unwrap_or_else(|_| "[]".into());
         let rows = sqlx::query(
-            "SELECT j.value AS id FROM json_each(?2) j
-             WHERE EXISTS (SELECT 1 FROM status_outbox o
-                           WHERE (o.message_id = j.value OR o.provider_id = j.value)
-                             AND o.instance = ?1
-                             AND o.id NOT IN (SELECT value FROM json_each(?3)))",
+            "SELECT j.value AS id, o.kind AS kind, CAST(o.payload AS TEXT) AS payload
+             FROM json_each(?2) j JOIN status_outbox o
+               ON (o.message_id = j.value OR o.provider_id = j.value)
+             WHERE o.instance = ?1 AND o.id NOT IN (SELECT value FROM json_each(?3))",
         )
         .bind(instance)
         .bind(ids)
@@ -284,7 +295,13 @@ impl CapabilityStore for SqliteStore {
         .fetch_all(self.pool())
         .await?;
         rows.iter()
-            .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
+            .map(|r| {
+                Ok(KnownId {
+                    id: r.try_get("id")?,
+                    kind: r.try_get("kind")?,
+                    payload: r.try_get("payload")?,
+                })
+            })
             .collect()
     }
 }
@@ -341,16 +358,15 @@ impl CapabilityStore for PgStore {
         instance: &str,
         ids: &[String],
         except: &[uuid::Uuid],
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<KnownId>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(
-            "SELECT j.id FROM unnest($2::text[]) AS j(id)
-             WHERE EXISTS (SELECT 1 FROM status_outbox o
-                           WHERE (o.message_id = j.id OR o.provider_id = j.id)
-                             AND o.instance = $1
-                             AND o.id <> ALL($3::uuid[]))",
+            "SELECT j.id, o.kind, o.payload::text AS payload
+             FROM unnest($2::text[]) AS j(id) JOIN status_outbox o
+               ON (o.message_id = j.id OR o.provider_id = j.id)
+             WHERE o.instance = $1 AND o.id <> ALL($3::uuid[])",
         )
         .bind(instance)
         .bind(ids)
@@ -358,7 +374,13 @@ impl CapabilityStore for PgStore {
         .fetch_all(self.pool())
         .await?;
         rows.iter()
-            .map(|r| r.try_get::<String, _>("id").map_err(StoreError::from))
+            .map(|r| {
+                Ok(KnownId {
+                    id: r.try_get("id")?,
+                    kind: r.try_get("kind")?,
+                    payload: r.try_get("payload")?,
+                })
+            })
             .collect()
     }
 }
@@ -379,7 +401,7 @@ impl<S: CapabilityStore + Sync> CapabilityStore for Timed<S> {
         instance: &str,
         ids: &[String],
         except: &[uuid::Uuid],
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<KnownId>> {
         self.within(
             "known_message_ids",
             self.inner().known_message_ids(instance, ids, except),

@@ -25,7 +25,7 @@ mod sqlite;
 mod timed;
 
 pub use capabilities::{
-    record_capabilities, Capabilities, CapabilityChange, CapabilityStore, Known, Source,
+    record_capabilities, Capabilities, CapabilityChange, CapabilityStore, Known, KnownId, Source,
 };
 pub use connect::{connect, Connected, Patience, Scrubbed};
 pub use postgres::PgStore;

@@ -115,7 +115,17 @@ async fn ids_of_other_rows_are_known<S: Store>(store: S, _db: &TestDb) {
         mid_b.clone(),
         "NOBODY".to_string(),
     ];
-    let mut known = store.known_message_ids("main", &ids, &[b]).await.unwrap();
+    let mut known: Vec<String> = store
+        .known_message_ids("main", &ids, &[b])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| {
+            assert_eq!(k.kind, "text");
+            assert!(k.payload.contains("status number 1"), "{}", k.payload);
+            k.id
+        })
+        .collect();
     known.sort();
     let mut want = vec!["PROVIDER-A".to_string(), mid_a];
     want.sort();

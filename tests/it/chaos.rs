@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use statusd::model::State;
-use statusd::sim::{SimConfig, SimHandle};
+use statusd::sim::{SimConfig, SimEngine, SimHandle};
 use statusd::store::{EnqueueParams, ListParams, Store};
 use tokio::process::Child;
 
@@ -41,6 +41,10 @@ struct Mode {
     kills: usize,
     /// The bad-row corpus and PostgreSQL connection cuts (the full run).
     full: bool,
+    /// Whether rows may be parked: where the provider gives no way to
+    /// prove absence (NOWEB without its store), every status not shown must
+    /// be parked for an operator, none silently dropped.
+    may_park: bool,
 }
 
 /// The provider honours our ids (the original chaos run).
@@ -50,6 +54,7 @@ const HONOURED: Mode = Mode {
     statuses: 1000,
     kills: 5,
     full: true,
+    may_park: false,
 };
 
 /// The provider ignores supplied ids and assigns its own (Wawp's documented
@@ -61,7 +66,92 @@ const IDS_IGNORED: Mode = Mode {
     statuses: 500,
     kills: 4,
     full: false,
+    may_park: false,
 };
+
+/// Each engine the simulator plays (issue 12 §6), with its own response and
+/// listing shapes, id honouring, store, dropped listing items, contacts'
+/// statuses and read errors; and posts held past our timeout before the
+/// provider makes them (the engine's retry window).
+const ENGINES: [Mode; 6] = [
+    Mode {
+        name: "wawp (ids ignored), 20% of posts held 1.2 s",
+        provider: |c| {
+            c.engine = SimEngine::Wawp;
+            c.hold_share = 0.2;
+            c.hold_ms = 1200;
+        },
+        statuses: 300,
+        kills: 3,
+        full: false,
+        may_park: false,
+    },
+    Mode {
+        name: "noweb with its store (ids honoured)",
+        provider: |c| {
+            c.engine = SimEngine::Noweb;
+            c.message_store = Some(true);
+        },
+        statuses: 300,
+        kills: 3,
+        full: false,
+        may_park: false,
+    },
+    Mode {
+        name: "noweb without a store (the default: no look-up works)",
+        provider: |c| c.engine = SimEngine::Noweb,
+        statuses: 300,
+        kills: 3,
+        full: false,
+        may_park: true,
+    },
+    Mode {
+        name: "gows (ids honoured, read errors)",
+        provider: |c| c.engine = SimEngine::Gows,
+        statuses: 300,
+        kills: 3,
+        full: false,
+        may_park: false,
+    },
+    Mode {
+        name: "webjs (ids ignored, answers with the latest own status)",
+        provider: |c| c.engine = SimEngine::Webjs,
+        statuses: 300,
+        kills: 3,
+        full: false,
+        may_park: false,
+    },
+    Mode {
+        name: "ids ignored, 20% of posts held 1.2 s",
+        provider: |c| {
+            c.auto_assign_ids = true;
+            c.hold_share = 0.2;
+            c.hold_ms = 1200;
+        },
+        statuses: 300,
+        kills: 3,
+        full: false,
+        may_park: false,
+    },
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_engines_sqlite() {
+    for mode in ENGINES {
+        let db = TestDb::sqlite().await;
+        let store = db.sqlite_store().await;
+        chaos(store, &db, mode).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chaos_engines_postgres() {
+    for mode in ENGINES {
+        let db = TestDb::postgres().await;
+        let store = db.pg_store().await;
+        chaos(store, &db, mode).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_sqlite() {
@@ -196,7 +286,9 @@ fallback_poll_ms = 500
 retry_base_ms = 50
 retry_max_ms = 1000
 settle_delay_ms = 300
-engine_retry_window_ms = 300
+# Longer than the simulator's longest hold (1.2 s): a held post is made
+# within a retry window of our call's end.
+engine_retry_window_ms = 1500
 reconcile_interval_ms = 200
 rescue_interval_ms = 300
 instance_probe_ms = 500
@@ -406,15 +498,27 @@ async fn chaos<S: Store>(store: S, db: &TestDb, mode: Mode) {
     println!("  duplicates          {}", stats.duplicates);
     println!("  lost                {lost}");
     println!("  parked in_doubt     {parked}");
+    println!("  not shown (yet)     {lost}");
     println!("  wall time           {:.1}s", wall.as_secs_f64());
 
     assert_eq!(stats.duplicates, 0, "viewers saw duplicates");
     assert_eq!(shown_twice, 0, "a status was shown twice");
-    assert_eq!(lost, 0, "statuses lost");
-    assert_eq!(by_state(State::Posted), statuses, "every good row posted");
     assert_eq!(by_state(State::Uploading), 0, "no row left leased");
-    // Text statuses can always be proven present or absent: none parked.
-    assert_eq!(parked, 0, "no row needed an operator");
+    if mode.may_park {
+        // Nothing can be proven: every status not shown waits for an
+        // operator, none is dropped or re-sent blindly.
+        assert!(lost <= parked, "{lost} statuses not shown, {parked} parked");
+        assert_eq!(
+            by_state(State::Posted) + parked,
+            statuses,
+            "every good row posted or parked"
+        );
+    } else {
+        assert_eq!(lost, 0, "statuses lost");
+        assert_eq!(by_state(State::Posted), statuses, "every good row posted");
+        // Text statuses can always be proven present or absent: none parked.
+        assert_eq!(parked, 0, "no row needed an operator");
+    }
     for f in [
         "lost_response",
         "error_5xx_after",

@@ -587,3 +587,106 @@ fn construction_errors_name_the_problem() {
         .to_string()
         .contains("access_token"));
 }
+
+/// A client of WAHA's own API (`provider = "waha"`) on the simulator's
+/// WAHA surface: session `INSTANCE`, the token as `X-Api-Key`.
+fn waha_client(sim: &SimHandle, token: &str) -> WawpClient {
+    let inst: InstanceConfig = serde_json::from_value(json!({
+        "provider": "waha",
+        "base_url": sim.base_url(),
+        "session": INSTANCE,
+        "access_token": token,
+        "supplied_id": true,
+    }))
+    .expect("instance config");
+    let settings: ProviderSettings = serde_json::from_value(json!({
+        "connect_timeout_ms": 300,
+        "request_timeout_ms": 300,
+    }))
+    .expect("provider settings");
+    WawpClient::new("main", &inst, &settings).expect("client")
+}
+
+/// The same conformance as the Wawp client, over WAHA's paths, for each
+/// engine the simulator plays: a post under our id (NOWEB, GOWS), a lost
+/// answer found by id where the engine keeps a store and by one listing
+/// read otherwise, the session's engine, a wrong key.
+#[tokio::test]
+async fn the_waha_api_conforms_on_every_engine() {
+    use statusd::sim::SimEngine;
+    for engine in [SimEngine::Noweb, SimEngine::Gows, SimEngine::Webjs] {
+        let sim = sim(|c| {
+            c.engine = engine;
+            c.supplied_ids = Some(engine.honours_supplied_ids());
+            c.listing_drop_share = Some(0.0);
+            c.engine_error_share = Some(0.0);
+        })
+        .await;
+        let c = waha_client(&sim, TOKEN);
+        assert_eq!(
+            c.session_engine().await.as_deref(),
+            Some(engine.waha_name()),
+            "{engine}"
+        );
+        c.probe().await.expect("session working");
+        let id = local_message_id();
+        let body = text(&format!("waha {engine}"));
+        let since = Utc::now() - chrono::Duration::seconds(2);
+        let out = send(&c, &id, &body).await;
+        match engine {
+            SimEngine::Webjs => assert!(
+                matches!(&out, SendOutcome::Posted { provider_id } if *provider_id != id)
+                    || out.label() == "in_doubt",
+                "{engine}: {out:?}"
+            ),
+            _ => assert_eq!(
+                out,
+                SendOutcome::Posted {
+                    provider_id: id.clone()
+                },
+                "{engine}"
+            ),
+        }
+        let posted_id = sim.posted()[0].id.clone();
+        if engine == SimEngine::Noweb {
+            // NOWEB without its store (the default) can neither list nor
+            // find a message by id: nothing can be proven either way.
+            assert!(matches!(
+                search(&c, &id, &body, since).await,
+                Verdict::Unknown { .. }
+            ));
+            assert_eq!(c.lookup_by_id(&id).await, ById::NotFound);
+            let mut cfg = sim.config();
+            cfg.message_store = Some(true);
+            sim.set_config(cfg).unwrap();
+        }
+        // Found by one read of the status chat, whatever the engine.
+        assert!(
+            matches!(
+                search(&c, &id, &body, since).await,
+                Verdict::Present { provider_id, .. } if provider_id == posted_id
+            ),
+            "{engine}"
+        );
+        // By id, where a store is kept.
+        assert_eq!(
+            c.lookup_by_id(&posted_id).await,
+            ById::Found {
+                provider_id: posted_id.clone()
+            },
+            "{engine}"
+        );
+        if engine == SimEngine::Webjs {
+            // Not implemented by WEBJS: nothing posted, never retried.
+            let out = c.delete_status(&posted_id).await;
+            assert_eq!(out.label(), "permanent", "{out:?}");
+            assert_eq!(out.http_status(), Some(501));
+        }
+        let wrong = waha_client(&sim, "not-the-key");
+        assert_eq!(
+            send(&wrong, &local_message_id(), &body).await.label(),
+            "instance_down"
+        );
+        sim.shutdown().await;
+    }
+}
