@@ -88,6 +88,12 @@ pub enum Command {
         after_help = "Example:\n  statusd schedule add --name morning --cron \"0 0 8 * * *\" --timezone Europe/Berlin --instance main --text \"Good morning\""
     )]
     Schedule(ScheduleCommand),
+    /// What each instance's provider does (honours supplied ids, look-up by
+    /// id works, engine), as learned from evidence; set it by hand.
+    #[command(after_help = "Examples:\n  statusd capabilities\n  \
+        statusd capabilities set main --supplied-ids no --lookup-by-id unknown\n  \
+        (until supplied ids are proven honoured, statusd behaves as if the provider assigned its own)")]
+    Capabilities(CapabilitiesArgs),
     /// Check or print the configuration.
     #[command(
         subcommand,
@@ -126,6 +132,43 @@ impl Command {
             _ => "warn",
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct CapabilitiesArgs {
+    #[command(subcommand)]
+    pub command: Option<CapabilitiesCommand>,
+    /// Print JSON instead of a table (for `ls`, the default).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CapabilitiesCommand {
+    /// List every instance's capabilities with their evidence.
+    #[command(after_help = "Example:\n  statusd capabilities ls --json")]
+    Ls(JsonFlag),
+    /// Set an instance's capabilities (an operator's word replaces the
+    /// learned one; evidence that ids are ignored still overrides a "yes").
+    #[command(
+        after_help = "Example:\n  statusd capabilities set main --supplied-ids yes --lookup-by-id yes --engine GOWS"
+    )]
+    Set(CapabilitiesSetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CapabilitiesSetArgs {
+    /// The configured instance.
+    pub instance: String,
+    /// Does the provider post under the id we supply: yes, no or unknown.
+    #[arg(long, value_name = "yes|no|unknown")]
+    pub supplied_ids: Option<String>,
+    /// Does a look-up by id find a posted status: yes, no or unknown.
+    #[arg(long, value_name = "yes|no|unknown")]
+    pub lookup_by_id: Option<String>,
+    /// The engine (NOWEB, GOWS, WEBJS, …), for the record.
+    #[arg(long)]
+    pub engine: Option<String>,
 }
 
 #[derive(Debug, Args)]

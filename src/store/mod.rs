@@ -17,12 +17,16 @@ use uuid::Uuid;
 
 use crate::model::{Attempt, OutboxRow, State};
 
+mod capabilities;
 mod connect;
 mod postgres;
 mod row;
 mod sqlite;
 mod timed;
 
+pub use capabilities::{
+    record_capabilities, Capabilities, CapabilityChange, CapabilityStore, Known, KnownId, Source,
+};
 pub use connect::{connect, Connected, Patience, Scrubbed};
 pub use postgres::PgStore;
 pub use row::{not_allowed, OperatorAction};
@@ -297,7 +301,7 @@ impl ActivityParams {
 
 /// The outbox's queries. See the module docs for the rules every backend
 /// keeps.
-pub trait Store: Clone + Send + Sync + 'static {
+pub trait Store: CapabilityStore + Clone + Send + Sync + 'static {
     /// Applies the embedded migrations.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
     /// Round trip to the database (readiness).

@@ -185,6 +185,9 @@ pub fn test_settings(db_url: &str, sim: &SimHandle, instances: &[(&str, bool)]) 
     d.retry_base_ms = 20;
     d.retry_max_ms = 300;
     d.settle_delay_ms = 150;
+    // The simulator posts nothing after answering (no engine retries unless
+    // a test holds requests): a short window keeps absence quick.
+    d.engine_retry_window_ms = 300;
     d.reconcile_interval_ms = 100;
     d.rescue_interval_ms = 200;
     d.instance_probe_ms = 300;
@@ -369,6 +372,7 @@ fallback_poll_ms = 1000
 retry_base_ms = 50
 retry_max_ms = 1000
 settle_delay_ms = 300
+engine_retry_window_ms = 300
 reconcile_interval_ms = 200
 rescue_interval_ms = 300
 reconcile_max_attempts = 1000
