@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::wawp_instances;
-use crate::config::{InstanceConfig, Settings};
+use crate::config::{InstanceConfig, ProviderKind, Settings};
 use crate::daemon::Daemon;
 use crate::model::{State, StatusBody};
 use crate::sim::{SimConfig, SimEngine, Simulator};
@@ -130,6 +130,15 @@ pub fn demo_sim_config(engine: SimEngine, seed: Option<u64>) -> SimConfig {
     }
 }
 
+/// The API the demo's client speaks to an engine: Wawp's to Wawp, WAHA's
+/// own (as self-hosting users run it) to WAHA's engines.
+fn provider_of(engine: SimEngine) -> ProviderKind {
+    match engine {
+        SimEngine::Wawp => ProviderKind::Wawp,
+        SimEngine::Noweb | SimEngine::Gows | SimEngine::Webjs => ProviderKind::Waha,
+    }
+}
+
 /// Runs the demo's workload against one engine and returns its figures
 /// (used by `run` and by the tests).
 pub async fn execute(
@@ -170,7 +179,7 @@ pub async fn execute(
         settings.instances.insert(
             instance(name),
             InstanceConfig {
-                provider: Default::default(),
+                provider: provider_of(engine),
                 base_url: sim.base_url(),
                 instance_id: format!("demo-{name}"),
                 access_token: Some(format!("demo-token-{name}").into()),
@@ -240,7 +249,11 @@ pub async fn execute(
         let in_doubt = count(State::InDoubt);
         // Parked rows wait for an operator: the run is over without them.
         let parked = if in_doubt > 0 {
-            parked_rows(&store).await?.len() as i64
+            parked_rows(&store)
+                .await?
+                .iter()
+                .filter(|r| ours.contains(&r.instance))
+                .count() as i64
         } else {
             0
         };
