@@ -530,6 +530,8 @@ async fn settle_instance<S: Store, P: Provider>(
                     tracing::info!(row_id = %row.id, message_id = mid, instance = name, "in-doubt status is on the provider: posted");
                     t.to = State::Posted;
                     t.provider_id = Some(provider_id);
+                    // Kept in the row's history: it went through doubt.
+                    t.error = Some("reconciled: found on the provider".into());
                 }
                 Answer::NotThere => {
                     let from = s.absent_from(row.claimed_at.unwrap_or(row.created_at));

@@ -50,7 +50,7 @@ struct Mode {
 /// The provider honours our ids (the original chaos run).
 const HONOURED: Mode = Mode {
     name: "ids honoured",
-    provider: |_| {},
+    provider: |c| c.supplied_ids = Some(true),
     statuses: 1000,
     kills: 5,
     full: true,
@@ -78,6 +78,7 @@ const ENGINES: [Mode; 6] = [
         name: "wawp (ids ignored), 20% of posts held 1.2 s",
         provider: |c| {
             c.engine = SimEngine::Wawp;
+            c.supplied_ids = Some(false);
             c.hold_share = 0.2;
             c.hold_ms = 1200;
         },

@@ -544,7 +544,12 @@ async fn rows_that_wait_past_half_their_lease_are_released_not_sent<S: Store>(s:
         released > 0,
         "a row that waited past half its lease was released"
     );
-    assert_eq!(sim.stats().requests, 3, "no row was sent twice");
+    // A released row is never sent. A row sent late in its lease has its
+    // call cut at the lease left (1.2 s of latency here, beyond what
+    // `config check` allows), goes in doubt and may be sent again under the
+    // same id, which the provider deduplicates: viewers see each once.
+    let stats = sim.stats();
+    assert_eq!(stats.duplicates, 0, "no status shown twice: {stats:?}");
 }
 
 /// How many of a row's attempts were `released`, asserting each was

@@ -149,7 +149,17 @@ use tokio_util::sync::CancellationToken;
 pub const TEST_TOKEN: &str = "tok-SECRET-5f1c2a9e";
 
 /// Starts an in-process simulator on a free loopback port.
-pub async fn start_sim(cfg: SimConfig) -> SimHandle {
+/// The simulator as the tests were written for: a provider that honours
+/// supplied ids (its historical default), unless the config says otherwise
+/// (`supplied_ids`, `auto_assign_ids`, or an engine other than `wawp`,
+/// whose model ignores them as Wawp documents).
+pub async fn start_sim(mut cfg: SimConfig) -> SimHandle {
+    if cfg.supplied_ids.is_none()
+        && !cfg.auto_assign_ids
+        && cfg.engine == statusd::sim::SimEngine::Wawp
+    {
+        cfg.supplied_ids = Some(true);
+    }
     Simulator::start("127.0.0.1:0".parse().unwrap(), cfg)
         .await
         .expect("start simulator")
