@@ -942,3 +942,52 @@ async fn the_demo_holds_exactly_once_against_every_engine() {
         );
     }
 }
+
+/// A Wawp front of a WAHA engine passes the engine's answers through: the
+/// engine decides the shapes whichever API is asked.
+#[tokio::test]
+async fn the_wawp_api_answers_in_the_engine_shapes_too() {
+    let sim = engine_sim(SimEngine::Noweb, |_| {}).await;
+    let http = reqwest::Client::new();
+    let base = sim.base_url();
+    let q = format!("instance_id={INSTANCE}&access_token={TOKEN}");
+    let v: Value = http
+        .post(format!("{base}/v2/status/text?{q}"))
+        .json(&text_status("through wawp", None))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["key"]["id"], sim.posted()[0].id, "{v}");
+    let r = http
+        .get(format!(
+            "{base}/v2/chats/messages?{q}&chatId=status@broadcast"
+        ))
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(
+        r.status().as_u16(),
+        400,
+        "NOWEB without its store lists nothing"
+    );
+    let v: Value = r.json().await.expect("json");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Enable NOWEB store"),
+        "{v}"
+    );
+    let info: Value = http
+        .post(format!("{base}/v2/session/info?{q}"))
+        .send()
+        .await
+        .expect("info")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(info["engine"]["engine"], "NOWEB", "{info}");
+}
