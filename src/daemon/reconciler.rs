@@ -37,7 +37,9 @@ use crate::metrics as names;
 use crate::model::{OutboxRow, State, StatusBody};
 use crate::provider::search::{self, Verdict};
 use crate::provider::{ById, Evidence, Provider, StatusQuery};
-use crate::store::{record_capabilities, Capabilities, CapabilityChange, Known, Store, Transition};
+use crate::store::{
+    record_capabilities, Capabilities, CapabilityChange, Effect, Known, Store, Transition,
+};
 
 /// Statuses posted before the row's latest claim, minus this, are not
 /// candidates for a content match (clock skew between us and the provider).
@@ -177,7 +179,7 @@ pub async fn pass_with<S: Store, P: Provider>(
     }
     ctx.store.resolve_in_doubt(&transitions).await?;
     for t in &transitions {
-        metrics::counter!(names::RECONCILED, "result" => match (t.to, t.park) {
+        metrics::counter!(names::RECONCILED, "result" => match (t.to, t.effect.parks()) {
             (State::Posted, _) => "present",
             (State::PendingUpload, _) => "absent",
             (_, true) => "parked",
@@ -207,7 +209,7 @@ fn unsettleable<S: Store, P: Provider>(ctx: &Ctx<S, P>, row: &OutboxRow) -> Opti
     if ctx.instances.contains_key(&row.instance) && row.message_id.is_some() {
         return None;
     }
-    t.park = true;
+    t.effect = Effect::Park;
     t.error = Some(format!(
         "cannot look this status up (instance `{}` not configured or row unreadable); an operator must decide",
         row.instance
@@ -551,10 +553,10 @@ async fn settle_instance<S: Store, P: Provider>(
                 }
                 Answer::Unknown(reason) => {
                     let tries = row.reconcile_attempts + 1;
-                    t.bump_reconcile = true;
+                    t.effect = Effect::FailedLookup { park: false };
                     if tries >= s.max_attempts {
                         tracing::warn!(row_id = %row.id, message_id = mid, instance = name, tries, error = %reason, "look-up keeps failing: parking the row for an operator");
-                        t.park = true;
+                        t.effect = Effect::FailedLookup { park: true };
                         t.error = Some(format!(
                             "parked after {tries} look-ups that could not prove presence or absence (last: {reason}); `statusd retry` looks again, `statusd retry --force-resend` sends again"
                         ));

@@ -97,7 +97,7 @@ async fn ids_of_other_rows_are_known<S: Store>(store: S, _db: &TestDb) {
             transition: t,
             started_at: chrono::Utc::now(),
             latency: std::time::Duration::ZERO,
-            outcome: "posted".into(),
+            outcome: statusd::model::AttemptOutcome::Posted,
         }])
         .await
         .unwrap();
