@@ -37,6 +37,20 @@ pub enum SendOutcome {
     },
 }
 
+/// The `reason` of every outcome but `Posted`, borrowed as `$outcome` is
+/// (shared or mutable): one match for `reason` and `reason_mut`.
+macro_rules! reason_of {
+    ($outcome:expr) => {
+        match $outcome {
+            SendOutcome::Posted { .. } => None,
+            SendOutcome::Retryable { reason, .. }
+            | SendOutcome::InDoubt { reason, .. }
+            | SendOutcome::Permanent { reason, .. }
+            | SendOutcome::InstanceDown { reason, .. } => Some(reason),
+        }
+    };
+}
+
 impl SendOutcome {
     /// The attempt history's outcome for this answer (a rate-limited
     /// refusal is told apart by the dispatcher, which refunds it).
@@ -66,24 +80,12 @@ impl SendOutcome {
     }
 
     pub fn reason(&self) -> Option<&str> {
-        match self {
-            SendOutcome::Posted { .. } => None,
-            SendOutcome::Retryable { reason, .. }
-            | SendOutcome::InDoubt { reason, .. }
-            | SendOutcome::Permanent { reason, .. }
-            | SendOutcome::InstanceDown { reason, .. } => Some(reason),
-        }
+        reason_of!(self).map(String::as_str)
     }
 
     /// The reason, to rewrite in place (redaction).
     pub fn reason_mut(&mut self) -> Option<&mut String> {
-        match self {
-            SendOutcome::Posted { .. } => None,
-            SendOutcome::Retryable { reason, .. }
-            | SendOutcome::InDoubt { reason, .. }
-            | SendOutcome::Permanent { reason, .. }
-            | SendOutcome::InstanceDown { reason, .. } => Some(reason),
-        }
+        reason_of!(self)
     }
 }
 
