@@ -166,6 +166,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             statuses: args.statuses,
             database: cli.database_url.clone(),
             seed: args.seed,
+            engines: args.engine,
         })
         .await
         .context("the demo failed"),

@@ -115,7 +115,9 @@ pub enum Command {
     )]
     Sim(SimArgs),
     /// Show exactly-once at work: SQLite, the simulator with faults, a table.
-    #[command(after_help = "Example:\n  statusd demo --statuses 2000 --seed 42")]
+    #[command(
+        after_help = "Examples:\n  statusd demo --statuses 2000 --seed 42\n  statusd demo --engine noweb --engine webjs"
+    )]
     Demo(DemoArgs),
 }
 
@@ -363,9 +365,13 @@ pub struct SimArgs {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// How many statuses to enqueue.
-    #[arg(long, default_value_t = 3000)]
+    /// How many statuses to enqueue, per engine.
+    #[arg(long, default_value_t = 2000)]
     pub statuses: usize,
+    /// Run against this engine only (repeat for several): wawp, noweb,
+    /// gows, webjs. Default: all four, one table row each.
+    #[arg(long, value_name = "ENGINE")]
+    pub engine: Vec<crate::sim::SimEngine>,
     /// Seed for the simulator's faults.
     #[arg(long)]
     pub seed: Option<u64>,

@@ -351,7 +351,13 @@ async fn shutdown_mid_drain_loses_nothing<S: Store>(s: S, db: &TestDb) {
 }
 
 async fn api_id_source_fetches_ids_before_sending<S: Store>(s: S, db: &TestDb) {
-    let sim = start_sim(SimConfig::default()).await;
+    // A provider that posts under the supplied id (NOWEB, GOWS); the
+    // simulator's default plays Wawp, which assigns its own.
+    let sim = start_sim(SimConfig {
+        supplied_ids: Some(true),
+        ..SimConfig::default()
+    })
+    .await;
     let mut settings = test_settings(&db.url, &sim, &[("main", true)]);
     settings.daemon.id_source = statusd::config::IdSource::Api;
     enqueue_n(&s, "main", 60).await;
