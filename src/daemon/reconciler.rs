@@ -324,14 +324,14 @@ async fn learn_from_calls<S: Store, P: Provider>(ctx: &Ctx<S, P>, state: &mut Re
         for c in changes {
             record(ctx, state, &c).await;
         }
-        let caps = capabilities(ctx, state, &name).await;
-        if caps.supplied_ids != Known::Unknown || caps.lookup_by_id == Known::No {
-            state.echoed.remove(&name);
-            continue;
-        }
+        // Only with an echoed id to check: an idle daemon reads nothing.
         let Some(id) = state.echoed.remove(&name) else {
             continue;
         };
+        let caps = capabilities(ctx, state, &name).await;
+        if caps.supplied_ids != Known::Unknown || caps.lookup_by_id == Known::No {
+            continue;
+        }
         inst.limiter.until_ready().await;
         count_call(&name, "by_id");
         if let ById::Found { provider_id } = inst.provider.lookup_by_id(&id).await {
