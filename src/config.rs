@@ -689,6 +689,24 @@ mod tests {
         );
     }
 
+    /// A send may start as late as half its lease; a request timeout above
+    /// that half could let a call outlive its lease (issue 12 §4).
+    #[test]
+    fn a_call_that_could_outlive_its_lease_is_refused() {
+        let mut s = Settings::for_database("sqlite://x.db");
+        let key = |s: &Settings| {
+            s.problems()
+                .into_iter()
+                .find(|p| p.key == "provider.request_timeout_ms")
+        };
+        assert!(key(&s).is_none(), "the defaults fit: 30 s within 60 s / 2");
+        s.provider.request_timeout_ms = 30_001;
+        let p = key(&s).expect("refused");
+        assert!(p.problem.contains("outlive its lease"), "{p}");
+        s.daemon.lease_secs = 120;
+        assert!(key(&s).is_none());
+    }
+
     #[test]
     fn base_url_needs_http_and_a_host() {
         assert!(check_base_url("https://api.wawp.net").is_ok());

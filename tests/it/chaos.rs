@@ -500,6 +500,27 @@ async fn chaos<S: Store>(store: S, db: &TestDb, mode: Mode) {
     println!("  lost                {lost}");
     println!("  parked in_doubt     {parked}");
     println!("  not shown (yet)     {lost}");
+    // Rows that went through doubt: an in-doubt attempt, a SIGKILL mid-call
+    // (an attempt without its line), or a reconciler's note.
+    let mut reconciled = 0;
+    for r in rows.iter().filter(|r| r.state != State::Invalid) {
+        let history = store.attempts(r.id).await.unwrap_or_default();
+        if history.iter().any(|a| a.outcome.as_str() == "in_doubt")
+            || (r.attempts as usize) > history.len()
+            || r.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("reconciled"))
+        {
+            reconciled += 1;
+        }
+    }
+    let calls = stats.lookups_by_id + stats.listing_pages;
+    println!(
+        "  look-up calls       {calls} ({} by id, {} listing pages) for {reconciled} rows in doubt: {:.2} per row",
+        stats.lookups_by_id,
+        stats.listing_pages,
+        calls as f64 / reconciled.max(1) as f64
+    );
     println!("  wall time           {:.1}s", wall.as_secs_f64());
 
     assert_eq!(stats.duplicates, 0, "viewers saw duplicates");
