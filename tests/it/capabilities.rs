@@ -187,3 +187,67 @@ async fn ignored_ids_are_learned_once_and_kept_across_restarts() {
         "text statuses are always proven one way or the other"
     );
 }
+
+/// `statusd capabilities set | ls` as an operator runs them (the real
+/// binary): the setting is kept, shown with who set it, a bad value is
+/// refused naming the flag, and `statusd stats` shows the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_set_and_see_capabilities_with_the_binary() {
+    let db = TestDb::sqlite().await;
+    let _store = db.sqlite_store().await;
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::write_daemon_config(dir.path(), &db.url, "http://127.0.0.1:9");
+    let run = |args: &'static [&'static str]| {
+        let dir = dir.path().to_path_buf();
+        async move {
+            let out = crate::support::statusd_command()
+                .arg("--config-dir")
+                .arg(&dir)
+                .args(args)
+                .env("STATUSD__INSTANCES__MAIN__ACCESS_TOKEN", TEST_TOKEN)
+                .output()
+                .await
+                .expect("run statusd");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).to_string()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
+        }
+    };
+    let (ok, out) = run(&["capabilities"]).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("main") && out.contains("unknown"), "{out}");
+    let (ok, out) = run(&[
+        "capabilities",
+        "set",
+        "main",
+        "--supplied-ids",
+        "no",
+        "--engine",
+        "webjs",
+    ])
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = run(&["capabilities", "ls", "--json"]).await;
+    assert!(ok, "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let main = &v["instances"][0];
+    assert_eq!(main["instance"], "main");
+    assert_eq!(main["supplied_ids"], "no");
+    assert_eq!(main["lookup_by_id"], "unknown");
+    assert_eq!(main["engine"], "WEBJS");
+    assert!(main["evidence"].as_str().unwrap().contains("operator"));
+    let (ok, out) = run(&["capabilities", "set", "main", "--supplied-ids", "maybe"]).await;
+    assert!(!ok);
+    assert!(
+        out.contains("--supplied-ids") && out.contains("maybe"),
+        "{out}"
+    );
+    let (ok, out) = run(&["stats"]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("provider capabilities") && out.contains("WEBJS"),
+        "{out}"
+    );
+}
