@@ -991,3 +991,17 @@ async fn the_wawp_api_answers_in_the_engine_shapes_too() {
         .expect("json");
     assert_eq!(info["engine"]["engine"], "NOWEB", "{info}");
 }
+
+/// Baileys' legacy generator (`3EB0` + 36 hex) on a share of NOWEB's ids:
+/// the form a client must still accept.
+#[tokio::test]
+async fn noweb_can_make_ids_in_baileys_legacy_form() {
+    let sim = engine_sim(SimEngine::Noweb, |c| c.legacy_id_share = 1.0).await;
+    let (status, v) = waha_get(&sim, "/status/new-message-id").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["id"].as_str().map(str::len), Some(4 + 36), "{v}");
+    let (_, body) = waha_post(&sim, "/status/text", &text_status("legacy", None)).await;
+    let id = answered_id(SimEngine::Noweb, &json_of(&body));
+    assert_eq!(id.len(), 4 + 36, "{id}");
+    assert!(id.starts_with("3EB0"));
+}
