@@ -22,6 +22,10 @@ pub const INSTANCE_POSTED_PER_MINUTE: &str = "statusd_instance_posted_last_minut
 pub const RECONCILED: &str = "statusd_reconciled_total";
 pub const LEASES_RESCUED: &str = "statusd_leases_rescued_total";
 pub const PURGED: &str = "statusd_purged_total";
+/// Provider calls the reconciler made (`call` = by_id, listing), and the
+/// rows it settled: their ratio is look-up calls per reconciled row.
+pub const LOOKUP_CALLS: &str = "statusd_reconcile_lookup_calls_total";
+pub const RECONCILE_ROWS: &str = "statusd_reconcile_rows_total";
 
 /// The label of a row's instance.
 pub const INSTANCE_LABEL: &str = "wa_instance";
@@ -93,6 +97,14 @@ pub fn describe() {
             "Uploading rows whose lease expired and were moved to in_doubt."
         );
         describe_counter!(PURGED, "Terminal rows deleted by the retention purge.");
+        describe_counter!(
+            LOOKUP_CALLS,
+            "Provider calls made by the reconciler, by instance and call (by_id, listing)."
+        );
+        describe_counter!(
+            RECONCILE_ROWS,
+            "In-doubt rows the reconciler looked at, by instance (look-up calls per row = LOOKUP_CALLS / this)."
+        );
     }
 }
 
@@ -116,12 +128,16 @@ pub fn register(instances: &[String]) {
     }
 }
 
-/// Creates an instance's depth gauges (at 0 until the next refresh) so
-/// that its series exist from when the instance is known: at start for
-/// the file's, when a daemon first sees it for the table's. Values already
-/// set are kept (`increment(0)`).
+/// Creates an instance's series (at 0 until the next refresh) so that they
+/// exist from when the instance is known: at start for the file's, when a
+/// daemon first sees it for the table's. Values already set are kept
+/// (`increment(0)`).
 pub fn register_instance(name: &str) {
     let n = || name.to_string();
+    for call in ["by_id", "listing"] {
+        metrics::counter!(LOOKUP_CALLS, INSTANCE_LABEL => n(), "call" => call).increment(0);
+    }
+    metrics::counter!(RECONCILE_ROWS, INSTANCE_LABEL => n()).increment(0);
     metrics::gauge!(INSTANCE_PAUSED, INSTANCE_LABEL => n()).increment(0.0);
     metrics::gauge!(OLDEST_PENDING_AGE, INSTANCE_LABEL => n()).increment(0.0);
     metrics::gauge!(OUTBOX_SCHEDULED, INSTANCE_LABEL => n()).increment(0.0);

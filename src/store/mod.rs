@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::model::{Attempt, AttemptOutcome, OutboxRow, State};
 
+mod capabilities;
 mod connect;
 mod instances;
 mod postgres;
@@ -24,6 +25,9 @@ mod row;
 mod sqlite;
 mod timed;
 
+pub use capabilities::{
+    record_capabilities, Capabilities, CapabilityChange, CapabilityStore, Known, KnownId, Source,
+};
 pub use connect::{connect, Connected, Patience, Scrubbed};
 pub use instances::{Added, InstanceRecord, InstanceStore, InstanceTable};
 pub use postgres::PgStore;
@@ -327,7 +331,7 @@ impl ActivityParams {
 
 /// The outbox's queries. See the module docs for the rules every backend
 /// keeps.
-pub trait Store: InstanceStore + Clone + Send + Sync + 'static {
+pub trait Store: InstanceStore + CapabilityStore + Clone + Send + Sync + 'static {
     /// Applies the embedded migrations.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
     /// Round trip to the database (readiness).
