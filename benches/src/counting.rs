@@ -205,3 +205,24 @@ impl<S: Store> statusd::store::InstanceStore for Counting<S> {
         self.inner.subscribe_instances()
     }
 }
+
+/// The provider capabilities' queries, one statement each.
+impl<S: Store> statusd::store::CapabilityStore for Counting<S> {
+    async fn capabilities(&self) -> Result<Vec<statusd::store::Capabilities>> {
+        self.add(1);
+        self.inner.capabilities().await
+    }
+    async fn put_capabilities(&self, new: &statusd::store::Capabilities) -> Result<bool> {
+        self.add(1);
+        self.inner.put_capabilities(new).await
+    }
+    async fn known_message_ids(
+        &self,
+        instance: &str,
+        ids: &[String],
+        except: &[Uuid],
+    ) -> Result<Vec<statusd::store::KnownId>> {
+        self.add(1);
+        self.inner.known_message_ids(instance, ids, except).await
+    }
+}
