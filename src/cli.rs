@@ -21,6 +21,7 @@ mod configuration;
 mod outbox;
 mod schedule;
 mod table;
+mod views;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -168,9 +169,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             statuses: args.statuses,
             database: cli.database_url.clone(),
             seed: args.seed,
+            webhook_loss: args.webhook_loss,
         })
         .await
         .context("the demo failed"),
+        // Needs the configuration only, not the database.
+        Command::Webhook(WebhookCommand::Url(a)) => {
+            let settings = operator_settings(&source)?;
+            print_out(&views::webhook_url(&a.instance, &settings)?)
+        }
         cmd => {
             let settings = operator_settings(&source)?;
             let result = match connect(&settings, false).await? {
@@ -292,10 +299,12 @@ pub async fn dispatch<S: Store>(store: S, cmd: Command, settings: &Settings) -> 
         Command::Schedule(ScheduleCommand::Add(a)) => schedule::add(&store, a, settings).await?,
         Command::Schedule(ScheduleCommand::Ls(a)) => schedule::ls(&store, a.json).await?,
         Command::Schedule(ScheduleCommand::Rm(a)) => schedule::rm(&store, &a.name).await?,
+        Command::Views(a) => views::views(&store, &a.id, a.json).await?,
         Command::Config(_)
         | Command::Run
         | Command::Health
         | Command::Sim(_)
+        | Command::Webhook(_)
         | Command::Demo(_) => {
             anyhow::bail!("internal: not an operator command")
         }

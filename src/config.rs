@@ -22,10 +22,12 @@ use serde::{Deserialize, Serialize};
 mod load;
 mod redact;
 mod show;
+mod webhooks;
 
 use load::{deserialize_collecting, instance_name_problems, read_layers, resolve};
 
 pub use redact::{redact_url, redact_url_secrets_in};
+pub use webhooks::WebhookSettings;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -34,6 +36,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub provider: ProviderSettings,
     pub instances: BTreeMap<String, InstanceConfig>,
+    pub webhooks: WebhookSettings,
     /// Files the secrets above were read from (shown by `config show`).
     pub secret_files: SecretFiles,
 }
@@ -233,6 +236,17 @@ pub struct InstanceConfig {
     pub rate_per_sec: u32,
     #[serde(default = "d_burst")]
     pub burst: u32,
+    /// HMAC-SHA512 key of the provider's webhook events for this instance
+    /// (`POST /v1/webhooks/NAME`); or `webhook_secret_file`. Absent (and no
+    /// `webhook_path_token`): the instance's events are refused.
+    #[serde(default)]
+    pub webhook_secret: Option<SecretString>,
+    #[serde(default)]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// For a provider that cannot sign: events to
+    /// `POST /v1/webhooks/NAME/TOKEN` are accepted without a signature.
+    #[serde(default)]
+    pub webhook_path_token: Option<SecretString>,
 }
 
 fn d_base_url() -> String {
@@ -357,6 +371,7 @@ struct RawSettings {
     admin: RawAdmin,
     provider: ProviderSettings,
     instances: BTreeMap<String, InstanceConfig>,
+    webhooks: WebhookSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -467,6 +482,7 @@ impl Settings {
             admin: AdminSettings::default(),
             provider: ProviderSettings::default(),
             instances: BTreeMap::new(),
+            webhooks: WebhookSettings::default(),
             secret_files: SecretFiles::default(),
         }
     }
@@ -542,6 +558,12 @@ impl Settings {
                 );
             }
         }
+        if self.webhooks.max_body_bytes < 1024 {
+            p("webhooks.max_body_bytes", "must be at least 1024");
+        }
+        if self.webhooks.batch_size == 0 {
+            p("webhooks.batch_size", "must be at least 1");
+        }
         if self.provider.request_timeout_ms == 0 {
             p("provider.request_timeout_ms", "must be at least 1");
         }
@@ -578,6 +600,21 @@ impl Settings {
             }
             if inst.burst == 0 {
                 p(&key("burst"), "must be at least 1");
+            }
+            match inst.webhook_secret() {
+                Err(e) => p(&key("webhook_secret"), &e),
+                Ok(Some(s)) if s.expose_secret().trim().is_empty() => {
+                    p(&key("webhook_secret"), "must not be empty or blank")
+                }
+                Ok(_) => {}
+            }
+            if let Some(t) = &inst.webhook_path_token {
+                if t.expose_secret().trim().len() < 16 {
+                    p(
+                        &key("webhook_path_token"),
+                        "must be at least 16 characters (it is the only key of unsigned events)",
+                    )
+                }
             }
         }
         if self.instances.is_empty() {
@@ -689,6 +726,11 @@ mod tests {
             section("provider"),
             serde_json::to_value(ProviderSettings::default()).expect("to JSON"),
             "[provider] in config/default.toml vs ProviderSettings::default()"
+        );
+        assert_eq!(
+            section("webhooks"),
+            serde_json::to_value(WebhookSettings::default()).expect("to JSON"),
+            "[webhooks] in config/default.toml vs WebhookSettings::default()"
         );
     }
 }

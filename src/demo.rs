@@ -25,6 +25,8 @@ pub struct DemoOptions {
     /// temp directory.
     pub database: Option<String>,
     pub seed: Option<u64>,
+    /// Share of webhook events the simulator loses (`--webhook-loss`).
+    pub webhook_loss: f64,
 }
 
 /// What the demo measured.
@@ -38,6 +40,8 @@ pub struct DemoReport {
     pub faults: Vec<(String, u64)>,
     pub reconciled: usize,
     pub elapsed: Duration,
+    /// Views recorded and in-doubt rows settled by webhook / by look-up.
+    pub webhooks: crate::webhooks::DemoFigures,
 }
 
 const INSTANCES: [&str; 3] = ["alpha", "beta", "gamma"];
@@ -110,10 +114,16 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
         .await
         .context("migrating the demo database")?;
 
+    // The provider's webhook events, signed, some lost, duplicated and
+    // reordered, to a receiver of the demo's own (issue 13).
+    let hooks = CancellationToken::new();
+    let _stop_hooks = hooks.clone().drop_guard();
+    let knobs = crate::app::demo_webhooks(&store, &INSTANCES, opts.webhook_loss, hooks).await?;
     let sim = Simulator::start(
         "127.0.0.1:0".parse()?,
         SimConfig {
             seed: opts.seed,
+            webhooks: Some(knobs),
             ..SimConfig::with_demo_faults()
         },
     )
@@ -131,6 +141,9 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
                 supplied_id: true,
                 rate_per_sec: 5_000,
                 burst: 500,
+                webhook_secret: None,
+                webhook_secret_file: None,
+                webhook_path_token: None,
             },
         );
     }
@@ -237,6 +250,7 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
         }
     }
     lost += opts.statuses.saturating_sub(rows.len());
+    let webhooks = crate::webhooks::demo_figures(&store, &rows, sim.webhook_stats()).await?;
     Ok(DemoReport {
         enqueued: opts.statuses,
         posted_rows,
@@ -246,6 +260,7 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
         faults: stats.faults.into_iter().collect(),
         reconciled,
         elapsed,
+        webhooks,
     })
 }
 
@@ -273,6 +288,7 @@ pub fn print_report(r: &DemoReport) {
         r.enqueued as f64 / secs
     );
     println!("  {:<34} {:>8.1}", "wall time (s)", secs);
+    r.webhooks.print();
     println!("\n  faults survived, by kind:");
     for (k, n) in &r.faults {
         println!("    {k:<32} {n:>8}");

@@ -22,6 +22,8 @@
 //!   bench); it imports the wire vocabulary, never the client.
 //! - [`instance`]: a configured instance as a process holds it: client,
 //!   rate limiter, pause.
+//! - [`webhooks`]: the provider's events as evidence: signature checks,
+//!   what an event proves (views, existence), the inbox processor.
 //! - [`ops`]: the operator actions both the CLI and the admin API offer
 //!   (find, validated enqueue, retry / force-resend, cancel, delete).
 //! - [`daemon`]: the pipeline services, enqueue → id → claim → send →
@@ -47,4 +49,5 @@ pub mod ops;
 pub mod provider;
 pub mod sim;
 pub mod store;
+pub mod webhooks;
 pub mod wire;

@@ -170,6 +170,9 @@ fn settings_for(url: &str, sim: &SimHandle, id_source: IdSource) -> Settings {
             supplied_id: true,
             rate_per_sec: 1_000_000,
             burst: 1_000_000,
+            webhook_secret: None,
+            webhook_secret_file: None,
+            webhook_path_token: None,
         },
     );
     s.daemon.id_source = id_source;

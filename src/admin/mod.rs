@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 mod auth;
 mod gauges;
+pub mod webhooks;
 
 pub use auth::fingerprint;
 use auth::{audit, require_token, Caller, TokenCheck};
@@ -117,6 +118,13 @@ impl<S: Store, P: Provider> AdminServer<S, P> {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
+    /// Adds the provider's webhook routes (`POST /v1/webhooks/{instance}`),
+    /// authenticated by each instance's webhook secret, not the admin token.
+    pub fn with_webhooks(mut self, store: S, receiver: Arc<crate::webhooks::Receiver>) -> Self {
+        self.app = self.app.merge(webhooks::router(store, receiver));
+        self
+    }
+
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let gauges = tokio::spawn(refresh_gauges(self.ctx.clone(), shutdown.clone()));
         // With the peer address, for the audit lines.
@@ -139,6 +147,8 @@ fn router<S: Store, P: Provider>(app: Shared<S, P>) -> Router {
         .route("/v1/stats", get(stats::<S, P>))
         .route("/v1/instances", get(instances::<S, P>))
         .route("/v1/activity", get(activity::<S, P>))
+        .route("/v1/statuses/{id}/views", get(webhooks::views::<S, P>))
+        .route("/v1/views", get(webhooks::recent::<S, P>))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             require_token::<S, P>,

@@ -78,6 +78,14 @@ pub async fn pass<S: Store, P: Provider>(ctx: &Ctx<S, P>) -> anyhow::Result<usiz
     if n == 0 {
         return Ok(0);
     }
+    // A provider event that proved a row posted settles it here, with no
+    // look-up (issue 13; `store/views.rs`).
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).collect();
+    let settled = ctx.store.settle_confirmed(&ids, &[]).await?;
+    let rows: Vec<OutboxRow> = rows
+        .into_iter()
+        .filter(|r| !settled.iter().any(|s| s.id == r.id))
+        .collect();
     let transitions: Vec<Transition> = stream::iter(rows)
         .map(|row| async move { decide(ctx, &row).await })
         .buffer_unordered(ctx.reconciler.parallelism)

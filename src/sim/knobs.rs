@@ -51,6 +51,9 @@ pub struct SimConfig {
     pub auto_assign_ids: bool,
     /// Seed for the fault and latency draws; `None` seeds from the OS.
     pub seed: Option<u64>,
+    /// Webhook events to statusd (`sim/webhooks.rs`); None: none sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<super::webhooks::WebhookKnobs>,
 }
 
 impl Default for SimConfig {
@@ -72,6 +75,7 @@ impl Default for SimConfig {
             tokens: SimTokens::default(),
             auto_assign_ids: false,
             seed: None,
+            webhooks: None,
         }
     }
 }

@@ -33,6 +33,7 @@
 mod knobs;
 mod server;
 mod state;
+mod webhooks;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -43,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use knobs::{InvalidSimConfig, SimConfig, SimError, SimTokens};
 pub use state::{PostedStatus, SimStats};
+pub use webhooks::{WebhookKnobs, WebhookStats, WebhookTarget};
 
 /// Starts simulators.
 pub struct Simulator;
@@ -97,6 +99,11 @@ impl SimHandle {
 
     pub fn config(&self) -> SimConfig {
         self.shared.config()
+    }
+
+    /// Counters of the webhook events sent (`SimConfig::webhooks`).
+    pub fn webhook_stats(&self) -> WebhookStats {
+        self.shared.webhooks.stats()
     }
 
     /// Replaces the knobs; takes effect for the next request.

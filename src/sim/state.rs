@@ -127,6 +127,8 @@ struct Inner {
 pub struct Shared {
     inner: Mutex<Inner>,
     pub cancel: CancellationToken,
+    /// Webhook events of shown statuses (`sim/webhooks.rs`).
+    pub webhooks: std::sync::Arc<super::webhooks::Emitter>,
 }
 
 fn rng_for(seed: Option<u64>) -> StdRng {
@@ -147,6 +149,7 @@ impl Shared {
                 shown: HashMap::new(),
                 stats: SimStats::default(),
             }),
+            webhooks: std::sync::Arc::new(super::webhooks::Emitter::new(cancel.clone())),
             cancel,
         }
     }
@@ -338,6 +341,8 @@ impl Shared {
             deleted: false,
         });
         g.by_id.insert((instance.to_string(), id.clone()), index);
+        self.webhooks
+            .on_posted(g.config.webhooks.as_ref(), instance, &id, kind);
         Committed {
             id,
             timestamp: now.timestamp(),

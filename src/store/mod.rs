@@ -20,10 +20,15 @@ mod postgres;
 mod sqlite;
 mod sqlite_wake;
 mod timed;
+mod views;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use timed::Timed;
+pub use views::{
+    level_name, Applied, ApplyParams, Confirmation, InboxEvent, Settled, View, ViewBucket,
+    ViewCounts, ViewEvent, ViewStore, CONFIRMED_NOTE,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -280,7 +285,8 @@ impl ActivityParams {
 
 /// The outbox's queries. See the module docs for the rules every backend
 /// keeps.
-pub trait Store: Clone + Send + Sync + 'static {
+/// Every store has the webhook queries too ([`ViewStore`], in `views.rs`).
+pub trait Store: Clone + Send + Sync + ViewStore + 'static {
     /// Applies the embedded migrations.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
     /// Round trip to the database (readiness).

@@ -17,3 +17,4 @@ mod soak;
 mod state_machine;
 mod store;
 mod support;
+mod webhooks;

@@ -171,6 +171,9 @@ pub fn test_settings(db_url: &str, sim: &SimHandle, instances: &[(&str, bool)]) 
                 supplied_id: *supplied,
                 rate_per_sec: 10_000,
                 burst: 10_000,
+                webhook_secret: None,
+                webhook_secret_file: None,
+                webhook_path_token: None,
             },
         );
     }
