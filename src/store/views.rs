@@ -138,27 +138,41 @@ pub fn level_name(level: i32) -> &'static str {
 /// own rules, so that one statement never touches a row twice (PostgreSQL
 /// refuses that) and both backends see the same input.
 fn merged(views: &[ViewEvent]) -> Vec<serde_json::Value> {
-    let mut by: BTreeMap<(&str, &str), (i32, i64, i64, Option<i64>, &str)> = BTreeMap::new();
+    /// One (message id, viewer) after merging: level, first, last, viewed.
+    struct Merged<'a> {
+        level: i32,
+        first: i64,
+        last: i64,
+        viewed: Option<i64>,
+        instance: &'a str,
+    }
+    let mut by: BTreeMap<(&str, &str), Merged> = BTreeMap::new();
     for v in views {
         let at = v.at.timestamp_millis();
         let viewed = (v.level >= 3).then_some(at);
         by.entry((&v.message_id, &v.viewer))
             .and_modify(|e| {
-                e.0 = e.0.max(v.level);
-                e.1 = e.1.min(at);
-                e.2 = e.2.max(at);
-                e.3 = match (e.3, viewed) {
+                e.level = e.level.max(v.level);
+                e.first = e.first.min(at);
+                e.last = e.last.max(at);
+                e.viewed = match (e.viewed, viewed) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
             })
-            .or_insert((v.level, at, at, viewed, &v.instance));
+            .or_insert(Merged {
+                level: v.level,
+                first: at,
+                last: at,
+                viewed,
+                instance: &v.instance,
+            });
     }
     by.into_iter()
-        .map(|((m, viewer), (level, first, last, viewed, instance))| {
+        .map(|((m, viewer), e)| {
             serde_json::json!({
-                "m": m, "v": viewer, "i": instance, "l": level,
-                "first": first, "last": last, "viewed": viewed,
+                "m": m, "v": viewer, "i": e.instance, "l": e.level,
+                "first": e.first, "last": e.last, "viewed": e.viewed,
             })
         })
         .collect()

@@ -644,10 +644,7 @@ async fn the_daemon_binary_records_views_from_signed_events() {
     assert!(String::from_utf8_lossy(&ls.stdout).contains("VIEWS"));
     let url_out = cli(&["webhook", "url", "main"]).output().await.unwrap();
     let url_text = String::from_utf8_lossy(&url_out.stdout);
-    assert!(
-        url_text.contains(&format!("/v1/webhooks/main")),
-        "{url_text}"
-    );
+    assert!(url_text.contains("/v1/webhooks/main"), "{url_text}");
     assert!(!url_text.contains(KEY), "the secret is never printed");
     // SIGTERM, then no secret anywhere in the daemon's log.
     let pid = daemon.id().unwrap() as i32;
