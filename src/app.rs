@@ -132,6 +132,7 @@ pub async fn demo_webhooks<S: Store>(
     let cfg = ProcessorConfig {
         batch_size: 500,
         fallback_poll: std::time::Duration::from_secs(1),
+        linger: std::time::Duration::from_millis(100),
         retention: std::time::Duration::ZERO,
     };
     let addr = serve_webhooks(
@@ -157,8 +158,8 @@ pub async fn demo_webhooks<S: Store>(
             .collect(),
         loss: loss.clamp(0.0, 1.0),
         duplicate: 0.05,
-        delay_max_ms: 200,
-        viewers: 8,
+        delay_max_ms: 50,
+        viewers: 4,
         view_share: 0.4,
     })
 }

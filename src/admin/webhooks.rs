@@ -21,22 +21,24 @@ use serde::{Deserialize, Serialize};
 
 use super::{bad, parse_span, ApiError, Shared};
 use crate::provider::Provider;
-use crate::store::{level_name, Store, View, ViewBucket, ViewCounts};
+use crate::store::{level_name, NewEvent, Store, View, ViewBucket, ViewCounts};
+use crate::webhooks::inbox::InboxWriter;
 use crate::webhooks::{events, Receiver, Rejection, EVENTS_TOTAL};
 use crate::wire::webhook as w;
 
-struct Ingest<S> {
-    store: S,
+struct Ingest {
+    inbox: InboxWriter,
     receiver: Arc<Receiver>,
 }
 
 /// The ingestion routes, with their own state; merged into the admin
 /// server by [`super::AdminServer::with_webhooks`].
 pub fn router<S: Store>(store: S, receiver: Arc<Receiver>) -> Router {
-    let state = Arc::new(Ingest { store, receiver });
+    let inbox = InboxWriter::start(store, receiver.wake.clone());
+    let state = Arc::new(Ingest { inbox, receiver });
     Router::new()
-        .route("/v1/webhooks/{instance}", post(ingest::<S>))
-        .route("/v1/webhooks/{instance}/{token}", post(ingest_token::<S>))
+        .route("/v1/webhooks/{instance}", post(ingest))
+        .route("/v1/webhooks/{instance}/{token}", post(ingest_token))
         // The limit is ours (webhooks.max_body_bytes), read as a stream.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -49,8 +51,8 @@ fn refuse(r: Rejection) -> Response {
     (code, Json(serde_json::json!({ "error": r.to_string() }))).into_response()
 }
 
-async fn ingest<S: Store>(
-    AxState(st): AxState<Arc<Ingest<S>>>,
+async fn ingest(
+    AxState(st): AxState<Arc<Ingest>>,
     Path(instance): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -58,8 +60,8 @@ async fn ingest<S: Store>(
     receive(&st, &instance, None, &headers, body).await
 }
 
-async fn ingest_token<S: Store>(
-    AxState(st): AxState<Arc<Ingest<S>>>,
+async fn ingest_token(
+    AxState(st): AxState<Arc<Ingest>>,
     Path((instance, token)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
@@ -67,8 +69,8 @@ async fn ingest_token<S: Store>(
     receive(&st, &instance, Some(&token), &headers, body).await
 }
 
-async fn receive<S: Store>(
-    st: &Ingest<S>,
+async fn receive(
+    st: &Ingest,
     instance: &str,
     token: Option<&str>,
     headers: &HeaderMap,
@@ -103,17 +105,16 @@ async fn receive<S: Store>(
     }
     // Valid JSON is UTF-8 (serde_json refuses anything else).
     let text = String::from_utf8_lossy(&bytes);
-    let request_id = header(w::REQUEST_ID);
-    match st
-        .store
-        .webhook_accept(instance, request_id.as_deref(), &text)
-        .await
-    {
-        Ok(seq) => {
+    let event = NewEvent {
+        instance: instance.to_string(),
+        request_id: header(w::REQUEST_ID),
+        body: text.into_owned(),
+    };
+    match st.inbox.accept(event).await {
+        Ok(()) => {
             metrics::counter!(EVENTS_TOTAL, "result" => "accepted", "reason" => "stored")
                 .increment(1);
-            st.receiver.wake.notify_one();
-            Json(serde_json::json!({ "accepted": seq })).into_response()
+            Json(serde_json::json!({ "accepted": true })).into_response()
         }
         Err(e) => {
             // Not stored: a 5xx makes the provider deliver it again.

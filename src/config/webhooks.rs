@@ -22,6 +22,10 @@ pub struct WebhookSettings {
     /// The processor looks at its inbox this often even when no request
     /// woke it (events accepted by another replica's server).
     pub fallback_poll_ms: u64,
+    /// After a wake-up the processor waits this long, so that one
+    /// transaction applies a burst of events (an in-doubt row is settled
+    /// this much later, still without its settle delay or a look-up).
+    pub apply_linger_ms: u64,
     /// The address the provider reaches this server at, for
     /// `statusd webhook url` (e.g. `https://statusd.example.com`); default:
     /// `http://` + `admin.bind`.
@@ -36,6 +40,7 @@ impl Default for WebhookSettings {
             max_body_bytes: 1024 * 1024,
             batch_size: 500,
             fallback_poll_ms: 30_000,
+            apply_linger_ms: 100,
             public_url: None,
         }
     }

@@ -78,9 +78,15 @@ pub struct WebhookStats {
     pub views: u64,
 }
 
+/// Deliveries in flight at once.
+const MAX_IN_FLIGHT: usize = 64;
+
 /// Sends the events; one per simulator.
 pub struct Emitter {
     client: reqwest::Client,
+    /// Deliveries in flight at once, like the provider's delivery queue
+    /// (and so a handful of kept-alive connections, not one per event).
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
     cancel: CancellationToken,
     events: AtomicU64,
     delivered: AtomicU64,
@@ -97,6 +103,7 @@ impl Emitter {
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
+            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             cancel,
             events: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
@@ -193,6 +200,9 @@ impl Emitter {
     }
 
     async fn deliver(&self, url: &str, key: &str, mut event: serde_json::Value) {
+        let Ok(_permit) = self.in_flight.clone().acquire_owned().await else {
+            return;
+        };
         // The event's time is when it is sent (WAHA stamps it when made;
         // the delay here stands for the network, not for the event).
         let ts = chrono::Utc::now().timestamp_millis();

@@ -26,8 +26,8 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use timed::Timed;
 pub use views::{
-    level_name, Applied, ApplyParams, Confirmation, InboxEvent, Settled, View, ViewBucket,
-    ViewCounts, ViewEvent, ViewStore, CONFIRMED_NOTE,
+    level_name, Applied, ApplyParams, Confirmation, InboxEvent, NewEvent, Settled, View,
+    ViewBucket, ViewCounts, ViewEvent, ViewStore, CONFIRMED_NOTE,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -26,6 +26,7 @@ use crate::config::{Settings, WebhookSettings};
 use crate::wire::webhook as w;
 
 pub mod events;
+pub mod inbox;
 pub mod processor;
 
 /// Events received, by result and reason.

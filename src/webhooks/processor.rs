@@ -24,6 +24,8 @@ use crate::store::{Applied, ApplyParams, Store};
 pub struct ProcessorConfig {
     pub batch_size: usize,
     pub fallback_poll: Duration,
+    /// Wait after a wake-up before applying (`webhooks.apply_linger_ms`).
+    pub linger: Duration,
     /// Views and confirmations of ids no row holds are purged after this
     /// (`daemon.retention_days`); zero keeps them.
     pub retention: Duration,
@@ -34,6 +36,7 @@ impl ProcessorConfig {
         ProcessorConfig {
             batch_size: settings.webhooks.batch_size.max(1),
             fallback_poll: super::fallback_poll(&settings.webhooks),
+            linger: Duration::from_millis(settings.webhooks.apply_linger_ms),
             retention: Duration::from_secs(settings.daemon.retention_days * 86_400),
         }
     }
@@ -104,7 +107,15 @@ pub async fn run<S: Store>(
             }
         }
         tokio::select! {
-            _ = wake.notified() => {}
+            // Woken by a commit, it lingers so that one transaction applies
+            // a burst: a flood of events costs the database a few commits
+            // a second, not one per delivery.
+            _ = wake.notified() => {
+                tokio::select! {
+                    _ = tokio::time::sleep(cfg.linger) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
             _ = tokio::time::sleep(cfg.fallback_poll) => {}
             _ = shutdown.cancelled() => {}
         }
