@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Kind, StatusBody};
+use crate::model::{AttemptOutcome, Kind, StatusBody};
 
 /// What became of one request that may have changed the provider's state.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,16 +37,36 @@ pub enum SendOutcome {
     },
 }
 
-impl SendOutcome {
-    /// A short label for metrics and the attempt history.
-    pub fn label(&self) -> &'static str {
-        match self {
-            SendOutcome::Posted { .. } => "posted",
-            SendOutcome::Retryable { .. } => "retryable",
-            SendOutcome::InDoubt { .. } => "in_doubt",
-            SendOutcome::Permanent { .. } => "permanent",
-            SendOutcome::InstanceDown { .. } => "instance_down",
+/// The `reason` of every outcome but `Posted`, borrowed as `$outcome` is
+/// (shared or mutable): one match for `reason` and `reason_mut`.
+macro_rules! reason_of {
+    ($outcome:expr) => {
+        match $outcome {
+            SendOutcome::Posted { .. } => None,
+            SendOutcome::Retryable { reason, .. }
+            | SendOutcome::InDoubt { reason, .. }
+            | SendOutcome::Permanent { reason, .. }
+            | SendOutcome::InstanceDown { reason, .. } => Some(reason),
         }
+    };
+}
+
+impl SendOutcome {
+    /// The attempt history's outcome for this answer (a rate-limited
+    /// refusal is told apart by the dispatcher, which refunds it).
+    pub fn attempt_outcome(&self) -> AttemptOutcome {
+        match self {
+            SendOutcome::Posted { .. } => AttemptOutcome::Posted,
+            SendOutcome::Retryable { .. } => AttemptOutcome::Retryable,
+            SendOutcome::InDoubt { .. } => AttemptOutcome::InDoubt,
+            SendOutcome::Permanent { .. } => AttemptOutcome::Permanent,
+            SendOutcome::InstanceDown { .. } => AttemptOutcome::InstanceDown,
+        }
+    }
+
+    /// A short label for metrics and logs (the attempt outcome's text).
+    pub fn label(&self) -> &'static str {
+        self.attempt_outcome().as_str()
     }
 
     pub fn http_status(&self) -> Option<u16> {
@@ -60,24 +80,12 @@ impl SendOutcome {
     }
 
     pub fn reason(&self) -> Option<&str> {
-        match self {
-            SendOutcome::Posted { .. } => None,
-            SendOutcome::Retryable { reason, .. }
-            | SendOutcome::InDoubt { reason, .. }
-            | SendOutcome::Permanent { reason, .. }
-            | SendOutcome::InstanceDown { reason, .. } => Some(reason),
-        }
+        reason_of!(self).map(String::as_str)
     }
 
     /// The reason, to rewrite in place (redaction).
     pub fn reason_mut(&mut self) -> Option<&mut String> {
-        match self {
-            SendOutcome::Posted { .. } => None,
-            SendOutcome::Retryable { reason, .. }
-            | SendOutcome::InDoubt { reason, .. }
-            | SendOutcome::Permanent { reason, .. }
-            | SendOutcome::InstanceDown { reason, .. } => Some(reason),
-        }
+        reason_of!(self)
     }
 }
 

@@ -300,7 +300,10 @@ pub async fn demo_figures<S: crate::store::Store>(
     };
     for r in rows {
         let history = store.attempts(r.id).await?;
-        if !history.iter().any(|a| a.outcome == "in_doubt") {
+        if !history
+            .iter()
+            .any(|a| a.outcome == crate::model::AttemptOutcome::InDoubt.as_str())
+        {
             continue;
         }
         if history

@@ -10,7 +10,7 @@ use statusd::admin::AdminServer;
 use statusd::app::wawp_instances;
 use statusd::config::{AdminSettings, WebhookSettings};
 use statusd::daemon::{reconciler, Daemon};
-use statusd::model::State;
+use statusd::model::{AttemptOutcome, State};
 use statusd::sim::SimConfig;
 use statusd::store::{ClaimParams, Completion, Store, Transition, CONFIRMED_NOTE};
 use statusd::webhooks::{processor, Receiver};
@@ -286,7 +286,7 @@ async fn duplicate_and_reordered_acks_keep_the_highest_level<S: Store>(s: S, db:
         transition: Transition::new(id, 1, State::Posted),
         started_at: chrono::Utc::now(),
         latency: Duration::from_millis(5),
-        outcome: "posted".into(),
+        outcome: AttemptOutcome::Posted,
     }])
     .await
     .unwrap();
@@ -388,7 +388,7 @@ async fn an_ack_before_posted_is_attributed_and_changes_nothing<S: Store>(s: S, 
             transition: Transition::new(id, 1, State::Posted),
             started_at: chrono::Utc::now(),
             latency: Duration::from_millis(5),
-            outcome: "posted".into(),
+            outcome: AttemptOutcome::Posted,
         }])
         .await
         .unwrap();
@@ -477,7 +477,7 @@ async fn a_lost_response_after_a_confirmation_needs_no_lookup<S: Store>(s: S, db
         transition: Transition::new(id, 1, State::InDoubt),
         started_at: chrono::Utc::now(),
         latency: Duration::from_millis(5),
-        outcome: "in_doubt".into(),
+        outcome: AttemptOutcome::InDoubt,
     }])
     .await
     .unwrap();
