@@ -250,7 +250,7 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
         }
     }
     lost += opts.statuses.saturating_sub(rows.len());
-    let webhooks = crate::webhooks::demo_figures(&store, &rows, sim.webhook_stats()).await?;
+    let webhooks = crate::webhooks::demo_figures(&store, &rows, || sim.webhook_stats()).await?;
     Ok(DemoReport {
         enqueued: opts.statuses,
         posted_rows,

@@ -281,8 +281,22 @@ pub struct DemoFigures {
 pub async fn demo_figures<S: crate::store::Store>(
     store: &S,
     rows: &[crate::model::OutboxRow],
-    sim: crate::sim::WebhookStats,
+    sim: impl Fn() -> crate::sim::WebhookStats,
 ) -> anyhow::Result<DemoFigures> {
+    // Events still on their way (the drain can outrun them) are waited for,
+    // up to 10 s, so that the views counted are the views sent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = sim();
+        let due = s.events - s.lost + s.duplicated;
+        if (s.delivered + s.failed >= due && store.webhook_backlog().await? == 0)
+            || std::time::Instant::now() > deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sim = sim();
     let ids: Vec<String> = rows.iter().filter_map(|r| r.message_id.clone()).collect();
     let mut views = 0;
     for chunk in ids.chunks(500) {
