@@ -646,6 +646,18 @@ async fn the_daemon_binary_records_views_from_signed_events() {
     let url_text = String::from_utf8_lossy(&url_out.stdout);
     assert!(url_text.contains("/v1/webhooks/main"), "{url_text}");
     assert!(!url_text.contains(KEY), "the secret is never printed");
+    let shown = crate::support::statusd_in(dir.path(), &dir.path().join("cli.log"), &env)
+        .args(["config", "show"])
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("webhook_secret = \"[redacted]\""), "{shown}");
+    assert!(
+        !shown.contains(KEY),
+        "config show leaked the webhook secret"
+    );
     // SIGTERM, then no secret anywhere in the daemon's log.
     let pid = daemon.id().unwrap() as i32;
     unsafe { libc::kill(pid, libc::SIGTERM) };
