@@ -302,9 +302,19 @@ async fn send_one<S: Store, P: Provider>(
                     _ = inst.limiter.until_ready() => {}
                     _ = hard_stop.cancelled() => return released_unsent(row),
                 }
+                // The rate limit may have kept it long: checked again, and the
+                // call bounded by the lease left, so no call outlives its lease.
+                let Some(lease_left) = ctx
+                    .dispatcher
+                    .lease
+                    .checked_sub(claimed.elapsed())
+                    .filter(|l| *l >= ctx.dispatcher.lease / 2)
+                else {
+                    return released_unsent(row);
+                };
                 let call = async {
                     let t = Instant::now();
-                    let out = inst.provider.send_status(&status).await;
+                    let out = inst.provider.send_status_within(&status, lease_left).await;
                     let label = crate::metrics::instance_label(ctx.instances.keys(), &row.instance);
                     metrics::histogram!(crate::metrics::PROVIDER_REQUEST_DURATION, crate::metrics::INSTANCE_LABEL => label, "outcome" => out.label())
                         .record(t.elapsed().as_secs_f64());

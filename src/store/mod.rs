@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::model::{Attempt, AttemptOutcome, OutboxRow, State};
 
+mod capabilities;
 mod connect;
 mod postgres;
 mod row;
@@ -24,6 +25,9 @@ mod sqlite;
 mod timed;
 mod views;
 
+pub use capabilities::{
+    record_capabilities, Capabilities, CapabilityChange, CapabilityStore, Known, KnownId, Source,
+};
 pub use connect::{connect, Connected, Patience, Scrubbed};
 pub use postgres::PgStore;
 pub use row::{not_allowed, OperatorAction};
@@ -331,7 +335,7 @@ impl ActivityParams {
 /// The outbox's queries. See the module docs for the rules every backend
 /// keeps.
 /// Every store has the webhook queries too ([`ViewStore`], in `views.rs`).
-pub trait Store: Clone + Send + Sync + ViewStore + 'static {
+pub trait Store: CapabilityStore + ViewStore + Clone + Send + Sync + 'static {
     /// Applies the embedded migrations.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
     /// Round trip to the database (readiness).

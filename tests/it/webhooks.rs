@@ -672,28 +672,3 @@ async fn the_daemon_binary_records_views_from_signed_events() {
         "the access token leaked into the log"
     );
 }
-
-/// The demo's oracle (the simulator's record of what viewers saw) holds
-/// whether the provider's events all arrive or are all lost: look-ups stay
-/// the fallback, and events only ever settle or record, never send.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_demo_holds_exactly_once_with_webhooks_lost_or_delivered() {
-    for loss in [1.0, 0.0] {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = statusd::demo::DemoOptions {
-            statuses: 300,
-            database: Some(format!("sqlite://{}", dir.path().join("demo.db").display())),
-            seed: Some(7),
-            webhook_loss: loss,
-        };
-        let r = statusd::demo::execute(&opts, false).await.unwrap();
-        assert_eq!((r.duplicates, r.lost), (0, 0), "loss {loss}: {r:?}");
-        assert_eq!(r.posted_rows, 300, "loss {loss}");
-        if loss == 1.0 {
-            assert_eq!(r.webhooks.views, 0);
-            assert_eq!(r.webhooks.settled_by_webhook, 0);
-        } else {
-            assert!(r.webhooks.views > 0, "views recorded: {:?}", r.webhooks);
-        }
-    }
-}
