@@ -24,6 +24,7 @@ mod instance;
 mod outbox;
 mod schedule;
 mod table;
+mod views;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -172,6 +173,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         })
         .await
         .context("the demo failed"),
+        // Needs the configuration only, not the database.
+        Command::Webhook(WebhookCommand::Url(a)) => {
+            let settings = operator_settings(&source)?;
+            print_out(&views::webhook_url(&a.instance, &settings)?)
+        }
         cmd => {
             let settings = operator_settings(&source)?;
             let store = connect(&settings.database, Patience::FailFast).await?;
@@ -239,10 +245,12 @@ pub async fn dispatch<S: Store>(store: S, cmd: Command, settings: &Settings) -> 
         Command::Schedule(ScheduleCommand::Ls(a)) => schedule::ls(&store, a.json).await?,
         Command::Schedule(ScheduleCommand::Rm(a)) => schedule::rm(&store, &a.name).await?,
         Command::Instance(c) => instance::dispatch(&store, c, settings).await?,
+        Command::Views(a) => views::views(&store, &a.id, a.json).await?,
         Command::Config(_)
         | Command::Run
         | Command::Health
         | Command::Sim(_)
+        | Command::Webhook(_)
         | Command::Demo(_) => {
             anyhow::bail!("internal: not an operator command")
         }

@@ -23,12 +23,14 @@ mod load;
 mod redact;
 mod secret;
 mod show;
+mod webhooks;
 
 use load::{deserialize_collecting, instance_name_problems, read_layers, resolve};
 
 pub use redact::{redact_url, redact_url_secrets_in};
 use secret::read_secret_file;
 pub use secret::SecretError;
+pub use webhooks::WebhookSettings;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -37,6 +39,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub provider: ProviderSettings,
     pub instances: BTreeMap<String, InstanceConfig>,
+    pub webhooks: WebhookSettings,
     /// Files the secrets above were read from (shown by `config show`).
     pub secret_files: SecretFiles,
 }
@@ -257,6 +260,17 @@ pub struct InstanceConfig {
     pub rate_per_sec: u32,
     #[serde(default = "d_burst")]
     pub burst: u32,
+    /// HMAC-SHA512 key of the provider's webhook events for this instance
+    /// (`POST /v1/webhooks/NAME`); or `webhook_secret_file`. Absent (and no
+    /// `webhook_path_token`): the instance's events are refused.
+    #[serde(default)]
+    pub webhook_secret: Option<SecretString>,
+    #[serde(default)]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// For a provider that cannot sign: events to
+    /// `POST /v1/webhooks/NAME/TOKEN` are accepted without a signature.
+    #[serde(default)]
+    pub webhook_path_token: Option<SecretString>,
 }
 
 impl Default for InstanceConfig {
@@ -273,6 +287,9 @@ impl Default for InstanceConfig {
             supplied_id: d_true(),
             rate_per_sec: d_rate(),
             burst: d_burst(),
+            webhook_secret: None,
+            webhook_secret_file: None,
+            webhook_path_token: None,
         }
     }
 }
@@ -359,6 +376,29 @@ impl InstanceConfig {
         }
         if self.burst == 0 {
             p("burst", "must be at least 1");
+        }
+        // The instance table names secrets, never holds them (as tokens).
+        if prefix.is_empty() && (self.webhook_secret.is_some() || self.webhook_path_token.is_some())
+        {
+            p(
+                "webhook_secret",
+                "an instance of the table names its webhook secret with webhook_secret_file; it never holds one",
+            );
+        }
+        match self.webhook_secret() {
+            Err(e) => p("webhook_secret", &e),
+            Ok(Some(s)) if s.expose_secret().trim().is_empty() => {
+                p("webhook_secret", "must not be empty or blank")
+            }
+            Ok(_) => {}
+        }
+        if let Some(t) = &self.webhook_path_token {
+            if t.expose_secret().trim().len() < 16 {
+                p(
+                    "webhook_path_token",
+                    "must be at least 16 characters (it is the only key of unsigned events)",
+                )
+            }
         }
         out
     }
@@ -478,6 +518,7 @@ struct RawSettings {
     admin: RawAdmin,
     provider: ProviderSettings,
     instances: BTreeMap<String, InstanceConfig>,
+    webhooks: WebhookSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -576,6 +617,7 @@ impl Settings {
             admin: AdminSettings::default(),
             provider: ProviderSettings::default(),
             instances: BTreeMap::new(),
+            webhooks: WebhookSettings::default(),
             secret_files: SecretFiles::default(),
         }
     }
@@ -650,6 +692,12 @@ impl Settings {
                      (the admin API then answers only /healthz, /readyz and /metrics)",
                 );
             }
+        }
+        if self.webhooks.max_body_bytes < 1024 {
+            p("webhooks.max_body_bytes", "must be at least 1024");
+        }
+        if self.webhooks.batch_size == 0 {
+            p("webhooks.batch_size", "must be at least 1");
         }
         if self.provider.request_timeout_ms == 0 {
             p("provider.request_timeout_ms", "must be at least 1");
@@ -811,6 +859,11 @@ mod tests {
             section("provider"),
             serde_json::to_value(ProviderSettings::default()).expect("to JSON"),
             "[provider] in config/default.toml vs ProviderSettings::default()"
+        );
+        assert_eq!(
+            section("webhooks"),
+            serde_json::to_value(WebhookSettings::default()).expect("to JSON"),
+            "[webhooks] in config/default.toml vs WebhookSettings::default()"
         );
     }
 }

@@ -25,6 +25,8 @@
 //!   rate limiter, pause; and the registry of every instance the process
 //!   knows (the file's, and the `status_instances` table's, kept in step
 //!   at runtime).
+//! - [`webhooks`]: the provider's events as evidence: signature checks,
+//!   what an event proves (views, existence), the inbox processor.
 //! - [`ops`]: the operator actions both the CLI and the admin API offer
 //!   (find, validated enqueue, retry / force-resend, cancel, delete; the
 //!   instance commands in `ops::instances`).
@@ -51,4 +53,5 @@ pub mod ops;
 pub mod provider;
 pub mod sim;
 pub mod store;
+pub mod webhooks;
 pub mod wire;

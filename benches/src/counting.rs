@@ -226,3 +226,67 @@ impl<S: Store> statusd::store::CapabilityStore for Counting<S> {
         self.inner.known_message_ids(instance, ids, except).await
     }
 }
+
+/// The webhook inbox and views' queries, one statement each (the bench
+/// posts nothing to them; forwarded so the counting store is a full store).
+impl<S: Store> statusd::store::ViewStore for Counting<S> {
+    async fn webhook_accept(
+        &self,
+        instance: &str,
+        request_id: Option<&str>,
+        body: &str,
+    ) -> Result<i64> {
+        self.add(1);
+        self.inner.webhook_accept(instance, request_id, body).await
+    }
+    async fn webhook_accept_many(&self, events: &[statusd::store::NewEvent]) -> Result<u64> {
+        self.add(1);
+        self.inner.webhook_accept_many(events).await
+    }
+    async fn webhook_inbox(&self, limit: i64) -> Result<Vec<statusd::store::InboxEvent>> {
+        self.add(1);
+        self.inner.webhook_inbox(limit).await
+    }
+    async fn webhook_backlog(&self) -> Result<i64> {
+        self.add(1);
+        self.inner.webhook_backlog().await
+    }
+    async fn webhook_apply(
+        &self,
+        p: &statusd::store::ApplyParams,
+    ) -> Result<statusd::store::Applied> {
+        self.add(1);
+        self.inner.webhook_apply(p).await
+    }
+    async fn settle_confirmed(
+        &self,
+        ids: &[Uuid],
+        message_ids: &[String],
+    ) -> Result<Vec<statusd::store::Settled>> {
+        self.add(1);
+        self.inner.settle_confirmed(ids, message_ids).await
+    }
+    async fn views_of(&self, message_id: &str) -> Result<Vec<statusd::store::View>> {
+        self.add(1);
+        self.inner.views_of(message_id).await
+    }
+    async fn view_counts(
+        &self,
+        message_ids: &[String],
+    ) -> Result<std::collections::BTreeMap<String, statusd::store::ViewCounts>> {
+        self.add(1);
+        self.inner.view_counts(message_ids).await
+    }
+    async fn views_over_time(
+        &self,
+        since: Duration,
+        bucket: Duration,
+    ) -> Result<Vec<statusd::store::ViewBucket>> {
+        self.add(1);
+        self.inner.views_over_time(since, bucket).await
+    }
+    async fn purge_views(&self, older_than: Duration) -> Result<u64> {
+        self.add(1);
+        self.inner.purge_views(older_than).await
+    }
+}

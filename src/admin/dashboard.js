@@ -139,13 +139,14 @@
     if (busy) { again = true; return; }
     busy = true;
     try {
-      const [stats, instances, activity, inDoubt, failed, invalid] = await Promise.all([
+      const [stats, instances, activity, inDoubt, failed, invalid, views] = await Promise.all([
         api("GET", "v1/stats"),
         api("GET", "v1/instances"),
         api("GET", "v1/activity?window=1h&bucket=1m"),
         api("GET", "v1/statuses?state=in_doubt&limit=200"),
         api("GET", "v1/statuses?state=failed&limit=200"),
         api("GET", "v1/statuses?state=invalid&limit=200"),
+        api("GET", "v1/views?window=24h&bucket=1h&limit=20"),
       ]);
       showApp();
       renderCounts(stats);
@@ -153,6 +154,7 @@
       renderInstances(instances);
       renderActivity(activity);
       renderAttention(inDoubt.concat(failed, invalid));
+      renderViews(views);
       refreshes += 1;
       document.body.dataset.refreshes = String(refreshes);
       setConn("ok", "connected");
@@ -172,6 +174,48 @@
       return refresh();
     }
     if (!document.hidden) schedule();
+  }
+
+  // ---- views (provider webhook events), last 24 h ---------------------------
+
+  function renderViews(v) {
+    const body = $("views-rows");
+    body.replaceChildren();
+    for (const st of v.statuses) {
+      const c = st.counts;
+      const tr = el("tr");
+      tr.append(
+        el("td", { class: "mono", title: st.id }, st.id.slice(0, 8)),
+        el("td", {}, st.instance),
+        el("td", {}, st.kind),
+        el("td", {}, st.state),
+        el("td", { class: "num" }, fmtInt(c.viewed)),
+        el("td", { class: "num" }, fmtInt(c.delivered)),
+        el("td", { class: "num" }, fmtInt(c.played)),
+        el("td", {}, fmtAgo(st.created_at)),
+      );
+      body.append(tr);
+    }
+    $("views-empty").hidden = v.statuses.length > 0;
+    // Viewers over time: one bar per hour of the window.
+    const chart = $("views-chart");
+    chart.replaceChildren();
+    const W = 760, H = 120, hours = 24;
+    const end = Math.floor(Date.now() / 3600000) * 3600000;
+    const byStart = new Map(v.over_time.map((b) => [Date.parse(b.start), b.views]));
+    let max = 1;
+    for (const n of byStart.values()) max = Math.max(max, n);
+    const bw = W / hours;
+    for (let i = 0; i < hours; i++) {
+      const t = end - (hours - 1 - i) * 3600000;
+      const n = byStart.get(t) || 0;
+      const h = (n / max) * (H - 20);
+      const r = svg("rect", { x: i * bw + 2, y: H - h, width: bw - 4, height: h, class: "bar-posted" });
+      r.append(svg("title", {}, new Date(t).toISOString().slice(11, 16) + " UTC: " + n + " views"));
+      chart.append(r);
+    }
+    chart.append(svg("text", { x: 4, y: 12, class: "axis" }, "max " + fmtInt(max) + " views / hour"));
+    $("views-total").textContent = fmtInt(v.over_time.reduce((a, b) => a + b.views, 0));
   }
 
   // ---- counts per instance and state --------------------------------------

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 mod auth;
 mod gauges;
 mod instances;
+pub mod webhooks;
 
 pub use auth::fingerprint;
 use auth::{audit, require_token, Caller, TokenCheck};
@@ -122,6 +123,13 @@ impl<S: Store, P: Provider> AdminServer<S, P> {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
+    /// Adds the provider's webhook routes (`POST /v1/webhooks/{instance}`),
+    /// authenticated by each instance's webhook secret, not the admin token.
+    pub fn with_webhooks(mut self, store: S, receiver: Arc<crate::webhooks::Receiver>) -> Self {
+        self.app = self.app.merge(webhooks::router(store, receiver));
+        self
+    }
+
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let gauges = tokio::spawn(refresh_gauges(self.ctx.clone(), shutdown.clone()));
         // With the peer address, for the audit lines.
@@ -159,6 +167,8 @@ fn router<S: Store, P: Provider>(app: Shared<S, P>) -> Router {
             post(instances::disable::<S, P>),
         )
         .route("/v1/activity", get(activity::<S, P>))
+        .route("/v1/statuses/{id}/views", get(webhooks::views::<S, P>))
+        .route("/v1/views", get(webhooks::recent::<S, P>))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             require_token::<S, P>,

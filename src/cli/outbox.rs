@@ -199,8 +199,12 @@ pub async fn ls<S: Store>(store: &S, a: LsArgs) -> anyhow::Result<String> {
         })
         .await
         .context("listing statuses")?;
+    let views = super::views::counts_of(store, &rows).await?;
     if a.json {
-        let rows: Vec<Value> = rows.iter().map(row_json).collect();
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|r| super::views::with_counts(row_json(r), r, &views))
+            .collect();
         return Ok(json_line(&Value::Array(rows)));
     }
     if rows.is_empty() {
@@ -214,6 +218,7 @@ pub async fn ls<S: Store>(store: &S, a: LsArgs) -> anyhow::Result<String> {
         "ATTEMPTS",
         "MESSAGE_ID",
         "AGE",
+        "VIEWS",
         "LAST_ERROR",
     ]);
     for r in &rows {
@@ -230,6 +235,7 @@ pub async fn ls<S: Store>(store: &S, a: LsArgs) -> anyhow::Result<String> {
             r.attempts.to_string(),
             r.message_id.clone().unwrap_or_else(|| "-".into()),
             age_at(now, r.created_at),
+            super::views::cell(r, &views),
             truncate(r.last_error.as_deref().unwrap_or(""), 60),
         ]);
     }
@@ -275,8 +281,9 @@ pub async fn show<S: Store>(store: &S, a: ShowArgs) -> anyhow::Result<String> {
                 v
             })
             .collect();
+        let views = super::views::counts_of(store, std::slice::from_ref(&row)).await?;
         return Ok(json_line(&json!({
-            "status": row_json(&row),
+            "status": super::views::with_counts(row_json(&row), &row, &views),
             "attempts": attempts,
         })));
     }
@@ -332,6 +339,8 @@ pub async fn show<S: Store>(store: &S, a: ShowArgs) -> anyhow::Result<String> {
     field("created_at", time(Some(row.created_at)));
     field("updated_at", time(Some(row.updated_at)));
     field("posted_at", time(row.posted_at));
+    let views = super::views::counts_of(store, std::slice::from_ref(&row)).await?;
+    field("views", super::views::line(&row, &views));
     let payload = serde_json::from_str::<Value>(&row.payload)
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())

@@ -29,6 +29,7 @@ impl Settings {
                 token_file: self.secret_files.admin_token_file.as_deref(),
             },
             provider: &self.provider,
+            webhooks: &self.webhooks,
             instances: self
                 .instances
                 .iter()
@@ -43,6 +44,9 @@ impl Settings {
                         supplied_id: i.supplied_id,
                         rate_per_sec: i.rate_per_sec,
                         burst: i.burst,
+                        webhook_secret: i.webhook_secret.as_ref().map(shown_secret),
+                        webhook_secret_file: i.webhook_secret_file.as_deref(),
+                        webhook_path_token: i.webhook_path_token.as_ref().map(shown_secret),
                     };
                     (name.as_str(), shown)
                 })
@@ -71,6 +75,7 @@ struct Shown<'a> {
     daemon: &'a DaemonSettings,
     admin: ShownAdmin<'a>,
     provider: &'a ProviderSettings,
+    webhooks: &'a super::WebhookSettings,
     instances: BTreeMap<&'a str, ShownInstance<'a>>,
 }
 
@@ -108,4 +113,10 @@ struct ShownInstance<'a> {
     supplied_id: bool,
     rate_per_sec: u32,
     burst: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_secret: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_secret_file: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_path_token: Option<&'static str>,
 }

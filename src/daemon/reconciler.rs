@@ -144,6 +144,14 @@ pub async fn pass_with<S: Store, P: Provider>(
     if n == 0 {
         return Ok(0);
     }
+    // A provider event that proved a row posted settles it here, with no
+    // look-up (issue 13; `store/views.rs`).
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).collect();
+    let settled = ctx.store.settle_confirmed(&ids, &[]).await?;
+    let rows: Vec<OutboxRow> = rows
+        .into_iter()
+        .filter(|r| !settled.iter().any(|s| s.id == r.id))
+        .collect();
     let now = ctx.store.now().await?;
     let mut transitions = Vec::with_capacity(n);
     let mut groups: HashMap<String, Vec<OutboxRow>> = HashMap::new();

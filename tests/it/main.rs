@@ -19,3 +19,4 @@ mod soak;
 mod state_machine;
 mod store;
 mod support;
+mod webhooks;
