@@ -95,6 +95,11 @@ pub struct DaemonSettings {
     /// Most rows claimed or assigned in one statement.
     pub batch_size: usize,
     pub lease_secs: u64,
+    /// An instance lease: each instance is served by one replica at a time
+    /// (its rate and in-flight cap hold for the whole deployment); renewed
+    /// every quarter of this, taken over by another replica this long after
+    /// its holder died.
+    pub instance_lease_secs: u64,
     /// How often idle workers look for work when the store cannot signal it
     /// (an in-memory SQLite database).
     pub poll_interval_ms: u64,
@@ -136,6 +141,7 @@ impl Default for DaemonSettings {
             concurrency: 64,
             batch_size: 128,
             lease_secs: 60,
+            instance_lease_secs: 10,
             poll_interval_ms: 500,
             fallback_poll_ms: 5000,
             reconcile_interval_ms: 2000,
@@ -157,6 +163,9 @@ impl Default for DaemonSettings {
 impl DaemonSettings {
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs)
+    }
+    pub fn instance_lease(&self) -> Duration {
+        Duration::from_secs(self.instance_lease_secs)
     }
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
@@ -233,6 +242,10 @@ pub struct InstanceConfig {
     pub rate_per_sec: u32,
     #[serde(default = "d_burst")]
     pub burst: u32,
+    /// Provider calls of this instance in flight at once, across every
+    /// replica: a slow provider for one instance cannot hold every send slot.
+    #[serde(default = "d_max_in_flight")]
+    pub max_in_flight: usize,
 }
 
 fn d_base_url() -> String {
@@ -246,6 +259,12 @@ fn d_rate() -> u32 {
 }
 fn d_burst() -> u32 {
     20
+}
+/// 8 calls at once carry 20 statuses/s (the default rate) at up to 400 ms
+/// a call; raise it for a provider that answers slower at a higher rate.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
+fn d_max_in_flight() -> usize {
+    DEFAULT_MAX_IN_FLIGHT
 }
 
 impl InstanceConfig {
@@ -501,6 +520,9 @@ impl Settings {
         if d.lease_secs < 2 {
             p("daemon.lease_secs", "must be at least 2");
         }
+        if d.instance_lease_secs < 2 {
+            p("daemon.instance_lease_secs", "must be at least 2");
+        }
         if d.poll_interval_ms == 0 {
             p("daemon.poll_interval_ms", "must be at least 1");
         }
@@ -578,6 +600,9 @@ impl Settings {
             }
             if inst.burst == 0 {
                 p(&key("burst"), "must be at least 1");
+            }
+            if inst.max_in_flight == 0 {
+                p(&key("max_in_flight"), "must be at least 1");
             }
         }
         if self.instances.is_empty() {

@@ -131,6 +131,7 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
                 supplied_id: true,
                 rate_per_sec: 5_000,
                 burst: 500,
+                max_in_flight: 64,
             },
         );
     }

@@ -1,21 +1,27 @@
-//! Claims due `pending_upload` rows in batches sized to the free send slots,
-//! sends each through its instance's rate limiter, and writes the outcomes
-//! in batches. Leases are committed before any HTTP call and outcomes are
-//! fenced by attempt (rules 2 and 3).
+//! Claims due `pending_upload` rows in batches, per instance only what its
+//! budget allows (about a second of its rate, twice its `max_in_flight`),
+//! hands them to the send slots round-robin across the instances that can
+//! send now (R7), and writes the outcomes in batches. Leases are committed
+//! before any HTTP call and outcomes are fenced by attempt (rules 2 and 3).
+//! Each instance is served by one replica at a time (instance leases, kept
+//! here), so its rate and cap hold for the whole deployment.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Semaphore};
+use governor::clock::{Clock, DefaultClock};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::fair_queue::{FairQueue, Gate, Next, Waiting};
 use super::{backoff, Ctx};
 use crate::config::{DaemonSettings, IdSource};
 use crate::model::{OutboxRow, State, StatusBody};
 use crate::provider::{ids, OutgoingStatus, Provider, SendOutcome};
-use crate::store::{ClaimParams, Completion, Store, Transition};
+use crate::store::{ClaimParams, Completion, InstanceBudget, KeepLeasesParams, Store, Transition};
 
 /// The dispatcher's settings, built from `[daemon]` (defaults:
 /// [`DaemonSettings::default`]).
@@ -57,6 +63,51 @@ impl DispatcherConfig {
     }
 }
 
+/// How far ahead an instance's rows are claimed: about this long of its
+/// rate. Short, so that a claimed row never waits long for its token, and
+/// the other instances' rows are claimed beside it rather than behind it.
+const CLAIM_AHEAD: Duration = Duration::from_secs(1);
+/// Rows of instances that are not configured here (they end `invalid` or
+/// paused, as any row naming an unknown instance) are looked for this often;
+/// the budgeted claim only takes configured instances' rows.
+const STRAYS_EVERY: Duration = Duration::from_secs(5);
+/// An instance whose last claim found nothing is claimed for again after a
+/// wake-up, but not more often than this: on SQLite every commit (of this
+/// process too) is a wake-up.
+const REPROBE: Duration = Duration::from_millis(50);
+
+/// What the claimer, the send loop and the lease keeper share.
+struct Shared {
+    queue: Mutex<FairQueue>,
+    leases: Mutex<LeaseView>,
+    /// Rows arrived, a send finished, leases changed.
+    changed: Notify,
+}
+
+/// The instances this replica may serve now (R7: one replica per instance).
+#[derive(Debug, Default)]
+struct LeaseView {
+    /// Held instances and until when (this process's clock, a margin short
+    /// of the database's expiry).
+    held: HashMap<String, Instant>,
+    /// Held but being handed over: not claimed for nor sent, released once
+    /// nothing of theirs is in flight.
+    draining: HashSet<String>,
+}
+
+impl LeaseView {
+    fn serves(&self, instance: &str) -> bool {
+        self.held
+            .get(instance)
+            .is_some_and(|until| *until > Instant::now())
+            && !self.draining.contains(instance)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub async fn run<S: Store, P: Provider>(
     ctx: Arc<Ctx<S, P>>,
     shutdown: CancellationToken,
@@ -74,43 +125,74 @@ pub async fn run<S: Store, P: Provider>(
     // Cancelled after the grace period: in-flight calls stop and their rows
     // are recorded as in doubt.
     let hard_stop = CancellationToken::new();
-    // Claimed rows wait here for a free slot: the next claim runs while the
-    // slots are busy sending, so a claim's round trip never leaves them
-    // idle, and claims and outcomes come in large batches. At most one batch
-    // waits; a row that waited too long for its lease is released, not sent
-    // (see `send_one`).
-    let prefetch = ctx
-        .settings
-        .batch_size
-        .min(ctx.dispatcher.concurrency * 4)
-        .max(1);
-    let (rows_tx, mut rows_rx) = mpsc::channel::<(OutboxRow, Instant)>(prefetch);
-    let claimer = tokio::spawn(claim_loop(ctx.clone(), rows_tx, shutdown.clone()));
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(FairQueue::default()),
+        leases: Mutex::new(LeaseView::default()),
+        changed: Notify::new(),
+    });
+    let keeper = tokio::spawn(keep_leases(ctx.clone(), shared.clone(), shutdown.clone()));
+    // Claimed rows wait in the fair queue, per instance: the next claim
+    // runs while the slots are busy sending, so a claim's round trip never
+    // leaves them idle. A slot takes the next instance in turn that can send
+    // now; a row that waited past half its lease is released, not sent.
+    let claimer = tokio::spawn(claim_loop(ctx.clone(), shared.clone(), shutdown.clone()));
 
-    loop {
+    'slots: loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p?,
             _ = shutdown.cancelled() => break,
         };
-        let (row, claimed) = tokio::select! {
-            r = rows_rx.recv() => match r {
-                Some(r) => r,
-                None => break,
-            },
-            _ = shutdown.cancelled() => break,
+        let w = loop {
+            let changed = shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let next = {
+                let leases = lock(&shared.leases);
+                let mut queue = lock(&shared.queue);
+                queue.next(|name, sending, head| gate(&ctx, &leases, name, sending, head))
+            };
+            match next {
+                Next::Send(w) => break w,
+                Next::Release(rows) => {
+                    for w in rows {
+                        if w.claimed.elapsed() > ctx.dispatcher.lease / 2 {
+                            tracing::warn!(
+                                row_id = %w.row.id,
+                                waited_ms = w.claimed.elapsed().as_millis() as u64,
+                                "claimed row waited past half its lease for a send slot; released unsent"
+                            );
+                        }
+                        let _ = tx.send(released_unsent(&w.row)).await;
+                    }
+                    shared.changed.notify_waiters();
+                }
+                Next::Wait(soonest) => {
+                    let nap = soonest.unwrap_or(Duration::from_secs(1));
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = tokio::time::sleep(nap) => {}
+                        _ = shutdown.cancelled() => break 'slots,
+                    }
+                }
+            }
         };
+        let row = w.row;
         let span = tracing::info_span!("send", row_id = %row.id, message_id = row.message_id.as_deref().unwrap_or(""), instance = %row.instance, attempt = row.attempts);
-        let (ctx, tx, hard_stop) = (ctx.clone(), tx.clone(), hard_stop.clone());
+        let (ctx, tx, hard_stop, shared) =
+            (ctx.clone(), tx.clone(), hard_stop.clone(), shared.clone());
         in_flight.spawn(
             async move {
-                let c = send_one(&ctx, &row, claimed, &hard_stop).await;
+                let c = send_one(&ctx, &row, &hard_stop).await;
                 // The writer outlives every sender; if it is gone the
                 // row stays leased and is rescued, never lost.
                 let _ = tx.send(c).await;
-                // The slot is freed only once the outcome is queued for the
-                // writer: when writes lag, sending waits (bounded memory,
-                // outcomes recorded well within the lease) instead of
-                // finished sends piling up.
+                // The slot (and the instance's in-flight place) is freed
+                // only once the outcome is queued for the writer: when
+                // writes lag, sending waits (bounded memory, outcomes
+                // recorded well within the lease) instead of finished sends
+                // piling up.
+                lock(&shared.queue).done(&row.instance);
+                shared.changed.notify_waiters();
                 drop(permit);
             }
             .instrument(span),
@@ -120,11 +202,10 @@ pub async fn run<S: Store, P: Provider>(
     // Rows claimed but never sent go straight back, their attempt refunded:
     // nothing was sent, so there is nothing to doubt.
     let _ = claimer.await;
-    rows_rx.close();
-    let mut released = 0;
-    while let Some((row, _)) = rows_rx.recv().await {
-        let _ = tx.send(released_unsent(&row)).await;
-        released += 1;
+    let unsent = lock(&shared.queue).take_all();
+    let released = unsent.len();
+    for w in unsent {
+        let _ = tx.send(released_unsent(&w.row)).await;
     }
     if released > 0 {
         tracing::info!(released, "claimed rows not yet sent were released");
@@ -150,45 +231,148 @@ pub async fn run<S: Store, P: Provider>(
     for w in writers {
         let _ = w.await;
     }
+    // Nothing of ours is in flight any more: our instances go to another
+    // replica at its next renewal rather than when the leases expire.
+    let _ = keeper.await;
+    if let Err(e) = ctx.store.release_instance_leases(&ctx.owner).await {
+        tracing::warn!(error = %e, "releasing the instance leases failed; they expire on their own");
+    }
     prober.abort();
     Ok(())
 }
 
-/// Claims due rows into `rows` whenever it has room for a batch, until
-/// shutdown; idles until the next row is due when there is none.
+/// Whether `name`'s first waiting row may be sent now; takes a token from
+/// its rate limiter if so.
+fn gate<S, P: Provider>(
+    ctx: &Ctx<S, P>,
+    leases: &LeaseView,
+    name: &str,
+    sending: usize,
+    head: &Waiting,
+) -> Gate {
+    // Not configured here: sent at once, `send_one` reports it.
+    let Some(inst) = ctx.instances.get(name) else {
+        return Gate::Ready;
+    };
+    if inst.is_paused() || !leases.serves(name) {
+        return Gate::Release;
+    }
+    // Checked before the rate limit, so a released row never uses up one
+    // of its instance's sends.
+    if head.claimed.elapsed() > ctx.dispatcher.lease / 2 {
+        return Gate::Stale;
+    }
+    if sending >= inst.max_in_flight {
+        return Gate::Full;
+    }
+    match inst.limiter.check() {
+        Ok(()) => Gate::Ready,
+        Err(not_until) => Gate::NotUntil(not_until.wait_time_from(DefaultClock::default().now())),
+    }
+}
+
+/// Claims due rows into the fair queue, per instance only what that
+/// instance can send soon: about [`CLAIM_AHEAD`] of its rate not yet
+/// waiting, and up to twice its `max_in_flight` held in all. A claim runs
+/// when an instance has at least half of that free (or nothing held at
+/// all), for every instance with room at once; until shutdown.
 async fn claim_loop<S: Store, P: Provider>(
     ctx: Arc<Ctx<S, P>>,
-    rows: mpsc::Sender<(OutboxRow, Instant)>,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
     let mut wake = ctx.store.subscribe();
     let mut failures = 0;
-    // Claim in batches: wait for room for half the buffer rather than
-    // claiming one row per statement.
-    let refill_at = (rows.max_capacity() / 2).max(1);
+    // At most this many rows wait for a slot, all instances together.
+    let prefetch = ctx
+        .settings
+        .batch_size
+        .min(ctx.dispatcher.concurrency * 4)
+        .max(1);
+    // Instances whose last claim took all their due rows: not claimed for
+    // again until a wake-up, a nudge or the idle timer.
+    let mut drained: HashSet<String> = HashSet::new();
+    let mut woken = false;
+    let mut last_probe = Instant::now();
+    let mut idle_for = ctx.idle_poll();
+    let mut strays_at = Instant::now();
     while !shutdown.is_cancelled() {
-        if rows.capacity() < refill_at {
-            // Returns once `refill_at` places are free; the permits go back
-            // at once (this task is the only sender).
+        if woken && last_probe.elapsed() >= REPROBE {
+            drained.clear();
+            woken = false;
+        }
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let (budgets, waiting, trigger) = {
+            let leases = lock(&shared.leases);
+            let queue = lock(&shared.queue);
+            let mut budgets = Vec::new();
+            let mut trigger = false;
+            for inst in ctx.instances.values() {
+                if inst.is_paused() || !leases.serves(&inst.name) || drained.contains(&inst.name) {
+                    continue;
+                }
+                let (w, s) = (queue.waiting(&inst.name), queue.sending(&inst.name));
+                let ahead = ((f64::from(inst.rate_per_sec) * CLAIM_AHEAD.as_secs_f64()).ceil()
+                    as usize)
+                    .max(1);
+                let hold = 2 * inst.max_in_flight;
+                let room = ahead.saturating_sub(w).min(hold.saturating_sub(w + s));
+                if room == 0 {
+                    continue;
+                }
+                if room * 2 >= ahead.min(hold) || w + s == 0 {
+                    trigger = true;
+                }
+                budgets.push(InstanceBudget {
+                    instance: inst.name.clone(),
+                    limit: room as i64,
+                });
+            }
+            (budgets, queue.total_waiting(), trigger)
+        };
+        let limit = prefetch
+            .saturating_sub(waiting)
+            .min(ctx.dispatcher.batch_size);
+        let strays = strays_at.elapsed() >= STRAYS_EVERY && limit > 0;
+        if strays {
+            strays_at = Instant::now();
+            claim_strays(&ctx, &shared, limit.min(16)).await;
+        }
+        if !trigger || limit == 0 {
+            let nap = if woken {
+                REPROBE.saturating_sub(last_probe.elapsed())
+            } else {
+                idle_for
+            };
             tokio::select! {
-                r = rows.reserve_many(refill_at) => if r.is_err() { return },
+                _ = changed => {}
+                _ = wake.changed() => woken = true,
+                _ = ctx.work.notified() => woken = true,
+                _ = tokio::time::sleep(nap) => {
+                    if !woken {
+                        drained.clear();
+                        idle_for = ctx.idle_poll();
+                    }
+                }
                 _ = shutdown.cancelled() => return,
             }
             continue;
         }
-        let limit = rows.capacity().min(ctx.dispatcher.batch_size);
-        let skip = ctx.paused_instances();
         let params = ClaimParams {
             owner: ctx.owner.clone(),
             limit: limit as i64,
             lease: ctx.dispatcher.lease,
-            skip_instances: skip.clone(),
+            skip_instances: Vec::new(),
             fresh_ids: match ctx.dispatcher.id_source {
                 IdSource::Local => (0..limit).map(|_| ids::local_message_id()).collect(),
                 IdSource::Api => Vec::new(),
             },
+            budgets,
         };
-        let claimed = match ctx.store.claim(params).await {
+        last_probe = Instant::now();
+        let claimed = match ctx.store.claim(params.clone()).await {
             Ok(claimed) => {
                 failures = 0;
                 claimed
@@ -201,9 +385,29 @@ async fn claim_loop<S: Store, P: Provider>(
                 continue;
             }
         };
+        // An instance that got less than its budget has no more due rows
+        // (unless the claim's overall limit cut it short).
+        if (claimed.len() as i64) < params.limit {
+            let mut got: HashMap<&str, i64> = HashMap::new();
+            for r in &claimed {
+                *got.entry(r.instance.as_str()).or_default() += 1;
+            }
+            for b in &params.budgets {
+                if got.get(b.instance.as_str()).copied().unwrap_or(0) < b.limit {
+                    drained.insert(b.instance.clone());
+                }
+            }
+        }
         if claimed.is_empty() {
-            // Sleep until the next row is due (a retry's backoff, a
-            // `not_before`) rather than a whole poll interval.
+            // Sleep until the next row of a drained instance is due (a
+            // retry's backoff, a `not_before`) rather than a whole poll
+            // interval; instances still busy wake the claimer as they send.
+            let skip: Vec<String> = ctx
+                .instances
+                .keys()
+                .filter(|n| !drained.contains(*n))
+                .cloned()
+                .collect();
             let due = ctx
                 .store
                 .next_due(&skip, ctx.dispatcher.id_source == IdSource::Local)
@@ -212,17 +416,117 @@ async fn claim_loop<S: Store, P: Provider>(
                     tracing::warn!(error = %e, "dispatcher: next due time unknown; polling");
                     None
                 });
-            ctx.idle(&mut wake, due, &shutdown).await;
+            idle_for = due.map_or(ctx.idle_poll(), |d| {
+                ctx.idle_poll()
+                    .min(d.max(Duration::from_millis(10)) + Duration::from_millis(2))
+            });
             continue;
         }
-        metrics::counter!("statusd_transitions_total", "to" => "uploading")
-            .increment(claimed.len() as u64);
-        let at = Instant::now();
+        queue_claimed(&shared, claimed);
+    }
+}
+
+fn queue_claimed(shared: &Shared, claimed: Vec<OutboxRow>) {
+    metrics::counter!("statusd_transitions_total", "to" => "uploading")
+        .increment(claimed.len() as u64);
+    let at = Instant::now();
+    {
+        let mut queue = lock(&shared.queue);
         for row in claimed {
-            // There is room: no more rows were claimed than places were free.
-            if rows.send((row, at)).await.is_err() {
-                return;
+            queue.push(row, at);
+        }
+    }
+    shared.changed.notify_waiters();
+}
+
+/// Claims a few rows of instances not configured here, which the budgeted
+/// claim never takes, so that they are reported (`invalid`: unknown
+/// instance) as before rather than left waiting unseen.
+async fn claim_strays<S: Store, P: Provider>(ctx: &Ctx<S, P>, shared: &Shared, limit: usize) {
+    let params = ClaimParams {
+        owner: ctx.owner.clone(),
+        limit: limit as i64,
+        lease: ctx.dispatcher.lease,
+        skip_instances: ctx.instances.keys().cloned().collect(),
+        fresh_ids: match ctx.dispatcher.id_source {
+            IdSource::Local => (0..limit).map(|_| ids::local_message_id()).collect(),
+            IdSource::Api => Vec::new(),
+        },
+        budgets: Vec::new(),
+    };
+    match ctx.store.claim(params).await {
+        Ok(rows) if !rows.is_empty() => queue_claimed(shared, rows),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "dispatcher: claiming rows of unknown instances failed")
+        }
+    }
+}
+
+/// Keeps this replica's instance leases (see `store::instance_leases`):
+/// renews every quarter lease, takes free ones up to its fair share, hands
+/// the excess over once nothing of theirs is in flight here. Until shutdown.
+async fn keep_leases<S: Store, P: Provider>(
+    ctx: Arc<Ctx<S, P>>,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let ttl = ctx.settings.instance_lease();
+    let every = ttl / 4;
+    loop {
+        let release: Vec<String> = {
+            let leases = lock(&shared.leases);
+            let queue = lock(&shared.queue);
+            leases
+                .draining
+                .iter()
+                .filter(|n| queue.waiting(n) + queue.sending(n) == 0)
+                .cloned()
+                .collect()
+        };
+        let started = Instant::now();
+        let params = KeepLeasesParams {
+            owner: ctx.owner.clone(),
+            instances: ctx.instances.keys().cloned().collect(),
+            ttl,
+            release,
+        };
+        match ctx.store.keep_instance_leases(params).await {
+            Ok(grant) => {
+                let until = started + ttl - ttl / 10;
+                let mut leases = lock(&shared.leases);
+                let before: HashSet<String> = leases.held.keys().cloned().collect();
+                leases.held = grant.held.iter().map(|n| (n.clone(), until)).collect();
+                leases.draining.retain(|n| grant.held.contains(n));
+                let serving: Vec<&String> = grant
+                    .held
+                    .iter()
+                    .filter(|n| !leases.draining.contains(*n))
+                    .collect();
+                let excess: Vec<String> = serving
+                    .iter()
+                    .rev()
+                    .take(serving.len().saturating_sub(grant.share))
+                    .map(|n| n.to_string())
+                    .collect();
+                if !excess.is_empty() {
+                    tracing::info!(instances = ?excess, share = grant.share, "handing instances over to other replicas");
+                }
+                leases.draining.extend(excess);
+                let now: HashSet<String> = grant.held.iter().cloned().collect();
+                if now != before {
+                    tracing::info!(held = ?grant.held, share = grant.share, "instance leases");
+                }
+                drop(leases);
+                shared.changed.notify_waiters();
             }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the instance leases failed; retrying")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
         }
     }
 }
@@ -242,14 +546,11 @@ fn released_unsent(row: &OutboxRow) -> Completion {
     }
 }
 
-/// Sends one claimed row and turns the outcome into a fenced transition.
-/// `claimed` is when its lease was taken: a row that waited for a send slot
-/// past half its lease is released unsent rather than sent on a lease the
-/// rescuer may soon take back.
+/// Sends one claimed row (its instance's token already taken, see
+/// [`gate`]) and turns the outcome into a fenced transition.
 async fn send_one<S: Store, P: Provider>(
     ctx: &Ctx<S, P>,
     row: &OutboxRow,
-    claimed: Instant,
     hard_stop: &CancellationToken,
 ) -> Completion {
     let started_at = chrono::Utc::now();
@@ -287,21 +588,6 @@ async fn send_one<S: Store, P: Provider>(
                     message_id: mid,
                     body: &body,
                 };
-                // Not sent yet: an old lease or a shutdown while waiting for
-                // the rate limit gives the row back, it does not put it in
-                // doubt. (The lease is checked before the rate limit, so a
-                // released row never uses up one of its instance's sends.)
-                if claimed.elapsed() > ctx.dispatcher.lease / 2 {
-                    tracing::warn!(
-                        waited_ms = claimed.elapsed().as_millis() as u64,
-                        "claimed row waited past half its lease for a send slot; released unsent"
-                    );
-                    return released_unsent(row);
-                }
-                tokio::select! {
-                    _ = inst.limiter.until_ready() => {}
-                    _ = hard_stop.cancelled() => return released_unsent(row),
-                }
                 let call = async {
                     let t = Instant::now();
                     let out = inst.provider.send_status(&status).await;

@@ -26,6 +26,7 @@ use crate::provider::Provider;
 use crate::store::Store;
 
 pub mod dispatcher;
+mod fair_queue;
 pub mod id_assigner;
 #[cfg(test)]
 mod protocol_model;

@@ -16,11 +16,13 @@ use uuid::Uuid;
 
 use crate::model::{Attempt, OutboxRow, State};
 
+mod instance_leases;
 mod postgres;
 mod sqlite;
 mod sqlite_wake;
 mod timed;
 
+pub use instance_leases::{InstanceLease, InstanceLeases, KeepLeasesParams, LeaseGrant};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use timed::Timed;
@@ -97,7 +99,7 @@ pub struct AssignId {
     pub message_id: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ClaimParams {
     pub owner: String,
     pub limit: i64,
@@ -110,6 +112,32 @@ pub struct ClaimParams {
     /// committed before any send (rule 1), one row update sooner. Empty: only
     /// `pending_upload` rows are claimed.
     pub fresh_ids: Vec<String>,
+    /// Per-instance budgets (R7). Empty: one FIFO over every instance not in
+    /// `skip_instances`. Given: only the listed instances' rows, at most
+    /// `limit` of each instance's in priority order (an index probe per
+    /// instance, so a backlog elsewhere costs nothing), interleaved
+    /// round-robin (every instance's first row, then every second row…) up
+    /// to `limit` in all.
+    pub budgets: Vec<InstanceBudget>,
+}
+
+/// How many rows of one instance a claim may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceBudget {
+    pub instance: String,
+    pub limit: i64,
+}
+
+/// Budgets as the JSON array both backends read (`[{"i": name, "n": limit}]`),
+/// and the largest limit.
+pub(crate) fn budgets_json(b: &[InstanceBudget]) -> (String, i64) {
+    let items: Vec<serde_json::Value> = b
+        .iter()
+        .filter(|b| b.limit > 0)
+        .map(|b| serde_json::json!({ "i": b.instance, "n": b.limit }))
+        .collect();
+    let max = b.iter().map(|b| b.limit).max().unwrap_or(0);
+    (serde_json::Value::Array(items).to_string(), max)
 }
 
 /// A fenced move of one row out of `uploading` or `in_doubt`.
@@ -280,7 +308,7 @@ impl ActivityParams {
 
 /// The outbox's queries. See the module docs for the rules every backend
 /// keeps.
-pub trait Store: Clone + Send + Sync + 'static {
+pub trait Store: InstanceLeases + Clone + Send + Sync + 'static {
     /// Applies the embedded migrations.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
     /// Round trip to the database (readiness).

@@ -39,7 +39,7 @@ impl<S> Timed<S> {
         &self.inner
     }
 
-    async fn within<T>(
+    pub(super) async fn within<T>(
         &self,
         call: &'static str,
         fut: impl Future<Output = Result<T>>,

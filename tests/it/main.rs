@@ -8,6 +8,7 @@ mod config;
 mod daemon;
 mod dashboard;
 mod disk_full;
+mod fairness;
 mod multiprocess;
 mod netfault;
 mod pg_restart;
