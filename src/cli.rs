@@ -4,9 +4,9 @@
 //!
 //! # Layout
 //!
-//! - this module: the argument grammar (clap derive), logging, loading the
-//!   settings, picking the backend once from the URL scheme and handing a
-//!   concrete store to the generic [`dispatch`];
+//! - this module: logging, loading the settings, opening the store
+//!   ([`crate::store::connect`] picks the backend) and handing the concrete
+//!   store to the generic [`dispatch`];
 //! - `args`: the argument grammar (clap derive);
 //! - [`outbox`]: `migrate`, `enqueue`, `ls`, `show`, `stats`, `retry`, `cancel`;
 //! - [`schedule`]: `schedule add | ls | rm`;
@@ -27,13 +27,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{
-    redact_url, redact_url_secrets_in, ConfigError, ConfigSource, Settings, CONFIG_DIR_KEY,
-};
-use crate::store::{Backend, PgStore, SqliteStore, Store, Timed};
+use crate::config::{ConfigError, ConfigSource, Settings, CONFIG_DIR_KEY};
+use crate::store::{connect, Connected, Patience, Store};
 
 pub use crate::ops::Since;
 pub use args::*;
@@ -173,24 +170,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .context("the demo failed"),
         cmd => {
             let settings = operator_settings(&source)?;
-            let result = match connect(&settings, false).await? {
-                StoreHandle::Sqlite(s) => dispatch(s, cmd, &settings).await,
-                StoreHandle::Postgres(s) => dispatch(s, cmd, &settings).await,
-            };
-            result.map_err(hint_unmigrated)
+            let store = connect(&settings.database, Patience::FailFast).await?;
+            // The commonest first-run mistake gets a next step, not SQL jargon.
+            if !matches!(cmd, Command::Migrate) {
+                store.require_migrated().await?;
+            }
+            match store {
+                Connected::Sqlite(s) => dispatch(s, cmd, &settings).await,
+                Connected::Postgres(s) => dispatch(s, cmd, &settings).await,
+            }
         }
-    }
-}
-
-/// The commonest first-run mistake gets a next step, not just SQL jargon.
-fn hint_unmigrated(e: anyhow::Error) -> anyhow::Error {
-    let text = format!("{e:#}");
-    let missing_table = text.contains("no such table")
-        || (text.contains("relation") && text.contains("does not exist"));
-    if missing_table {
-        e.context("the database has no statusd tables: run `statusd migrate` first")
-    } else {
-        e
     }
 }
 
@@ -217,65 +206,6 @@ fn config_error(e: ConfigError, source: &ConfigSource) -> anyhow::Error {
         "configuration from {} (run `statusd config check`)",
         crate::config::describe_source(source)
     ))
-}
-
-/// The store picked once from the URL scheme; callers match on it and hand
-/// the concrete store to generic code (no `dyn`).
-enum StoreHandle {
-    Sqlite(SqliteStore),
-    Postgres(Timed<PgStore>),
-}
-
-/// Connects to the backend named by `database.url`. Every error names the
-/// URL with its passwords redacted, and the driver's own message is
-/// scrubbed of them too (a driver may quote the URL or a parameter).
-async fn connect(settings: &Settings, wait_for_db: bool) -> anyhow::Result<StoreHandle> {
-    let url = settings.database.url.expose_secret();
-    let shown = redact_url(url);
-    let scrub = |what: &str, e: anyhow::Error| {
-        anyhow::anyhow!("{}", redact_url_secrets_in(&format!("{e:#}"), url))
-            .context(format!("{what} {shown}"))
-    };
-    let backend = Backend::from_url(url)?;
-    let max = settings.database.max_connections;
-    let store = match backend {
-        Backend::Sqlite => StoreHandle::Sqlite(
-            SqliteStore::connect(url, max)
-                .await
-                .map_err(|e| scrub("cannot open the database at", e.into()))?,
-        ),
-        Backend::Postgres => {
-            if !wait_for_db {
-                probe_postgres(url)
-                    .await
-                    .map_err(|e| scrub("cannot connect to the database at", e))?;
-            }
-            StoreHandle::Postgres(Timed::new(
-                PgStore::connect(url, max)
-                    .await
-                    .map_err(|e| scrub("cannot connect to the database at", e.into()))?,
-                settings.database.call_timeout(),
-            ))
-        }
-    };
-    Ok(store)
-}
-
-/// The pool retries refused connections until its acquire timeout and then
-/// reports only "pool timed out". A one-shot operator command should fail
-/// fast with the real cause instead; `run` keeps the pool's patience, so a
-/// daemon started alongside its database waits for it.
-async fn probe_postgres(url: &str) -> anyhow::Result<()> {
-    use sqlx::Connection;
-    let probe = sqlx::PgConnection::connect(url);
-    match tokio::time::timeout(std::time::Duration::from_secs(10), probe).await {
-        Ok(Ok(conn)) => {
-            let _ = conn.close().await;
-            Ok(())
-        }
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => anyhow::bail!("no answer within 10 s"),
-    }
 }
 
 /// The operator commands, written once for every backend.
@@ -329,9 +259,9 @@ async fn run_daemon(source: &ConfigSource) -> anyhow::Result<()> {
     let settings = Settings::load(source).map_err(|e| config_error(e, source))?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
-    match connect(&settings, true).await? {
-        StoreHandle::Sqlite(s) => start_daemon(s, settings, shutdown).await,
-        StoreHandle::Postgres(s) => start_daemon(s, settings, shutdown).await,
+    match connect(&settings.database, Patience::Wait).await? {
+        Connected::Sqlite(s) => start_daemon(s, settings, shutdown).await,
+        Connected::Postgres(s) => start_daemon(s, settings, shutdown).await,
     }
 }
 

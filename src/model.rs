@@ -53,13 +53,36 @@ impl State {
         }
     }
 
-    /// Terminal rows are never touched by the pipeline again (only `posted`
-    /// can still be deleted by an operator).
+    /// Rows the pipeline still works on (every state not in [`State::TERMINAL`]).
+    pub const LIVE: [State; 4] = [
+        State::Queued,
+        State::PendingUpload,
+        State::Uploading,
+        State::InDoubt,
+    ];
+
+    /// [`State::LIVE`] rows that no worker holds a lease on (all but
+    /// `uploading`): an operator may cancel them, and an unreadable one is
+    /// set aside (it was not sent yet, or it may be posted and is parked).
+    pub const IDLE: [State; 3] = [State::Queued, State::PendingUpload, State::InDoubt];
+
+    /// Rows the pipeline never touches again (only `posted` can still be
+    /// deleted by an operator); `purge` removes them once old.
+    pub const TERMINAL: [State; 5] = [
+        State::Posted,
+        State::Failed,
+        State::Invalid,
+        State::Cancelled,
+        State::Deleted,
+    ];
+
+    /// Terminal rows an operator's retry sends again (`posted` and `deleted`
+    /// reached the viewers; a parked `in_doubt` row can be retried too).
+    pub const RETRYABLE: [State; 3] = [State::Failed, State::Invalid, State::Cancelled];
+
+    /// Whether the state is in [`State::TERMINAL`].
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            State::Posted | State::Failed | State::Invalid | State::Cancelled | State::Deleted
-        )
+        State::TERMINAL.contains(&self)
     }
 }
 
@@ -664,5 +687,21 @@ mod tests {
             .parse::<State>()
             .unwrap_err()
             .contains("pending_upload"));
+    }
+
+    #[test]
+    fn state_sets_partition_every_state() {
+        for s in State::ALL {
+            assert_ne!(
+                State::LIVE.contains(&s),
+                State::TERMINAL.contains(&s),
+                "{s}"
+            );
+            assert_eq!(s.is_terminal(), State::TERMINAL.contains(&s), "{s}");
+        }
+        assert_eq!(State::LIVE.len() + State::TERMINAL.len(), State::ALL.len());
+        assert!(State::IDLE.iter().all(|s| State::LIVE.contains(s)));
+        assert!(!State::IDLE.contains(&State::Uploading));
+        assert!(State::RETRYABLE.iter().all(|s| s.is_terminal()));
     }
 }

@@ -1,7 +1,8 @@
 //! The outbox store: one trait with one method per query, each taking a
 //! `…Params` struct where it needs more than an id, and one implementation
 //! per backend ([`SqliteStore`], [`PgStore`]), each owning its SQL and its
-//! migrations. The backend is picked once from the URL scheme ([`Backend`]).
+//! migrations. The backend is picked once from the URL scheme ([`Backend`])
+//! by [`connect`], the one place a store is opened from settings.
 //!
 //! Every state transition is one atomic statement (or one transaction), and
 //! every completion is fenced by state and attempt number so a stale worker
@@ -16,14 +17,18 @@ use uuid::Uuid;
 
 use crate::model::{Attempt, OutboxRow, State};
 
+mod connect;
 mod instance_leases;
 mod postgres;
+mod row;
 mod sqlite;
-mod sqlite_wake;
 mod timed;
 
+pub use connect::{connect, Connected, Patience, Scrubbed};
 pub use instance_leases::{InstanceLease, InstanceLeases, KeepLeasesParams, LeaseGrant};
 pub use postgres::PgStore;
+pub use row::{not_allowed, OperatorAction};
+pub(crate) use row::{parse_uuid, split_rows, Unreadable, QUARANTINE_NOTE};
 pub use sqlite::SqliteStore;
 pub use timed::Timed;
 
@@ -43,6 +48,18 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Opening the database failed: the URL with its passwords redacted,
+    /// and the driver's message scrubbed of them.
+    #[error("{what} {url}")]
+    Connect {
+        what: &'static str,
+        url: String,
+        #[source]
+        cause: Scrubbed,
+    },
+    /// The database has none of statusd's tables yet.
+    #[error("the database has no statusd tables: run `statusd migrate` first")]
+    NotMigrated,
     #[error("database call `{call}` got no answer within {after:?}")]
     Timeout {
         call: &'static str,
@@ -346,16 +363,29 @@ pub trait Store: InstanceLeases + Clone + Send + Sync + 'static {
     fn attempts(&self, id: Uuid) -> impl Future<Output = Result<Vec<Attempt>>> + Send;
     fn list(&self, p: ListParams) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
     fn summary(&self) -> impl Future<Output = Result<Vec<SummaryRow>>> + Send;
-    /// Operator: `failed`/`cancelled` (with an id) → `pending_upload`, a
-    /// parked `in_doubt` row → looked up again, `invalid`/`cancelled`
-    /// (without an id) → `queued` (validated again).
-    fn retry(&self, id: Uuid) -> impl Future<Output = Result<OutboxRow>> + Send;
-    /// Operator: `in_doubt` → `pending_upload` even though it may be posted.
-    fn force_resend(&self, id: Uuid) -> impl Future<Output = Result<OutboxRow>> + Send;
-    /// Operator: any non-terminal state except `uploading` → `cancelled`.
-    fn cancel(&self, id: Uuid) -> impl Future<Output = Result<OutboxRow>> + Send;
-    /// `posted` → `deleted` once the provider took the status down.
-    fn mark_deleted(&self, id: Uuid) -> impl Future<Output = Result<OutboxRow>> + Send;
+    /// An operator's update of one row (see [`OperatorAction`]), refused
+    /// with [`StoreError::NotAllowed`] from a state that does not allow it.
+    fn operator(
+        &self,
+        id: Uuid,
+        action: OperatorAction,
+    ) -> impl Future<Output = Result<OutboxRow>> + Send;
+    /// Operator: [`OperatorAction::Retry`].
+    fn retry(&self, id: Uuid) -> impl Future<Output = Result<OutboxRow>> + Send {
+        self.operator(id, OperatorAction::Retry)
+    }
+    /// Operator: [`OperatorAction::ForceResend`].
+    fn force_resend(&self, id: Uuid) -> impl Future<Output = Result<OutboxRow>> + Send {
+        self.operator(id, OperatorAction::ForceResend)
+    }
+    /// Operator: [`OperatorAction::Cancel`].
+    fn cancel(&self, id: Uuid) -> impl Future<Output = Result<OutboxRow>> + Send {
+        self.operator(id, OperatorAction::Cancel)
+    }
+    /// [`OperatorAction::Delete`], once the provider took the status down.
+    fn mark_deleted(&self, id: Uuid) -> impl Future<Output = Result<OutboxRow>> + Send {
+        self.operator(id, OperatorAction::Delete)
+    }
     /// Deletes terminal rows not updated for `older_than`; returns how many.
     fn purge_terminal(
         &self,
@@ -426,58 +456,5 @@ impl Backend {
                 "database.url must start with sqlite:, postgres:// or postgresql://".into(),
             ))
         }
-    }
-}
-
-/// A row that could not be read (a column of the wrong type or out of
-/// range, text that is not UTF-8): its id as stored, and why, naming the
-/// column. One such row never fails the batch it came in: the others go on,
-/// and it is set aside by [`QUARANTINE_NOTE`]'s rule.
-#[derive(Debug, Clone)]
-pub(crate) struct Unreadable {
-    pub id: String,
-    pub error: String,
-}
-
-/// What becomes of an unreadable row, the same on both backends: not yet
-/// sent (`queued`, `pending_upload`, or `uploading` under the lease just
-/// taken by the claim that read it) → `invalid`; `in_doubt` (maybe posted)
-/// → parked for an operator; anything else is left as it is. The reason goes
-/// to `last_error`.
-pub(crate) const QUARANTINE_NOTE: &str = "cannot be read";
-
-/// Splits decoded rows into readable ones and unreadable ones.
-pub(crate) fn split_rows<R>(
-    rows: &[R],
-    decode: impl Fn(&R) -> std::result::Result<OutboxRow, Unreadable>,
-) -> (Vec<OutboxRow>, Vec<Unreadable>) {
-    let mut good = Vec::with_capacity(rows.len());
-    let mut bad = Vec::new();
-    for r in rows {
-        match decode(r) {
-            Ok(row) => good.push(row),
-            Err(u) => bad.push(u),
-        }
-    }
-    (good, bad)
-}
-
-/// The message for a column that could not be decoded.
-pub(crate) fn column_error(column: &str, e: impl std::fmt::Display) -> String {
-    format!("{column}: {QUARANTINE_NOTE} ({e})")
-}
-
-/// Operator input naming a row: its UUID, message id or dedupe key.
-pub(crate) fn parse_uuid(s: &str) -> Option<Uuid> {
-    Uuid::parse_str(s.trim()).ok()
-}
-
-/// What an operator action may do from each state (shared by both backends
-/// so that they refuse the same things with the same message).
-pub fn not_allowed(row: &OutboxRow, action: &'static str) -> StoreError {
-    StoreError::NotAllowed {
-        id: row.id,
-        state: row.state,
-        action,
     }
 }

@@ -20,7 +20,8 @@ use uuid::Uuid;
 
 use super::{
     ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion, EnqueueParams, Enqueued,
-    InstancePause, ListParams, Result, Schedule, Store, StoreError, SummaryRow, Transition,
+    InstancePause, ListParams, OperatorAction, Result, Schedule, Store, StoreError, SummaryRow,
+    Transition,
 };
 use crate::model::{Attempt, OutboxRow};
 
@@ -88,10 +89,6 @@ impl<S: Store> Store for Timed<S> {
         fn attempts(&self, id: Uuid) -> Vec<Attempt>;
         fn list(&self, p: ListParams) -> Vec<OutboxRow>;
         fn summary(&self) -> Vec<SummaryRow>;
-        fn retry(&self, id: Uuid) -> OutboxRow;
-        fn force_resend(&self, id: Uuid) -> OutboxRow;
-        fn cancel(&self, id: Uuid) -> OutboxRow;
-        fn mark_deleted(&self, id: Uuid) -> OutboxRow;
         fn purge_terminal(&self, older_than: Duration, limit: i64) -> u64;
         fn add_schedule(&self, s: &Schedule) -> ();
         fn schedules(&self) -> Vec<Schedule>;
@@ -102,6 +99,12 @@ impl<S: Store> Store for Timed<S> {
         fn set_instance_pause(&self, instance: &str, reason: &str) -> ();
         fn clear_instance_pause(&self, instance: &str) -> ();
         fn instance_pauses(&self) -> Vec<InstancePause>;
+    }
+
+    /// Named in a timeout by the call the caller made (`retry`, …).
+    async fn operator(&self, id: Uuid, action: OperatorAction) -> Result<OutboxRow> {
+        self.within(action.call(), self.inner.operator(id, action))
+            .await
     }
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -458,6 +458,19 @@ async fn unreachable_or_unmigrated_databases_are_named_without_passwords() {
         .fails_with("database.url: must start with sqlite:, postgres:// or postgresql://");
 }
 
+/// An operator command on an empty PostgreSQL database says what to do, as
+/// on SQLite; `migrate` then makes the same command work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmigrated_postgres_database_asks_for_migrate() {
+    let db = TestDb::postgres().await;
+    let cli = Cli::with_db(&db.url);
+    cli.run(&["stats"])
+        .await
+        .fails_with("run `statusd migrate` first");
+    cli.run(&["migrate"]).await.ok();
+    cli.run(&["stats"]).await.ok();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_commands_work_without_instances_but_run_needs_them() {
     let db = TestDb::sqlite().await;

@@ -12,13 +12,16 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 use uuid::Uuid;
 
-use super::sqlite_wake::Wake;
+mod wake;
+
+use super::row::{self, column_error, plain_columns, Columns, Dialect, OperatorAction};
 use super::{
-    not_allowed, parse_uuid, ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion,
-    EnqueueParams, Enqueued, InstancePause, ListParams, Result, Schedule, Store, StoreError,
-    SummaryRow, Transition, Unreadable,
+    parse_uuid, ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion, EnqueueParams,
+    Enqueued, InstancePause, ListParams, Result, Schedule, Store, StoreError, SummaryRow,
+    Transition, Unreadable,
 };
 use crate::model::{Attempt, OutboxRow, State};
+use wake::Wake;
 
 /// The database clock in milliseconds (works on every SQLite an upstream app
 /// may use, unlike `unixepoch('subsec')`).
@@ -30,10 +33,20 @@ const COLS: &str = "id, CAST(id AS BLOB) AS raw_id, instance, kind, CAST(payload
     not_before, attempts, next_attempt_at, lease_owner, lease_expires_at, claimed_at, reconcile_attempts, \
     parked_at, provider_id, last_error, last_http_status, created_at, updated_at, posted_at";
 
+/// How the statements both backends share are spelled here.
+const DIALECT: Dialect = Dialect {
+    now: NOW,
+    due_now: "0",
+    param: "?",
+    id_text: "id",
+    cols: COLS,
+    millis: "",
+};
+
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     pool: SqlitePool,
-    /// Signalled on commits by any process (see `sqlite_wake`).
+    /// Signalled on commits by any process (see `wake`).
     wake: std::sync::Arc<Wake>,
     /// Statements sent through `pool` (the idle-cost figure).
     statements: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -121,20 +134,10 @@ impl SqliteStore {
     /// [`super::QUARANTINE_NOTE`]) and the rest returned. `owner`: the claim
     /// that just leased these rows, whose unreadable ones were never sent.
     async fn readable(&self, rows: &[SqliteRow], owner: Option<&str>) -> Result<Vec<OutboxRow>> {
-        let (good, bad) = super::split_rows(rows, row);
+        let (good, bad) = super::split_rows(rows, readable_row);
         for u in &bad {
             tracing::warn!(row_id = %u.id, error = %u.error, "unreadable row set aside");
-            let sql = format!(
-                "UPDATE status_outbox SET
-                    state = CASE WHEN state = 'in_doubt' THEN state ELSE 'invalid' END,
-                    parked_at = CASE WHEN state = 'in_doubt' THEN {NOW} END,
-                    lease_owner = NULL, lease_expires_at = NULL,
-                    last_error = ?2, updated_at = {NOW}
-                 WHERE id = ?1
-                   AND (state IN ('queued', 'pending_upload', 'in_doubt')
-                        OR (state = 'uploading' AND lease_owner = ?3))"
-            );
-            sqlx::query(&sql)
+            sqlx::query(&DIALECT.quarantine_sql())
                 .bind(&u.id)
                 .bind(&u.error)
                 .bind(owner)
@@ -142,30 +145,6 @@ impl SqliteStore {
                 .await?;
         }
         Ok(good)
-    }
-
-    /// Runs an operator transition and explains a refusal.
-    async fn operator_update(
-        &self,
-        id: Uuid,
-        action: &'static str,
-        sql: &str,
-    ) -> Result<OutboxRow> {
-        let r = sqlx::query(sql)
-            .bind(id.to_string())
-            .fetch_optional(self.db())
-            .await?;
-        match r {
-            Some(r) => self
-                .readable(std::slice::from_ref(&r), None)
-                .await?
-                .pop()
-                .ok_or_else(|| StoreError::Invalid(format!("row {id} {}", super::QUARANTINE_NOTE))),
-            None => match self.get(id).await? {
-                Some(current) => Err(not_allowed(&current, action)),
-                None => Err(StoreError::NotFound(id.to_string())),
-            },
-        }
     }
 
     /// The claim with per-instance budgets ([`ClaimParams::budgets`]).
@@ -308,61 +287,35 @@ fn payload_text(raw: Vec<u8>) -> String {
     })
 }
 
-/// One column, or an error naming it.
-fn col<'r, T>(r: &'r SqliteRow, c: &str) -> std::result::Result<T, String>
-where
-    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
-{
-    r.try_get(c).map_err(|e| match e {
-        sqlx::Error::ColumnDecode { source, .. } => super::column_error(c, source),
-        e => super::column_error(c, e),
-    })
-}
+impl Columns for SqliteRow {
+    plain_columns!();
 
-/// A time column (milliseconds since the epoch); out of range is an error.
-fn time(r: &SqliteRow, c: &str) -> std::result::Result<Option<DateTime<Utc>>, String> {
-    match col::<Option<i64>>(r, c)? {
-        None => Ok(None),
-        Some(m) => ms(Some(m))
-            .map(Some)
-            .ok_or_else(|| super::column_error(c, format!("{m} is out of range"))),
+    fn uuid(&self, c: &str) -> std::result::Result<Uuid, String> {
+        let text: String = self.text(c)?;
+        Uuid::parse_str(&text).map_err(|e| column_error(c, e))
+    }
+
+    /// Milliseconds since the epoch.
+    fn time(&self, c: &str) -> std::result::Result<Option<DateTime<Utc>>, String> {
+        match self.opt_big(c)? {
+            None => Ok(None),
+            Some(m) => ms(Some(m))
+                .map(Some)
+                .ok_or_else(|| column_error(c, format!("{m} is out of range"))),
+        }
+    }
+
+    /// Read as bytes (see [`COLS`]).
+    fn payload(&self) -> std::result::Result<String, String> {
+        row::col(self, "payload").map(payload_text)
     }
 }
 
-fn row(r: &SqliteRow) -> std::result::Result<OutboxRow, Unreadable> {
+fn readable_row(r: &SqliteRow) -> std::result::Result<OutboxRow, Unreadable> {
     // The id as stored, read as bytes so that even a mangled one can be named.
     let raw_id: Vec<u8> = r.try_get("raw_id").unwrap_or_default();
     let raw_id = String::from_utf8_lossy(&raw_id).into_owned();
-    decode(r).map_err(|error| Unreadable { id: raw_id, error })
-}
-
-fn decode(r: &SqliteRow) -> std::result::Result<OutboxRow, String> {
-    let id: String = col(r, "id")?;
-    let state: String = col(r, "state")?;
-    Ok(OutboxRow {
-        id: Uuid::parse_str(&id).map_err(|e| super::column_error("id", e))?,
-        instance: col(r, "instance")?,
-        kind: col(r, "kind")?,
-        payload: payload_text(col(r, "payload")?),
-        dedupe_key: col(r, "dedupe_key")?,
-        message_id: col(r, "message_id")?,
-        state: State::from_str(&state).map_err(|e| super::column_error("state", e))?,
-        priority: col(r, "priority")?,
-        not_before: time(r, "not_before")?,
-        attempts: col(r, "attempts")?,
-        next_attempt_at: time(r, "next_attempt_at")?,
-        lease_owner: col(r, "lease_owner")?,
-        lease_expires_at: time(r, "lease_expires_at")?,
-        claimed_at: time(r, "claimed_at")?,
-        reconcile_attempts: col(r, "reconcile_attempts")?,
-        parked_at: time(r, "parked_at")?,
-        provider_id: col(r, "provider_id")?,
-        last_error: col(r, "last_error")?,
-        last_http_status: col(r, "last_http_status")?,
-        created_at: time(r, "created_at")?.unwrap_or_default(),
-        updated_at: time(r, "updated_at")?.unwrap_or_default(),
-        posted_at: time(r, "posted_at")?,
-    })
+    row::outbox_row(r).map_err(|error| Unreadable { id: raw_id, error })
 }
 
 impl Store for SqliteStore {
@@ -595,20 +548,7 @@ impl Store for SqliteStore {
         .bind(id.to_string())
         .fetch_all(self.db())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Attempt {
-                    status_id: id,
-                    attempt: r.try_get("attempt")?,
-                    started_at: ms(r.try_get("started_at")?).unwrap_or_default(),
-                    finished_at: ms(r.try_get("finished_at")?).unwrap_or_default(),
-                    outcome: r.try_get("outcome")?,
-                    http_status: r.try_get("http_status")?,
-                    latency_ms: r.try_get("latency_ms")?,
-                    error: r.try_get("error")?,
-                })
-            })
-            .collect()
+        row::map_all(&rows, |r| row::attempt(id, r))
     }
 
     async fn list(&self, p: ListParams) -> Result<Vec<OutboxRow>> {
@@ -635,76 +575,23 @@ impl Store for SqliteStore {
         )
         .fetch_all(self.db())
         .await?;
-        rows.iter()
-            .map(|r| {
-                let state: String = r.try_get("state")?;
-                Ok(SummaryRow {
-                    instance: r.try_get("instance")?,
-                    state: State::from_str(&state).map_err(StoreError::Invalid)?,
-                    count: r.try_get("count")?,
-                    oldest_age_secs: r.try_get("oldest_age_secs")?,
-                    scheduled: r.try_get::<Option<i64>, _>("scheduled")?.unwrap_or(0),
-                })
-            })
-            .collect()
+        row::map_all(&rows, row::summary_row)
     }
 
-    async fn retry(&self, id: Uuid) -> Result<OutboxRow> {
-        let sql = format!(
-            "UPDATE status_outbox SET
-                state = CASE
-                    WHEN state = 'in_doubt' THEN 'in_doubt'
-                    WHEN message_id IS NULL THEN 'queued'
-                    ELSE 'pending_upload' END,
-                parked_at = NULL, reconcile_attempts = 0,
-                attempts = CASE WHEN state = 'in_doubt' THEN attempts ELSE 0 END,
-                next_attempt_at = 0, last_error = NULL, updated_at = {NOW}
-             WHERE id = ?1 AND (state IN ('failed', 'invalid', 'cancelled')
-                                OR (state = 'in_doubt' AND parked_at IS NOT NULL))
-             RETURNING {COLS}"
-        );
-        self.operator_update(id, "retry", &sql).await
-    }
-
-    async fn force_resend(&self, id: Uuid) -> Result<OutboxRow> {
-        let sql = format!(
-            "UPDATE status_outbox SET state = 'pending_upload', parked_at = NULL,
-                reconcile_attempts = 0, next_attempt_at = 0,
-                last_error = 'operator forced a re-send', updated_at = {NOW}
-             WHERE id = ?1 AND state = 'in_doubt'
-             RETURNING {COLS}"
-        );
-        self.operator_update(id, "force-resend", &sql).await
-    }
-
-    async fn cancel(&self, id: Uuid) -> Result<OutboxRow> {
-        let sql = format!(
-            "UPDATE status_outbox SET state = 'cancelled', parked_at = NULL,
-                last_error = 'cancelled by an operator', updated_at = {NOW}
-             WHERE id = ?1 AND state IN ('queued', 'pending_upload', 'in_doubt')
-             RETURNING {COLS}"
-        );
-        self.operator_update(id, "cancel", &sql).await
-    }
-
-    async fn mark_deleted(&self, id: Uuid) -> Result<OutboxRow> {
-        let sql = format!(
-            "UPDATE status_outbox SET state = 'deleted', updated_at = {NOW}
-             WHERE id = ?1 AND state = 'posted'
-             RETURNING {COLS}"
-        );
-        self.operator_update(id, "delete", &sql).await
+    async fn operator(&self, id: Uuid, action: OperatorAction) -> Result<OutboxRow> {
+        let r = sqlx::query(&action.sql(&DIALECT))
+            .bind(id.to_string())
+            .fetch_optional(self.db())
+            .await?;
+        let updated = match r {
+            Some(r) => Some(self.readable(std::slice::from_ref(&r), None).await?),
+            None => None,
+        };
+        action.outcome(id, updated, self.get(id)).await
     }
 
     async fn purge_terminal(&self, older_than: Duration, limit: i64) -> Result<u64> {
-        let sql = format!(
-            "DELETE FROM status_outbox WHERE id IN (
-                SELECT id FROM status_outbox
-                WHERE state IN ('posted', 'failed', 'invalid', 'cancelled', 'deleted')
-                  AND updated_at < {NOW} - ?1
-                LIMIT ?2)"
-        );
-        Ok(sqlx::query(&sql)
+        Ok(sqlx::query(&DIALECT.purge_sql())
             .bind(older_than.as_millis() as i64)
             .bind(limit)
             .execute(self.db())
@@ -737,21 +624,7 @@ impl Store for SqliteStore {
         )
         .fetch_all(self.db())
         .await?;
-        rows.iter()
-            .map(|r| {
-                let id: String = r.try_get("id")?;
-                Ok(Schedule {
-                    id: parse_uuid(&id).unwrap_or_default(),
-                    name: r.try_get("name")?,
-                    cron: r.try_get("cron")?,
-                    timezone: r.try_get("timezone")?,
-                    instance: r.try_get("instance")?,
-                    kind: r.try_get("kind")?,
-                    payload: r.try_get("payload")?,
-                    enabled: r.try_get("enabled")?,
-                })
-            })
-            .collect()
+        row::map_all(&rows, row::schedule)
     }
 
     async fn remove_schedule(&self, name_or_id: &str) -> Result<bool> {
@@ -824,15 +697,7 @@ impl Store for SqliteStore {
             .bind(bucket)
             .fetch_all(self.db())
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ActivityBucket {
-                    start: ms(r.try_get("start")?).unwrap_or_default(),
-                    posted: r.try_get("posted")?,
-                    errors: r.try_get("errors")?,
-                })
-            })
-            .collect()
+        row::map_all(&rows, row::activity_bucket)
     }
 
     async fn set_instance_pause(&self, instance: &str, reason: &str) -> Result<()> {
@@ -861,14 +726,6 @@ impl Store for SqliteStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(InstancePause {
-                    instance: r.try_get("instance")?,
-                    reason: r.try_get("reason")?,
-                    since: ms(r.try_get("since")?).unwrap_or_default(),
-                })
-            })
-            .collect()
+        row::map_all(&rows, row::instance_pause)
     }
 }

@@ -7,15 +7,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+mod listen;
+
+use super::row::{self, plain_columns, Columns, Dialect, OperatorAction};
 use super::{
-    not_allowed, parse_uuid, ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion,
-    EnqueueParams, Enqueued, InstancePause, ListParams, Result, Schedule, Store, StoreError,
-    SummaryRow, Transition, Unreadable,
+    parse_uuid, ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion, EnqueueParams,
+    Enqueued, InstancePause, ListParams, Result, Schedule, Store, StoreError, SummaryRow,
+    Transition, Unreadable,
 };
 use crate::model::{Attempt, OutboxRow, State};
 
@@ -24,8 +27,15 @@ const COLS: &str = "id, instance, kind, payload::text AS payload, dedupe_key, me
     claimed_at, reconcile_attempts, parked_at, provider_id, last_error, last_http_status, created_at, \
     updated_at, posted_at";
 
-/// The channel the migration's trigger notifies.
-pub const CHANNEL: &str = "status_outbox";
+/// How the statements both backends share are spelled here.
+const DIALECT: Dialect = Dialect {
+    now: "now()",
+    due_now: "now()",
+    param: "$",
+    id_text: "id::text",
+    cols: COLS,
+    millis: " * interval '1 millisecond'",
+};
 
 /// How long a released connection may take to answer a ping.
 const RELEASE_PING: Duration = Duration::from_secs(3);
@@ -84,43 +94,14 @@ impl PgStore {
         let (good, bad) = super::split_rows(rows, readable_row);
         for u in &bad {
             tracing::warn!(row_id = %u.id, error = %u.error, "unreadable row set aside");
-            sqlx::query(
-                "UPDATE status_outbox SET
-                    state = CASE WHEN state = 'in_doubt' THEN state ELSE 'invalid' END,
-                    parked_at = CASE WHEN state = 'in_doubt' THEN now() END,
-                    lease_owner = NULL, lease_expires_at = NULL,
-                    last_error = $2, updated_at = now()
-                 WHERE id::text = $1
-                   AND (state IN ('queued', 'pending_upload', 'in_doubt')
-                        OR (state = 'uploading' AND lease_owner = $3))",
-            )
-            .bind(&u.id)
-            .bind(&u.error)
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
+            sqlx::query(&DIALECT.quarantine_sql())
+                .bind(&u.id)
+                .bind(&u.error)
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
         }
         Ok(good)
-    }
-
-    async fn operator_update(
-        &self,
-        id: Uuid,
-        action: &'static str,
-        sql: &str,
-    ) -> Result<OutboxRow> {
-        let r = sqlx::query(sql).bind(id).fetch_optional(&self.pool).await?;
-        match r {
-            Some(r) => self
-                .readable(std::slice::from_ref(&r), None)
-                .await?
-                .pop()
-                .ok_or_else(|| StoreError::Invalid(format!("row {id} {}", super::QUARANTINE_NOTE))),
-            None => match self.get(id).await? {
-                Some(current) => Err(not_allowed(&current, action)),
-                None => Err(StoreError::NotFound(id.to_string())),
-            },
-        }
     }
 
     /// The claim with per-instance budgets ([`ClaimParams::budgets`]): a
@@ -238,61 +219,21 @@ impl PgStore {
         tx.commit().await?;
         Ok(applied.len() as u64)
     }
+}
 
-    /// Keeps one `LISTEN` connection open and bumps the wake signal on every
-    /// notification. `PgListener::recv` reconnects after a dropped
-    /// connection; the bump after a reconnect makes workers look for work
-    /// they may have missed while it was down.
-    fn start_listener(&self) {
-        let mut started = self
-            .listener_started
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if *started {
-            return;
-        }
-        *started = true;
-        let pool = self.pool.clone();
-        let wake = Arc::downgrade(&self.wake);
-        tokio::spawn(async move {
-            loop {
-                let mut listener = match PgListener::connect_with(&pool).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "LISTEN connection failed; polling until it is back");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        if wake.strong_count() == 0 {
-                            return;
-                        }
-                        continue;
-                    }
-                };
-                if let Err(e) = listener.listen(CHANNEL).await {
-                    tracing::warn!(error = %e, "LISTEN failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                loop {
-                    let got = listener.try_recv().await;
-                    let Some(tx) = wake.upgrade() else { return };
-                    match got {
-                        Ok(Some(_)) => {
-                            tx.send_modify(|n| *n = n.wrapping_add(1));
-                        }
-                        Ok(None) => {
-                            // Connection lost; the next try_recv reconnects.
-                            tracing::warn!("LISTEN connection lost; reconnecting");
-                            tx.send_modify(|n| *n = n.wrapping_add(1));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "LISTEN connection failed; reconnecting");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            break;
-                        }
-                    }
-                }
-            }
-        });
+impl Columns for PgRow {
+    plain_columns!();
+
+    fn uuid(&self, c: &str) -> std::result::Result<Uuid, String> {
+        row::col(self, c)
+    }
+
+    fn time(&self, c: &str) -> std::result::Result<Option<DateTime<Utc>>, String> {
+        row::col(self, c)
+    }
+
+    fn payload(&self) -> std::result::Result<String, String> {
+        self.text("payload")
     }
 }
 
@@ -317,50 +258,14 @@ fn readable_row(r: &PgRow) -> std::result::Result<OutboxRow, Unreadable> {
         .try_get::<Uuid, _>("id")
         .map(|u| u.to_string())
         .unwrap_or_default();
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| row(r))) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| row::outbox_row(r))) {
         Ok(Ok(row)) => Ok(row),
-        Ok(Err(e)) => Err(Unreadable {
-            id,
-            error: match e {
-                StoreError::Database(sqlx::Error::ColumnDecode { index, source }) => {
-                    super::column_error(index.trim_matches('"'), source)
-                }
-                e => e.to_string(),
-            },
-        }),
+        Ok(Err(error)) => Err(Unreadable { id, error }),
         Err(_) => Err(Unreadable {
             id,
             error: format!("row {}: a value is out of range", super::QUARANTINE_NOTE),
         }),
     }
-}
-
-fn row(r: &PgRow) -> Result<OutboxRow> {
-    let state: String = r.try_get("state")?;
-    Ok(OutboxRow {
-        id: r.try_get("id")?,
-        instance: r.try_get("instance")?,
-        kind: r.try_get("kind")?,
-        payload: r.try_get("payload")?,
-        dedupe_key: r.try_get("dedupe_key")?,
-        message_id: r.try_get("message_id")?,
-        state: State::from_str(&state).map_err(StoreError::Invalid)?,
-        priority: r.try_get("priority")?,
-        not_before: r.try_get("not_before")?,
-        attempts: r.try_get("attempts")?,
-        next_attempt_at: r.try_get("next_attempt_at")?,
-        lease_owner: r.try_get("lease_owner")?,
-        lease_expires_at: r.try_get("lease_expires_at")?,
-        claimed_at: r.try_get("claimed_at")?,
-        reconcile_attempts: r.try_get("reconcile_attempts")?,
-        parked_at: r.try_get("parked_at")?,
-        provider_id: r.try_get("provider_id")?,
-        last_error: r.try_get("last_error")?,
-        last_http_status: r.try_get("last_http_status")?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-        posted_at: r.try_get("posted_at")?,
-    })
 }
 
 impl Store for PgStore {
@@ -588,20 +493,7 @@ impl Store for PgStore {
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Attempt {
-                    status_id: id,
-                    attempt: r.try_get("attempt")?,
-                    started_at: r.try_get("started_at")?,
-                    finished_at: r.try_get("finished_at")?,
-                    outcome: r.try_get("outcome")?,
-                    http_status: r.try_get("http_status")?,
-                    latency_ms: r.try_get("latency_ms")?,
-                    error: r.try_get("error")?,
-                })
-            })
-            .collect()
+        row::map_all(&rows, |r| row::attempt(id, r))
     }
 
     async fn list(&self, p: ListParams) -> Result<Vec<OutboxRow>> {
@@ -628,80 +520,28 @@ impl Store for PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let state: String = r.try_get("state")?;
-                Ok(SummaryRow {
-                    instance: r.try_get("instance")?,
-                    state: State::from_str(&state).map_err(StoreError::Invalid)?,
-                    count: r.try_get("count")?,
-                    oldest_age_secs: r.try_get("oldest_age_secs")?,
-                    scheduled: r.try_get::<Option<i64>, _>("scheduled")?.unwrap_or(0),
-                })
-            })
-            .collect()
+        row::map_all(&rows, row::summary_row)
     }
 
-    async fn retry(&self, id: Uuid) -> Result<OutboxRow> {
-        let sql = format!(
-            "UPDATE status_outbox SET
-                state = CASE
-                    WHEN state = 'in_doubt' THEN 'in_doubt'
-                    WHEN message_id IS NULL THEN 'queued'
-                    ELSE 'pending_upload' END,
-                parked_at = NULL, reconcile_attempts = 0,
-                attempts = CASE WHEN state = 'in_doubt' THEN attempts ELSE 0 END,
-                next_attempt_at = now(), last_error = NULL, updated_at = now()
-             WHERE id = $1 AND (state IN ('failed', 'invalid', 'cancelled')
-                                OR (state = 'in_doubt' AND parked_at IS NOT NULL))
-             RETURNING {COLS}"
-        );
-        self.operator_update(id, "retry", &sql).await
-    }
-
-    async fn force_resend(&self, id: Uuid) -> Result<OutboxRow> {
-        let sql = format!(
-            "UPDATE status_outbox SET state = 'pending_upload', parked_at = NULL,
-                reconcile_attempts = 0, next_attempt_at = now(),
-                last_error = 'operator forced a re-send', updated_at = now()
-             WHERE id = $1 AND state = 'in_doubt'
-             RETURNING {COLS}"
-        );
-        self.operator_update(id, "force-resend", &sql).await
-    }
-
-    async fn cancel(&self, id: Uuid) -> Result<OutboxRow> {
-        let sql = format!(
-            "UPDATE status_outbox SET state = 'cancelled', parked_at = NULL,
-                last_error = 'cancelled by an operator', updated_at = now()
-             WHERE id = $1 AND state IN ('queued', 'pending_upload', 'in_doubt')
-             RETURNING {COLS}"
-        );
-        self.operator_update(id, "cancel", &sql).await
-    }
-
-    async fn mark_deleted(&self, id: Uuid) -> Result<OutboxRow> {
-        let sql = format!(
-            "UPDATE status_outbox SET state = 'deleted', updated_at = now()
-             WHERE id = $1 AND state = 'posted'
-             RETURNING {COLS}"
-        );
-        self.operator_update(id, "delete", &sql).await
+    async fn operator(&self, id: Uuid, action: OperatorAction) -> Result<OutboxRow> {
+        let r = sqlx::query(&action.sql(&DIALECT))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let updated = match r {
+            Some(r) => Some(self.readable(std::slice::from_ref(&r), None).await?),
+            None => None,
+        };
+        action.outcome(id, updated, self.get(id)).await
     }
 
     async fn purge_terminal(&self, older_than: Duration, limit: i64) -> Result<u64> {
-        Ok(sqlx::query(
-            "DELETE FROM status_outbox WHERE id IN (
-                SELECT id FROM status_outbox
-                WHERE state IN ('posted', 'failed', 'invalid', 'cancelled', 'deleted')
-                  AND updated_at < now() - $1 * interval '1 millisecond'
-                LIMIT $2)",
-        )
-        .bind(older_than.as_millis() as i64)
-        .bind(limit)
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
+        Ok(sqlx::query(&DIALECT.purge_sql())
+            .bind(older_than.as_millis() as i64)
+            .bind(limit)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     async fn add_schedule(&self, s: &Schedule) -> Result<()> {
@@ -729,20 +569,7 @@ impl Store for PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Schedule {
-                    id: r.try_get("id")?,
-                    name: r.try_get("name")?,
-                    cron: r.try_get("cron")?,
-                    timezone: r.try_get("timezone")?,
-                    instance: r.try_get("instance")?,
-                    kind: r.try_get("kind")?,
-                    payload: r.try_get("payload")?,
-                    enabled: r.try_get("enabled")?,
-                })
-            })
-            .collect()
+        row::map_all(&rows, row::schedule)
     }
 
     async fn remove_schedule(&self, name_or_id: &str) -> Result<bool> {
@@ -794,7 +621,7 @@ impl Store for PgStore {
         // Bucketed in epoch milliseconds, as on SQLite (date_bin needs
         // PostgreSQL 14; this works on every supported version).
         let rows = sqlx::query(
-            "SELECT (floor(extract(epoch FROM finished_at) * 1000)::bigint / $2) * $2 AS start_ms,
+            "SELECT (floor(extract(epoch FROM finished_at) * 1000)::bigint / $2) * $2 AS start,
                     COUNT(*) FILTER (WHERE outcome = 'posted') AS posted,
                     COUNT(*) FILTER (WHERE outcome <> 'posted') AS errors
              FROM status_attempts
@@ -805,16 +632,7 @@ impl Store for PgStore {
         .bind(bucket)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                let start: i64 = r.try_get("start_ms")?;
-                Ok(ActivityBucket {
-                    start: DateTime::from_timestamp_millis(start).unwrap_or_default(),
-                    posted: r.try_get("posted")?,
-                    errors: r.try_get("errors")?,
-                })
-            })
-            .collect()
+        row::map_all(&rows, row::activity_bucket)
     }
 
     async fn set_instance_pause(&self, instance: &str, reason: &str) -> Result<()> {
@@ -843,14 +661,6 @@ impl Store for PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(InstancePause {
-                    instance: r.try_get("instance")?,
-                    reason: r.try_get("reason")?,
-                    since: r.try_get("since")?,
-                })
-            })
-            .collect()
+        row::map_all(&rows, row::instance_pause)
     }
 }
