@@ -75,6 +75,9 @@ const STRAYS_EVERY: Duration = Duration::from_secs(5);
 /// wake-up, but not more often than this: on SQLite every commit (of this
 /// process too) is a wake-up.
 const REPROBE: Duration = Duration::from_millis(50);
+/// The claimer's plans (a look at every instance's budget) are this far
+/// apart at least.
+const PLAN_GAP: Duration = Duration::from_millis(5);
 
 /// What the claimer, the send loop and the lease keeper share.
 struct Shared {
@@ -296,7 +299,18 @@ async fn claim_loop<S: Store, P: Provider>(
     let mut last_probe = Instant::now();
     let mut idle_for = ctx.idle_poll();
     let mut strays_at = Instant::now();
+    let mut last_plan = Instant::now();
     while !shutdown.is_cancelled() {
+        // Plans are made at most every PLAN_GAP: every finished send wakes
+        // the claimer, and with many instances a plan visits each.
+        let since = last_plan.elapsed();
+        if since < PLAN_GAP {
+            tokio::select! {
+                _ = tokio::time::sleep(PLAN_GAP - since) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+        last_plan = Instant::now();
         if woken && last_probe.elapsed() >= REPROBE {
             drained.clear();
             woken = false;
