@@ -305,7 +305,7 @@ async fn health(source: &ConfigSource) -> anyhow::Result<()> {
         .get(&url)
         .send()
         .await
-        .map_err(|e| anyhow::anyhow!("{}", e.without_url()))
+        .map_err(reqwest::Error::without_url)
         .with_context(|| format!("no answer from {url}"))?;
     if !resp.status().is_success() {
         anyhow::bail!("{url} answered {}", resp.status());
@@ -358,8 +358,7 @@ async fn run_sim(args: SimArgs, global_config_given: bool) -> anyhow::Result<()>
     if args.seed.is_some() {
         cfg.seed = args.seed;
     }
-    cfg.validate()
-        .map_err(|e| anyhow::anyhow!("simulator configuration: {e}"))?;
+    cfg.validate().context("simulator configuration")?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
     crate::sim::run_standalone(

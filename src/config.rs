@@ -21,11 +21,14 @@ use serde::{Deserialize, Serialize};
 
 mod load;
 mod redact;
+mod secret;
 mod show;
 
 use load::{deserialize_collecting, instance_name_problems, read_layers, resolve};
 
 pub use redact::{redact_url, redact_url_secrets_in};
+use secret::read_secret_file;
+pub use secret::SecretError;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -267,17 +270,13 @@ fn d_max_in_flight() -> usize {
     DEFAULT_MAX_IN_FLIGHT
 }
 
-impl InstanceConfig {
-    /// The token, read from the file when configured that way.
-    pub fn token(&self) -> Result<SecretString, String> {
-        if let Some(t) = &self.access_token {
-            return Ok(t.clone());
-        }
-        match &self.access_token_file {
-            Some(p) => read_secret_file(p).map_err(|e| format!("access_token_file {e}")),
-            None => Err("access_token (or access_token_file) is required".into()),
-        }
-    }
+/// An instance that is not configured here, with the ones that are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("instance: `{instance}` is not a configured instance (configured: {})", configured.join(", "))]
+pub struct NotConfigured {
+    pub instance: String,
+    /// Sorted.
+    pub configured: Vec<String>,
 }
 
 /// A problem in the configuration, with the key at fault.
@@ -420,18 +419,6 @@ impl Default for RawAdmin {
             token_file: None,
         }
     }
-}
-
-/// Reads a secret from a file, trimmed (files end with a newline). Errors
-/// name the path and the I/O failure, never the content.
-fn read_secret_file(path: &Path) -> Result<SecretString, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let secret = text.trim();
-    if secret.is_empty() {
-        return Err(format!("{} is empty", path.display()));
-    }
-    Ok(SecretString::from(secret.to_string()))
 }
 
 impl Settings {
@@ -589,7 +576,7 @@ impl Settings {
                 p(&key("instance_id"), "is required and must not be empty");
             }
             match inst.token() {
-                Err(e) => p(&key("access_token"), &e),
+                Err(e) => p(&key("access_token"), &e.to_string()),
                 Ok(t) if t.expose_secret().trim().is_empty() => {
                     p(&key("access_token"), "must not be empty or blank")
                 }
@@ -630,16 +617,16 @@ fn check_base_url(base: &str) -> Result<(), &'static str> {
 pub fn check_configured<'a>(
     instance: &str,
     configured: impl IntoIterator<Item = &'a String>,
-) -> Result<(), String> {
-    let mut known: Vec<&str> = configured.into_iter().map(String::as_str).collect();
-    if known.contains(&instance) {
+) -> Result<(), NotConfigured> {
+    let mut known: Vec<String> = configured.into_iter().cloned().collect();
+    if known.iter().any(|k| k == instance) {
         return Ok(());
     }
     known.sort_unstable();
-    Err(format!(
-        "instance: `{instance}` is not a configured instance (configured: {})",
-        known.join(", ")
-    ))
+    Err(NotConfigured {
+        instance: instance.to_string(),
+        configured: known,
+    })
 }
 
 /// Validation of cron expressions without starting a scheduler.

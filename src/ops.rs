@@ -56,7 +56,7 @@ pub async fn enqueue<'a, S: Store>(
     p: EnqueueParams,
 ) -> Result<Enqueued, OpError> {
     if let Some(names) = configured {
-        check_configured(&p.instance, names).map_err(OpError::Invalid)?;
+        check_configured(&p.instance, names).map_err(|e| OpError::Invalid(e.to_string()))?;
     }
     StatusBody::parse(&p.kind, &p.payload).map_err(|e| OpError::Invalid(e.to_string()))?;
     Ok(store.enqueue(p).await?)

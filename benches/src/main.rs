@@ -26,7 +26,7 @@ use counting::Counting;
 use statusd::app::wawp_instances;
 use statusd::config::{IdSource, InstanceConfig, Settings};
 use statusd::daemon::Daemon;
-use statusd::model::{State, StatusBody};
+use statusd::model::{AttemptOutcome, State, StatusBody};
 use statusd::provider::{OutgoingStatus, Provider, SendOutcome, WawpClient};
 use statusd::sim::{SimConfig, SimHandle, Simulator};
 use statusd::store::{
@@ -326,7 +326,7 @@ async fn db_ceiling<S: Store>(store: S, db: &Db, n: usize) -> anyhow::Result<f64
                             transition: t,
                             started_at: chrono::Utc::now(),
                             latency: Duration::from_millis(1),
-                            outcome: "posted".into(),
+                            outcome: AttemptOutcome::Posted,
                         }
                     })
                     .collect();

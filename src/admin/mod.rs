@@ -3,6 +3,7 @@
 //! loopback by default; everything but health and metrics needs the bearer
 //! token `admin.token`.
 
+use anyhow::Context;
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
@@ -77,17 +78,20 @@ impl<S: Store, P: Provider> AdminServer<S, P> {
         let addr: SocketAddr = settings
             .bind
             .parse()
-            .map_err(|e| anyhow::anyhow!("admin.bind `{}`: {e}", settings.bind))?;
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-                " (another process listens there, e.g. a second replica on this host: \
-                 give each replica its own admin.bind, e.g. STATUSD__ADMIN__BIND=127.0.0.1:9092, \
-                 or set admin.enabled = false)"
-            } else {
-                ""
-            };
-            anyhow::anyhow!("admin.bind {addr}: {e}{hint}")
-        })?;
+            .with_context(|| format!("admin.bind `{}`", settings.bind))?;
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "admin.bind {addr} is in use (another process listens there, e.g. a \
+                         second replica on this host: give each replica its own admin.bind, \
+                         e.g. STATUSD__ADMIN__BIND=127.0.0.1:9092, or set admin.enabled = false)"
+                    )
+                })
+            }
+            Err(e) => return Err(e).with_context(|| format!("admin.bind {addr}")),
+        };
         if !addr.ip().is_loopback() {
             tracing::warn!(
                 addr = %addr,

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::table::{age, age_at, relative, truncate, Table};
 use super::{EnqueueArgs, LsArgs, RetryArgs, ShowArgs};
 use crate::config::{redact_url, Settings};
-use crate::model::{OutboxRow, State, StatusBody};
+use crate::model::{AttemptOutcome, OutboxRow, State, StatusBody};
 use crate::ops;
 use crate::store::{EnqueueParams, ListParams, Store, StoreError};
 
@@ -37,6 +37,7 @@ pub fn check_instance(instance: &str, settings: &Settings) -> anyhow::Result<()>
         );
         return Ok(());
     }
+    // The flag's name is the key: `--instance: …`.
     crate::config::check_configured(instance, settings.instances.keys())
         .map_err(|e| anyhow::anyhow!("--{e}"))
 }
@@ -352,11 +353,11 @@ pub async fn show<S: Store>(store: &S, a: ShowArgs) -> anyhow::Result<String> {
 /// the dispatcher gives the attempt back when nothing of the row's fault
 /// happened (see `transition_for`), and the next attempt reuses its number.
 fn refund_note(outcome: &str) -> &'static str {
-    match outcome {
-        "released" => "no: released unsent, refunded",
-        "instance_down" => "no: instance down, refunded",
-        "rate_limited" => "no: Retry-After, refunded",
-        "invalid" => "no: invalid row, refunded",
+    match outcome.parse() {
+        Ok(AttemptOutcome::Released) => "no: released unsent, refunded",
+        Ok(AttemptOutcome::InstanceDown) => "no: instance down, refunded",
+        Ok(AttemptOutcome::RateLimited) => "no: Retry-After, refunded",
+        Ok(AttemptOutcome::Invalid) => "no: invalid row, refunded",
         _ => "yes",
     }
 }

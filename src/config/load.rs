@@ -127,7 +127,7 @@ pub(super) fn resolve(raw: RawSettings, problems: &mut Vec<ConfigProblem>) -> Se
     let empty = || SecretString::from(String::new());
     let url = match (&raw.database.url_file, raw.database.url) {
         (Some(path), _) => read_secret_file(path).unwrap_or_else(|e| {
-            push("database.url_file", e);
+            push("database.url_file", e.to_string());
             empty()
         }),
         (None, Some(url)) => url,
@@ -145,7 +145,7 @@ pub(super) fn resolve(raw: RawSettings, problems: &mut Vec<ConfigProblem>) -> Se
         (Some(path), _) => match read_secret_file(path) {
             Ok(t) => Some(t),
             Err(e) => {
-                push("admin.token_file", e);
+                push("admin.token_file", e.to_string());
                 None
             }
         },

@@ -19,9 +19,11 @@ use tracing::Instrument;
 use super::fair_queue::{FairQueue, Gate, Next, Waiting};
 use super::{backoff, Ctx};
 use crate::config::{DaemonSettings, IdSource};
-use crate::model::{OutboxRow, State, StatusBody};
+use crate::model::{AttemptOutcome, OutboxRow, State, StatusBody};
 use crate::provider::{ids, OutgoingStatus, Provider, SendOutcome};
-use crate::store::{ClaimParams, Completion, InstanceBudget, KeepLeasesParams, Store, Transition};
+use crate::store::{
+    ClaimParams, Completion, Effect, InstanceBudget, KeepLeasesParams, Store, Transition,
+};
 
 /// The dispatcher's settings, built from `[daemon]` (defaults:
 /// [`DaemonSettings::default`]).
@@ -549,14 +551,14 @@ async fn keep_leases<S: Store, P: Provider>(
 /// refunded, its last error kept. Nothing was sent, so nothing is in doubt.
 fn released_unsent(row: &OutboxRow) -> Completion {
     let mut t = Transition::new(row.id, row.attempts, State::PendingUpload);
-    t.refund_attempt = true;
+    t.effect = Effect::RefundAttempt;
     t.error = row.last_error.clone();
     t.http_status = row.last_http_status;
     Completion {
         transition: t,
         started_at: chrono::Utc::now(),
         latency: Duration::ZERO,
-        outcome: "released".into(),
+        outcome: AttemptOutcome::Released,
     }
 }
 
@@ -575,12 +577,12 @@ async fn send_one<S: Store, P: Provider>(
         tracing::warn!(error = %problem, "invalid row");
         let mut t = Transition::new(row.id, row.attempts, State::Invalid);
         t.error = Some(problem);
-        t.refund_attempt = true;
+        t.effect = Effect::RefundAttempt;
         return Completion {
             transition: t,
             started_at,
             latency: t0.elapsed(),
-            outcome: "invalid".into(),
+            outcome: AttemptOutcome::Invalid,
         };
     }
     let outcome = match (ctx.instances.get(&row.instance), row.message_id.as_deref()) {
@@ -632,15 +634,17 @@ async fn send_one<S: Store, P: Provider>(
     }
     // A Retry-After refusal gives the attempt back: its history line says
     // so (`statusd show`), unlike a retryable error that counts.
-    let label = match &outcome {
-        SendOutcome::Retryable { .. } if transition.refund_attempt => "rate_limited",
-        other => other.label(),
+    let outcome = match &outcome {
+        SendOutcome::Retryable { .. } if transition.effect == Effect::RefundAttempt => {
+            AttemptOutcome::RateLimited
+        }
+        other => other.attempt_outcome(),
     };
     Completion {
         transition,
         started_at,
         latency,
-        outcome: label.to_string(),
+        outcome,
     }
 }
 
@@ -666,7 +670,7 @@ pub fn transition_for<S, P: Provider>(
             // Rate limited: honour Retry-After; not the row's fault, so the
             // attempt does not count towards max_attempts.
             t.to = State::PendingUpload;
-            t.refund_attempt = true;
+            t.effect = Effect::RefundAttempt;
             t.delay = *after + backoff(1, Duration::from_millis(50), Duration::from_millis(50));
         }
         SendOutcome::Retryable { .. } => {
@@ -692,7 +696,7 @@ pub fn transition_for<S, P: Provider>(
         } => {
             // Not the row's fault: it waits for the instance, it does not fail.
             t.to = State::PendingUpload;
-            t.refund_attempt = true;
+            t.effect = Effect::RefundAttempt;
             t.delay = s.instance_probe;
             if let Some(inst) = ctx.instances.get(&row.instance) {
                 let why = match http_status {

@@ -56,7 +56,7 @@ impl<S: Store, P: Provider> Ctx<S, P> {
     /// stage that takes a row written by someone else asks this first.
     pub fn check_row(&self, row: &crate::model::OutboxRow) -> Option<String> {
         if let Err(e) = crate::config::check_configured(&row.instance, self.instances.keys()) {
-            return Some(e);
+            return Some(e.to_string());
         }
         crate::model::StatusBody::parse(&row.kind, &row.payload)
             .err()
@@ -179,7 +179,7 @@ impl<S: Store, P: Provider> Daemon<S, P> {
                 Err(e) => {
                     tracing::error!(error = %e, "a daemon service panicked; stopping");
                     shutdown.cancel();
-                    result = Err(anyhow::anyhow!("a daemon service panicked: {e}"));
+                    result = Err(anyhow::Error::new(e).context("a daemon service panicked"));
                 }
             }
         }

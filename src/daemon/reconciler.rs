@@ -15,7 +15,7 @@ use super::{backoff, Ctx};
 use crate::config::DaemonSettings;
 use crate::model::{OutboxRow, State, StatusBody};
 use crate::provider::{Lookup, Provider, StatusQuery};
-use crate::store::{Store, Transition};
+use crate::store::{Effect, Store, Transition};
 
 /// Statuses posted before the row's latest claim, minus this, are not
 /// candidates for a content match (clock skew between us and the provider).
@@ -85,7 +85,7 @@ pub async fn pass<S: Store, P: Provider>(ctx: &Ctx<S, P>) -> anyhow::Result<usiz
         .await;
     ctx.store.resolve_in_doubt(&transitions).await?;
     for t in &transitions {
-        metrics::counter!("statusd_reconciled_total", "result" => match (t.to, t.park) {
+        metrics::counter!("statusd_reconciled_total", "result" => match (t.to, t.effect.parks()) {
             (State::Posted, _) => "present",
             (State::PendingUpload, _) => "absent",
             (_, true) => "parked",
@@ -116,7 +116,7 @@ async fn decide<S: Store, P: Provider>(ctx: &Ctx<S, P>, row: &OutboxRow) -> Tran
         row.message_id.as_deref(),
         StatusBody::parse(&row.kind, &row.payload),
     ) else {
-        t.park = true;
+        t.effect = Effect::Park;
         t.error = Some(format!(
             "cannot look this status up (instance `{}` not configured or row unreadable); an operator must decide",
             row.instance
@@ -148,10 +148,10 @@ async fn decide<S: Store, P: Provider>(ctx: &Ctx<S, P>, row: &OutboxRow) -> Tran
             }
             Lookup::Unavailable { reason } => {
                 let tries = row.reconcile_attempts + 1;
-                t.bump_reconcile = true;
+                t.effect = Effect::FailedLookup { park: false };
                 if tries >= s.max_attempts {
                     tracing::warn!(tries, error = %reason, "look-up keeps failing: parking the row for an operator");
-                    t.park = true;
+                    t.effect = Effect::FailedLookup { park: true };
                     t.error = Some(format!(
                         "parked after {tries} failed look-ups (last: {reason}); `statusd retry` looks again, `statusd retry --force-resend` sends again"
                     ));

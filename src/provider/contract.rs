@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Kind, StatusBody};
+use crate::model::{AttemptOutcome, Kind, StatusBody};
 
 /// What became of one request that may have changed the provider's state.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,15 +38,21 @@ pub enum SendOutcome {
 }
 
 impl SendOutcome {
-    /// A short label for metrics and the attempt history.
-    pub fn label(&self) -> &'static str {
+    /// The attempt history's outcome for this answer (a rate-limited
+    /// refusal is told apart by the dispatcher, which refunds it).
+    pub fn attempt_outcome(&self) -> AttemptOutcome {
         match self {
-            SendOutcome::Posted { .. } => "posted",
-            SendOutcome::Retryable { .. } => "retryable",
-            SendOutcome::InDoubt { .. } => "in_doubt",
-            SendOutcome::Permanent { .. } => "permanent",
-            SendOutcome::InstanceDown { .. } => "instance_down",
+            SendOutcome::Posted { .. } => AttemptOutcome::Posted,
+            SendOutcome::Retryable { .. } => AttemptOutcome::Retryable,
+            SendOutcome::InDoubt { .. } => AttemptOutcome::InDoubt,
+            SendOutcome::Permanent { .. } => AttemptOutcome::Permanent,
+            SendOutcome::InstanceDown { .. } => AttemptOutcome::InstanceDown,
         }
+    }
+
+    /// A short label for metrics and logs (the attempt outcome's text).
+    pub fn label(&self) -> &'static str {
+        self.attempt_outcome().as_str()
     }
 
     pub fn http_status(&self) -> Option<u16> {

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::model::{Attempt, OutboxRow, State};
+use crate::model::{Attempt, AttemptOutcome, OutboxRow, State};
 
 mod connect;
 mod instance_leases;
@@ -169,12 +169,41 @@ pub struct Transition {
     pub http_status: Option<i32>,
     /// `next_attempt_at = now + delay` (retry backoff, settle delay).
     pub delay: Duration,
-    /// Count this as one more failed look-up (reconciler).
-    pub bump_reconcile: bool,
-    /// Park the row for an operator (stays `in_doubt`, not retried).
-    pub park: bool,
-    /// Give back the claim's attempt (instance down: not the row's fault).
-    pub refund_attempt: bool,
+    /// What else the move does to the row's counters and parking.
+    pub effect: Effect,
+}
+
+/// What a [`Transition`] does besides moving the row. The dispatcher refunds
+/// attempts; the reconciler counts failed look-ups and parks: no transition
+/// does both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Effect {
+    #[default]
+    None,
+    /// Give back the claim's attempt (instance down, Retry-After, released
+    /// unsent, invalid before any send: not the row's fault).
+    RefundAttempt,
+    /// One more failed look-up (reconciler); `park`: it was the last one
+    /// allowed, and the row is parked for an operator.
+    FailedLookup { park: bool },
+    /// Park the row for an operator (stays `in_doubt`, not retried) without
+    /// a look-up: it cannot be looked up.
+    Park,
+}
+
+impl Effect {
+    fn refunds(self) -> bool {
+        self == Effect::RefundAttempt
+    }
+
+    fn counts_lookup(self) -> bool {
+        matches!(self, Effect::FailedLookup { .. })
+    }
+
+    /// Whether the row ends parked.
+    pub fn parks(self) -> bool {
+        matches!(self, Effect::Park | Effect::FailedLookup { park: true })
+    }
 }
 
 impl Transition {
@@ -187,15 +216,14 @@ impl Transition {
             error: None,
             http_status: None,
             delay: Duration::ZERO,
-            bump_reconcile: false,
-            park: false,
-            refund_attempt: false,
+            effect: Effect::None,
         }
     }
 }
 
 /// A batch of transitions as the JSON array both backends read in one
-/// statement (`json_each` / `jsonb_to_recordset`). Flags are 0/1.
+/// statement (`json_each` / `jsonb_to_recordset`). The effect goes as three
+/// 0/1 flags, which the statements add and test.
 pub(crate) fn transitions_json(ts: &[Transition]) -> serde_json::Value {
     ts.iter()
         .map(|t| {
@@ -207,9 +235,9 @@ pub(crate) fn transitions_json(ts: &[Transition]) -> serde_json::Value {
                 "error": t.error,
                 "http": t.http_status,
                 "delay": t.delay.as_millis() as i64,
-                "bump": t.bump_reconcile as i32,
-                "park": t.park as i32,
-                "refund": t.refund_attempt as i32,
+                "bump": t.effect.counts_lookup() as i32,
+                "park": t.effect.parks() as i32,
+                "refund": t.effect.refunds() as i32,
             })
         })
         .collect()
@@ -225,7 +253,7 @@ pub(crate) fn attempts_json(done: &[&Completion]) -> serde_json::Value {
                 "attempt": c.transition.attempt,
                 "started": c.started_at.timestamp_millis(),
                 "latency": c.latency.as_millis() as i64,
-                "outcome": c.outcome,
+                "outcome": c.outcome.as_str(),
                 "http": c.transition.http_status,
                 "error": c.transition.error,
             })
@@ -239,7 +267,7 @@ pub struct Completion {
     pub transition: Transition,
     pub started_at: DateTime<Utc>,
     pub latency: Duration,
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
 }
 
 #[derive(Debug, Clone, Default)]

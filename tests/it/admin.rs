@@ -656,7 +656,7 @@ async fn operators_see_paused_instances_and_scheduled_rows() {
 /// number is used again, and says which attempts did not count.
 #[tokio::test]
 async fn show_lists_attempts_in_time_order_with_refunds() {
-    use statusd::store::{AssignId, ClaimParams, Completion, Transition};
+    use statusd::store::{AssignId, ClaimParams, Completion, Effect, Transition};
     let db = TestDb::sqlite().await;
     let s = db.sqlite_store().await;
     let id = s.enqueue(crate::support::text("main", 0)).await.unwrap().id;
@@ -692,13 +692,15 @@ async fn show_lists_attempts_in_time_order_with_refunds() {
             .pop()
             .expect("claimed");
         let mut t = Transition::new(id, row.attempts, to);
-        t.refund_attempt = refund;
+        if refund {
+            t.effect = Effect::RefundAttempt;
+        }
         t.provider_id = row.message_id.clone();
         let done = Completion {
             transition: t,
             started_at: t0 + chrono::Duration::minutes(k as i64),
             latency: Duration::from_millis(5),
-            outcome: outcome.into(),
+            outcome: outcome.parse().unwrap(),
         };
         assert_eq!(s.complete(&[done]).await.unwrap(), 1);
     }

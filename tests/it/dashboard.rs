@@ -14,9 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use statusd::model::State;
+use statusd::model::{AttemptOutcome, State};
 use statusd::sim::SimConfig;
-use statusd::store::{AssignId, ClaimParams, Completion, Store, Transition};
+use statusd::store::{AssignId, ClaimParams, Completion, Effect, Store, Transition};
 use uuid::Uuid;
 
 use crate::support::{spawn_app, text, TestDb};
@@ -362,7 +362,7 @@ async fn seed<S: Store>(s: &S) -> Seeded {
             23 => {
                 t.to = State::InDoubt;
                 t.error = Some("timed out after the request was written".into());
-                t.park = true;
+                t.effect = Effect::Park;
                 in_doubt = Some(row.id);
                 "in_doubt"
             }
@@ -386,7 +386,7 @@ async fn seed<S: Store>(s: &S) -> Seeded {
             transition: t,
             started_at: now - chrono::Duration::seconds(secs_ago),
             latency: Duration::from_millis(180 + (k as u64 * 37) % 400),
-            outcome: outcome.into(),
+            outcome: outcome.parse().unwrap(),
         });
     }
     let mut done_starts: Vec<chrono::DateTime<chrono::Utc>> = done.iter().map(finished).collect();
@@ -403,7 +403,7 @@ async fn seed<S: Store>(s: &S) -> Seeded {
                 transition: t,
                 started_at: now - chrono::Duration::seconds(50),
                 latency: Duration::from_millis(240),
-                outcome: "posted".into(),
+                outcome: AttemptOutcome::Posted,
             }
         })
         .collect();

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use statusd::model::State;
+use statusd::model::{AttemptOutcome, State};
 use statusd::store::{
     AssignId, ClaimParams, Completion, ListParams, SqliteStore, Store, Transition,
 };
@@ -118,7 +118,8 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     transition: t,
                     started_at: chrono::Utc::now(),
                     latency: Duration::ZERO,
-                    outcome: "prop".into(),
+                    // Not read back by this test.
+                    outcome: AttemptOutcome::Retryable,
                 };
                 let n = s.complete(&[c]).await.unwrap();
                 let should = before.state == State::Uploading && before.attempts == attempt;

@@ -3,10 +3,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use statusd::model::{State, StatusBody};
+use statusd::model::{AttemptOutcome, State, StatusBody};
 use statusd::store::{
-    AssignId, ClaimParams, Completion, EnqueueParams, ListParams, Schedule, Store, StoreError,
-    Transition,
+    AssignId, ClaimParams, Completion, Effect, EnqueueParams, ListParams, Schedule, Store,
+    StoreError, Transition,
 };
 use uuid::Uuid;
 
@@ -63,7 +63,8 @@ fn done(t: Transition) -> Completion {
         transition: t,
         started_at: chrono::Utc::now(),
         latency: Duration::from_millis(12),
-        outcome: "test".into(),
+        // Not read back by these tests.
+        outcome: AttemptOutcome::Retryable,
     }
 }
 
@@ -231,7 +232,7 @@ async fn retry_waits_for_its_backoff<S: Store>(s: S, _db: &TestDb) {
     assert_eq!(again[0].last_http_status, Some(429));
     // Instance down gives the attempt back.
     let mut t = Transition::new(ids[0], 2, State::PendingUpload);
-    t.refund_attempt = true;
+    t.effect = Effect::RefundAttempt;
     s.complete(&[done(t)]).await.unwrap();
     assert_eq!(s.get(ids[0]).await.unwrap().unwrap().attempts, 1);
 }
@@ -255,7 +256,7 @@ async fn in_doubt_rows_are_reconciled_parked_and_unparked<S: Store>(s: S, _db: &
     present.provider_id = Some("P".into());
     let absent = Transition::new(ids[1], 1, State::PendingUpload);
     let mut unknown = Transition::new(ids[2], 1, State::InDoubt);
-    unknown.bump_reconcile = true;
+    unknown.effect = Effect::FailedLookup { park: false };
     unknown.delay = Duration::from_secs(60);
     assert_eq!(
         s.resolve_in_doubt(&[present, absent, unknown])
@@ -280,7 +281,7 @@ async fn in_doubt_rows_are_reconciled_parked_and_unparked<S: Store>(s: S, _db: &
     );
     // Park, then an operator retry un-parks it for another look-up.
     let mut park = Transition::new(ids[2], 1, State::InDoubt);
-    park.park = true;
+    park.effect = Effect::Park;
     park.error = Some("look-up unavailable 10 times".into());
     assert_eq!(s.resolve_in_doubt(&[park]).await.unwrap(), 1);
     let parked = s.get(ids[2]).await.unwrap().unwrap();
@@ -600,7 +601,7 @@ async fn activity_counts_finished_attempts_per_bucket<S: Store>(s: S, _db: &Test
             transition: Transition::new(*id, 1, *to),
             started_at: ago(*m),
             latency: Duration::from_millis(12),
-            outcome: outcome.to_string(),
+            outcome: outcome.parse().unwrap(),
         })
         .collect();
     assert_eq!(s.complete(&done).await.unwrap(), 5);

@@ -104,8 +104,8 @@ impl WawpClient {
         settings: &ProviderSettings,
     ) -> Result<WawpClient, ClientError> {
         let instance = || name.to_string();
-        // The config's error is kept as text: it names a file, never the
-        // token, and its type is the config module's business.
+        // The config's error is kept as text (this error is `Clone`): it
+        // names a file, never the token.
         let token = inst.token().map_err(|e| ClientError::Token {
             instance: instance(),
             reason: e.to_string(),

@@ -2,8 +2,7 @@
 //! that turns a row written by someone else into either a sendable status or
 //! a message naming the field at fault.
 
-use std::fmt;
-use std::str::FromStr;
+mod names;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -11,141 +10,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-/// Where a row is in its life. See DESIGN.md §4 and the README's state table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    Queued,
-    PendingUpload,
-    Uploading,
-    InDoubt,
-    Posted,
-    Failed,
-    Invalid,
-    Cancelled,
-    Deleted,
-}
-
-impl State {
-    pub const ALL: [State; 9] = [
-        State::Queued,
-        State::PendingUpload,
-        State::Uploading,
-        State::InDoubt,
-        State::Posted,
-        State::Failed,
-        State::Invalid,
-        State::Cancelled,
-        State::Deleted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Queued => "queued",
-            State::PendingUpload => "pending_upload",
-            State::Uploading => "uploading",
-            State::InDoubt => "in_doubt",
-            State::Posted => "posted",
-            State::Failed => "failed",
-            State::Invalid => "invalid",
-            State::Cancelled => "cancelled",
-            State::Deleted => "deleted",
-        }
-    }
-
-    /// Rows the pipeline still works on (every state not in [`State::TERMINAL`]).
-    pub const LIVE: [State; 4] = [
-        State::Queued,
-        State::PendingUpload,
-        State::Uploading,
-        State::InDoubt,
-    ];
-
-    /// [`State::LIVE`] rows that no worker holds a lease on (all but
-    /// `uploading`): an operator may cancel them, and an unreadable one is
-    /// set aside (it was not sent yet, or it may be posted and is parked).
-    pub const IDLE: [State; 3] = [State::Queued, State::PendingUpload, State::InDoubt];
-
-    /// Rows the pipeline never touches again (only `posted` can still be
-    /// deleted by an operator); `purge` removes them once old.
-    pub const TERMINAL: [State; 5] = [
-        State::Posted,
-        State::Failed,
-        State::Invalid,
-        State::Cancelled,
-        State::Deleted,
-    ];
-
-    /// Terminal rows an operator's retry sends again (`posted` and `deleted`
-    /// reached the viewers; a parked `in_doubt` row can be retried too).
-    pub const RETRYABLE: [State; 3] = [State::Failed, State::Invalid, State::Cancelled];
-
-    /// Whether the state is in [`State::TERMINAL`].
-    pub fn is_terminal(self) -> bool {
-        State::TERMINAL.contains(&self)
-    }
-}
-
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for State {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        State::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<_> = State::ALL.iter().map(|s| s.as_str()).collect();
-                format!(
-                    "unknown state `{s}` (expected one of: {})",
-                    names.join(", ")
-                )
-            })
-    }
-}
-
-/// The four kinds of status the provider accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Text,
-    Image,
-    Voice,
-    Video,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Text, Kind::Image, Kind::Voice, Kind::Video];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Text => "text",
-            Kind::Image => "image",
-            Kind::Voice => "voice",
-            Kind::Video => "video",
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Kind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown kind `{s}` (expected text, image, voice or video)"))
-    }
-}
+pub use names::{AttemptOutcome, Kind, State};
 
 /// One row of `status_outbox`, as every backend returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
