@@ -25,9 +25,11 @@ use crate::ops::Operator;
 use crate::provider::Provider;
 use crate::store::Store;
 
+mod claimer;
 pub mod dispatcher;
 mod fair_queue;
 pub mod id_assigner;
+mod lease_keeper;
 #[cfg(test)]
 mod protocol_model;
 pub mod reconciler;
