@@ -17,6 +17,7 @@
 //! per cause and exits non-zero. Usage errors exit 2 (clap's convention).
 
 mod args;
+mod capabilities;
 mod configuration;
 mod outbox;
 mod schedule;
@@ -165,6 +166,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             statuses: args.statuses,
             database: cli.database_url.clone(),
             seed: args.seed,
+            engines: args.engine,
         })
         .await
         .context("the demo failed"),
@@ -215,7 +217,19 @@ pub async fn dispatch<S: Store>(store: S, cmd: Command, settings: &Settings) -> 
         Command::Enqueue(a) => outbox::enqueue(&store, a, settings).await?,
         Command::Ls(a) => outbox::ls(&store, a).await?,
         Command::Show(a) => outbox::show(&store, a).await?,
-        Command::Stats(a) => outbox::stats(&store, a.json).await?,
+        Command::Stats(a) if a.json => outbox::stats(&store, true).await?,
+        Command::Stats(_) => {
+            let mut out = outbox::stats(&store, false).await?;
+            out += &capabilities::stats_section(&store, settings).await?;
+            out
+        }
+        Command::Capabilities(a) => match a.command {
+            None => capabilities::ls(&store, settings, a.json).await?,
+            Some(CapabilitiesCommand::Ls(j)) => {
+                capabilities::ls(&store, settings, j.json || a.json).await?
+            }
+            Some(CapabilitiesCommand::Set(s)) => capabilities::set(&store, s, settings).await?,
+        },
         Command::Retry(a) => outbox::retry(&store, a).await?,
         Command::Cancel(a) => outbox::cancel(&store, &a.id).await?,
         Command::Delete(a) => outbox::delete(&store, &a.id, settings).await?,
@@ -357,6 +371,9 @@ async fn run_sim(args: SimArgs, global_config_given: bool) -> anyhow::Result<()>
     };
     if args.seed.is_some() {
         cfg.seed = args.seed;
+    }
+    if let Some(engine) = args.engine {
+        cfg.engine = engine;
     }
     cfg.validate().context("simulator configuration")?;
     let shutdown = CancellationToken::new();

@@ -122,10 +122,18 @@ pub struct DaemonSettings {
     pub max_attempts: i32,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
-    /// Wait after an unknown outcome before the first look-up.
+    /// Wait after an unknown outcome before the first look-up, counted from
+    /// when the call ended: at least the request timeout plus the engine's
+    /// retry window (NOWEB retries a failed send for ~20 s under the same
+    /// id), so that a first look-up does not come before the post.
     pub settle_delay_ms: u64,
     /// Failed look-ups before an in-doubt row is parked for an operator.
     pub reconcile_max_attempts: i32,
+    /// The longest the provider may still post a request after our call
+    /// ended (its own retries of a held or failed send: NOWEB retries a
+    /// chunk up to 5 times over ~20 s). A status not found before its
+    /// claim + lease + this window is not yet taken as absent (DESIGN.md R5).
+    pub engine_retry_window_ms: u64,
     /// Pause of an instance that answered 401/403 before it is probed again.
     pub instance_probe_ms: u64,
     pub shutdown_grace_secs: u64,
@@ -153,8 +161,9 @@ impl Default for DaemonSettings {
             max_attempts: 10,
             retry_base_ms: 1000,
             retry_max_ms: 300_000,
-            settle_delay_ms: 5000,
+            settle_delay_ms: 60_000,
             reconcile_max_attempts: 10,
+            engine_retry_window_ms: 30_000,
             instance_probe_ms: 30_000,
             shutdown_grace_secs: 20,
             retention_days: 30,
@@ -200,6 +209,8 @@ impl Default for AdminSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct ProviderSettings {
     pub connect_timeout_ms: u64,
+    /// The longest a call may take; a send's is also bounded by the lease
+    /// it has left, so a call never outlives its lease.
     pub request_timeout_ms: u64,
 }
 
@@ -216,8 +227,11 @@ impl Default for ProviderSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
+    /// Wawp's API (`/v2/…`, `instance_id`, `access-token` header).
     #[default]
     Wawp,
+    /// WAHA's own API (`/api/{session}/…`, `X-Api-Key` header).
+    Waha,
 }
 
 /// One provider instance (one WhatsApp session).
@@ -228,9 +242,11 @@ pub struct InstanceConfig {
     pub provider: ProviderKind,
     #[serde(default = "d_base_url")]
     pub base_url: String,
-    /// Required; defaulted here only so that its absence is reported with
-    /// the instance's other problems (see [`Settings::problems`]).
-    #[serde(default)]
+    /// Required with `provider = "wawp"`; defaulted here only so that its
+    /// absence is reported with the instance's other problems (see
+    /// [`Settings::problems`]). With `provider = "waha"` it is the WAHA
+    /// session, also spelled `session` (default `default`, WAHA's own).
+    #[serde(default, alias = "session")]
     pub instance_id: String,
     /// The access token; or use `access_token_file`.
     #[serde(default)]
@@ -268,6 +284,16 @@ fn d_burst() -> u32 {
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
 fn d_max_in_flight() -> usize {
     DEFAULT_MAX_IN_FLIGHT
+}
+
+impl InstanceConfig {
+    /// The WAHA session name (`session`, default `default`).
+    pub fn session_name(&self) -> &str {
+        match self.instance_id.trim() {
+            "" => "default",
+            s => s,
+        }
+    }
 }
 
 /// An instance that is not configured here, with the ones that are.
@@ -557,6 +583,18 @@ impl Settings {
         if self.provider.connect_timeout_ms == 0 {
             p("provider.connect_timeout_ms", "must be at least 1");
         }
+        // A send may start as late as half its lease (later, the claimed row
+        // is released unsent); its call must end before the lease does, or
+        // the rescuer could take the row back while the call still runs.
+        if self.provider.request_timeout_ms > d.lease_secs.saturating_mul(1000) / 2 {
+            p(
+                "provider.request_timeout_ms",
+                &format!(
+                    "must be at most half of daemon.lease_secs ({} ms): a call could outlive its lease",
+                    d.lease_secs.saturating_mul(1000) / 2
+                ),
+            );
+        }
         for (name, inst) in &self.instances {
             let key = |k: &str| format!("instances.{name}.{k}");
             if name.is_empty()
@@ -572,8 +610,11 @@ impl Settings {
             if let Err(e) = check_base_url(&inst.base_url) {
                 p(&key("base_url"), e);
             }
-            if inst.instance_id.trim().is_empty() {
-                p(&key("instance_id"), "is required and must not be empty");
+            match inst.provider {
+                ProviderKind::Wawp if inst.instance_id.trim().is_empty() => {
+                    p(&key("instance_id"), "is required and must not be empty")
+                }
+                _ => {}
             }
             match inst.token() {
                 Err(e) => p(&key("access_token"), &e.to_string()),
@@ -671,6 +712,24 @@ mod tests {
             without_source_lines(msg),
             "TOML parse error at line 3, column 9: invalid basic string: in config/default.toml"
         );
+    }
+
+    /// A send may start as late as half its lease; a request timeout above
+    /// that half could let a call outlive its lease (issue 12 §4).
+    #[test]
+    fn a_call_that_could_outlive_its_lease_is_refused() {
+        let mut s = Settings::for_database("sqlite://x.db");
+        let key = |s: &Settings| {
+            s.problems()
+                .into_iter()
+                .find(|p| p.key == "provider.request_timeout_ms")
+        };
+        assert!(key(&s).is_none(), "the defaults fit: 30 s within 60 s / 2");
+        s.provider.request_timeout_ms = 30_001;
+        let p = key(&s).expect("refused");
+        assert!(p.problem.contains("outlive its lease"), "{p}");
+        s.daemon.lease_secs = 120;
+        assert!(key(&s).is_none());
     }
 
     #[test]

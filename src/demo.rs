@@ -2,6 +2,11 @@
 //! in-process with faults switched on, a few thousand statuses, the daemon
 //! draining them, and a table whose duplicates and lost counts come from
 //! the simulator (what viewers saw), not from the daemon.
+//!
+//! The workload runs once per engine the simulator plays (Wawp, NOWEB,
+//! GOWS, WEBJS: issue 12 §6), each on a fresh database and simulator, and
+//! the table has a row per engine: each engine honours ids, answers and
+//! lists differently, and exactly-once must hold against every one.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -11,25 +16,30 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::wawp_instances;
-use crate::config::{InstanceConfig, Settings};
+use crate::config::{InstanceConfig, ProviderKind, Settings};
 use crate::daemon::Daemon;
 use crate::model::{State, StatusBody};
-use crate::sim::{SimConfig, Simulator};
+use crate::sim::{SimConfig, SimEngine, Simulator};
 use crate::store::{EnqueueParams, SqliteStore, Store};
 
 /// Options of `statusd demo`.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
+    /// Statuses enqueued per engine.
     pub statuses: usize,
     /// `--database-url`, a `sqlite://` URL; default: a fresh file in the
-    /// temp directory.
+    /// temp directory. With several engines, each run starts by emptying
+    /// it (a fresh file per engine when none is given).
     pub database: Option<String>,
     pub seed: Option<u64>,
+    /// The engines to run against, in order; empty means all four.
+    pub engines: Vec<SimEngine>,
 }
 
-/// What the demo measured.
+/// What the demo measured against one engine.
 #[derive(Debug, Clone)]
 pub struct DemoReport {
+    pub engine: SimEngine,
     pub enqueued: usize,
     pub posted_rows: usize,
     pub shown: usize,
@@ -37,6 +47,10 @@ pub struct DemoReport {
     pub lost: usize,
     pub faults: Vec<(String, u64)>,
     pub reconciled: usize,
+    /// Rows left `in_doubt` (parked for an operator) when the run ended.
+    pub parked: usize,
+    /// Look-up calls the simulator served (by id and listing pages).
+    pub lookups: u64,
     pub elapsed: Duration,
 }
 
@@ -73,25 +87,71 @@ pub fn demo_status(i: usize) -> EnqueueParams {
 }
 
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
-    let report = execute(&opts, true).await?;
-    print_report(&report);
-    if report.duplicates > 0 || report.lost > 0 {
-        anyhow::bail!(
-            "exactly-once violated: {} duplicates, {} lost",
-            report.duplicates,
-            report.lost
-        );
+    let mut reports = Vec::new();
+    for engine in engines_of(&opts) {
+        if opts.database.is_none() {
+            eprintln!("engine {engine}:");
+        }
+        reports.push(execute(&opts, engine, true).await?);
+    }
+    print_reports(&reports);
+    let bad: Vec<String> = reports
+        .iter()
+        .filter(|r| r.duplicates > 0 || r.lost > 0)
+        .map(|r| format!("{}: {} duplicates, {} lost", r.engine, r.duplicates, r.lost))
+        .collect();
+    if !bad.is_empty() {
+        anyhow::bail!("exactly-once violated: {}", bad.join("; "));
     }
     Ok(())
 }
 
-/// Runs the demo and returns its figures (used by `run` and by the tests).
-pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoReport> {
+/// The engines a demo runs against: the ones asked for, or all four.
+pub fn engines_of(opts: &DemoOptions) -> Vec<SimEngine> {
+    if opts.engines.is_empty() {
+        SimEngine::ALL.to_vec()
+    } else {
+        opts.engines.clone()
+    }
+}
+
+/// The simulator's knobs for a demo run against `engine`: the demo's fault
+/// mix, and the engine's own ways (ids, store, dropped listing items,
+/// contacts' statuses, GOWS's engine errors on reads) at their defaults —
+/// except NOWEB's message store, switched on as a NOWEB operator running
+/// statusd must (without it NOWEB can neither look a status up nor list
+/// them, and an in-doubt row can only be parked).
+pub fn demo_sim_config(engine: SimEngine, seed: Option<u64>) -> SimConfig {
+    SimConfig {
+        engine,
+        seed,
+        message_store: (engine == SimEngine::Noweb).then_some(true),
+        ..SimConfig::with_demo_faults()
+    }
+}
+
+/// The API the demo's client speaks to an engine: Wawp's to Wawp, WAHA's
+/// own (as self-hosting users run it) to WAHA's engines.
+fn provider_of(engine: SimEngine) -> ProviderKind {
+    match engine {
+        SimEngine::Wawp => ProviderKind::Wawp,
+        SimEngine::Noweb | SimEngine::Gows | SimEngine::Webjs => ProviderKind::Waha,
+    }
+}
+
+/// Runs the demo's workload against one engine and returns its figures
+/// (used by `run` and by the tests).
+pub async fn execute(
+    opts: &DemoOptions,
+    engine: SimEngine,
+    progress: bool,
+) -> anyhow::Result<DemoReport> {
     let _tmp;
     let url = match &opts.database {
         Some(u) => u.clone(),
         None => {
-            let dir = std::env::temp_dir().join(format!("statusd-demo-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("statusd-demo-{}-{engine}", std::process::id()));
             std::fs::create_dir_all(&dir).context("creating the demo's directory")?;
             let path = dir.join("demo.db");
             let _ = std::fs::remove_file(&path);
@@ -110,20 +170,16 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
         .await
         .context("migrating the demo database")?;
 
-    let sim = Simulator::start(
-        "127.0.0.1:0".parse()?,
-        SimConfig {
-            seed: opts.seed,
-            ..SimConfig::with_demo_faults()
-        },
-    )
-    .await?;
+    let sim = Simulator::start("127.0.0.1:0".parse()?, demo_sim_config(engine, opts.seed)).await?;
     let mut settings = Settings::for_database(&url);
+    // Instance names carry the engine, so that runs against several
+    // engines in one given database never touch each other's rows.
+    let instance = |name: &str| format!("{engine}-{name}");
     for name in INSTANCES {
         settings.instances.insert(
-            name.into(),
+            instance(name),
             InstanceConfig {
-                provider: Default::default(),
+                provider: provider_of(engine),
                 base_url: sim.base_url(),
                 instance_id: format!("demo-{name}"),
                 access_token: Some(format!("demo-token-{name}").into()),
@@ -149,7 +205,15 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
     d.rescue_interval_ms = 500;
     d.shutdown_grace_secs = 5;
 
-    let batch: Vec<EnqueueParams> = (0..opts.statuses).map(demo_status).collect();
+    let batch: Vec<EnqueueParams> = (0..opts.statuses)
+        .map(|i| {
+            let mut p = demo_status(i);
+            p.instance = instance(&p.instance);
+            p.dedupe_key = Some(format!("demo-{engine}-{i}"));
+            p
+        })
+        .collect();
+    let ours: std::collections::HashSet<String> = INSTANCES.iter().map(|n| instance(n)).collect();
     for chunk in batch.chunks(1000) {
         store.enqueue_many(chunk).await?;
     }
@@ -174,26 +238,35 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
     } else {
         ProgressBar::hidden()
     };
-    let deadline = started + Duration::from_secs(600);
+    let deadline = started + Duration::from_secs(300);
     loop {
         let sum = store.summary().await?;
         let count = |st: State| {
             sum.iter()
-                .filter(|r| r.state == st)
+                .filter(|r| r.state == st && ours.contains(&r.instance))
                 .map(|r| r.count)
                 .sum::<i64>()
         };
-        let live = count(State::Queued)
-            + count(State::PendingUpload)
-            + count(State::Uploading)
-            + count(State::InDoubt);
+        let in_doubt = count(State::InDoubt);
+        // Parked rows wait for an operator: the run is over without them.
+        let parked = if in_doubt > 0 {
+            parked_rows(&store)
+                .await?
+                .iter()
+                .filter(|r| ours.contains(&r.instance))
+                .count() as i64
+        } else {
+            0
+        };
+        let live =
+            count(State::Queued) + count(State::PendingUpload) + count(State::Uploading) + in_doubt
+                - parked;
         bar.set_position(count(State::Posted) as u64);
         bar.set_message(format!(
-            "in doubt {}  retrying {}",
-            count(State::InDoubt),
+            "in doubt {in_doubt} (parked {parked})  retrying {}",
             count(State::PendingUpload)
         ));
-        if live == 0 || Instant::now() > deadline {
+        if live <= 0 || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -213,16 +286,30 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
     let mut lost = 0;
     let mut posted_rows = 0;
     let mut reconciled = 0;
-    let rows = store
-        .list(crate::store::ListParams {
-            limit: opts.statuses as i64 + 10,
-            ..Default::default()
-        })
-        .await?;
+    let mut parked = 0;
+    let mut rows = Vec::new();
+    for name in INSTANCES {
+        rows.extend(
+            store
+                .list(crate::store::ListParams {
+                    instance: Some(instance(name)),
+                    limit: opts.statuses as i64 + 10,
+                    ..Default::default()
+                })
+                .await?,
+        );
+    }
     for r in &rows {
         let body = StatusBody::parse(&r.kind, &r.payload)?;
-        let inst = format!("demo-{}", r.instance);
-        if !shown.contains_key(&(inst, body.fingerprint())) {
+        let inst = format!(
+            "demo-{}",
+            r.instance.trim_start_matches(&format!("{engine}-"))
+        );
+        let is_parked = r.state == State::InDoubt && r.parked_at.is_some();
+        if is_parked {
+            parked += 1;
+        } else if !shown.contains_key(&(inst, body.fingerprint())) {
+            // Not shown, and not set aside for an operator either.
             lost += 1;
         }
         if r.state == State::Posted {
@@ -239,6 +326,7 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
     }
     lost += opts.statuses.saturating_sub(rows.len());
     Ok(DemoReport {
+        engine,
         enqueued: opts.statuses,
         posted_rows,
         shown: shown.len(),
@@ -246,38 +334,84 @@ pub async fn execute(opts: &DemoOptions, progress: bool) -> anyhow::Result<DemoR
         lost,
         faults: stats.faults.into_iter().collect(),
         reconciled,
+        parked,
+        lookups: stats.lookups,
         elapsed,
     })
 }
 
-pub fn print_report(r: &DemoReport) {
-    let secs = r.elapsed.as_secs_f64().max(0.001);
-    println!("statusd demo: SQLite + in-process simulator with faults\n");
-    println!("  {:<34} {:>8}", "statuses enqueued", r.enqueued);
+/// The demo's table: a row per engine, then the faults survived.
+pub fn print_reports(reports: &[DemoReport]) {
+    println!("statusd demo: SQLite + in-process simulator with faults, per engine\n");
     println!(
-        "  {:<34} {:>8}",
-        "rows posted (daemon's view)", r.posted_rows
+        "  {:<7} {:>8} {:>8} {:>8} {:>10} {:>5} {:>7} {:>10} {:>8} {:>9} {:>6}",
+        "engine",
+        "enqueued",
+        "posted",
+        "shown",
+        "duplicates",
+        "lost",
+        "parked",
+        "reconciled",
+        "look-ups",
+        "status/s",
+        "wall s"
     );
-    println!(
-        "  {:<34} {:>8}",
-        "statuses shown (simulator's view)", r.shown
-    );
-    println!("  {:<34} {:>8}", "duplicates seen by viewers", r.duplicates);
-    println!("  {:<34} {:>8}", "lost", r.lost);
-    println!(
-        "  {:<34} {:>8}",
-        "rows reconciled after in-doubt", r.reconciled
-    );
-    println!(
-        "  {:<34} {:>8.0}",
-        "throughput (statuses/s)",
-        r.enqueued as f64 / secs
-    );
-    println!("  {:<34} {:>8.1}", "wall time (s)", secs);
-    println!("\n  faults survived, by kind:");
-    for (k, n) in &r.faults {
-        println!("    {k:<32} {n:>8}");
+    for r in reports {
+        let secs = r.elapsed.as_secs_f64().max(0.001);
+        println!(
+            "  {:<7} {:>8} {:>8} {:>8} {:>10} {:>5} {:>7} {:>10} {:>8} {:>9.0} {:>6.1}",
+            r.engine.as_str(),
+            r.enqueued,
+            r.posted_rows,
+            r.shown,
+            r.duplicates,
+            r.lost,
+            r.parked,
+            r.reconciled,
+            r.lookups,
+            r.enqueued as f64 / secs,
+            secs
+        );
     }
+    println!(
+        "\n  posted: rows the daemon marked posted; shown: distinct statuses viewers saw\n  \
+         (the simulator's count); parked: in-doubt rows set aside for an operator\n  \
+         because absence could not be proven; reconciled: rows that went through in_doubt."
+    );
+    let mut faults: std::collections::BTreeMap<&str, Vec<u64>> = Default::default();
+    for (i, r) in reports.iter().enumerate() {
+        for (k, n) in &r.faults {
+            faults.entry(k).or_insert_with(|| vec![0; reports.len()])[i] = *n;
+        }
+    }
+    println!("\n  faults survived, by kind:");
+    print!("    {:<24}", "");
+    for r in reports {
+        print!(" {:>8}", r.engine.as_str());
+    }
+    println!();
+    for (k, ns) in faults {
+        print!("    {k:<24}");
+        for n in ns {
+            print!(" {n:>8}");
+        }
+        println!();
+    }
+}
+
+/// The in-doubt rows of the store that are parked for an operator.
+async fn parked_rows(store: &SqliteStore) -> anyhow::Result<Vec<crate::model::OutboxRow>> {
+    Ok(store
+        .list(crate::store::ListParams {
+            state: Some(State::InDoubt),
+            limit: 100_000,
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .filter(|r| r.parked_at.is_some())
+        .collect())
 }
 
 /// Removes the demo's scratch directory when the demo ends.

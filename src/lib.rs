@@ -19,7 +19,8 @@
 //! - [`provider`]: the provider trait and the Wawp client (`provider::wawp`:
 //!   the classification of every HTTP outcome, look-ups, redaction).
 //! - [`sim`]: the provider simulator with fault injection (tests, demo,
-//!   bench); it imports the wire vocabulary, never the client.
+//!   bench), playing Wawp or one of WAHA's engines on both APIs; it imports
+//!   the wire vocabulary, never the client.
 //! - [`instance`]: a configured instance as a process holds it: client,
 //!   rate limiter, pause.
 //! - [`ops`]: the operator actions both the CLI and the admin API offer

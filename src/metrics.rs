@@ -19,6 +19,10 @@ pub const INSTANCE_PAUSED: &str = "statusd_instance_paused";
 pub const RECONCILED: &str = "statusd_reconciled_total";
 pub const LEASES_RESCUED: &str = "statusd_leases_rescued_total";
 pub const PURGED: &str = "statusd_purged_total";
+/// Provider calls the reconciler made (`call` = by_id, listing), and the
+/// rows it settled: their ratio is look-up calls per reconciled row.
+pub const LOOKUP_CALLS: &str = "statusd_reconcile_lookup_calls_total";
+pub const RECONCILE_ROWS: &str = "statusd_reconcile_rows_total";
 
 /// The label of a row's instance.
 pub const INSTANCE_LABEL: &str = "wa_instance";
@@ -78,6 +82,14 @@ pub fn describe() {
             "Uploading rows whose lease expired and were moved to in_doubt."
         );
         describe_counter!(PURGED, "Terminal rows deleted by the retention purge.");
+        describe_counter!(
+            LOOKUP_CALLS,
+            "Provider calls made by the reconciler, by instance and call (by_id, listing)."
+        );
+        describe_counter!(
+            RECONCILE_ROWS,
+            "In-doubt rows the reconciler looked at, by instance (look-up calls per row = LOOKUP_CALLS / this)."
+        );
     }
 }
 
@@ -97,6 +109,11 @@ pub fn register(instances: &[String]) {
     metrics::counter!(PURGED).increment(0);
     for name in instances {
         metrics::gauge!(INSTANCE_PAUSED, INSTANCE_LABEL => name.clone()).set(0.0);
+        for call in ["by_id", "listing"] {
+            metrics::counter!(LOOKUP_CALLS, INSTANCE_LABEL => name.clone(), "call" => call)
+                .increment(0);
+        }
+        metrics::counter!(RECONCILE_ROWS, INSTANCE_LABEL => name.clone()).increment(0);
         metrics::gauge!(OLDEST_PENDING_AGE, INSTANCE_LABEL => name.clone()).set(0.0);
         metrics::gauge!(OUTBOX_SCHEDULED, INSTANCE_LABEL => name.clone()).set(0.0);
         for s in State::ALL {

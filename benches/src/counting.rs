@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use statusd::model::{Attempt, OutboxRow};
 use statusd::store::{
     ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion, EnqueueParams, Enqueued,
-    ListParams, Result, Schedule, Store, SummaryRow, Transition,
+    ListParams, OperatorAction, Result, Schedule, Store, SummaryRow, Transition,
 };
 use uuid::Uuid;
 
@@ -119,21 +119,9 @@ impl<S: Store> Store for Counting<S> {
         self.add(1);
         self.inner.instance_pauses().await
     }
-    async fn retry(&self, id: Uuid) -> Result<OutboxRow> {
+    async fn operator(&self, id: Uuid, action: OperatorAction) -> Result<OutboxRow> {
         self.add(1);
-        self.inner.retry(id).await
-    }
-    async fn force_resend(&self, id: Uuid) -> Result<OutboxRow> {
-        self.add(1);
-        self.inner.force_resend(id).await
-    }
-    async fn cancel(&self, id: Uuid) -> Result<OutboxRow> {
-        self.add(1);
-        self.inner.cancel(id).await
-    }
-    async fn mark_deleted(&self, id: Uuid) -> Result<OutboxRow> {
-        self.add(1);
-        self.inner.mark_deleted(id).await
+        self.inner.operator(id, action).await
     }
     async fn purge_terminal(&self, older_than: Duration, limit: i64) -> Result<u64> {
         self.add(1);

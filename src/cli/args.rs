@@ -88,6 +88,12 @@ pub enum Command {
         after_help = "Example:\n  statusd schedule add --name morning --cron \"0 0 8 * * *\" --timezone Europe/Berlin --instance main --text \"Good morning\""
     )]
     Schedule(ScheduleCommand),
+    /// What each instance's provider does (honours supplied ids, look-up by
+    /// id works, engine), as learned from evidence; set it by hand.
+    #[command(after_help = "Examples:\n  statusd capabilities\n  \
+        statusd capabilities set main --supplied-ids no --lookup-by-id unknown\n  \
+        (until supplied ids are proven honoured, statusd behaves as if the provider assigned its own)")]
+    Capabilities(CapabilitiesArgs),
     /// Check or print the configuration.
     #[command(
         subcommand,
@@ -104,10 +110,14 @@ pub enum Command {
     #[command(after_help = "Example:\n  statusd --config-dir /etc/statusd health")]
     Health,
     /// Serve the provider simulator on 127.0.0.1 (tests, demos, benchmarks).
-    #[command(after_help = "Example:\n  statusd sim --port 9090 --demo-faults --seed 7")]
+    #[command(
+        after_help = "Examples:\n  statusd sim --port 9090 --demo-faults --seed 7\n  statusd sim --port 9090 --engine noweb"
+    )]
     Sim(SimArgs),
     /// Show exactly-once at work: SQLite, the simulator with faults, a table.
-    #[command(after_help = "Example:\n  statusd demo --statuses 2000 --seed 42")]
+    #[command(
+        after_help = "Examples:\n  statusd demo --statuses 2000 --seed 42\n  statusd demo --engine noweb --engine webjs"
+    )]
     Demo(DemoArgs),
 }
 
@@ -122,6 +132,43 @@ impl Command {
             _ => "warn",
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct CapabilitiesArgs {
+    #[command(subcommand)]
+    pub command: Option<CapabilitiesCommand>,
+    /// Print JSON instead of a table (for `ls`, the default).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CapabilitiesCommand {
+    /// List every instance's capabilities with their evidence.
+    #[command(after_help = "Example:\n  statusd capabilities ls --json")]
+    Ls(JsonFlag),
+    /// Set an instance's capabilities (an operator's word replaces the
+    /// learned one; evidence that ids are ignored still overrides a "yes").
+    #[command(
+        after_help = "Example:\n  statusd capabilities set main --supplied-ids yes --lookup-by-id yes --engine GOWS"
+    )]
+    Set(CapabilitiesSetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CapabilitiesSetArgs {
+    /// The configured instance.
+    pub instance: String,
+    /// Does the provider post under the id we supply: yes, no or unknown.
+    #[arg(long, value_name = "yes|no|unknown")]
+    pub supplied_ids: Option<String>,
+    /// Does a look-up by id find a posted status: yes, no or unknown.
+    #[arg(long, value_name = "yes|no|unknown")]
+    pub lookup_by_id: Option<String>,
+    /// The engine (NOWEB, GOWS, WEBJS, …), for the record.
+    #[arg(long)]
+    pub engine: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -309,13 +356,22 @@ pub struct SimArgs {
     /// Seed for the fault draws.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The provider to play: wawp, noweb, gows or webjs (WAHA's engines).
+    /// Overrides `engine` in --sim-config; the engine's defaults apply to
+    /// the knobs the file leaves unset.
+    #[arg(long, value_name = "ENGINE")]
+    pub engine: Option<crate::sim::SimEngine>,
 }
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// How many statuses to enqueue.
-    #[arg(long, default_value_t = 3000)]
+    /// How many statuses to enqueue, per engine.
+    #[arg(long, default_value_t = 2000)]
     pub statuses: usize,
+    /// Run against this engine only (repeat for several): wawp, noweb,
+    /// gows, webjs. Default: all four, one table row each.
+    #[arg(long, value_name = "ENGINE")]
+    pub engine: Vec<crate::sim::SimEngine>,
     /// Seed for the simulator's faults.
     #[arg(long)]
     pub seed: Option<u64>,

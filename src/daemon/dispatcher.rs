@@ -144,13 +144,13 @@ pub async fn run<S: Store, P: Provider>(
                 }
             }
         };
-        let row = w.row;
+        let (row, claimed) = (w.row, w.claimed);
         let span = tracing::info_span!("send", row_id = %row.id, message_id = row.message_id.as_deref().unwrap_or(""), instance = %row.instance, attempt = row.attempts);
         let (ctx, tx, hard_stop, shared) =
             (ctx.clone(), tx.clone(), hard_stop.clone(), shared.clone());
         in_flight.spawn(
             async move {
-                let c = send_one(&ctx, &row, &hard_stop).await;
+                let c = send_one(&ctx, &row, claimed, &hard_stop).await;
                 // The writer outlives every sender; if it is gone the
                 // row stays leased and is rescued, never lost.
                 let _ = tx.send(c).await;
@@ -259,6 +259,7 @@ fn released_unsent(row: &OutboxRow) -> Completion {
 async fn send_one<S: Store, P: Provider>(
     ctx: &Ctx<S, P>,
     row: &OutboxRow,
+    claimed: Instant,
     hard_stop: &CancellationToken,
 ) -> Completion {
     let started_at = chrono::Utc::now();
@@ -296,9 +297,20 @@ async fn send_one<S: Store, P: Provider>(
                     message_id: mid,
                     body: &body,
                 };
+                // Its token was taken when a slot picked it (`gate`), which
+                // also released it had it waited past half its lease; the
+                // call is bounded by the lease left, so no call outlives it.
+                let Some(lease_left) = ctx
+                    .dispatcher
+                    .lease
+                    .checked_sub(claimed.elapsed())
+                    .filter(|l| *l >= ctx.dispatcher.lease / 2)
+                else {
+                    return released_unsent(row);
+                };
                 let call = async {
                     let t = Instant::now();
-                    let out = inst.provider.send_status(&status).await;
+                    let out = inst.provider.send_status_within(&status, lease_left).await;
                     let label = crate::metrics::instance_label(ctx.instances.keys(), &row.instance);
                     metrics::histogram!(crate::metrics::PROVIDER_REQUEST_DURATION, crate::metrics::INSTANCE_LABEL => label, "outcome" => out.label())
                         .record(t.elapsed().as_secs_f64());

@@ -91,6 +91,15 @@ pub async fn pass<S: Store, P: Provider>(ctx: &Ctx<S, P>) -> anyhow::Result<usiz
     Ok(moved + n)
 }
 
+/// Whether an id from the provider can be stored and sent back: any
+/// printable ASCII without spaces, 1 to 128 characters. Not only `3EB0` +
+/// 16–32 hex: Baileys' legacy generator gives 36 hex digits, other
+/// providers other forms, and refusing a shape we did not foresee would
+/// re-fetch ids for the row forever (issue 12 §5).
+pub fn usable_message_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Fetches one id per row from the row's instance, in parallel.
 async fn fetch_ids<S: Store, P: Provider>(ctx: &Ctx<S, P>, rows: &[OutboxRow]) -> Vec<AssignId> {
     use futures_util::stream::{self, StreamExt};
@@ -102,12 +111,12 @@ async fn fetch_ids<S: Store, P: Provider>(ctx: &Ctx<S, P>, rows: &[OutboxRow]) -
         .map(|(id, instance)| async move {
             let inst = ctx.instances.get(&instance)?;
             match inst.provider.new_message_id().await {
-                Ok(mid) if ids::is_well_formed(&mid) => Some(AssignId {
+                Ok(mid) if usable_message_id(&mid) => Some(AssignId {
                     id,
                     message_id: mid,
                 }),
                 Ok(mid) => {
-                    tracing::warn!(row_id = %id, %instance, len = mid.len(), "provider returned a malformed message id; will ask again");
+                    tracing::warn!(row_id = %id, %instance, len = mid.len(), "provider returned an unusable message id (empty, over 128 characters, or not printable ASCII); will ask again");
                     None
                 }
                 Err(e) => {
@@ -120,4 +129,25 @@ async fn fetch_ids<S: Store, P: Provider>(ctx: &Ctx<S, P>, rows: &[OutboxRow]) -
         .filter_map(|x| async move { x })
         .collect()
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usable_message_id;
+
+    #[test]
+    fn every_documented_id_shape_is_usable() {
+        for id in [
+            "3EB0A1B2C3D4E5F6A7B8C9", // Baileys/whatsmeow now: 18 hex
+            "3EB0A1B2C3D4E5F6A7B8C9D0E1F2A3B4C5D6E7F8A9B0", // Baileys legacy: 36 hex
+            "3EB00123456789ABCDEF",   // 16 hex
+            "BAE5F4C1D2A3B4C5",       // other providers
+            "wamid.HBgLMzE2MTIzNDU2NzgVAgARGBI",
+        ] {
+            assert!(usable_message_id(id), "{id}");
+        }
+        for id in ["", "3EB0 1234", "3EB0\n", &"A".repeat(129)] {
+            assert!(!usable_message_id(id), "{id:?}");
+        }
+    }
 }

@@ -37,6 +37,20 @@ pub enum SendOutcome {
     },
 }
 
+/// The `reason` of every outcome but `Posted`, borrowed as `$outcome` is
+/// (shared or mutable): one match for `reason` and `reason_mut`.
+macro_rules! reason_of {
+    ($outcome:expr) => {
+        match $outcome {
+            SendOutcome::Posted { .. } => None,
+            SendOutcome::Retryable { reason, .. }
+            | SendOutcome::InDoubt { reason, .. }
+            | SendOutcome::Permanent { reason, .. }
+            | SendOutcome::InstanceDown { reason, .. } => Some(reason),
+        }
+    };
+}
+
 impl SendOutcome {
     /// The attempt history's outcome for this answer (a rate-limited
     /// refusal is told apart by the dispatcher, which refunds it).
@@ -66,24 +80,12 @@ impl SendOutcome {
     }
 
     pub fn reason(&self) -> Option<&str> {
-        match self {
-            SendOutcome::Posted { .. } => None,
-            SendOutcome::Retryable { reason, .. }
-            | SendOutcome::InDoubt { reason, .. }
-            | SendOutcome::Permanent { reason, .. }
-            | SendOutcome::InstanceDown { reason, .. } => Some(reason),
-        }
+        reason_of!(self).map(String::as_str)
     }
 
     /// The reason, to rewrite in place (redaction).
     pub fn reason_mut(&mut self) -> Option<&mut String> {
-        match self {
-            SendOutcome::Posted { .. } => None,
-            SendOutcome::Retryable { reason, .. }
-            | SendOutcome::InDoubt { reason, .. }
-            | SendOutcome::Permanent { reason, .. }
-            | SendOutcome::InstanceDown { reason, .. } => Some(reason),
-        }
+        reason_of!(self)
     }
 }
 
@@ -95,15 +97,17 @@ pub struct OutgoingStatus<'a> {
     pub body: &'a StatusBody,
 }
 
-/// What the reconciler asks: is this status on the provider?
+/// What the reconciler asks about one in-doubt row: is this status on the
+/// provider?
 #[derive(Debug, Clone)]
-pub struct StatusQuery<'a> {
-    pub message_id: &'a str,
+pub struct StatusQuery {
+    /// The row's pre-generated WhatsApp message id.
+    pub message_id: String,
     pub kind: Kind,
-    /// [`StatusBody::fingerprint`] of the status, for providers that assign
-    /// their own ids.
-    pub fingerprint: &'a str,
-    /// The first attempt's start, minus slack: statuses older than this are
+    /// [`StatusBody::fingerprint`](crate::model::StatusBody::fingerprint) of
+    /// the status, for providers that assign their own ids.
+    pub fingerprint: String,
+    /// The latest claim's start, minus slack: statuses older than this are
     /// not candidates for a content match.
     pub sent_after: DateTime<Utc>,
 }
@@ -114,11 +118,75 @@ pub enum Lookup {
     Present {
         provider_id: String,
     },
+    /// Positive evidence of absence (DESIGN.md R5): a documented not-found
+    /// where ids are proven honoured, or a complete, classified read of
+    /// every own status in the window.
     Absent,
-    /// The look-up itself failed; nothing is known.
+    /// Nothing is known (the look-up failed, or it could not prove
+    /// absence): asked again with backoff, then parked.
     Unavailable {
         reason: String,
     },
+}
+
+/// What a look-up by id found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ById {
+    /// The message, under this (bare) id.
+    Found { provider_id: String },
+    /// The provider's documented not-found (HTTP 404). Proves absence only
+    /// where supplied ids and look-up by id are both proven (see
+    /// [`Capabilities::by_id_miss_is_absence`](crate::store::Capabilities::by_id_miss_is_absence)).
+    NotFound,
+    /// Anything else: nothing is known.
+    Failed { reason: String },
+}
+
+/// One page of the status chat's listing, newest first.
+#[derive(Debug, Clone, Copy)]
+pub struct ListRequest {
+    pub offset: usize,
+    pub limit: usize,
+    /// Only statuses at or after this time are wanted (sent as
+    /// `filter.timestamp.gte` where the provider supports it; the reader
+    /// stops past it either way).
+    pub since: DateTime<Utc>,
+}
+
+/// One listed message of the status chat, as far as it could be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedStatus {
+    /// The bare message id.
+    pub id: String,
+    /// When it was sent; None when the item carries no readable time.
+    pub at: Option<DateTime<Utc>>,
+    /// Whether it is our own status; None when the item does not say.
+    pub from_me: Option<bool>,
+    /// Its kind, from the engine's raw message (`_data`); None when no
+    /// known kind could be read.
+    pub kind: Option<Kind>,
+    /// The content fingerprint, when the listing carries everything it is
+    /// made of (text: the text; media: the URL we posted, which listings
+    /// without downloaded media do not carry).
+    pub fingerprint: Option<String>,
+}
+
+/// A page as read: its items, and how many came back (engines drop some,
+/// so a short page is not the end).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Page {
+    pub items: Vec<ListedStatus>,
+}
+
+/// Something a provider call showed about the provider (DESIGN.md R6),
+/// collected by the client and recorded by the reconciler.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Evidence {
+    /// A post that carried our id was answered under another id.
+    IdReplaced { supplied: String, got: String },
+    /// A post that carried our id was answered under that id: suggestive,
+    /// proven once the status is then found by that id.
+    IdEchoed { id: String },
 }
 
 /// Errors of calls that don't post anything (fetching an id, probing).
@@ -133,19 +201,34 @@ pub enum ProviderError {
 }
 
 /// One provider instance (one WhatsApp session). Implemented by
-/// [`WawpClient`](super::WawpClient); a WAHA-style client can be added beside it.
+/// [`WawpClient`](super::WawpClient), which speaks Wawp's API or WAHA's own.
 pub trait Provider: Send + Sync + 'static {
-    /// `GET /v2/status/new-message-id`.
+    /// `GET …/status/new-message-id`.
     fn new_message_id(&self) -> impl Future<Output = Result<String, ProviderError>> + Send;
-    /// `POST /v2/status/{kind}`.
+    /// `POST …/status/{kind}`, within the client's request timeout.
     fn send_status(&self, status: &OutgoingStatus<'_>) -> impl Future<Output = SendOutcome> + Send;
-    /// `POST /v2/status/delete`.
+    /// The same, within `timeout` at most: the dispatcher passes the lease
+    /// left, so that a call never outlives its lease.
+    fn send_status_within(
+        &self,
+        status: &OutgoingStatus<'_>,
+        timeout: Duration,
+    ) -> impl Future<Output = SendOutcome> + Send;
+    /// `POST …/status/delete`.
     fn delete_status(&self, message_id: &str) -> impl Future<Output = SendOutcome> + Send;
-    /// Is the status on the provider (by id, or by content when the provider
-    /// assigns ids)?
-    fn find_status(&self, query: &StatusQuery<'_>) -> impl Future<Output = Lookup> + Send;
+    /// One message of the status chat by its id.
+    fn lookup_by_id(&self, message_id: &str) -> impl Future<Output = ById> + Send;
+    /// One page of the status chat's own messages, newest first.
+    fn list_statuses(
+        &self,
+        req: &ListRequest,
+    ) -> impl Future<Output = Result<Page, ProviderError>> + Send;
     /// Cheap health check used while an instance is paused.
     fn probe(&self) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    /// The engine the session runs, when the provider says (session info).
+    fn session_engine(&self) -> impl Future<Output = Option<String>> + Send;
+    /// Evidence gathered by calls since the last call of this (drained).
+    fn take_evidence(&self) -> Vec<Evidence>;
     /// Whether this instance sends our pre-generated id (`supplied_id`).
     fn supplies_id(&self) -> bool;
 }

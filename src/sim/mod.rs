@@ -1,21 +1,34 @@
-//! The provider simulator (DESIGN.md §7): a fake of the Wawp status API that
-//! speaks the provider's [wire vocabulary](crate::wire) (paths, query
-//! parameters, chat and id forms) — the same module the
+//! The provider simulator (DESIGN.md §7): a fake of the provider's status
+//! API that speaks the provider's [wire vocabulary](crate::wire) (paths,
+//! query parameters, chat and id forms) — the same module the
 //! [`WawpClient`](crate::provider::WawpClient) speaks, and the simulator
 //! imports nothing from the client — keeps what a viewer would see, counts
 //! duplicates, and injects faults.
+//!
+//! # Which provider it plays
+//!
+//! One server answers both Wawp's API (`/v2/…`, `server.rs`) and WAHA's
+//! own (`/api/…`, `waha.rs`) over the same statuses. [`SimEngine`] decides
+//! what both answer (`engines.rs`, each shape citing its source in
+//! `devlikeapro/waha`): Wawp (the default: ignores supplied ids, as its
+//! docs say), or WAHA's NOWEB, GOWS or WEBJS engine — their send answers,
+//! listing shapes (`_data`, no top-level `type`, items left out of pages,
+//! contacts' statuses, newest first, default limit), id honouring, message
+//! store, error forms (422, 404 `Message not found`, 500, 501) and retry
+//! window (held posts). Each engine default can be overridden by its own
+//! knob ([`SimConfig`]).
 //!
 //! # What viewers see
 //!
 //! Statuses are kept per instance, by id and by content fingerprint
 //! ([`StatusBody::fingerprint`](crate::model::StatusBody::fingerprint) of the
-//! body without its `id`). A post carrying an id already posted on that
-//! instance is recognised as the same status and not shown again
-//! (`deduplicated_by_id`). A post whose content was already shown under
-//! another id is shown again and counted in `duplicates`: that is what
-//! exactly-once must keep at zero (test workloads make every status's content
-//! unique, so this counter is the oracle). With `auto_assign_ids` the
-//! supplied id is ignored, as Wawp documents it may do, so every repeated
+//! body without its `id`). Where supplied ids are honoured, a post carrying
+//! an id already posted on that instance is recognised as the same status
+//! and not shown again (`deduplicated_by_id`). A post whose content was
+//! already shown under another id is shown again and counted in
+//! `duplicates`: that is what exactly-once must keep at zero (test
+//! workloads make every status's content unique, so this counter is the
+//! oracle). Where supplied ids are ignored (Wawp, WEBJS), every repeated
 //! content is a duplicate.
 //!
 //! # Faults
@@ -26,13 +39,19 @@
 //! posted), then — after the status is committed — `lost_response` (the TCP
 //! connection is dropped instead of answering), `error_5xx_after`,
 //! `hang_after_commit`, `malformed_body`. The probabilities must sum to at
-//! most 1. Look-ups, deletes and session info get latency and auth checks
-//! but no random faults, so that the reconciler can always make progress.
-//! With a `seed`, the draws are reproducible for a given order of requests.
+//! most 1. Independently, a post may be held `hold_ms` before it is
+//! processed (`hold_share`); it is posted when the hold ends whatever the
+//! client did meanwhile. Look-ups, deletes and session info get latency and
+//! auth checks but no random faults, so that the reconciler can always make
+//! progress — except the engine's own 500s on reads (`engine_error_share`,
+//! GOWS). With a `seed`, the draws are reproducible for a given order of
+//! requests.
 
+mod engines;
 mod knobs;
 mod server;
 mod state;
+mod waha;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -41,7 +60,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use knobs::{InvalidSimConfig, SimConfig, SimError, SimTokens};
+pub use knobs::{InvalidSimConfig, SimConfig, SimEngine, SimError, SimTokens};
 pub use state::{PostedStatus, SimStats};
 
 /// Starts simulators.

@@ -1,11 +1,15 @@
-//! The simulator's HTTP surface: the provider paths the client uses, plus
-//! `/_sim/*` for tests and operators.
+//! The simulator's HTTP surfaces: Wawp's (`/v2/…`, token in the
+//! `access_token` query parameter or the `access-token` header) and WAHA's
+//! (`/api/…`, in `waha.rs`), both over the same statuses, plus `/_sim/*`
+//! for tests and operators (the exactly-once oracle).
 //!
-//! Error bodies follow Wawp's `ErrorResponse` schema (`status`, `error`,
-//! `message`; <https://www.api.wawp.net/api/docs/export?format=openapi>).
-//! Message objects follow WAHA's (`id` serialized as
-//! `true_status@broadcast_<id>`, `timestamp` in seconds, `fromMe`, `body`,
-//! `hasMedia`, `media {url, mimetype}`).
+//! The endpoints of both surfaces share one implementation per operation
+//! (`op_*` below): auth, latency, the session check, faults, holds, the
+//! engine's answer. The surface decides how the caller is named and how
+//! an error is enveloped: Wawp's `ErrorResponse` schema (`status`,
+//! `error`, `message`; <https://www.api.wawp.net/api/docs/export?format=openapi>)
+//! or WAHA's NestJS one (`statusCode`, `message`, `error`). The engine
+//! decides the shapes of the answers (`engines.rs`).
 
 use std::collections::HashMap;
 use std::io;
@@ -18,7 +22,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::IncomingStream;
@@ -28,22 +32,20 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::state::{Committed, Fault, Plan, PostedStatus, Refusal, Shared};
+use super::engines::{self, OWN_JID};
+use super::knobs::SimEngine;
+use super::state::{Fault, ListFilter, Listed, Plan, Refusal, Shared};
+use super::waha;
 use crate::model::{Kind, StatusBody};
-use crate::wire::ids::local_message_id;
 use crate::wire::{
-    bare_message_id, field, paths, serialized_status_id, NOT_PROCESSED, SESSION_SCAN_QR_CODE,
-    SESSION_WORKING, STATUS_CHAT,
+    bare_message_id, field, paths, waha as waha_wire, MESSAGE_NOT_FOUND, NOT_PROCESSED, STATUS_CHAT,
 };
 
-type Sh = State<Arc<Shared>>;
-type Params = Query<HashMap<String, String>>;
+pub(super) type Sh = State<Arc<Shared>>;
+pub(super) type Params = Query<HashMap<String, String>>;
 /// A provider endpoint's answer; `Err` is an answer given early (refused,
 /// faulted before processing, bad request), and axum sends either.
-type Answer = Result<Response, Response>;
-
-/// The JID the simulated session is logged in as.
-const OWN_JID: &str = "10000000000@c.us";
+pub(super) type Answer = Result<Response, Response>;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
     let app = router(shared);
@@ -73,13 +75,13 @@ fn router(shared: Arc<Shared>) -> Router {
         r = r.route(
             path,
             post(
-                move |sh: Sh, conn: ConnectInfo<Conn>, q: Params, body: Bytes| {
-                    post_status(kind, sh, conn, q, body)
+                move |sh: Sh, conn: ConnectInfo<Conn>, q: Params, h: HeaderMap, body: Bytes| {
+                    post_status(kind, sh, conn, q, h, body)
                 },
             ),
         );
     }
-    r.with_state(shared)
+    waha::routes(r).with_state(shared)
 }
 
 // ---------------------------------------------------------------------------
@@ -170,7 +172,7 @@ impl AsyncWrite for SimStream {
 
 /// The handler's grip on its connection.
 #[derive(Clone)]
-struct Conn(Arc<AtomicBool>);
+pub(super) struct Conn(Arc<AtomicBool>);
 
 impl Conn {
     /// Nothing more is sent on this connection; it is closed.
@@ -186,9 +188,118 @@ impl Connected<IncomingStream<'_, SimListener>> for Conn {
 }
 
 // ---------------------------------------------------------------------------
-// Helpers
+// Callers, errors and their envelopes
 
-fn error(status: StatusCode, message: &str) -> Response {
+/// Which API a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Surface {
+    Wawp,
+    Waha,
+}
+
+/// Who asks: the instance (Wawp `instance_id`, WAHA session name), the
+/// token or API key as given, and the `Host` the request was sent to (for
+/// the URLs of downloaded media).
+#[derive(Debug, Clone)]
+pub(super) struct Caller {
+    pub surface: Surface,
+    pub instance: String,
+    pub token: String,
+    pub host: String,
+}
+
+impl Caller {
+    /// A Wawp caller: `instance_id` from the query; the token from the
+    /// `access-token` header, else the `access_token` query parameter.
+    fn wawp(q: &HashMap<String, String>, h: &HeaderMap) -> Caller {
+        let header_token = h
+            .get(field::ACCESS_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|t| !t.is_empty());
+        Caller {
+            surface: Surface::Wawp,
+            instance: q.get(field::INSTANCE_ID).cloned().unwrap_or_default(),
+            token: header_token
+                .map(str::to_string)
+                .or_else(|| q.get(field::ACCESS_TOKEN).cloned())
+                .unwrap_or_default(),
+            host: host(h),
+        }
+    }
+}
+
+/// The `Host` header, or a placeholder.
+pub(super) fn host(h: &HeaderMap) -> String {
+    h.get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost")
+        .to_string()
+}
+
+/// A documented error of the provider, rendered in the caller's surface's
+/// envelope.
+#[derive(Debug, Clone)]
+pub(super) enum Refuse {
+    Unauthorized,
+    /// The session is not `WORKING` (its status given): WAHA's 422.
+    SessionDown(&'static str),
+    /// 404 `Message not found`.
+    NotFound,
+    /// 501: the engine does not implement the call; nothing was done.
+    NotImplemented(&'static str),
+    /// 500: an engine error (whatsapp-web.js evaluation, GOWS gRPC).
+    Engine(String),
+    /// 400 naming what is wrong.
+    BadRequest(String),
+    /// 400: NOWEB without its store cannot read chats.
+    StoreDisabled,
+}
+
+/// NOWEB's message when its store is off (`NowebInMemoryStore.errorMessage`
+/// in devlikeapro/waha, thrown as `BadRequestException` by every store read).
+const STORE_DISABLED: &str = "Enable NOWEB store \"config.noweb.store.enabled=True\" and \"config.noweb.store.full_sync=True\" when starting a new session. Read more: https://waha.devlike.pro/docs/engines/noweb#store";
+
+impl Refuse {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refuse::Unauthorized => StatusCode::UNAUTHORIZED,
+            Refuse::SessionDown(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Refuse::NotFound => StatusCode::NOT_FOUND,
+            Refuse::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Refuse::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Refuse::BadRequest(_) | Refuse::StoreDisabled => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn message(&self, engine: SimEngine) -> String {
+        match self {
+            Refuse::Unauthorized => "invalid instance_id or access_token".into(),
+            Refuse::SessionDown(status) => {
+                format!("Session status is not as expected: {status}, expected WORKING")
+            }
+            Refuse::NotFound => MESSAGE_NOT_FOUND.into(),
+            // WAHA's `NotImplementedByEngineError` (src/core/exceptions.ts).
+            Refuse::NotImplemented(what) => format!(
+                "{what} The method is not implemented by '{}' engine. Check the docs and try another engine: https://waha.devlike.pro/",
+                engine.waha_name()
+            ),
+            Refuse::Engine(m) | Refuse::BadRequest(m) => m.clone(),
+            Refuse::StoreDisabled => STORE_DISABLED.into(),
+        }
+    }
+
+    /// The response in `surface`'s envelope.
+    pub(super) fn render(&self, surface: Surface, engine: SimEngine, instance: &str) -> Response {
+        let status = self.status();
+        let message = self.message(engine);
+        match surface {
+            Surface::Wawp => error(status, &message),
+            Surface::Waha => waha::error(status, self, &message, instance),
+        }
+    }
+}
+
+pub(super) fn error(status: StatusCode, message: &str) -> Response {
     (
         status,
         Json(json!({
@@ -198,19 +309,6 @@ fn error(status: StatusCode, message: &str) -> Response {
         })),
     )
         .into_response()
-}
-
-fn refused(r: Refusal) -> Response {
-    match r {
-        Refusal::Unauthorized => error(
-            StatusCode::UNAUTHORIZED,
-            "invalid instance_id or access_token",
-        ),
-        Refusal::Disconnected => error(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Session status is not as expected: SCAN_QR_CODE, expected WORKING",
-        ),
-    }
 }
 
 fn not_processed(retry_after_secs: u64) -> Response {
@@ -225,6 +323,14 @@ fn not_processed(retry_after_secs: u64) -> Response {
         })),
     )
         .into_response()
+}
+
+/// A 200 with the JSON body, or with an empty body.
+fn ok(body: Option<Value>) -> Response {
+    match body {
+        Some(v) => Json(v).into_response(),
+        None => StatusCode::OK.into_response(),
+    }
 }
 
 /// Sleeps, or returns false at once when the simulator shuts down.
@@ -263,26 +369,29 @@ impl Gate {
 }
 
 /// Auth check, latency and the session check, common to every provider
-/// endpoint; answers the instance id and the plan for the request.
+/// endpoint of both surfaces; answers the engine and the plan.
 async fn admit(
     sh: &Shared,
-    q: &HashMap<String, String>,
+    caller: &Caller,
     conn: &Conn,
     gate: Gate,
-) -> Result<(String, Plan), Response> {
-    let instance = q.get(field::INSTANCE_ID).cloned().unwrap_or_default();
-    let token = q.get(field::ACCESS_TOKEN).map(String::as_str).unwrap_or("");
-    sh.admit(&instance, token).map_err(refused)?;
+) -> Result<(SimEngine, Plan), Response> {
+    let engine = sh.engine();
+    let refuse = |r: Refuse| r.render(caller.surface, engine, &caller.instance);
+    sh.admit(&caller.instance, &caller.token)
+        .map_err(|Refusal::Unauthorized| refuse(Refuse::Unauthorized))?;
     let plan = sh.plan(gate.faults());
     if !sleep_unless_stopped(sh, plan.latency).await {
         conn.drop_now();
         return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
     }
-    if gate.needs_session() && sh.disconnected(&instance) {
+    if gate.needs_session() && sh.disconnected(&caller.instance) {
         sh.count_disconnected();
-        return Err(refused(Refusal::Disconnected));
+        return Err(refuse(Refuse::SessionDown(
+            sh.session_status(&caller.instance),
+        )));
     }
-    Ok((instance, plan))
+    Ok((engine, plan))
 }
 
 /// Applies a fault drawn for *before* processing; `Err` is the answer.
@@ -311,15 +420,16 @@ async fn fault_before(sh: &Shared, plan: &Plan, conn: &Conn) -> Result<(), Respo
     Err(answer)
 }
 
-/// Applies a fault drawn for *after* processing to the success answer `ok`.
-async fn fault_after(sh: &Shared, plan: &Plan, conn: &Conn, ok: Value) -> Response {
+/// Applies a fault drawn for *after* processing to the success answer `ok`
+/// (`None`: an empty body).
+async fn fault_after(sh: &Shared, plan: &Plan, conn: &Conn, body: Option<Value>) -> Response {
     let Some(fault) = plan.fault else {
-        return Json(ok).into_response();
+        return ok(body);
     };
     let answer = match fault {
         Fault::LostResponse => {
             conn.drop_now();
-            Json(ok).into_response()
+            ok(body)
         }
         Fault::Error5xxAfter => error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -332,10 +442,10 @@ async fn fault_after(sh: &Shared, plan: &Plan, conn: &Conn, ok: Value) -> Respon
             if !sleep_unless_stopped(sh, plan.hang).await {
                 conn.drop_now();
             }
-            return Json(ok).into_response();
+            return ok(body);
         }
         Fault::Malformed => {
-            let text = ok.to_string();
+            let text = body.map(|b| b.to_string()).unwrap_or_default();
             let cut: String = text.chars().take(text.chars().count() / 2).collect();
             (
                 StatusCode::OK,
@@ -344,69 +454,273 @@ async fn fault_after(sh: &Shared, plan: &Plan, conn: &Conn, ok: Value) -> Respon
             )
                 .into_response()
         }
-        _ => return Json(ok).into_response(),
+        _ => return ok(body),
     };
     sh.count_fault(fault);
     answer
 }
 
-/// A status as a WAHA-style message of the `status@broadcast` chat.
-fn message_json(s: &PostedStatus) -> Value {
-    let b = &s.body;
-    let text = |k: &str| b.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-    let (body, media) = match s.kind {
-        Kind::Text => (text("text"), Value::Null),
-        kind => {
-            let f = b.get("file").cloned().unwrap_or(Value::Null);
-            let media = json!({
-                "url": f.get("url").cloned().unwrap_or(Value::Null),
-                "data": f.get("data").cloned().unwrap_or(Value::Null),
-                "mimetype": f.get("mimetype").cloned().unwrap_or(Value::Null),
-                "filename": f.get("filename").cloned().unwrap_or(Value::Null),
-            });
-            let body = if kind == Kind::Voice {
-                String::new()
-            } else {
-                text("caption")
-            };
-            (body, media)
-        }
-    };
-    json!({
-        "id": serialized_status_id(&s.id),
-        "timestamp": s.posted_at.timestamp(),
-        "from": OWN_JID,
-        "fromMe": true,
-        "to": STATUS_CHAT,
-        "body": body,
-        "hasMedia": s.kind != Kind::Text,
-        "media": media,
-        "ack": 1,
-        "revoked": s.deleted,
-    })
+// ---------------------------------------------------------------------------
+// The operations, one per provider call, shared by both surfaces
+
+/// `new-message-id`: an id from the engine's generator. WEBJS: 501.
+pub(super) async fn op_new_message_id(sh: &Arc<Shared>, caller: &Caller, conn: &Conn) -> Answer {
+    let (engine, plan) = admit(sh, caller, conn, Gate::NewId).await?;
+    if engine == SimEngine::Webjs {
+        return Err(Refuse::NotImplemented("new-message-id:").render(
+            caller.surface,
+            engine,
+            &caller.instance,
+        ));
+    }
+    fault_before(sh, &plan, conn).await?;
+    let id = json!({ (field::ID): sh.new_message_id() });
+    Ok(fault_after(sh, &plan, conn, Some(id)).await)
 }
 
-fn posted_answer(c: &Committed) -> Value {
-    json!({
-        "id": c.id,
-        "timestamp": c.timestamp,
-        "fromMe": true,
-        "to": STATUS_CHAT,
-    })
+/// A status post: faults, the engine's checks, the hold, the commit and
+/// the engine's answer.
+pub(super) async fn op_post(
+    kind: Kind,
+    sh: &Arc<Shared>,
+    caller: &Caller,
+    conn: &Conn,
+    body: &[u8],
+) -> Answer {
+    let (engine, plan) = admit(sh, caller, conn, Gate::Post).await?;
+    let refuse = |r: Refuse| r.render(caller.surface, engine, &caller.instance);
+    fault_before(sh, &plan, conn).await?;
+    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(body) else {
+        return Err(refuse(Refuse::BadRequest(
+            "the body must be a JSON object".into(),
+        )));
+    };
+    let supplied = match obj.remove(field::ID) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
+        Some(_) => {
+            return Err(refuse(Refuse::BadRequest(
+                "id must be a non-empty string".into(),
+            )))
+        }
+    };
+    // whatsapp-web.js needs both to build a text status; WAHA passes the
+    // failure through as a 500 and nothing is posted.
+    if engine == SimEngine::Webjs
+        && kind == Kind::Text
+        && (obj.get("backgroundColor").is_none_or(Value::is_null)
+            || obj.get("font").is_none_or(Value::is_null))
+    {
+        return Err(refuse(Refuse::Engine(
+            "Evaluation failed: a text status needs backgroundColor and font".into(),
+        )));
+    }
+    let raw = Value::Object(obj);
+    let parsed = StatusBody::parse(kind.as_str(), &raw.to_string())
+        .map_err(|e| refuse(Refuse::BadRequest(e.to_string())))?;
+    let instance = caller.instance.clone();
+    let committed = match plan.hold {
+        None => sh.commit(&instance, kind, &parsed, raw, supplied),
+        Some(hold) => {
+            // Processed after the hold even if the client has given up by
+            // then (hyper drops this handler, not the task).
+            sh.count_held();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let held = sh.clone();
+            tokio::spawn(async move {
+                if sleep_unless_stopped(&held, hold).await {
+                    let _ = tx.send(held.commit(&instance, kind, &parsed, raw, supplied));
+                }
+            });
+            match rx.await {
+                Ok(c) => c,
+                Err(_) => {
+                    conn.drop_now();
+                    return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+                }
+            }
+        }
+    };
+    let latest = if engine == SimEngine::Webjs {
+        // WEBJS reads the last own status after sending, a round trip to
+        // the browser later: another post may have landed in between.
+        if !sleep_unless_stopped(sh, plan.latency).await {
+            conn.drop_now();
+        }
+        sh.latest(&caller.instance).filter(|_| !plan.empty_answer)
+    } else {
+        None
+    };
+    let answer = engines::send_answer(engine, &committed.status, latest.as_ref());
+    Ok(fault_after(sh, &plan, conn, answer).await)
+}
+
+/// A status delete. WEBJS: 501, nothing deleted.
+pub(super) async fn op_delete(
+    sh: &Arc<Shared>,
+    caller: &Caller,
+    conn: &Conn,
+    body: &[u8],
+) -> Answer {
+    let (engine, _) = admit(sh, caller, conn, Gate::Delete).await?;
+    let refuse = |r: Refuse| r.render(caller.surface, engine, &caller.instance);
+    if engine == SimEngine::Webjs {
+        return Err(refuse(Refuse::NotImplemented("Deleting a status:")));
+    }
+    let id = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get(field::ID).and_then(Value::as_str).map(str::to_string));
+    let Some(id) = id.filter(|i| !i.is_empty()) else {
+        return Err(refuse(Refuse::BadRequest("id is required".into())));
+    };
+    let bare = bare_message_id(&id);
+    if !sh.delete(&caller.instance, bare) {
+        return Err(refuse(Refuse::NotFound));
+    }
+    let revoke_id = sh.new_message_id();
+    Ok(Json(engines::delete_answer(engine, bare, &revoke_id)).into_response())
+}
+
+/// A look-up by id. Without a message store (NOWEB's default) a posted
+/// status is answered 404 `Message not found`, exactly like one that was
+/// never posted: the not-found proves nothing there.
+pub(super) async fn op_get_message(
+    sh: &Arc<Shared>,
+    caller: &Caller,
+    conn: &Conn,
+    chat: &str,
+    id: &str,
+    download_media: bool,
+) -> Answer {
+    let (engine, plan) = admit(sh, caller, conn, Gate::Read).await?;
+    let refuse = |r: Refuse| r.render(caller.surface, engine, &caller.instance);
+    if plan.engine_error {
+        sh.count_engine_error();
+        return Err(refuse(Refuse::Engine(
+            "2 UNKNOWN: failed to get message".into(),
+        )));
+    }
+    let store = sh.config().keeps_message_store();
+    let found = sh
+        .find(&caller.instance, bare_message_id(id))
+        .filter(|_| chat == STATUS_CHAT && store);
+    match found {
+        Some(s) => Ok(Json(engines::message(
+            engine,
+            &Listed::Own(s),
+            &caller.instance,
+            download_media
+                .then(|| format!("http://{}", caller.host))
+                .as_deref(),
+        ))
+        .into_response()),
+        None => Err(refuse(Refuse::NotFound)),
+    }
+}
+
+/// What a listing asks for.
+#[derive(Debug, Clone)]
+pub(super) struct ListQuery {
+    pub chat: String,
+    pub limit: usize,
+    pub offset: usize,
+    pub download_media: bool,
+    pub filter: ListFilter,
+}
+
+impl ListQuery {
+    /// From query parameters: `limit` (default 10, WAHA's), `offset`,
+    /// `downloadMedia` (default true, WAHA's), and the filters when
+    /// `filters` (WAHA's surface; Wawp documents none).
+    pub(super) fn from_params(
+        chat: String,
+        q: &HashMap<String, String>,
+        filters: bool,
+    ) -> Result<ListQuery, String> {
+        let num = |k: &str| -> Result<Option<i64>, String> {
+            q.get(k)
+                .map(|v| {
+                    v.parse::<i64>()
+                        .map_err(|_| format!("{k} must be a number, not `{v}`"))
+                })
+                .transpose()
+        };
+        let flag = |k: &str| -> Result<Option<bool>, String> {
+            q.get(k)
+                .map(|v| match v.as_str() {
+                    "true" | "1" => Ok(true),
+                    "false" | "0" => Ok(false),
+                    _ => Err(format!("{k} must be true or false, not `{v}`")),
+                })
+                .transpose()
+        };
+        let count = |k: &str, d: usize| -> Result<usize, String> {
+            match num(k)? {
+                None => Ok(d),
+                Some(n) if n >= 0 => Ok(n as usize),
+                Some(n) => Err(format!("{k} must not be negative, not {n}")),
+            }
+        };
+        let filter = if filters {
+            ListFilter {
+                from_me: flag(waha_wire::FILTER_FROM_ME)?,
+                timestamp_gte: num(waha_wire::FILTER_TIMESTAMP_GTE)?,
+                timestamp_lte: num(waha_wire::FILTER_TIMESTAMP_LTE)?,
+            }
+        } else {
+            ListFilter::default()
+        };
+        Ok(ListQuery {
+            chat,
+            limit: count(field::LIMIT, waha_wire::DEFAULT_LIMIT)?,
+            offset: count(field::OFFSET, 0)?,
+            download_media: flag(field::DOWNLOAD_MEDIA)?.unwrap_or(true),
+            filter,
+        })
+    }
+}
+
+/// One page of the chat's messages, newest first; hidden items leave the
+/// page short. NOWEB without its store: 400, nothing read.
+pub(super) async fn op_list(
+    sh: &Arc<Shared>,
+    caller: &Caller,
+    conn: &Conn,
+    q: &ListQuery,
+) -> Answer {
+    let (engine, plan) = admit(sh, caller, conn, Gate::Read).await?;
+    let refuse = |r: Refuse| r.render(caller.surface, engine, &caller.instance);
+    if !sh.config().keeps_message_store() {
+        return Err(refuse(Refuse::StoreDisabled));
+    }
+    if plan.engine_error {
+        sh.count_engine_error();
+        return Err(refuse(Refuse::Engine(
+            "2 UNKNOWN: failed to get chat messages".into(),
+        )));
+    }
+    if q.chat != STATUS_CHAT {
+        return Ok(Json(json!([])).into_response());
+    }
+    let base = q.download_media.then(|| format!("http://{}", caller.host));
+    let list: Vec<Value> = sh
+        .list(&caller.instance, q.filter, q.offset, q.limit)
+        .iter()
+        .map(|item| engines::message(engine, item, &caller.instance, base.as_deref()))
+        .collect();
+    Ok(Json(Value::Array(list)).into_response())
 }
 
 // ---------------------------------------------------------------------------
-// Provider endpoints
+// Wawp's endpoints
 
 async fn new_message_id(
     State(sh): Sh,
     ConnectInfo(conn): ConnectInfo<Conn>,
     Query(q): Params,
+    h: HeaderMap,
 ) -> Answer {
-    let (_, plan) = admit(&sh, &q, &conn, Gate::NewId).await?;
-    fault_before(&sh, &plan, &conn).await?;
-    let id = json!({ (field::ID): local_message_id() });
-    Ok(fault_after(&sh, &plan, &conn, id).await)
+    op_new_message_id(&sh, &Caller::wawp(&q, &h), &conn).await
 }
 
 async fn post_status(
@@ -414,51 +728,20 @@ async fn post_status(
     State(sh): Sh,
     ConnectInfo(conn): ConnectInfo<Conn>,
     Query(q): Params,
+    h: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let (instance, plan) = admit(&sh, &q, &conn, Gate::Post).await?;
-    fault_before(&sh, &plan, &conn).await?;
-    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(&body) else {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "the body must be a JSON object",
-        ));
-    };
-    let supplied = match obj.remove(field::ID) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() => Some(s),
-        Some(_) => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "id must be a non-empty string",
-            ))
-        }
-    };
-    let raw = Value::Object(obj);
-    let parsed = StatusBody::parse(kind.as_str(), &raw.to_string())
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string()))?;
-    let committed = sh.commit(&instance, kind, &parsed, raw, supplied);
-    Ok(fault_after(&sh, &plan, &conn, posted_answer(&committed)).await)
+    op_post(kind, &sh, &Caller::wawp(&q, &h), &conn, &body).await
 }
 
 async fn delete_status(
     State(sh): Sh,
     ConnectInfo(conn): ConnectInfo<Conn>,
     Query(q): Params,
+    h: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let (instance, _) = admit(&sh, &q, &conn, Gate::Delete).await?;
-    let id = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get(field::ID).and_then(Value::as_str).map(str::to_string));
-    let Some(id) = id.filter(|i| !i.is_empty()) else {
-        return Err(error(StatusCode::BAD_REQUEST, "id is required"));
-    };
-    let bare = bare_message_id(&id);
-    if !sh.delete(&instance, bare) {
-        return Err(error(StatusCode::NOT_FOUND, "status not found"));
-    }
-    Ok(Json(json!({ "id": bare, "deleted": true })).into_response())
+    op_delete(&sh, &Caller::wawp(&q, &h), &conn, &body).await
 }
 
 /// `chatId` and `messageId` from the JSON body, else from the query (the
@@ -467,15 +750,18 @@ async fn get_message(
     State(sh): Sh,
     ConnectInfo(conn): ConnectInfo<Conn>,
     Query(q): Params,
+    h: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let (instance, _) = admit(&sh, &q, &conn, Gate::Read).await?;
+    let caller = Caller::wawp(&q, &h);
     let from_body = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
     let param = |k: &str| {
         from_body
             .get(k)
-            .and_then(Value::as_str)
-            .map(str::to_string)
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
             .or_else(|| q.get(k).cloned())
     };
     let (Some(chat), Some(id)) = (param(field::CHAT_ID), param(field::MESSAGE_ID)) else {
@@ -484,52 +770,42 @@ async fn get_message(
             "chatId and messageId are required",
         ));
     };
-    let found = (chat == STATUS_CHAT)
-        .then(|| sh.find(&instance, bare_message_id(&id)))
-        .flatten();
-    match found {
-        Some(s) => Ok(Json(message_json(&s)).into_response()),
-        None => Err(error(StatusCode::NOT_FOUND, "message not found")),
-    }
+    let download = param(field::DOWNLOAD_MEDIA).is_none_or(|v| v != "false");
+    op_get_message(&sh, &caller, &conn, &chat, &id, download).await
 }
 
 async fn chat_messages(
     State(sh): Sh,
     ConnectInfo(conn): ConnectInfo<Conn>,
     Query(q): Params,
+    h: HeaderMap,
 ) -> Answer {
-    let (instance, _) = admit(&sh, &q, &conn, Gate::Read).await?;
-    let num = |k: &str, d: usize| q.get(k).and_then(|v| v.parse::<usize>().ok()).unwrap_or(d);
-    let limit = num(field::LIMIT, 100).min(1000);
-    let offset = num(field::OFFSET, 0);
-    if q.get(field::CHAT_ID).map(String::as_str) != Some(STATUS_CHAT) {
-        return Ok(Json(json!([])).into_response());
-    }
-    let list: Vec<Value> = sh
-        .list(&instance, offset, limit)
-        .iter()
-        .map(message_json)
-        .collect();
-    Ok(Json(Value::Array(list)).into_response())
+    let caller = Caller::wawp(&q, &h);
+    let chat = q.get(field::CHAT_ID).cloned().unwrap_or_default();
+    let query =
+        ListQuery::from_params(chat, &q, false).map_err(|m| error(StatusCode::BAD_REQUEST, &m))?;
+    op_list(&sh, &caller, &conn, &query).await
 }
 
 async fn session_info(
     State(sh): Sh,
     ConnectInfo(conn): ConnectInfo<Conn>,
     Query(q): Params,
+    h: HeaderMap,
 ) -> Answer {
-    let (instance, _) = admit(&sh, &q, &conn, Gate::Read).await?;
-    let status = if sh.disconnected(&instance) {
-        SESSION_SCAN_QR_CODE
-    } else {
-        SESSION_WORKING
-    };
-    Ok(Json(json!({
-        "name": instance,
-        "status": status,
+    let caller = Caller::wawp(&q, &h);
+    let (engine, _) = admit(&sh, &caller, &conn, Gate::Read).await?;
+    let mut info = json!({
+        "name": caller.instance,
+        "status": sh.session_status(&caller.instance),
         "me": { "id": OWN_JID, "pushName": "statusd simulator" },
-    }))
-    .into_response())
+    });
+    // Wawp names no engine; a Wawp front of a WAHA engine passes WAHA's
+    // `engine` object through.
+    if engine != SimEngine::Wawp {
+        info["engine"] = json!({ "engine": engine.waha_name() });
+    }
+    Ok(Json(info).into_response())
 }
 
 // ---------------------------------------------------------------------------

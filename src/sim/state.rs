@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::knobs::{InvalidSimConfig, SimConfig, SimError};
 use crate::model::{Kind, StatusBody};
-use crate::wire::ids::local_message_id;
+use crate::wire::ids::engine_message_id;
+use crate::wire::{SESSION_FAILED, SESSION_SCAN_QR_CODE, SESSION_WORKING};
 
 /// Counters, as served by `GET /_sim/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -30,7 +31,18 @@ pub struct SimStats {
     /// Posts recognised by their supplied id as already shown.
     pub deduplicated_by_id: u64,
     pub deleted: u64,
+    /// Look-ups by id plus listing pages served.
     pub lookups: u64,
+    /// Look-ups by id (`messages/get`, WAHA `…/messages/{id}`).
+    #[serde(default)]
+    pub lookups_by_id: u64,
+    /// Listing pages served (`chats/messages`, WAHA `…/messages`).
+    #[serde(default)]
+    pub listing_pages: u64,
+    /// Posts held before processing (`hold_share`), counted when the hold
+    /// starts; each is posted when it ends.
+    #[serde(default)]
+    pub held: u64,
     /// Injected faults by knob name; 401s and disconnected sessions are
     /// counted as `unauthorized` and `disconnected`.
     pub faults: BTreeMap<String, u64>,
@@ -94,7 +106,6 @@ impl Fault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     Unauthorized,
-    Disconnected,
 }
 
 /// What the handler must do with one request, decided under the lock.
@@ -104,13 +115,57 @@ pub struct Plan {
     pub fault: Option<Fault>,
     pub hang: Duration,
     pub retry_after_secs: u64,
+    /// A post held this long before it is processed (`hold_share`).
+    pub hold: Option<Duration>,
+    /// A read answered 500 by the engine (`engine_error_share`).
+    pub engine_error: bool,
+    /// A WEBJS post answered with an empty body (`empty_answer_share`).
+    pub empty_answer: bool,
 }
 
-/// The result of committing a post.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The result of committing a post: the status as shown (the earlier one
+/// when the post was recognised by its supplied id).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Committed {
+    pub status: PostedStatus,
+}
+
+/// One item of an instance's `status@broadcast` chat, in order of arrival.
+#[derive(Debug, Clone)]
+enum Entry {
+    /// One of our statuses: index in `Inner::statuses`.
+    Own(usize),
+    /// A contact's status (`fromMe: false`).
+    Contact(ContactStatus),
+    /// An item engines leave out of listings (a reaction, a revoke): it
+    /// takes a place in the chat, so a page that covers it comes back one
+    /// short.
+    Hidden { at: DateTime<Utc> },
+}
+
+/// A contact's status in the chat: never ours, never counted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContactStatus {
     pub id: String,
-    pub timestamp: i64,
+    pub from: String,
+    pub text: String,
+    pub posted_at: DateTime<Utc>,
+}
+
+/// One listed item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Listed {
+    Own(PostedStatus),
+    Contact(ContactStatus),
+}
+
+/// The filters of a listing (WAHA's `GetChatMessagesFilter`), each
+/// inclusive; `None` filters nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    pub from_me: Option<bool>,
+    pub timestamp_gte: Option<i64>,
+    pub timestamp_lte: Option<i64>,
 }
 
 struct Inner {
@@ -121,7 +176,34 @@ struct Inner {
     by_id: HashMap<(String, String), usize>,
     /// (instance, fingerprint) → times shown.
     shown: HashMap<(String, String), u64>,
+    /// instance → its status chat, oldest first.
+    chats: HashMap<String, Vec<Entry>>,
     stats: SimStats,
+}
+
+impl Inner {
+    /// A fresh id in the engine's shape, never one in use on `instance`.
+    fn fresh_id(&mut self, instance: &str) -> String {
+        loop {
+            let id = self.new_message_id();
+            if !self.by_id.contains_key(&(instance.to_string(), id.clone())) {
+                break id;
+            }
+        }
+    }
+
+    /// An id as the engine's generator makes it.
+    fn new_message_id(&mut self) -> String {
+        let engine = self.config.engine;
+        let legacy = engine == super::SimEngine::Noweb
+            && self.config.legacy_id_share > 0.0
+            && self.rng.random::<f64>() < self.config.legacy_id_share;
+        engine_message_id(if legacy { 36 } else { engine.id_hex_digits() })
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.rng.random::<f64>() < p
+    }
 }
 
 pub struct Shared {
@@ -145,6 +227,7 @@ impl Shared {
                 statuses: Vec::new(),
                 by_id: HashMap::new(),
                 shown: HashMap::new(),
+                chats: HashMap::new(),
                 stats: SimStats::default(),
             }),
             cancel,
@@ -207,6 +290,7 @@ impl Shared {
         g.statuses.clear();
         g.by_id.clear();
         g.shown.clear();
+        g.chats.clear();
         g.stats = SimStats::default();
         let seed = g.config.seed;
         g.rng = rng_for(seed);
@@ -230,7 +314,19 @@ impl Shared {
 
     /// Whether the instance's session is (configured as) not connected.
     pub fn disconnected(&self, instance: &str) -> bool {
-        self.lock().config.disconnected_instances.contains(instance)
+        self.session_status(instance) != SESSION_WORKING
+    }
+
+    /// The session's `status` as session info reports it.
+    pub fn session_status(&self, instance: &str) -> &'static str {
+        let g = self.lock();
+        if g.config.failed_instances.contains(instance) {
+            SESSION_FAILED
+        } else if g.config.disconnected_instances.contains(instance) {
+            SESSION_SCAN_QR_CODE
+        } else {
+            SESSION_WORKING
+        }
     }
 
     /// Counts a refusal of a post because the session is down.
@@ -267,12 +363,52 @@ impl Shared {
         } else {
             None
         };
+        // Drawn for every request, used by the endpoints they apply to, so
+        // that a seed gives the same sequence whatever the endpoint mix.
+        let (hold_share, error_share, empty_share) = (
+            g.config.hold_share,
+            g.config.engine_error_share(),
+            g.config.empty_answer_share,
+        );
+        let hold = g
+            .chance(hold_share)
+            .then(|| Duration::from_millis(g.config.hold_ms));
+        let engine_error = g.chance(error_share);
+        let empty_answer = g.chance(empty_share);
         Plan {
             latency,
             fault,
             hang: Duration::from_millis(g.config.hang_ms),
             retry_after_secs: g.config.retry_after_secs,
+            hold,
+            engine_error,
+            empty_answer,
         }
+    }
+
+    /// Counts a post whose hold starts.
+    pub fn count_held(&self) {
+        self.lock().stats.held += 1;
+    }
+
+    /// A fresh id from the engine's generator (`new-message-id`).
+    pub fn new_message_id(&self) -> String {
+        self.lock().new_message_id()
+    }
+
+    /// The engine the simulator plays now.
+    pub fn engine(&self) -> super::SimEngine {
+        self.lock().config.engine
+    }
+
+    /// Counts a read answered 500 by the engine (`engine_error_share`).
+    pub fn count_engine_error(&self) {
+        *self
+            .lock()
+            .stats
+            .faults
+            .entry("engine_error".into())
+            .or_default() += 1;
     }
 
     pub fn count_fault(&self, fault: Fault) {
@@ -284,8 +420,9 @@ impl Shared {
             .or_default() += 1;
     }
 
-    /// Posts a validated status: a known supplied id is recognised (not
-    /// shown again); otherwise the status is shown, and counted as a
+    /// Posts a validated status: a supplied id already shown on this
+    /// instance is recognised (not shown again) when the engine honours
+    /// supplied ids; otherwise the status is shown, and counted as a
     /// duplicate if its content was already shown on this instance.
     pub fn commit(
         &self,
@@ -297,25 +434,20 @@ impl Shared {
     ) -> Committed {
         let mut g = self.lock();
         let now = Utc::now();
-        let use_supplied = supplied_id.clone().filter(|_| !g.config.auto_assign_ids);
+        let honoured = g.config.honours_supplied_ids();
+        let use_supplied = supplied_id.clone().filter(|_| honoured);
         if let Some(id) = &use_supplied {
             if let Some(&i) = g.by_id.get(&(instance.to_string(), id.clone())) {
                 g.stats.deduplicated_by_id += 1;
                 return Committed {
-                    id: id.clone(),
-                    timestamp: g.statuses[i].posted_at.timestamp(),
+                    status: g.statuses[i].clone(),
                 };
             }
         }
-        let id = use_supplied.unwrap_or_else(|| {
-            // A fresh id, never one already in use on this instance.
-            loop {
-                let id = local_message_id();
-                if !g.by_id.contains_key(&(instance.to_string(), id.clone())) {
-                    break id;
-                }
-            }
-        });
+        let id = match use_supplied {
+            Some(id) => id,
+            None => g.fresh_id(instance),
+        };
         let fingerprint = body.fingerprint();
         let seen = g
             .shown
@@ -327,7 +459,7 @@ impl Shared {
         }
         g.stats.posted += 1;
         let index = g.statuses.len();
-        g.statuses.push(PostedStatus {
+        let status = PostedStatus {
             id: id.clone(),
             supplied_id,
             instance: instance.to_string(),
@@ -336,12 +468,47 @@ impl Shared {
             body: raw_body,
             posted_at: now,
             deleted: false,
-        });
-        g.by_id.insert((instance.to_string(), id.clone()), index);
-        Committed {
-            id,
-            timestamp: now.timestamp(),
+        };
+        g.statuses.push(status.clone());
+        g.by_id.insert((instance.to_string(), id), index);
+        // The chat around it: now and then a hidden item (a reaction) and a
+        // contact's status, each drawn with its share.
+        let (hidden_share, contact_share) = (
+            g.config.listing_drop_share(),
+            g.config.contact_status_share(),
+        );
+        let hidden = g.chance(hidden_share);
+        let contact = g.chance(contact_share);
+        let chat = g.chats.entry(instance.to_string()).or_default();
+        if hidden {
+            chat.push(Entry::Hidden { at: now });
         }
+        chat.push(Entry::Own(index));
+        if contact {
+            let n = chat.len();
+            let id = engine_message_id(20);
+            g.chats
+                .entry(instance.to_string())
+                .or_default()
+                .push(Entry::Contact(ContactStatus {
+                    id,
+                    from: CONTACT_JID.to_string(),
+                    text: format!("a contact's story #{n}"),
+                    posted_at: now,
+                }));
+        }
+        Committed { status }
+    }
+
+    /// The newest own status of the instance (what WEBJS answers a post
+    /// with: `myStatus.msgs.last()`).
+    pub fn latest(&self, instance: &str) -> Option<PostedStatus> {
+        let g = self.lock();
+        g.statuses
+            .iter()
+            .rev()
+            .find(|s| s.instance == instance)
+            .cloned()
     }
 
     /// Marks a status deleted; false when the id is unknown.
@@ -356,6 +523,12 @@ impl Shared {
                 if !g.statuses[i].deleted {
                     g.statuses[i].deleted = true;
                     g.stats.deleted += 1;
+                    // The revoke is a message of its own in the chat, one
+                    // that listings leave out.
+                    g.chats
+                        .entry(instance.to_string())
+                        .or_default()
+                        .push(Entry::Hidden { at: Utc::now() });
                 }
                 true
             }
@@ -367,6 +540,7 @@ impl Shared {
     pub fn find(&self, instance: &str, id: &str) -> Option<PostedStatus> {
         let mut g = self.lock();
         g.stats.lookups += 1;
+        g.stats.lookups_by_id += 1;
         let i = g
             .by_id
             .get(&(instance.to_string(), id.to_string()))
@@ -374,18 +548,46 @@ impl Shared {
         g.statuses.get(i).cloned()
     }
 
-    /// The instance's statuses, newest first, one page; counted as a
-    /// look-up.
-    pub fn list(&self, instance: &str, offset: usize, limit: usize) -> Vec<PostedStatus> {
+    /// One page of the instance's status chat, newest first: the items
+    /// that pass `filter`, from `offset`, `limit` of them — less the hidden
+    /// ones among them, so a page can come back short without being the
+    /// last. Counted as a look-up.
+    pub fn list(
+        &self,
+        instance: &str,
+        filter: ListFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Vec<Listed> {
         let mut g = self.lock();
         g.stats.lookups += 1;
-        g.statuses
-            .iter()
+        g.stats.listing_pages += 1;
+        let Some(chat) = g.chats.get(instance) else {
+            return Vec::new();
+        };
+        let keep = |from_me: bool, at: DateTime<Utc>| {
+            let t = at.timestamp();
+            filter.from_me.is_none_or(|f| f == from_me)
+                && filter.timestamp_gte.is_none_or(|gte| t >= gte)
+                && filter.timestamp_lte.is_none_or(|lte| t <= lte)
+        };
+        chat.iter()
             .rev()
-            .filter(|s| s.instance == instance)
+            .filter(|e| match e {
+                Entry::Own(i) => keep(true, g.statuses[*i].posted_at),
+                Entry::Contact(c) => keep(false, c.posted_at),
+                Entry::Hidden { at } => keep(true, *at),
+            })
             .skip(offset)
             .take(limit)
-            .cloned()
+            .filter_map(|e| match e {
+                Entry::Own(i) => Some(Listed::Own(g.statuses[*i].clone())),
+                Entry::Contact(c) => Some(Listed::Contact(c.clone())),
+                Entry::Hidden { .. } => None,
+            })
             .collect()
     }
 }
+
+/// The JID of the contact whose statuses share the chat.
+pub const CONTACT_JID: &str = "20000000000@c.us";

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::model::{Attempt, AttemptOutcome, OutboxRow, State};
 
+mod capabilities;
 mod connect;
 mod instance_leases;
 mod postgres;
@@ -24,6 +25,9 @@ mod row;
 mod sqlite;
 mod timed;
 
+pub use capabilities::{
+    record_capabilities, Capabilities, CapabilityChange, CapabilityStore, Known, KnownId, Source,
+};
 pub use connect::{connect, Connected, Patience, Scrubbed};
 pub use instance_leases::{InstanceLease, InstanceLeases, KeepLeasesParams, LeaseGrant};
 pub use postgres::PgStore;
@@ -353,7 +357,7 @@ impl ActivityParams {
 
 /// The outbox's queries. See the module docs for the rules every backend
 /// keeps.
-pub trait Store: InstanceLeases + Clone + Send + Sync + 'static {
+pub trait Store: CapabilityStore + InstanceLeases + Clone + Send + Sync + 'static {
     /// Applies the embedded migrations.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
     /// Round trip to the database (readiness).

@@ -41,6 +41,23 @@ pub fn local_message_id() -> String {
     id
 }
 
+/// A fresh id in an engine's shape: `3EB0` + `hex_digits` uppercase hex
+/// digits (Baileys' current generator and whatsmeow's: 18; Baileys'
+/// legacy one: 36), from the same CSPRNG as [`local_message_id`].
+pub fn engine_message_id(hex_digits: usize) -> String {
+    let mut bytes = vec![0u8; hex_digits.div_ceil(2)];
+    if OsRng.try_fill_bytes(&mut bytes).is_err() {
+        rand::rng().fill_bytes(&mut bytes);
+    }
+    let mut id = String::with_capacity(PREFIX.len() + 2 * bytes.len());
+    id.push_str(PREFIX);
+    for b in bytes {
+        id.push_str(&format!("{b:02X}"));
+    }
+    id.truncate(PREFIX.len() + hex_digits);
+    id
+}
+
 /// Whether `id` has the shape of a WhatsApp web id: `3EB0` then 16 to 32
 /// uppercase hex digits.
 pub fn is_well_formed(id: &str) -> bool {
@@ -69,6 +86,19 @@ mod tests {
             assert!(is_well_formed(&id), "{id}");
             assert!(seen.insert(id.clone()), "duplicate id {id}");
         }
+    }
+
+    #[test]
+    fn engine_ids_have_the_asked_length() {
+        for n in [16, 18, 20, 36] {
+            let id = engine_message_id(n);
+            assert_eq!(id.len(), 4 + n, "{id}");
+            assert!(id.starts_with(PREFIX));
+            assert!(id[4..]
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(&c)));
+        }
+        assert_ne!(engine_message_id(18), engine_message_id(18));
     }
 
     #[test]

@@ -61,6 +61,102 @@ pub mod paths {
     ];
 }
 
+/// Paths, headers and query names of WAHA's own API, which Wawp fronts and
+/// self-hosting users run directly (`provider = "waha"`). Each path takes
+/// the session name; [`waha::session_path`] fills it in.
+///
+/// Sources: WAHA's controllers in `devlikeapro/waha`
+/// (`src/api/status.controller.ts`: `@Controller('api/:session/status')`
+/// with `text`, `image`, `voice`, `video`, `delete`, `new-message-id`;
+/// `src/api/chats.controller.ts`: `api/:session/chats/:chatId/messages` and
+/// `…/messages/:messageId`; `src/api/sessions.controller.ts`:
+/// `GET api/sessions/:session`) and <https://waha.devlike.pro/docs/how-to/status/>.
+pub mod waha {
+    use crate::model::Kind;
+
+    /// The API key header of every WAHA request (`WHATSAPP_API_KEY` on the
+    /// server side). Sent as a header, the key never travels in a URL.
+    pub const API_KEY_HEADER: &str = "X-Api-Key";
+    /// Posting paths, with `{session}` for the session name.
+    pub const TEXT: &str = "/api/{session}/status/text";
+    pub const IMAGE: &str = "/api/{session}/status/image";
+    pub const VOICE: &str = "/api/{session}/status/voice";
+    pub const VIDEO: &str = "/api/{session}/status/video";
+    /// `POST`, JSON body `{"id", "contacts"}`. NOWEB and GOWS only: WEBJS
+    /// answers 501 "not implemented by engine".
+    pub const DELETE: &str = "/api/{session}/status/delete";
+    /// `GET`, answers `{"id": "…"}`. NOWEB and GOWS only (WEBJS: 501).
+    pub const NEW_MESSAGE_ID: &str = "/api/{session}/status/new-message-id";
+    /// `GET`: the chat's messages, newest first; query [`LIMIT`] (default
+    /// 10), [`OFFSET`], [`DOWNLOAD_MEDIA`] (default true),
+    /// [`FILTER_FROM_ME`], [`FILTER_TIMESTAMP_GTE`], [`FILTER_TIMESTAMP_LTE`].
+    pub const CHAT_MESSAGES: &str = "/api/{session}/chats/{chatId}/messages";
+    /// `GET`: one message by (serialized) id; 404 `Message not found`.
+    pub const CHAT_MESSAGE: &str = "/api/{session}/chats/{chatId}/messages/{messageId}";
+    /// `GET`: the session (`status` WORKING / SCAN_QR_CODE / FAILED …,
+    /// `engine.engine`, `me`).
+    pub const SESSION: &str = "/api/sessions/{session}";
+
+    pub const LIMIT: &str = "limit";
+    pub const OFFSET: &str = "offset";
+    pub const DOWNLOAD_MEDIA: &str = "downloadMedia";
+    pub const FILTER_FROM_ME: &str = "filter.fromMe";
+    pub const FILTER_TIMESTAMP_GTE: &str = "filter.timestamp.gte";
+    pub const FILTER_TIMESTAMP_LTE: &str = "filter.timestamp.lte";
+    /// WAHA's default page size of a chat listing (`GetChatMessagesQuery`).
+    pub const DEFAULT_LIMIT: usize = 10;
+
+    /// The posting path of a kind, session not yet filled in.
+    pub fn status(kind: Kind) -> &'static str {
+        match kind {
+            Kind::Text => TEXT,
+            Kind::Image => IMAGE,
+            Kind::Voice => VOICE,
+            Kind::Video => VIDEO,
+        }
+    }
+
+    /// Every posting path with its kind.
+    pub const STATUS: [(&str, Kind); 4] = [
+        (TEXT, Kind::Text),
+        (IMAGE, Kind::Image),
+        (VOICE, Kind::Voice),
+        (VIDEO, Kind::Video),
+    ];
+
+    /// `template` with `{session}` (and `{chatId}`, `{messageId}` when
+    /// given) filled in, each percent-encoded as one path segment.
+    pub fn session_path(
+        template: &str,
+        session: &str,
+        chat_id: Option<&str>,
+        message_id: Option<&str>,
+    ) -> String {
+        let mut p = template.replace("{session}", &segment(session));
+        if let Some(c) = chat_id {
+            p = p.replace("{chatId}", &segment(c));
+        }
+        if let Some(m) = message_id {
+            p = p.replace("{messageId}", &segment(m));
+        }
+        p
+    }
+
+    /// Percent-encodes everything but RFC 3986 unreserved characters and
+    /// `@` (kept readable: `status@broadcast`).
+    fn segment(s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'@') {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    }
+}
+
 /// Names of query parameters and JSON request fields.
 pub mod field {
     /// Query parameter of every request: the Wawp instance.
@@ -68,6 +164,9 @@ pub mod field {
     /// Query parameter of every request: the secret token. Wawp takes it in
     /// the URL, which is why every URL that could reach a log is redacted.
     pub const ACCESS_TOKEN: &str = "access_token";
+    /// The same token as a request header, which keeps it out of URLs. The
+    /// simulator accepts either; the header wins when both are given.
+    pub const ACCESS_TOKEN_HEADER: &str = "access-token";
     /// The chat of a message look-up or listing.
     pub const CHAT_ID: &str = "chatId";
     /// The (serialized) id of a message look-up.
@@ -97,6 +196,11 @@ pub const NOT_PROCESSED: &str = "NOT_PROCESSED";
 pub const SESSION_WORKING: &str = "WORKING";
 /// `status` of a session waiting for its QR code to be scanned: logged out.
 pub const SESSION_SCAN_QR_CODE: &str = "SCAN_QR_CODE";
+/// `status` of a session that stopped on an error (WAHA's `WAHASessionStatus`).
+pub const SESSION_FAILED: &str = "FAILED";
+/// The `message` of WAHA's 404 for a message look-up that found nothing
+/// (`chats.controller.ts`: `throw new NotFoundException('Message not found')`).
+pub const MESSAGE_NOT_FOUND: &str = "Message not found";
 
 /// The serialized id WAHA-style APIs use for a message of ours in the status
 /// chat: `true_status@broadcast_<id>`.
@@ -140,5 +244,26 @@ mod tests {
             assert_eq!(paths::status(kind), path);
         }
         assert_eq!(paths::STATUS.map(|(_, kind)| kind), Kind::ALL);
+        for (path, kind) in waha::STATUS {
+            assert_eq!(waha::status(kind), path);
+        }
+        assert_eq!(waha::STATUS.map(|(_, kind)| kind), Kind::ALL);
+    }
+
+    #[test]
+    fn waha_paths_fill_in_and_encode_their_segments() {
+        assert_eq!(
+            waha::session_path(waha::TEXT, "default", None, None),
+            "/api/default/status/text"
+        );
+        assert_eq!(
+            waha::session_path(
+                waha::CHAT_MESSAGE,
+                "my shop/1",
+                Some(STATUS_CHAT),
+                Some("true_status@broadcast_3EB0AB")
+            ),
+            "/api/my%20shop%2F1/chats/status@broadcast/messages/true_status@broadcast_3EB0AB"
+        );
     }
 }

@@ -352,7 +352,13 @@ async fn shutdown_mid_drain_loses_nothing<S: Store>(s: S, db: &TestDb) {
 }
 
 async fn api_id_source_fetches_ids_before_sending<S: Store>(s: S, db: &TestDb) {
-    let sim = start_sim(SimConfig::default()).await;
+    // A provider that posts under the supplied id (NOWEB, GOWS); the
+    // simulator's default plays Wawp, which assigns its own.
+    let sim = start_sim(SimConfig {
+        supplied_ids: Some(true),
+        ..SimConfig::default()
+    })
+    .await;
     let mut settings = test_settings(&db.url, &sim, &[("main", true)]);
     settings.daemon.id_source = statusd::config::IdSource::Api;
     enqueue_n(&s, "main", 60).await;
@@ -539,7 +545,12 @@ async fn rows_that_wait_past_half_their_lease_are_released_not_sent<S: Store>(s:
         released > 0,
         "a row that waited past half its lease was released"
     );
-    assert_eq!(sim.stats().requests, 3, "no row was sent twice");
+    // A released row is never sent. A row sent late in its lease has its
+    // call cut at the lease left (1.2 s of latency here, beyond what
+    // `config check` allows), goes in doubt and may be sent again under the
+    // same id, which the provider deduplicates: viewers see each once.
+    let stats = sim.stats();
+    assert_eq!(stats.duplicates, 0, "no status shown twice: {stats:?}");
 }
 
 /// How many of a row's attempts were `released`, asserting each was

@@ -1,5 +1,7 @@
-//! The real Wawp client against the in-process simulator, over loopback:
-//! every fault kind must come out as its documented class.
+//! The real provider client against the in-process simulator, over
+//! loopback: every fault kind must come out as its documented class, and
+//! the look-ups the reconciler makes (by id, one read of the status chat)
+//! answer as the simulator recorded.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,8 +10,9 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use statusd::config::{InstanceConfig, ProviderSettings};
 use statusd::model::{Kind, StatusBody};
+use statusd::provider::search::{self, Verdict};
 use statusd::provider::{
-    Lookup, OutgoingStatus, Provider, ProviderError, SendOutcome, StatusQuery, WawpClient,
+    ById, OutgoingStatus, Provider, ProviderError, SendOutcome, StatusQuery, WawpClient,
 };
 use statusd::sim::{SimConfig, SimHandle, Simulator};
 use statusd::wire::ids::{is_well_formed, local_message_id};
@@ -21,7 +24,8 @@ fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// A simulator that knows `INSTANCE`/`TOKEN`, hangs for 1.5 s.
+/// A simulator that knows `INSTANCE`/`TOKEN`, hangs for 1.5 s, and honours
+/// supplied ids with a message store unless the test says otherwise.
 async fn sim(tweak: impl FnOnce(&mut SimConfig)) -> SimHandle {
     let mut cfg = SimConfig {
         hang_ms: 1_500,
@@ -31,6 +35,9 @@ async fn sim(tweak: impl FnOnce(&mut SimConfig)) -> SimHandle {
     };
     cfg.tokens.insert(INSTANCE.into(), TOKEN.into());
     tweak(&mut cfg);
+    if !cfg.auto_assign_ids && cfg.supplied_ids.is_none() {
+        cfg.supplied_ids = Some(true);
+    }
     Simulator::start(any_port(), cfg).await.expect("simulator")
 }
 
@@ -67,14 +74,26 @@ async fn send(c: &WawpClient, id: &str, body: &StatusBody) -> SendOutcome {
     .await
 }
 
-async fn find(c: &WawpClient, id: &str, body: &StatusBody, sent_after: DateTime<Utc>) -> Lookup {
-    c.find_status(&StatusQuery {
-        message_id: id,
+/// What one read of the status chat says about a status (the reconciler's
+/// content search), with no other rows' ids to leave out.
+async fn search(c: &WawpClient, id: &str, body: &StatusBody, sent_after: DateTime<Utc>) -> Verdict {
+    let q = StatusQuery {
+        message_id: id.to_string(),
         kind: body.kind(),
-        fingerprint: &body.fingerprint(),
+        fingerprint: body.fingerprint(),
         sent_after,
-    })
-    .await
+    };
+    let listing = search::read_listing(c, sent_after, || async {}).await;
+    search::settle(&[q], &listing, &Default::default())
+        .pop()
+        .expect("one verdict")
+}
+
+fn present(provider_id: &str, by_our_id: bool) -> Verdict {
+    Verdict::Present {
+        provider_id: provider_id.to_string(),
+        by_our_id,
+    }
 }
 
 fn a_minute_ago() -> DateTime<Utc> {
@@ -106,7 +125,12 @@ async fn a_clean_post_is_posted_under_the_supplied_id() {
     assert_eq!(posted[0].id, id);
     assert_eq!(posted[0].kind, Kind::Text);
     assert_eq!(posted[0].fingerprint, body.fingerprint());
-    assert_eq!(posted[0].body, json!({ "text": "hello" }));
+    // A text status always carries backgroundColor and font (WEBJS answers
+    // 500 without them).
+    assert_eq!(
+        posted[0].body,
+        json!({ "text": "hello", "backgroundColor": "#38b42f", "font": 1 })
+    );
 }
 
 #[tokio::test]
@@ -131,11 +155,13 @@ async fn media_kinds_go_to_their_paths() {
         let b = b.expect("valid body");
         let out = send(&c, &local_message_id(), &b).await;
         assert_eq!(out.label(), "posted", "{out:?}");
-        // Found again by content alone, as for a provider assigning ids.
+        // A listing without downloaded media carries no URL to compare
+        // (`media: null`): by content, a media status can be neither
+        // found nor proven absent — only by id.
         let auto = client(&sim, false);
         assert!(matches!(
-            find(&auto, "unknown", &b, a_minute_ago()).await,
-            Lookup::Present { .. }
+            search(&auto, "unknown", &b, a_minute_ago()).await,
+            Verdict::Unknown { .. }
         ));
     }
     let kinds: Vec<Kind> = sim.posted().iter().map(|p| p.kind).collect();
@@ -346,8 +372,12 @@ async fn connection_refused_is_retryable() {
         Err(ProviderError::Unavailable(_))
     ));
     assert!(matches!(
-        find(&c, "3EB00000000000000000", &text("x"), a_minute_ago()).await,
-        Lookup::Unavailable { .. }
+        search(&c, "3EB00000000000000000", &text("x"), a_minute_ago()).await,
+        Verdict::Unknown { .. }
+    ));
+    assert!(matches!(
+        c.lookup_by_id("3EB00000000000000000").await,
+        ById::Failed { .. }
     ));
 }
 
@@ -357,7 +387,7 @@ async fn deleting_an_unknown_status_is_permanent_and_a_known_one_is_deleted() {
     let c = client(&sim, true);
     let out = c.delete_status("3EB0FFFFFFFFFFFFFFFFFFFF").await;
     assert!(
-        matches!(&out, SendOutcome::Permanent { http_status: 404, reason } if reason.contains("status not found")),
+        matches!(&out, SendOutcome::Permanent { http_status: 404, reason } if reason.contains("not found")),
         "{out:?}"
     );
     let id = local_message_id();
@@ -413,15 +443,18 @@ async fn find_status_by_supplied_id() {
     let since = Utc::now();
     assert_eq!(send(&c, &id, &body).await.label(), "posted");
     assert_eq!(
-        find(&c, &id, &body, since).await,
-        Lookup::Present {
+        c.lookup_by_id(&id).await,
+        ById::Found {
             provider_id: id.clone()
         }
     );
-    // Another id and other content: absent.
+    assert_eq!(search(&c, &id, &body, since).await, present(&id, true));
+    // Another id: the documented not-found (absence only where ids and
+    // look-ups are proven; the reconciler decides that).
+    assert_eq!(c.lookup_by_id(&local_message_id()).await, ById::NotFound);
     assert_eq!(
-        find(&c, &local_message_id(), &text("never sent"), since).await,
-        Lookup::Absent
+        search(&c, &local_message_id(), &text("never sent"), since).await,
+        Verdict::NotListed
     );
 }
 
@@ -444,16 +477,16 @@ async fn find_status_by_content_when_the_provider_assigns_ids() {
         "no id in the body when supplied_id = false"
     );
     assert_eq!(
-        find(&c, &ours, &body, since).await,
-        Lookup::Present { provider_id }
+        search(&c, &ours, &body, since).await,
+        present(&provider_id, false)
     );
     assert_eq!(
-        find(&c, &ours, &text("other content"), since).await,
-        Lookup::Absent
+        search(&c, &ours, &text("other content"), since).await,
+        Verdict::NotListed
     );
     // Posted before the window: not a candidate.
     let later = Utc::now() + chrono::Duration::seconds(5);
-    assert_eq!(find(&c, &ours, &body, later).await, Lookup::Absent);
+    assert_eq!(search(&c, &ours, &body, later).await, Verdict::NotListed);
 }
 
 #[tokio::test]
@@ -463,12 +496,14 @@ async fn a_supplied_id_ignored_by_the_provider_is_still_found_by_content() {
     // or the reconciler would post it again.
     let sim = sim(|c| c.auto_assign_ids = true).await;
     let c = client(&sim, true);
-    // A first post comes back under the provider's id: the client learns
-    // that this provider ignores supplied ids.
-    assert_eq!(
-        send(&c, &local_message_id(), &text("first")).await.label(),
-        "posted"
-    );
+    // A first post comes back under the provider's id: the client reports
+    // that this provider ignores supplied ids (the reconciler records it).
+    let first = local_message_id();
+    assert_eq!(send(&c, &first, &text("first")).await.label(), "posted");
+    assert!(matches!(
+        c.take_evidence().as_slice(),
+        [statusd::provider::Evidence::IdReplaced { supplied, .. }] if *supplied == first
+    ));
     let mut cfg = sim.config();
     cfg.lost_response = 1.0;
     sim.set_config(cfg).unwrap();
@@ -478,11 +513,11 @@ async fn a_supplied_id_ignored_by_the_provider_is_still_found_by_content() {
     assert_eq!(send(&c, &ours, &body).await.label(), "in_doubt");
     let theirs = sim.posted()[1].id.clone();
     assert_ne!(theirs, ours);
+    // By id: the documented not-found, which proves nothing here.
+    assert_eq!(c.lookup_by_id(&ours).await, ById::NotFound);
     assert_eq!(
-        find(&c, &ours, &body, since).await,
-        Lookup::Present {
-            provider_id: theirs
-        }
+        search(&c, &ours, &body, since).await,
+        present(&theirs, false)
     );
 }
 
@@ -491,20 +526,16 @@ async fn a_provider_keeping_supplied_ids_is_answered_by_id_alone() {
     let sim = sim(|c| c.lost_response = 1.0).await;
     let c = client(&sim, true);
     let body = text("kept id");
-    let since = Utc::now();
     let lost = local_message_id();
     assert_eq!(send(&c, &lost, &body).await.label(), "in_doubt");
     assert_eq!(
-        find(&c, &lost, &body, since).await,
-        Lookup::Present {
+        c.lookup_by_id(&lost).await,
+        ById::Found {
             provider_id: lost.clone()
         }
     );
-    // Same content, never sent under this id: absent, without a content search.
-    assert_eq!(
-        find(&c, &local_message_id(), &body, since).await,
-        Lookup::Absent
-    );
+    // Same content, never sent under this id: the documented not-found.
+    assert_eq!(c.lookup_by_id(&local_message_id()).await, ById::NotFound);
 }
 
 #[tokio::test]
@@ -521,12 +552,12 @@ async fn the_search_pages_through_many_recent_statuses() {
         );
     }
     assert!(matches!(
-        find(&c, "x", &first, since).await,
-        Lookup::Present { .. }
+        search(&c, "x", &first, since).await,
+        Verdict::Present { .. }
     ));
     assert_eq!(
-        find(&c, "x", &text("not there"), since).await,
-        Lookup::Absent
+        search(&c, "x", &text("not there"), since).await,
+        Verdict::NotListed
     );
 }
 
@@ -555,4 +586,107 @@ fn construction_errors_name_the_problem() {
         .unwrap_err()
         .to_string()
         .contains("access_token"));
+}
+
+/// A client of WAHA's own API (`provider = "waha"`) on the simulator's
+/// WAHA surface: session `INSTANCE`, the token as `X-Api-Key`.
+fn waha_client(sim: &SimHandle, token: &str) -> WawpClient {
+    let inst: InstanceConfig = serde_json::from_value(json!({
+        "provider": "waha",
+        "base_url": sim.base_url(),
+        "session": INSTANCE,
+        "access_token": token,
+        "supplied_id": true,
+    }))
+    .expect("instance config");
+    let settings: ProviderSettings = serde_json::from_value(json!({
+        "connect_timeout_ms": 300,
+        "request_timeout_ms": 300,
+    }))
+    .expect("provider settings");
+    WawpClient::new("main", &inst, &settings).expect("client")
+}
+
+/// The same conformance as the Wawp client, over WAHA's paths, for each
+/// engine the simulator plays: a post under our id (NOWEB, GOWS), a lost
+/// answer found by id where the engine keeps a store and by one listing
+/// read otherwise, the session's engine, a wrong key.
+#[tokio::test]
+async fn the_waha_api_conforms_on_every_engine() {
+    use statusd::sim::SimEngine;
+    for engine in [SimEngine::Noweb, SimEngine::Gows, SimEngine::Webjs] {
+        let sim = sim(|c| {
+            c.engine = engine;
+            c.supplied_ids = Some(engine.honours_supplied_ids());
+            c.listing_drop_share = Some(0.0);
+            c.engine_error_share = Some(0.0);
+        })
+        .await;
+        let c = waha_client(&sim, TOKEN);
+        assert_eq!(
+            c.session_engine().await.as_deref(),
+            Some(engine.waha_name()),
+            "{engine}"
+        );
+        c.probe().await.expect("session working");
+        let id = local_message_id();
+        let body = text(&format!("waha {engine}"));
+        let since = Utc::now() - chrono::Duration::seconds(2);
+        let out = send(&c, &id, &body).await;
+        match engine {
+            SimEngine::Webjs => assert!(
+                matches!(&out, SendOutcome::Posted { provider_id } if *provider_id != id)
+                    || out.label() == "in_doubt",
+                "{engine}: {out:?}"
+            ),
+            _ => assert_eq!(
+                out,
+                SendOutcome::Posted {
+                    provider_id: id.clone()
+                },
+                "{engine}"
+            ),
+        }
+        let posted_id = sim.posted()[0].id.clone();
+        if engine == SimEngine::Noweb {
+            // NOWEB without its store (the default) can neither list nor
+            // find a message by id: nothing can be proven either way.
+            assert!(matches!(
+                search(&c, &id, &body, since).await,
+                Verdict::Unknown { .. }
+            ));
+            assert_eq!(c.lookup_by_id(&id).await, ById::NotFound);
+            let mut cfg = sim.config();
+            cfg.message_store = Some(true);
+            sim.set_config(cfg).unwrap();
+        }
+        // Found by one read of the status chat, whatever the engine.
+        assert!(
+            matches!(
+                search(&c, &id, &body, since).await,
+                Verdict::Present { provider_id, .. } if provider_id == posted_id
+            ),
+            "{engine}"
+        );
+        // By id, where a store is kept.
+        assert_eq!(
+            c.lookup_by_id(&posted_id).await,
+            ById::Found {
+                provider_id: posted_id.clone()
+            },
+            "{engine}"
+        );
+        if engine == SimEngine::Webjs {
+            // Not implemented by WEBJS: nothing posted, never retried.
+            let out = c.delete_status(&posted_id).await;
+            assert_eq!(out.label(), "permanent", "{out:?}");
+            assert_eq!(out.http_status(), Some(501));
+        }
+        let wrong = waha_client(&sim, "not-the-key");
+        assert_eq!(
+            send(&wrong, &local_message_id(), &body).await.label(),
+            "instance_down"
+        );
+        sim.shutdown().await;
+    }
 }

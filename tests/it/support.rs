@@ -149,7 +149,17 @@ use tokio_util::sync::CancellationToken;
 pub const TEST_TOKEN: &str = "tok-SECRET-5f1c2a9e";
 
 /// Starts an in-process simulator on a free loopback port.
-pub async fn start_sim(cfg: SimConfig) -> SimHandle {
+/// The simulator as the tests were written for: a provider that honours
+/// supplied ids (its historical default), unless the config says otherwise
+/// (`supplied_ids`, `auto_assign_ids`, or an engine other than `wawp`,
+/// whose model ignores them as Wawp documents).
+pub async fn start_sim(mut cfg: SimConfig) -> SimHandle {
+    if cfg.supplied_ids.is_none()
+        && !cfg.auto_assign_ids
+        && cfg.engine == statusd::sim::SimEngine::Wawp
+    {
+        cfg.supplied_ids = Some(true);
+    }
     Simulator::start("127.0.0.1:0".parse().unwrap(), cfg)
         .await
         .expect("start simulator")
@@ -187,6 +197,9 @@ pub fn test_settings(db_url: &str, sim: &SimHandle, instances: &[(&str, bool)]) 
     d.retry_base_ms = 20;
     d.retry_max_ms = 300;
     d.settle_delay_ms = 150;
+    // The simulator posts nothing after answering (no engine retries unless
+    // a test holds requests): a short window keeps absence quick.
+    d.engine_retry_window_ms = 300;
     d.reconcile_interval_ms = 100;
     d.rescue_interval_ms = 200;
     d.instance_probe_ms = 300;
@@ -372,6 +385,7 @@ fallback_poll_ms = 1000
 retry_base_ms = 50
 retry_max_ms = 1000
 settle_delay_ms = 300
+engine_retry_window_ms = 300
 reconcile_interval_ms = 200
 rescue_interval_ms = 300
 reconcile_max_attempts = 1000

@@ -52,6 +52,7 @@ pub fn classify(ex: &Exchange) -> SendOutcome {
 /// | 429, 408 | `Retryable` (with `Retry-After`) |
 /// | 401, 403, or a body saying the session is not connected | `InstanceDown` |
 /// | other 4xx | `Permanent`, with the provider's message |
+/// | 501 (WAHA: "not implemented by engine") | `Permanent`: nothing was posted, and this engine never will |
 /// | 5xx with [`NOT_PROCESSED`] | `Retryable` |
 /// | other 5xx | `InDoubt` |
 /// | 3xx (redirects are not followed) | `InstanceDown`: `base_url` is wrong |
@@ -114,6 +115,12 @@ pub fn classify_at(ex: &Exchange, now: DateTime<Utc>) -> SendOutcome {
         },
         400..=499 => SendOutcome::Permanent {
             reason: format!("HTTP {status}: {message}"),
+            http_status: status,
+        },
+        501 => SendOutcome::Permanent {
+            reason: format!(
+                "HTTP 501, not implemented by this engine (nothing was posted): {message}"
+            ),
             http_status: status,
         },
         500..=599 if text.is_some_and(is_not_processed) => SendOutcome::Retryable {
@@ -374,6 +381,64 @@ mod tests {
         });
         assert_eq!(o.label(), "in_doubt");
         assert_eq!(o.http_status(), None);
+    }
+
+    /// WAHA answers 501 for what an engine does not implement (WEBJS:
+    /// new-message-id, delete): nothing was posted, and retrying cannot help.
+    #[test]
+    fn not_implemented_is_permanent() {
+        let o = classify(&resp(
+            501,
+            r#"{"statusCode":501,"message":"Not implemented by engine WEBJS"}"#,
+        ));
+        assert_eq!(o.label(), "permanent");
+        assert_eq!(o.http_status(), Some(501));
+        assert!(o.reason().unwrap().contains("nothing was posted"));
+    }
+
+    /// Every engine's send answer, as documented (API.md; devlikeapro/waha
+    /// `src/core/engines/*/session.*.core.ts` `sendTextStatus`): NOWEB's
+    /// Baileys key, GOWS's serialized id with the participant, WEBJS's
+    /// message object, Wawp's wrapper, Baileys' legacy 36-hex ids.
+    #[test]
+    fn every_engines_send_answer_yields_the_bare_id() {
+        let id18 = "3EB0A1B2C3D4E5F6A7B8C9";
+        let id36 = "3EB0A1B2C3D4E5F6A7B8C9D0E1F2A3B4C5D6E7F8A9B0";
+        for (body, want) in [
+            (
+                format!(
+                    r#"{{"key":{{"remoteJid":"status@broadcast","fromMe":true,"id":"{id18}"}},"message":{{}}}}"#
+                ),
+                id18,
+            ),
+            (
+                format!(r#"{{"id":"true_status@broadcast_{id18}_31612345678@c.us"}}"#),
+                id18,
+            ),
+            (format!(r#"{{"id":"true_status@broadcast_{id36}"}}"#), id36),
+            (
+                format!(
+                    r#"{{"id":{{"fromMe":true,"remote":"status@broadcast","id":"{id18}","_serialized":"true_status@broadcast_{id18}"}},"body":"x"}}"#
+                ),
+                id18,
+            ),
+            (format!(r#"{{"data":{{"id":"{id18}"}}}}"#), id18),
+            // Other providers' shapes: an opaque id is kept as it is.
+            (
+                r#"{"messageId":"BAE5F4C1D2A3"}"#.to_string(),
+                "BAE5F4C1D2A3",
+            ),
+        ] {
+            assert_eq!(
+                classify(&resp(200, &body)),
+                SendOutcome::Posted {
+                    provider_id: want.into()
+                },
+                "{body}"
+            );
+        }
+        // WEBJS may answer with an empty body: not known to be posted.
+        assert_eq!(classify(&resp(201, "")).label(), "in_doubt");
     }
 
     #[test]

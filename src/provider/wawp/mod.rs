@@ -1,10 +1,12 @@
-//! The Wawp client: one [`Provider`] implementation over the Wawp HTTP API
-//! (API.md). Its parts, each with one job:
+//! The provider client: one [`Provider`] implementation over HTTP that
+//! speaks Wawp's API (API.md) or, with `provider = "waha"`, WAHA's own
+//! (`/api/{session}/…`, which Wawp fronts and self-hosting users run). Its
+//! parts, each with one job:
 //!
 //! - [`classify`]: the one classification of every HTTP outcome
 //!   ([`classify_at`], a pure function with its rule table), `Retry-After`,
 //!   message ids in bodies, transport errors.
-//! - `lookup`: the reconciler's question, by id or by content.
+//! - `lookup`: reading look-ups by id and listings in every engine's shape.
 //! - `redact`: keeping the token out of everything that leaves the client.
 //! - this module: the client itself (requests, the [`Provider`] calls).
 //!
@@ -13,17 +15,18 @@
 //!
 //! # Secrets
 //!
-//! Wawp takes the access token as a query parameter, so every request URL
-//! carries it, and reqwest puts the URL into its errors. Nothing that leaves
-//! this module may contain it: transport errors are stripped of their URL
+//! The token travels in a header, never in a URL: Wawp's `access-token`
+//! (its OpenAPI export, <https://www.api.wawp.net/api/docs/export?format=openapi>,
+//! declares the `AccessToken` scheme as that header), WAHA's `X-Api-Key`.
+//! Belt and braces all the same: transport errors are stripped of their URL
 //! (`without_url`) and every string built here (reasons, error messages,
 //! log fields) goes through [`redact`], which removes both the literal token
 //! and any `access_token=` value. Request URLs are never logged; log lines
 //! name the path only. Redirects are not followed: a redirect would carry
-//! the token to another URL.
+//! the token to another host.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use reqwest::header::RETRY_AFTER;
@@ -31,12 +34,13 @@ use reqwest::RequestBuilder;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
-use crate::config::{InstanceConfig, ProviderSettings};
+use crate::config::{InstanceConfig, ProviderKind, ProviderSettings};
+use crate::model::Kind;
 use crate::provider::contract::{
-    Lookup, OutgoingStatus, Provider, ProviderError, SendOutcome, StatusQuery,
+    ById, Evidence, ListRequest, OutgoingStatus, Page, Provider, ProviderError, SendOutcome,
 };
 use crate::wire::{
-    bare_message_id, field, paths, serialized_status_id, SESSION_WORKING, STATUS_CHAT,
+    bare_message_id, field, paths, serialized_status_id, waha, SESSION_WORKING, STATUS_CHAT,
 };
 
 mod classify;
@@ -47,8 +51,13 @@ pub use classify::{classify, classify_at, parse_retry_after, response_id, Exchan
 pub use redact::redact;
 
 use classify::{exchange_from_error, provider_message, read_error, shorten};
-use lookup::{ById, LIST_MAX_PAGES, LIST_PAGE};
 use redact::Redact;
+
+/// A text status's `backgroundColor` and `font` when the row has none:
+/// WEBJS answers 500 to a text status without them (issue 12 §5). The
+/// values of WAHA's own example (`src/structures/status.dto.ts`).
+pub const DEFAULT_BACKGROUND: &str = "#38b42f";
+pub const DEFAULT_FONT: u8 = 1;
 
 /// Why a client for a configured instance could not be built. Each message
 /// names the instance and the setting at fault, and never the token.
@@ -68,18 +77,37 @@ pub enum ClientError {
     Http { instance: String, reason: String },
 }
 
-/// A Wawp instance.
+/// Which API an instance speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Api {
+    /// Wawp: `/v2/…`, `instance_id` in the query, `access-token` header.
+    Wawp { instance_id: String },
+    /// WAHA: `/api/{session}/…`, `X-Api-Key` header.
+    Waha { session: String },
+}
+
+/// The calls the client makes, to be mapped to each API's path.
+#[derive(Debug, Clone, Copy)]
+enum Call<'a> {
+    NewMessageId,
+    Send(Kind),
+    Delete,
+    ById(&'a str),
+    List,
+    Session,
+}
+
+/// One provider instance (one WhatsApp session), over Wawp's API or WAHA's.
 pub struct WawpClient {
     name: String,
     /// `base_url` without a trailing slash; paths are appended to it.
     base: String,
-    instance_id: String,
+    api: Api,
     token: SecretString,
     supplied_id: bool,
-    /// Set once a post configured with `supplied_id` came back under another
-    /// id: the provider assigns its own (as Wawp documents it may), so
-    /// look-ups must search by content too.
-    ids_ignored: AtomicBool,
+    /// What calls showed about the provider since the reconciler last
+    /// asked ([`Provider::take_evidence`]); it records them in the store.
+    evidence: Mutex<Vec<Evidence>>,
     http: reqwest::Client,
 }
 
@@ -88,12 +116,16 @@ impl fmt::Debug for WawpClient {
         f.debug_struct("WawpClient")
             .field("name", &self.name)
             .field("base_url", &self.base)
-            .field("instance_id", &self.instance_id)
+            .field("api", &self.api)
             .field("access_token", &"[redacted]")
             .field("supplied_id", &self.supplied_id)
             .finish()
     }
 }
+
+/// Most evidence kept between two reconciler passes (the first of each kind
+/// is all that counts).
+const MAX_EVIDENCE: usize = 64;
 
 impl WawpClient {
     /// A client for one configured instance. Redirects are not followed: a
@@ -141,13 +173,21 @@ impl WawpClient {
                 instance: instance(),
                 reason: redact(&e.without_url().to_string(), token.expose_secret()),
             })?;
+        let api = match inst.provider {
+            ProviderKind::Wawp => Api::Wawp {
+                instance_id: inst.instance_id.clone(),
+            },
+            ProviderKind::Waha => Api::Waha {
+                session: inst.session_name().to_string(),
+            },
+        };
         Ok(WawpClient {
             name: name.to_string(),
             base,
-            instance_id: inst.instance_id.clone(),
+            api,
             token,
             supplied_id: inst.supplied_id,
-            ids_ignored: AtomicBool::new(false),
+            evidence: Mutex::new(Vec::new()),
             http,
         })
     }
@@ -157,13 +197,44 @@ impl WawpClient {
         &self.name
     }
 
+    /// The path of `call` in this instance's API.
+    fn path(&self, call: Call<'_>) -> String {
+        match &self.api {
+            Api::Wawp { .. } => match call {
+                Call::NewMessageId => paths::NEW_MESSAGE_ID,
+                Call::Send(kind) => paths::status(kind),
+                Call::Delete => paths::DELETE,
+                Call::ById(_) => paths::GET_MESSAGE,
+                Call::List => paths::CHAT_MESSAGES,
+                Call::Session => paths::SESSION_INFO,
+            }
+            .to_string(),
+            Api::Waha { session } => {
+                let fill = |t: &str, msg: Option<&str>| {
+                    waha::session_path(t, session, Some(STATUS_CHAT), msg)
+                };
+                match call {
+                    Call::NewMessageId => fill(waha::NEW_MESSAGE_ID, None),
+                    Call::Send(kind) => fill(waha::status(kind), None),
+                    Call::Delete => fill(waha::DELETE, None),
+                    Call::ById(id) => fill(waha::CHAT_MESSAGE, Some(&serialized_status_id(id))),
+                    Call::List => fill(waha::CHAT_MESSAGES, None),
+                    Call::Session => fill(waha::SESSION, None),
+                }
+            }
+        }
+    }
+
+    /// A request for `call`, authenticated by header. `path` is what log
+    /// lines name (the URL itself is never logged).
     fn request(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
-        self.http
-            .request(method, format!("{}{}", self.base, path))
-            .query(&[
-                (field::INSTANCE_ID, self.instance_id.as_str()),
-                (field::ACCESS_TOKEN, self.token.expose_secret()),
-            ])
+        let rb = self.http.request(method, format!("{}{}", self.base, path));
+        match &self.api {
+            Api::Wawp { instance_id } => rb
+                .header(field::ACCESS_TOKEN_HEADER, self.token.expose_secret())
+                .query(&[(field::INSTANCE_ID, instance_id.as_str())]),
+            Api::Waha { .. } => rb.header(waha::API_KEY_HEADER, self.token.expose_secret()),
+        }
     }
 
     async fn exchange(&self, path: &str, rb: RequestBuilder) -> Exchange {
@@ -215,46 +286,41 @@ impl WawpClient {
         );
     }
 
-    /// Asks for the message by its id in the status chat.
-    async fn lookup_by_id(&self, message_id: &str) -> ById {
-        let rb = self
-            .request(reqwest::Method::POST, paths::GET_MESSAGE)
-            .json(&json!({
-                (field::CHAT_ID): STATUS_CHAT,
-                (field::MESSAGE_ID): serialized_status_id(message_id),
-                (field::DOWNLOAD_MEDIA): false,
-            }));
-        let ex = self.exchange(paths::GET_MESSAGE, rb).await;
-        lookup::read_by_id(&ex, message_id)
+    fn note(&self, e: Evidence) {
+        let mut ev = self.evidence.lock().unwrap_or_else(|p| p.into_inner());
+        if ev.len() < MAX_EVIDENCE {
+            ev.push(e);
+        }
     }
 
-    /// Searches the instance's recent own statuses for one of the query's
-    /// kind and fingerprint, posted at or after `sent_after`, page by page.
-    async fn lookup_in_recent(&self, q: &StatusQuery<'_>) -> Lookup {
-        let limit = LIST_PAGE.to_string();
-        for page in 0..LIST_MAX_PAGES {
-            let offset = (page * LIST_PAGE).to_string();
-            let rb = self
-                .request(reqwest::Method::GET, paths::CHAT_MESSAGES)
-                .query(&[
-                    (field::CHAT_ID, STATUS_CHAT),
-                    (field::LIMIT, limit.as_str()),
-                    (field::OFFSET, offset.as_str()),
-                    (field::DOWNLOAD_MEDIA, "false"),
-                ]);
-            let ex = self.exchange(paths::CHAT_MESSAGES, rb).await;
-            if let Some(answer) = lookup::read_page(&ex, q) {
-                return answer;
+    /// The JSON body of a status post: the row's payload, a text status's
+    /// `backgroundColor` and `font` filled in, and our id when configured.
+    fn status_body(&self, status: &OutgoingStatus<'_>) -> serde_json::Map<String, Value> {
+        let mut body = status.body.to_provider_json();
+        if status.body.kind() == Kind::Text {
+            let missing = |v: Option<&Value>| v.is_none_or(Value::is_null);
+            if missing(body.get("backgroundColor")) {
+                body.insert("backgroundColor".into(), json!(DEFAULT_BACKGROUND));
+            }
+            if missing(body.get("font")) {
+                body.insert("font".into(), json!(DEFAULT_FONT));
             }
         }
-        lookup::window_too_full(q)
+        if self.supplied_id {
+            body.insert(
+                field::ID.into(),
+                Value::String(status.message_id.to_string()),
+            );
+        }
+        body
     }
 }
 
 impl Provider for WawpClient {
     async fn new_message_id(&self) -> Result<String, ProviderError> {
-        let rb = self.request(reqwest::Method::GET, paths::NEW_MESSAGE_ID);
-        let ex = self.exchange(paths::NEW_MESSAGE_ID, rb).await;
+        let path = self.path(Call::NewMessageId);
+        let rb = self.request(reqwest::Method::GET, &path);
+        let ex = self.exchange(&path, rb).await;
         let result = match &ex {
             Exchange::Response {
                 status: 200..=299,
@@ -279,37 +345,28 @@ impl Provider for WawpClient {
     }
 
     async fn send_status(&self, status: &OutgoingStatus<'_>) -> SendOutcome {
-        let path = paths::status(status.body.kind());
-        let mut body = status.body.to_provider_json();
-        if self.supplied_id {
-            body.insert(
-                field::ID.into(),
-                Value::String(status.message_id.to_string()),
-            );
-        }
-        let rb = self.request(reqwest::Method::POST, path).json(&body);
-        let outcome = self.scrub(classify(&self.exchange(path, rb).await));
-        if let SendOutcome::Posted { provider_id } = &outcome {
-            if self.supplied_id
-                && bare_message_id(provider_id) != status.message_id
-                && !self.ids_ignored.swap(true, Ordering::Relaxed)
-            {
-                tracing::warn!(instance = %self.name, "the provider assigned its own id although supplied_id = true; look-ups will also search by content (set supplied_id = false)");
-            }
-        }
-        self.log_outcome(path, &outcome);
-        outcome
+        self.send(status, None).await
     }
 
-    /// A 2xx is success even without an id in the body: deleting is
-    /// idempotent, nothing is doubled by repeating it.
+    async fn send_status_within(
+        &self,
+        status: &OutgoingStatus<'_>,
+        timeout: Duration,
+    ) -> SendOutcome {
+        self.send(status, Some(timeout)).await
+    }
+
+    /// A 2xx is success: deleting is idempotent, nothing is doubled by
+    /// repeating it. The answer's id (a revoke message's own id on some
+    /// engines) is never taken for the status's: the outcome carries the
+    /// status's id.
     async fn delete_status(&self, message_id: &str) -> SendOutcome {
+        let path = self.path(Call::Delete);
         let rb = self
-            .request(reqwest::Method::POST, paths::DELETE)
+            .request(reqwest::Method::POST, &path)
             .json(&json!({ (field::ID): message_id }));
-        let ex = self.exchange(paths::DELETE, rb).await;
+        let ex = self.exchange(&path, rb).await;
         let outcome = match (&ex, classify(&ex)) {
-            (_, SendOutcome::Posted { provider_id }) => SendOutcome::Posted { provider_id },
             (
                 Exchange::Response {
                     status: 200..=299, ..
@@ -320,36 +377,84 @@ impl Provider for WawpClient {
             },
             (_, other) => self.scrub(other),
         };
-        self.log_outcome(paths::DELETE, &outcome);
+        self.log_outcome(&path, &outcome);
         outcome
     }
 
-    /// With `supplied_id`, asks for the message by id. "Not found" is the
-    /// answer unless this client has seen the provider ignore our ids (Wawp
-    /// documents that it may): then the recent statuses are searched by
-    /// content too, and only when both say absent is the status absent.
-    /// Searching by content on every look-up would not scale: at volume the
-    /// window holds more statuses than a listing returns.
-    async fn find_status(&self, query: &StatusQuery<'_>) -> Lookup {
-        let lookup = if self.supplied_id {
-            match self.lookup_by_id(query.message_id).await {
-                ById::Found(provider_id) => Lookup::Present { provider_id },
-                ById::Failed(reason) => Lookup::Unavailable { reason },
-                ById::NotFound if self.ids_ignored.load(Ordering::Relaxed) => {
-                    self.lookup_in_recent(query).await
-                }
-                ById::NotFound => Lookup::Absent,
-            }
-        } else {
-            self.lookup_in_recent(query).await
+    async fn lookup_by_id(&self, message_id: &str) -> ById {
+        let path = self.path(Call::ById(message_id));
+        let rb = match &self.api {
+            Api::Wawp { .. } => self.request(reqwest::Method::POST, &path).json(&json!({
+                (field::CHAT_ID): STATUS_CHAT,
+                (field::MESSAGE_ID): serialized_status_id(message_id),
+                (field::DOWNLOAD_MEDIA): false,
+            })),
+            Api::Waha { .. } => self
+                .request(reqwest::Method::GET, &path)
+                .query(&[(waha::DOWNLOAD_MEDIA, "false")]),
         };
-        let lookup = self.scrub(lookup);
-        tracing::debug!(instance = %self.name, message_id = query.message_id, lookup = ?lookup, "status look-up");
-        lookup
+        let ex = self.exchange(&path, rb).await;
+        let found = lookup::read_by_id(&ex, message_id);
+        let found = match found {
+            ById::Failed { reason } => ById::Failed {
+                reason: redact(&reason, self.token.expose_secret()),
+            },
+            other => other,
+        };
+        tracing::debug!(instance = %self.name, message_id, found = ?found, "look-up by id");
+        found
+    }
+
+    /// One page, newest first, own statuses only and from `since` on where
+    /// the API filters (WAHA's `filter.fromMe`, `filter.timestamp.gte`;
+    /// Wawp forwards what it understands): the reader checks both anyway.
+    async fn list_statuses(&self, req: &ListRequest) -> Result<Page, ProviderError> {
+        let path = self.path(Call::List);
+        let (limit, offset, gte) = (
+            req.limit.to_string(),
+            req.offset.to_string(),
+            req.since.timestamp().to_string(),
+        );
+        let mut q: Vec<(&str, &str)> = vec![
+            (waha::LIMIT, &limit),
+            (waha::OFFSET, &offset),
+            (waha::DOWNLOAD_MEDIA, "false"),
+            (waha::FILTER_FROM_ME, "true"),
+            (waha::FILTER_TIMESTAMP_GTE, &gte),
+        ];
+        if let Api::Wawp { .. } = self.api {
+            q.push((field::CHAT_ID, STATUS_CHAT));
+        }
+        let rb = self.request(reqwest::Method::GET, &path).query(&q);
+        let ex = self.exchange(&path, rb).await;
+        lookup::read_page(&ex).map_err(|e| self.scrub(e))
     }
 
     async fn probe(&self) -> Result<(), ProviderError> {
-        self.probe_raw().await.map_err(|e| self.scrub(e))
+        self.session_info()
+            .await
+            .and_then(|v| match v.get("status").and_then(Value::as_str) {
+                None | Some(SESSION_WORKING) => Ok(()),
+                Some(other) => Err(ProviderError::InstanceDown(format!(
+                    "session status is {}",
+                    shorten(other)
+                ))),
+            })
+            .map_err(|e| self.scrub(e))
+    }
+
+    /// `engine.engine` (WAHA's session info) or a plain `engine` string.
+    async fn session_engine(&self) -> Option<String> {
+        let v = self.session_info().await.ok()?;
+        let e = v.get("engine")?;
+        e.get("engine")
+            .and_then(Value::as_str)
+            .or_else(|| e.as_str())
+            .map(|s| shorten(&s.to_ascii_uppercase()))
+    }
+
+    fn take_evidence(&self) -> Vec<Evidence> {
+        std::mem::take(&mut *self.evidence.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn supplies_id(&self) -> bool {
@@ -358,26 +463,53 @@ impl Provider for WawpClient {
 }
 
 impl WawpClient {
-    async fn probe_raw(&self) -> Result<(), ProviderError> {
-        let rb = self
-            .request(reqwest::Method::POST, paths::SESSION_INFO)
-            .json(&json!({}));
-        let ex = self.exchange(paths::SESSION_INFO, rb).await;
+    /// Posts a status; `timeout` (the lease left) bounds the call below the
+    /// client's request timeout.
+    async fn send(&self, status: &OutgoingStatus<'_>, timeout: Option<Duration>) -> SendOutcome {
+        let path = self.path(Call::Send(status.body.kind()));
+        let mut rb = self
+            .request(reqwest::Method::POST, &path)
+            .json(&self.status_body(status));
+        if let Some(t) = timeout {
+            rb = rb.timeout(t.max(Duration::from_millis(1)));
+        }
+        let outcome = self.scrub(classify(&self.exchange(&path, rb).await));
+        if let SendOutcome::Posted { provider_id } = &outcome {
+            if self.supplied_id {
+                if bare_message_id(provider_id) != status.message_id {
+                    self.note(Evidence::IdReplaced {
+                        supplied: status.message_id.to_string(),
+                        got: provider_id.clone(),
+                    });
+                } else {
+                    self.note(Evidence::IdEchoed {
+                        id: provider_id.clone(),
+                    });
+                }
+            }
+        }
+        self.log_outcome(&path, &outcome);
+        outcome
+    }
+}
+
+impl WawpClient {
+    /// The session's info (Wawp `POST /v2/session/info`; WAHA
+    /// `GET /api/sessions/{session}`).
+    async fn session_info(&self) -> Result<Value, ProviderError> {
+        let path = self.path(Call::Session);
+        let rb = match self.api {
+            Api::Wawp { .. } => self.request(reqwest::Method::POST, &path).json(&json!({})),
+            Api::Waha { .. } => self.request(reqwest::Method::GET, &path),
+        };
+        let ex = self.exchange(&path, rb).await;
         match &ex {
             Exchange::Response {
                 status: 200..=299,
                 body: Ok(body),
                 ..
-            } => match serde_json::from_str::<Value>(body) {
-                Ok(v) => match v.get("status").and_then(Value::as_str) {
-                    None | Some(SESSION_WORKING) => Ok(()),
-                    Some(other) => Err(ProviderError::InstanceDown(format!(
-                        "session status is {}",
-                        shorten(other)
-                    ))),
-                },
-                Err(_) => Err(ProviderError::Malformed("session info is not JSON".into())),
-            },
+            } => serde_json::from_str::<Value>(body)
+                .map_err(|_| ProviderError::Malformed("session info is not JSON".into())),
             _ => Err(read_error(&ex)),
         }
     }
@@ -391,7 +523,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::model::{Kind, StatusBody};
+    use crate::model::StatusBody;
     use crate::sim::{SimConfig, Simulator};
     use std::io::Write;
     use std::sync::{Arc, Mutex, OnceLock};
@@ -510,16 +642,17 @@ mod tests {
             labels.push(out.label());
             seen.push(format!("{out:?}"));
             seen.push(format!("{:?}", good.new_message_id().await));
-            let q = StatusQuery {
-                message_id: &id,
-                kind: Kind::Text,
-                fingerprint: &body.fingerprint(),
-                sent_after: Utc::now() - chrono::Duration::minutes(1),
+            let q = ListRequest {
+                offset: 0,
+                limit: 10,
+                since: Utc::now() - chrono::Duration::minutes(1),
             };
-            seen.push(format!("{:?}", good.find_status(&q).await));
+            seen.push(format!("{:?}", good.lookup_by_id(&id).await));
+            seen.push(format!("{:?}", good.list_statuses(&q).await));
             for other in [&wrong, &refused] {
                 seen.push(format!("{:?}", other.send_status(&status).await));
-                seen.push(format!("{:?}", other.find_status(&q).await));
+                seen.push(format!("{:?}", other.lookup_by_id(&id).await));
+                seen.push(format!("{:?}", other.list_statuses(&q).await));
             }
         }
         sim.set_config(cfg.clone()).unwrap();
