@@ -178,3 +178,23 @@ impl<S: statusd::store::InstanceLeases + Sync> statusd::store::InstanceLeases fo
         self.inner.instance_leases().await
     }
 }
+
+impl<S: statusd::store::CapabilityStore + Sync> statusd::store::CapabilityStore for Counting<S> {
+    async fn capabilities(&self) -> Result<Vec<statusd::store::Capabilities>> {
+        self.add(1);
+        self.inner.capabilities().await
+    }
+    async fn put_capabilities(&self, c: &statusd::store::Capabilities) -> Result<bool> {
+        self.add(1);
+        self.inner.put_capabilities(c).await
+    }
+    async fn known_message_ids(
+        &self,
+        instance: &str,
+        ids: &[String],
+        except: &[Uuid],
+    ) -> Result<Vec<statusd::store::KnownId>> {
+        self.add(1);
+        self.inner.known_message_ids(instance, ids, except).await
+    }
+}
