@@ -188,6 +188,7 @@ pub async fn execute(
                 rate_per_sec: 5_000,
                 burst: 500,
                 max_in_flight: 64,
+                ..Default::default()
             },
         );
     }

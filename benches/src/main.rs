@@ -175,6 +175,7 @@ fn settings_for(url: &str, sim: &SimHandle, id_source: IdSource) -> Settings {
             rate_per_sec: 1_000_000,
             burst: 1_000_000,
             max_in_flight: 2 * CONCURRENCY,
+            ..Default::default()
         },
     );
     s.daemon.id_source = id_source;

@@ -176,8 +176,8 @@ pub(super) async fn claim_loop<S: Store, P: Provider>(
             let skip: Vec<String> = ctx
                 .instances
                 .keys()
-                .filter(|n| !drained.contains(*n))
-                .cloned()
+                .into_iter()
+                .filter(|n| !drained.contains(n))
                 .collect();
             let due = ctx
                 .store
@@ -218,7 +218,7 @@ async fn claim_strays<S: Store, P: Provider>(ctx: &Ctx<S, P>, shared: &Shared, l
         owner: ctx.owner.clone(),
         limit: limit as i64,
         lease: ctx.dispatcher.lease,
-        skip_instances: ctx.instances.keys().cloned().collect(),
+        skip_instances: ctx.instances.keys(),
         fresh_ids: match ctx.dispatcher.id_source {
             IdSource::Local => (0..limit).map(|_| ids::local_message_id()).collect(),
             IdSource::Api => Vec::new(),

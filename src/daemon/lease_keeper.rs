@@ -58,7 +58,7 @@ pub(super) async fn keep_leases<S: Store, P: Provider>(
         let started = Instant::now();
         let params = KeepLeasesParams {
             owner: ctx.owner.clone(),
-            instances: ctx.instances.keys().cloned().collect(),
+            instances: ctx.instances.keys(),
             ttl,
             release,
         };

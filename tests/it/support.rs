@@ -182,6 +182,7 @@ pub fn test_settings(db_url: &str, sim: &SimHandle, instances: &[(&str, bool)]) 
                 rate_per_sec: 10_000,
                 burst: 10_000,
                 max_in_flight: 32,
+                ..Default::default()
             },
         );
     }
