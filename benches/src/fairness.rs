@@ -29,6 +29,7 @@ fn instance(sim: &SimHandle, id: &str, rate: u32, burst: u32) -> InstanceConfig 
         rate_per_sec: rate,
         burst,
         max_in_flight: statusd::config::DEFAULT_MAX_IN_FLIGHT,
+        ..Default::default()
     }
 }
 
