@@ -131,7 +131,7 @@ fn steady_rate(sim: &SimHandle, instance: &str) -> f64 {
     }
 }
 
-/// 1. `a` and `b` at 20/s, the simulator at 30–60 ms; a backlog on `a`,
+/// Figure 1: `a` and `b` at 20/s, the simulator at 30–60 ms; a backlog on `a`,
 /// then 20 rows on `b`: `b`'s pickup and `a`'s steady throughput.
 pub async fn noisy<S: Store>(store: S, db: &Db, rows: usize, r: &mut Report) -> anyhow::Result<()> {
     let sim = sim_with_latency(30, 60).await?;
@@ -200,7 +200,7 @@ pub async fn noisy<S: Store>(store: S, db: &Db, rows: usize, r: &mut Report) -> 
     Ok(())
 }
 
-/// 2. Ten instances at 20/s answered in 30 ms and one, `s`, answered in 2 s,
+/// Figure 2: Ten instances at 20/s answered in 30 ms and one, `s`, answered in 2 s,
 /// all with backlogs: the ten's aggregate throughput with `s` and without.
 pub async fn slow(rows: usize, r: &mut Report) -> anyhow::Result<()> {
     let mut rates = Vec::new();
@@ -246,7 +246,7 @@ pub async fn slow(rows: usize, r: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 3. 1,000 instances at 5/s (burst 1), 20 rows each, one daemon on
+/// Figure 3: 1,000 instances at 5/s (burst 1), 20 rows each, one daemon on
 /// PostgreSQL: drain time against the ideal, statements per status, and the
 /// slowest instance's finish against the median's.
 pub async fn tenants(tenants: usize, r: &mut Report) -> anyhow::Result<()> {
@@ -335,7 +335,7 @@ fn child_config(
     Ok(cfg)
 }
 
-/// 4. Three daemons on one PostgreSQL, one instance at 20/s with a
+/// Figure 4: Three daemons on one PostgreSQL, one instance at 20/s with a
 /// backlog: the busiest 10 s the simulator saw, the drain time against
 /// rows / 20 s, and the silence after the lease holder is killed.
 pub async fn replicas(rows: usize, r: &mut Report) -> anyhow::Result<()> {
@@ -440,7 +440,7 @@ fn cpu_micros(pid: u32) -> Option<f64> {
     Some(ticks * 1e6 / hz)
 }
 
-/// 5. The single-instance unlimited drain by `statusd run` as its own
+/// Figure 5: The single-instance unlimited drain by `statusd run` as its own
 /// process: statuses per second and the daemon's CPU time per status.
 pub async fn cpu(db: &Db, rows: usize, r: &mut Report) -> anyhow::Result<()> {
     let sim = crate::sim().await?;
