@@ -8,11 +8,36 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminServer;
-use crate::config::Settings;
+use crate::config::{ProviderSettings, Settings};
 use crate::daemon::Daemon;
-use crate::instance::{Instance, Instances};
+use crate::instance::{Instance, Instances, MakeProvider, Registry};
 use crate::provider::WawpClient;
 use crate::store::Store;
+use crate::webhooks::processor::{self, ProcessorConfig};
+use crate::webhooks::Receiver;
+
+/// Builds the Wawp client of an instance from the table (the token read
+/// from the variable or file it names, in this process).
+pub fn wawp_maker(provider: &ProviderSettings) -> MakeProvider<WawpClient> {
+    let provider = provider.clone();
+    Arc::new(move |name, cfg| WawpClient::new(name, cfg, &provider).map_err(|e| e.to_string()))
+}
+
+/// Every instance an operator command run without a daemon can use
+/// (`statusd delete`): the file's, and the table's as this process can
+/// build them.
+pub async fn wawp_registry<S: Store>(
+    settings: &Settings,
+    store: &S,
+) -> anyhow::Result<Arc<Registry<WawpClient>>> {
+    let registry = Registry::new(wawp_instances(settings)?);
+    let table = store
+        .instance_table()
+        .await
+        .context("reading the instance table")?;
+    registry.apply(&table, &wawp_maker(&settings.provider));
+    Ok(Arc::new(registry))
+}
 
 /// Builds the Wawp clients of every configured instance.
 pub fn wawp_instances(settings: &Settings) -> anyhow::Result<Vec<Instance<WawpClient>>> {
@@ -44,11 +69,45 @@ pub async fn run<S: Store>(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let daemon = Daemon::new(store, wawp_instances(&settings)?, settings.daemon.clone());
+    let receiver = Arc::new(Receiver::from_settings(&settings)?);
+    let daemon = Daemon::new(
+        store.clone(),
+        wawp_instances(&settings)?,
+        settings.daemon.clone(),
+    );
+    // The table's instances: read once before the services start (a row
+    // of a table instance is then never judged by a view without it), then
+    // kept in step until shutdown.
+    let ctx = daemon.ctx();
+    let make = wawp_maker(&settings.provider);
+    ctx.instances.expect_table();
+    if let Err(e) = crate::instance::refresh(&store, &ctx.instances, &make).await {
+        tracing::warn!(error = %e, "reading the instance table failed; starting with the file's instances and retrying");
+    }
+    let registry = tokio::spawn(crate::instance::keep_in_step(
+        store.clone(),
+        ctx.instances.clone(),
+        make,
+        ctx.work.clone(),
+        std::time::Duration::from_millis(settings.daemon.fallback_poll_ms),
+        shutdown.clone(),
+    ));
+    // The webhook processor runs even without a receiving server here:
+    // another replica's server may fill the inbox.
+    crate::webhooks::describe_metrics();
+    let processor = tokio::spawn(processor::run(
+        store.clone(),
+        receiver.wake.clone(),
+        ProcessorConfig::new(&settings),
+        shutdown.clone(),
+    ));
     let admin = if settings.admin.enabled {
-        let server = AdminServer::bind(&settings.admin, daemon.operator())
+        let mut server = AdminServer::bind(&settings.admin, daemon.operator())
             .await
             .context("starting the admin HTTP server")?;
+        if receiver.enabled() {
+            server = server.with_webhooks(store.clone(), receiver.clone());
+        }
         tracing::info!(addr = %server.local_addr(), "admin HTTP listening");
         Some(tokio::spawn(server.serve(shutdown.clone())))
     } else {
@@ -56,8 +115,92 @@ pub async fn run<S: Store>(
     };
     let result = daemon.run(shutdown.clone()).await;
     shutdown.cancel();
+    let _ = registry.await;
     if let Some(a) = admin {
         let _ = a.await;
     }
+    let _ = processor.await;
     result
+}
+
+/// The webhook routes alone on `addr`, with the processor draining what they
+/// accept, until `shutdown` (the demo; `statusd run` serves them on the admin
+/// server). Returns the bound address.
+pub async fn serve_webhooks<S: Store>(
+    store: S,
+    receiver: Arc<Receiver>,
+    processor_config: ProcessorConfig,
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the webhook receiver on {addr}"))?;
+    let local = listener.local_addr()?;
+    crate::webhooks::describe_metrics();
+    let app = crate::admin::webhooks::router(store.clone(), receiver.clone());
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    tokio::spawn(processor::run(
+        store,
+        receiver.wake.clone(),
+        processor_config,
+        shutdown,
+    ));
+    Ok(local)
+}
+
+/// The demo's webhook receiver: every demo instance (`NAME`, the simulator's
+/// instance id `demo-NAME`) receives signed events on a port of its own;
+/// returns the simulator's knobs that send them there, losing `loss` of
+/// them, duplicating and delaying some.
+pub async fn demo_webhooks<S: Store>(
+    store: &S,
+    instances: &[&str],
+    loss: f64,
+    shutdown: CancellationToken,
+) -> anyhow::Result<crate::sim::WebhookKnobs> {
+    let key = crate::wire::ids::local_message_id();
+    let keys: Vec<(&str, &str)> = instances.iter().map(|n| (*n, key.as_str())).collect();
+    let receiver = Arc::new(Receiver::with_keys(
+        &keys,
+        crate::config::WebhookSettings::default(),
+    ));
+    let cfg = ProcessorConfig {
+        batch_size: 500,
+        fallback_poll: std::time::Duration::from_secs(1),
+        linger: std::time::Duration::from_millis(100),
+        retention: std::time::Duration::ZERO,
+    };
+    let addr = serve_webhooks(
+        store.clone(),
+        receiver,
+        cfg,
+        "127.0.0.1:0".parse()?,
+        shutdown,
+    )
+    .await?;
+    Ok(crate::sim::WebhookKnobs {
+        targets: instances
+            .iter()
+            .map(|n| {
+                (
+                    format!("demo-{n}"),
+                    crate::sim::WebhookTarget {
+                        url: format!("http://{addr}/v1/webhooks/{n}"),
+                        hmac_key: key.clone(),
+                    },
+                )
+            })
+            .collect(),
+        loss: loss.clamp(0.0, 1.0),
+        duplicate: 0.05,
+        delay_max_ms: 50,
+        viewers: 4,
+        view_share: 0.4,
+    })
 }

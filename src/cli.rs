@@ -10,6 +10,7 @@
 //! - `args`: the argument grammar (clap derive);
 //! - [`outbox`]: `migrate`, `enqueue`, `ls`, `show`, `stats`, `retry`, `cancel`;
 //! - [`schedule`]: `schedule add | ls | rm`;
+//! - [`instance`]: `instance add | ls | set | rm | disable | enable`;
 //! - [`configuration`]: `config check | show`;
 //! - [`table`]: plain-text tables, ages and `--since` durations.
 //!
@@ -19,9 +20,11 @@
 mod args;
 mod capabilities;
 mod configuration;
+mod instance;
 mod outbox;
 mod schedule;
 mod table;
+mod views;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -170,6 +173,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         })
         .await
         .context("the demo failed"),
+        // Needs the configuration only, not the database.
+        Command::Webhook(WebhookCommand::Url(a)) => {
+            let settings = operator_settings(&source)?;
+            print_out(&views::webhook_url(&a.instance, &settings)?)
+        }
         cmd => {
             let settings = operator_settings(&source)?;
             let store = connect(&settings.database, Patience::FailFast).await?;
@@ -236,10 +244,13 @@ pub async fn dispatch<S: Store>(store: S, cmd: Command, settings: &Settings) -> 
         Command::Schedule(ScheduleCommand::Add(a)) => schedule::add(&store, a, settings).await?,
         Command::Schedule(ScheduleCommand::Ls(a)) => schedule::ls(&store, a.json).await?,
         Command::Schedule(ScheduleCommand::Rm(a)) => schedule::rm(&store, &a.name).await?,
+        Command::Instance(c) => instance::dispatch(&store, c, settings).await?,
+        Command::Views(a) => views::views(&store, &a.id, a.json).await?,
         Command::Config(_)
         | Command::Run
         | Command::Health
         | Command::Sim(_)
+        | Command::Webhook(_)
         | Command::Demo(_) => {
             anyhow::bail!("internal: not an operator command")
         }

@@ -23,12 +23,14 @@ mod load;
 mod redact;
 mod secret;
 mod show;
+mod webhooks;
 
 use load::{deserialize_collecting, instance_name_problems, read_layers, resolve};
 
 pub use redact::{redact_url, redact_url_secrets_in};
 use secret::read_secret_file;
 pub use secret::SecretError;
+pub use webhooks::WebhookSettings;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -37,6 +39,7 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub provider: ProviderSettings,
     pub instances: BTreeMap<String, InstanceConfig>,
+    pub webhooks: WebhookSettings,
     /// Files the secrets above were read from (shown by `config show`).
     pub secret_files: SecretFiles,
 }
@@ -244,6 +247,11 @@ pub struct InstanceConfig {
     pub access_token: Option<SecretString>,
     #[serde(default)]
     pub access_token_file: Option<PathBuf>,
+    /// The name of an environment variable holding the token, read by each
+    /// daemon from its own environment (instances added at runtime name
+    /// their token this way or by `access_token_file`, never by value).
+    #[serde(default)]
+    pub access_token_env: Option<String>,
     /// Send our pre-generated id in the body (API.md).
     #[serde(default = "d_true")]
     pub supplied_id: bool,
@@ -252,6 +260,38 @@ pub struct InstanceConfig {
     pub rate_per_sec: u32,
     #[serde(default = "d_burst")]
     pub burst: u32,
+    /// HMAC-SHA512 key of the provider's webhook events for this instance
+    /// (`POST /v1/webhooks/NAME`); or `webhook_secret_file`. Absent (and no
+    /// `webhook_path_token`): the instance's events are refused.
+    #[serde(default)]
+    pub webhook_secret: Option<SecretString>,
+    #[serde(default)]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// For a provider that cannot sign: events to
+    /// `POST /v1/webhooks/NAME/TOKEN` are accepted without a signature.
+    #[serde(default)]
+    pub webhook_path_token: Option<SecretString>,
+}
+
+impl Default for InstanceConfig {
+    /// The defaults a `[instances.NAME]` table gets for every key left out
+    /// (no token, no instance id: both are required).
+    fn default() -> Self {
+        InstanceConfig {
+            provider: ProviderKind::default(),
+            base_url: d_base_url(),
+            instance_id: String::new(),
+            access_token: None,
+            access_token_file: None,
+            access_token_env: None,
+            supplied_id: d_true(),
+            rate_per_sec: d_rate(),
+            burst: d_burst(),
+            webhook_secret: None,
+            webhook_secret_file: None,
+            webhook_path_token: None,
+        }
+    }
 }
 
 fn d_base_url() -> String {
@@ -275,6 +315,102 @@ impl InstanceConfig {
             s => s,
         }
     }
+
+    /// An instance added at runtime, from its `status_instances.settings`
+    /// (the keys of an `[instances.NAME]` table, defaults for the rest). An
+    /// access token by value is refused: the table names it, never holds it.
+    pub fn from_table(
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<InstanceConfig, String> {
+        if settings.contains_key("access_token") {
+            return Err(
+                "access_token must not be stored in the table: name the token with \
+                        access_token_env or access_token_file"
+                    .into(),
+            );
+        }
+        let value = serde_json::Value::Object(settings.clone());
+        serde_path_to_error::deserialize::<_, InstanceConfig>(value).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." || path.is_empty() {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            }
+        })
+    }
+
+    /// Every problem of this instance's settings, each with its key under
+    /// `prefix` (`instances.NAME` for the file; the table's own prefix for an
+    /// instance added at runtime).
+    pub fn problems(&self, prefix: &str) -> Vec<ConfigProblem> {
+        let mut out = Vec::new();
+        // Without a prefix (an instance of the table) the token's key is
+        // named for what it is: the table names a token, never holds one.
+        let mut p = |k: &str, problem: &str| {
+            let key = match (prefix.is_empty(), k) {
+                (true, "access_token") => "token".to_string(),
+                (true, k) => k.to_string(),
+                (false, k) => format!("{prefix}.{k}"),
+            };
+            out.push(ConfigProblem::new(key, problem))
+        };
+        if let Err(e) = check_base_url(&self.base_url) {
+            p("base_url", e);
+        }
+        match self.provider {
+            ProviderKind::Wawp if self.instance_id.trim().is_empty() => {
+                p("instance_id", "is required and must not be empty")
+            }
+            _ => {}
+        }
+        match self.token() {
+            Err(e) => p("access_token", &e.to_string()),
+            Ok(t) if t.expose_secret().trim().is_empty() => {
+                p("access_token", "must not be empty or blank")
+            }
+            Ok(_) => {}
+        }
+        if self.rate_per_sec == 0 {
+            p("rate_per_sec", "must be at least 1");
+        }
+        if self.burst == 0 {
+            p("burst", "must be at least 1");
+        }
+        // The instance table names secrets, never holds them (as tokens).
+        if prefix.is_empty() && (self.webhook_secret.is_some() || self.webhook_path_token.is_some())
+        {
+            p(
+                "webhook_secret",
+                "an instance of the table names its webhook secret with webhook_secret_file; it never holds one",
+            );
+        }
+        match self.webhook_secret() {
+            Err(e) => p("webhook_secret", &e),
+            Ok(Some(s)) if s.expose_secret().trim().is_empty() => {
+                p("webhook_secret", "must not be empty or blank")
+            }
+            Ok(_) => {}
+        }
+        if let Some(t) = &self.webhook_path_token {
+            if t.expose_secret().trim().len() < 16 {
+                p(
+                    "webhook_path_token",
+                    "must be at least 16 characters (it is the only key of unsigned events)",
+                )
+            }
+        }
+        out
+    }
+}
+
+/// Whether `name` is a usable environment variable name (shown in errors;
+/// anything else may be a token pasted by mistake and is never echoed).
+pub fn is_env_var_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// An instance that is not configured here, with the ones that are.
@@ -300,7 +436,7 @@ impl std::fmt::Display for ConfigProblem {
 }
 
 impl ConfigProblem {
-    fn new(key: impl Into<String>, problem: impl Into<String>) -> ConfigProblem {
+    pub fn new(key: impl Into<String>, problem: impl Into<String>) -> ConfigProblem {
         ConfigProblem {
             key: key.into(),
             problem: problem.into(),
@@ -382,6 +518,7 @@ struct RawSettings {
     admin: RawAdmin,
     provider: ProviderSettings,
     instances: BTreeMap<String, InstanceConfig>,
+    webhooks: WebhookSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -480,6 +617,7 @@ impl Settings {
             admin: AdminSettings::default(),
             provider: ProviderSettings::default(),
             instances: BTreeMap::new(),
+            webhooks: WebhookSettings::default(),
             secret_files: SecretFiles::default(),
         }
     }
@@ -555,6 +693,12 @@ impl Settings {
                 );
             }
         }
+        if self.webhooks.max_body_bytes < 1024 {
+            p("webhooks.max_body_bytes", "must be at least 1024");
+        }
+        if self.webhooks.batch_size == 0 {
+            p("webhooks.batch_size", "must be at least 1");
+        }
         if self.provider.request_timeout_ms == 0 {
             p("provider.request_timeout_ms", "must be at least 1");
         }
@@ -573,8 +717,7 @@ impl Settings {
                 ),
             );
         }
-        for (name, inst) in &self.instances {
-            let key = |k: &str| format!("instances.{name}.{k}");
+        for name in self.instances.keys() {
             if name.is_empty()
                 || !name
                     .chars()
@@ -585,38 +728,19 @@ impl Settings {
                     "name must be letters, digits, - or _",
                 );
             }
-            if let Err(e) = check_base_url(&inst.base_url) {
-                p(&key("base_url"), e);
-            }
-            match inst.provider {
-                ProviderKind::Wawp if inst.instance_id.trim().is_empty() => {
-                    p(&key("instance_id"), "is required and must not be empty")
-                }
-                _ => {}
-            }
-            match inst.token() {
-                Err(e) => p(&key("access_token"), &e.to_string()),
-                Ok(t) if t.expose_secret().trim().is_empty() => {
-                    p(&key("access_token"), "must not be empty or blank")
-                }
-                Ok(_) => {}
-            }
-            if inst.rate_per_sec == 0 {
-                p(&key("rate_per_sec"), "must be at least 1");
-            }
-            if inst.burst == 0 {
-                p(&key("burst"), "must be at least 1");
-            }
         }
         if self.instances.is_empty() {
             p("instances", "at least one instance must be configured");
+        }
+        for (name, inst) in &self.instances {
+            out.extend(inst.problems(&format!("instances.{name}")));
         }
         out
     }
 }
 
 /// An instance's API root: http(s) with a host (`https://` alone is not).
-fn check_base_url(base: &str) -> Result<(), &'static str> {
+pub(crate) fn check_base_url(base: &str) -> Result<(), &'static str> {
     let url = url::Url::parse(base).map_err(|_| "must be an http(s) URL with a host")?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err("must be an http(s) URL");
@@ -735,6 +859,11 @@ mod tests {
             section("provider"),
             serde_json::to_value(ProviderSettings::default()).expect("to JSON"),
             "[provider] in config/default.toml vs ProviderSettings::default()"
+        );
+        assert_eq!(
+            section("webhooks"),
+            serde_json::to_value(WebhookSettings::default()).expect("to JSON"),
+            "[webhooks] in config/default.toml vs WebhookSettings::default()"
         );
     }
 }

@@ -187,6 +187,7 @@ pub async fn execute(
                 supplied_id: true,
                 rate_per_sec: 5_000,
                 burst: 500,
+                ..Default::default()
             },
         );
     }

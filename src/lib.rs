@@ -22,9 +22,14 @@
 //!   bench), playing Wawp or one of WAHA's engines on both APIs; it imports
 //!   the wire vocabulary, never the client.
 //! - [`instance`]: a configured instance as a process holds it: client,
-//!   rate limiter, pause.
+//!   rate limiter, pause; and the registry of every instance the process
+//!   knows (the file's, and the `status_instances` table's, kept in step
+//!   at runtime).
+//! - [`webhooks`]: the provider's events as evidence: signature checks,
+//!   what an event proves (views, existence), the inbox processor.
 //! - [`ops`]: the operator actions both the CLI and the admin API offer
-//!   (find, validated enqueue, retry / force-resend, cancel, delete).
+//!   (find, validated enqueue, retry / force-resend, cancel, delete; the
+//!   instance commands in `ops::instances`).
 //! - [`daemon`]: the pipeline services, enqueue → id → claim → send →
 //!   outcome → reconcile: id assigner, dispatcher, reconciler, lease
 //!   rescuer, scheduler, each with its own config; wake-up, shutdown.
@@ -48,4 +53,5 @@ pub mod ops;
 pub mod provider;
 pub mod sim;
 pub mod store;
+pub mod webhooks;
 pub mod wire;

@@ -16,6 +16,9 @@ pub const OUTBOX_ROWS: &str = "statusd_outbox_rows";
 pub const OUTBOX_SCHEDULED: &str = "statusd_outbox_scheduled_rows";
 pub const OLDEST_PENDING_AGE: &str = "statusd_outbox_oldest_pending_age_seconds";
 pub const INSTANCE_PAUSED: &str = "statusd_instance_paused";
+pub const INSTANCE_DUE: &str = "statusd_instance_due_rows";
+pub const INSTANCE_IN_FLIGHT: &str = "statusd_instance_in_flight_rows";
+pub const INSTANCE_POSTED_PER_MINUTE: &str = "statusd_instance_posted_last_minute";
 pub const RECONCILED: &str = "statusd_reconciled_total";
 pub const LEASES_RESCUED: &str = "statusd_leases_rescued_total";
 pub const PURGED: &str = "statusd_purged_total";
@@ -73,6 +76,18 @@ pub fn describe() {
             INSTANCE_PAUSED,
             "1 while an instance is paused (401/403, session not working), else 0."
         );
+        describe_gauge!(
+            INSTANCE_DUE,
+            "Queued or pending rows of an instance that are due now (scheduled ones not counted)."
+        );
+        describe_gauge!(
+            INSTANCE_IN_FLIGHT,
+            "Rows of an instance being sent now (`uploading`, every replica)."
+        );
+        describe_gauge!(
+            INSTANCE_POSTED_PER_MINUTE,
+            "Statuses of an instance posted in the last 60 s (every replica)."
+        );
         describe_counter!(
             RECONCILED,
             "Look-ups of in-doubt rows by result (present, absent, unavailable, parked)."
@@ -109,17 +124,28 @@ pub fn register(instances: &[String]) {
     metrics::counter!(PURGED).increment(0);
     for name in instances {
         metrics::gauge!(INSTANCE_PAUSED, INSTANCE_LABEL => name.clone()).set(0.0);
-        for call in ["by_id", "listing"] {
-            metrics::counter!(LOOKUP_CALLS, INSTANCE_LABEL => name.clone(), "call" => call)
-                .increment(0);
-        }
-        metrics::counter!(RECONCILE_ROWS, INSTANCE_LABEL => name.clone()).increment(0);
-        metrics::gauge!(OLDEST_PENDING_AGE, INSTANCE_LABEL => name.clone()).set(0.0);
-        metrics::gauge!(OUTBOX_SCHEDULED, INSTANCE_LABEL => name.clone()).set(0.0);
-        for s in State::ALL {
-            metrics::gauge!(OUTBOX_ROWS, INSTANCE_LABEL => name.clone(), "state" => s.as_str())
-                .set(0.0);
-        }
+        register_instance(name);
+    }
+}
+
+/// Creates an instance's series (at 0 until the next refresh) so that they
+/// exist from when the instance is known: at start for the file's, when a
+/// daemon first sees it for the table's. Values already set are kept
+/// (`increment(0)`).
+pub fn register_instance(name: &str) {
+    let n = || name.to_string();
+    for call in ["by_id", "listing"] {
+        metrics::counter!(LOOKUP_CALLS, INSTANCE_LABEL => n(), "call" => call).increment(0);
+    }
+    metrics::counter!(RECONCILE_ROWS, INSTANCE_LABEL => n()).increment(0);
+    metrics::gauge!(INSTANCE_PAUSED, INSTANCE_LABEL => n()).increment(0.0);
+    metrics::gauge!(OLDEST_PENDING_AGE, INSTANCE_LABEL => n()).increment(0.0);
+    metrics::gauge!(OUTBOX_SCHEDULED, INSTANCE_LABEL => n()).increment(0.0);
+    metrics::gauge!(INSTANCE_DUE, INSTANCE_LABEL => n()).increment(0.0);
+    metrics::gauge!(INSTANCE_IN_FLIGHT, INSTANCE_LABEL => n()).increment(0.0);
+    metrics::gauge!(INSTANCE_POSTED_PER_MINUTE, INSTANCE_LABEL => n()).increment(0.0);
+    for s in State::ALL {
+        metrics::gauge!(OUTBOX_ROWS, INSTANCE_LABEL => n(), "state" => s.as_str()).increment(0.0);
     }
 }
 

@@ -9,12 +9,14 @@
 
 use std::sync::Arc;
 
+pub mod instances;
+
 use chrono::{DateTime, Utc};
 
 use tokio::sync::Notify;
 
 use crate::config::check_configured;
-use crate::instance::Instances;
+use crate::instance::{Instances, Registry};
 use crate::model::{OutboxRow, State, StatusBody};
 use crate::provider::{Provider, SendOutcome};
 use crate::store::{EnqueueParams, Enqueued, Store, StoreError};
@@ -30,6 +32,9 @@ pub enum OpError {
     Store(#[from] StoreError),
     #[error("the provider did not delete the status: {0}")]
     Provider(String),
+    /// An instance command named an instance the table does not have.
+    #[error("{0}")]
+    NoInstance(String),
 }
 
 /// A row before and after an operator action.
@@ -119,13 +124,13 @@ pub async fn delete<S: Store, P: Provider>(
 /// the daemon's workers (if one runs here) when rows become claimable.
 pub struct Operator<S, P> {
     pub store: S,
-    pub instances: Arc<Instances<P>>,
+    pub instances: Arc<Registry<P>>,
     /// The daemon's in-process wake-up; a fresh one when no daemon runs.
     pub work: Arc<Notify>,
 }
 
 impl<S: Store, P: Provider> Operator<S, P> {
-    pub fn new(store: S, instances: Arc<Instances<P>>, work: Arc<Notify>) -> Operator<S, P> {
+    pub fn new(store: S, instances: Arc<Registry<P>>, work: Arc<Notify>) -> Operator<S, P> {
         Operator {
             store,
             instances,
@@ -138,7 +143,7 @@ impl<S: Store, P: Provider> Operator<S, P> {
     }
 
     pub async fn enqueue(&self, p: EnqueueParams) -> Result<Enqueued, OpError> {
-        let done = enqueue(&self.store, Some(self.instances.keys()), p).await?;
+        let done = enqueue(&self.store, Some(&self.instances.enqueue_names()), p).await?;
         self.work.notify_waiters();
         Ok(done)
     }
@@ -154,7 +159,7 @@ impl<S: Store, P: Provider> Operator<S, P> {
     }
 
     pub async fn delete(&self, row: OutboxRow) -> Result<Change, OpError> {
-        delete(&self.store, &self.instances, row).await
+        delete(&self.store, &self.instances.snapshot().running, row).await
     }
 }
 

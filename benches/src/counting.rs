@@ -158,3 +158,135 @@ impl<S: Store> Store for Counting<S> {
         self.inner.notifies()
     }
 }
+
+/// The runtime instance registry's queries, one statement each.
+impl<S: Store> statusd::store::InstanceStore for Counting<S> {
+    async fn instance_table(&self) -> Result<statusd::store::InstanceTable> {
+        self.add(1);
+        self.inner.instance_table().await
+    }
+    async fn add_instance(
+        &self,
+        name: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        enabled: bool,
+    ) -> Result<statusd::store::Added> {
+        self.add(1);
+        self.inner.add_instance(name, settings, enabled).await
+    }
+    async fn update_instance(
+        &self,
+        name: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        seen_updated_at: DateTime<Utc>,
+    ) -> Result<bool> {
+        self.add(1);
+        self.inner
+            .update_instance(name, settings, seen_updated_at)
+            .await
+    }
+    async fn set_instance_enabled(&self, name: &str, enabled: bool) -> Result<bool> {
+        self.add(1);
+        self.inner.set_instance_enabled(name, enabled).await
+    }
+    async fn remove_instance(&self, name: &str) -> Result<bool> {
+        self.add(1);
+        self.inner.remove_instance(name).await
+    }
+    async fn make_instance_rows_due(&self, names: &[String]) -> Result<u64> {
+        self.add(u64::from(!names.is_empty()));
+        self.inner.make_instance_rows_due(names).await
+    }
+    async fn posted_per_instance(&self, window: Duration) -> Result<Vec<(String, i64)>> {
+        self.add(1);
+        self.inner.posted_per_instance(window).await
+    }
+    fn subscribe_instances(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.subscribe_instances()
+    }
+}
+
+/// The provider capabilities' queries, one statement each.
+impl<S: Store> statusd::store::CapabilityStore for Counting<S> {
+    async fn capabilities(&self) -> Result<Vec<statusd::store::Capabilities>> {
+        self.add(1);
+        self.inner.capabilities().await
+    }
+    async fn put_capabilities(&self, new: &statusd::store::Capabilities) -> Result<bool> {
+        self.add(1);
+        self.inner.put_capabilities(new).await
+    }
+    async fn known_message_ids(
+        &self,
+        instance: &str,
+        ids: &[String],
+        except: &[Uuid],
+    ) -> Result<Vec<statusd::store::KnownId>> {
+        self.add(1);
+        self.inner.known_message_ids(instance, ids, except).await
+    }
+}
+
+/// The webhook inbox and views' queries, one statement each (the bench
+/// posts nothing to them; forwarded so the counting store is a full store).
+impl<S: Store> statusd::store::ViewStore for Counting<S> {
+    async fn webhook_accept(
+        &self,
+        instance: &str,
+        request_id: Option<&str>,
+        body: &str,
+    ) -> Result<i64> {
+        self.add(1);
+        self.inner.webhook_accept(instance, request_id, body).await
+    }
+    async fn webhook_accept_many(&self, events: &[statusd::store::NewEvent]) -> Result<u64> {
+        self.add(1);
+        self.inner.webhook_accept_many(events).await
+    }
+    async fn webhook_inbox(&self, limit: i64) -> Result<Vec<statusd::store::InboxEvent>> {
+        self.add(1);
+        self.inner.webhook_inbox(limit).await
+    }
+    async fn webhook_backlog(&self) -> Result<i64> {
+        self.add(1);
+        self.inner.webhook_backlog().await
+    }
+    async fn webhook_apply(
+        &self,
+        p: &statusd::store::ApplyParams,
+    ) -> Result<statusd::store::Applied> {
+        self.add(1);
+        self.inner.webhook_apply(p).await
+    }
+    async fn settle_confirmed(
+        &self,
+        ids: &[Uuid],
+        message_ids: &[String],
+    ) -> Result<Vec<statusd::store::Settled>> {
+        self.add(1);
+        self.inner.settle_confirmed(ids, message_ids).await
+    }
+    async fn views_of(&self, message_id: &str) -> Result<Vec<statusd::store::View>> {
+        self.add(1);
+        self.inner.views_of(message_id).await
+    }
+    async fn view_counts(
+        &self,
+        message_ids: &[String],
+    ) -> Result<std::collections::BTreeMap<String, statusd::store::ViewCounts>> {
+        self.add(1);
+        self.inner.view_counts(message_ids).await
+    }
+    async fn views_over_time(
+        &self,
+        since: Duration,
+        bucket: Duration,
+    ) -> Result<Vec<statusd::store::ViewBucket>> {
+        self.add(1);
+        self.inner.views_over_time(since, bucket).await
+    }
+    async fn purge_views(&self, older_than: Duration) -> Result<u64> {
+        self.add(1);
+        self.inner.purge_views(older_than).await
+    }
+}

@@ -170,6 +170,7 @@ fn settings_for(url: &str, sim: &SimHandle, id_source: IdSource) -> Settings {
             supplied_id: true,
             rate_per_sec: 1_000_000,
             burst: 1_000_000,
+            ..Default::default()
         },
     );
     s.daemon.id_source = id_source;

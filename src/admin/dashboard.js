@@ -139,19 +139,22 @@
     if (busy) { again = true; return; }
     busy = true;
     try {
-      const [stats, instances, activity, inDoubt, failed, invalid] = await Promise.all([
+      const [stats, instances, activity, inDoubt, failed, invalid, views] = await Promise.all([
         api("GET", "v1/stats"),
         api("GET", "v1/instances"),
         api("GET", "v1/activity?window=1h&bucket=1m"),
         api("GET", "v1/statuses?state=in_doubt&limit=200"),
         api("GET", "v1/statuses?state=failed&limit=200"),
         api("GET", "v1/statuses?state=invalid&limit=200"),
+        api("GET", "v1/views?window=24h&bucket=1h&limit=20"),
       ]);
       showApp();
       renderCounts(stats);
       renderPaused(instances);
+      renderInstances(instances);
       renderActivity(activity);
       renderAttention(inDoubt.concat(failed, invalid));
+      renderViews(views);
       refreshes += 1;
       document.body.dataset.refreshes = String(refreshes);
       setConn("ok", "connected");
@@ -171,6 +174,48 @@
       return refresh();
     }
     if (!document.hidden) schedule();
+  }
+
+  // ---- views (provider webhook events), last 24 h ---------------------------
+
+  function renderViews(v) {
+    const body = $("views-rows");
+    body.replaceChildren();
+    for (const st of v.statuses) {
+      const c = st.counts;
+      const tr = el("tr");
+      tr.append(
+        el("td", { class: "mono", title: st.id }, st.id.slice(0, 8)),
+        el("td", {}, st.instance),
+        el("td", {}, st.kind),
+        el("td", {}, st.state),
+        el("td", { class: "num" }, fmtInt(c.viewed)),
+        el("td", { class: "num" }, fmtInt(c.delivered)),
+        el("td", { class: "num" }, fmtInt(c.played)),
+        el("td", {}, fmtAgo(st.created_at)),
+      );
+      body.append(tr);
+    }
+    $("views-empty").hidden = v.statuses.length > 0;
+    // Viewers over time: one bar per hour of the window.
+    const chart = $("views-chart");
+    chart.replaceChildren();
+    const W = 760, H = 120, hours = 24;
+    const end = Math.floor(Date.now() / 3600000) * 3600000;
+    const byStart = new Map(v.over_time.map((b) => [Date.parse(b.start), b.views]));
+    let max = 1;
+    for (const n of byStart.values()) max = Math.max(max, n);
+    const bw = W / hours;
+    for (let i = 0; i < hours; i++) {
+      const t = end - (hours - 1 - i) * 3600000;
+      const n = byStart.get(t) || 0;
+      const h = (n / max) * (H - 20);
+      const r = svg("rect", { x: i * bw + 2, y: H - h, width: bw - 4, height: h, class: "bar-posted" });
+      r.append(svg("title", {}, new Date(t).toISOString().slice(11, 16) + " UTC: " + n + " views"));
+      chart.append(r);
+    }
+    chart.append(svg("text", { x: 4, y: 12, class: "axis" }, "max " + fmtInt(max) + " views / hour"));
+    $("views-total").textContent = fmtInt(v.over_time.reduce((a, b) => a + b.views, 0));
   }
 
   // ---- counts per instance and state --------------------------------------
@@ -247,6 +292,25 @@
     });
     $("paused-rows").replaceChildren(...trs);
     $("paused").hidden = paused.length === 0;
+  }
+
+  // ---- instances (runtime and file) ----------------------------------------
+
+  function renderInstances(instances) {
+    const trs = instances.map((i) => {
+      const tr = el("tr", { "data-instance": i.instance, "data-state": i.state });
+      tr.append(el("td", { class: "mono wrap" }, i.instance));
+      tr.append(el("td", {}, i.source));
+      tr.append(el("td", { "data-field": "state" }, i.state));
+      tr.append(el("td", { class: "num", "data-field": "due" }, fmtInt(i.due)));
+      tr.append(el("td", { class: "num", "data-field": "in-flight" }, fmtInt(i.in_flight)));
+      tr.append(el("td", { class: "num", "data-field": "posted" }, fmtInt(i.posted_last_minute)));
+      tr.append(el("td", { class: "num" }, i.oldest_due_age_secs == null ? "–" : fmtAge(i.oldest_due_age_secs)));
+      tr.append(el("td", { class: "why" }, i.reason || ""));
+      return tr;
+    });
+    $("instance-rows").replaceChildren(...trs);
+    $("instances").hidden = instances.length === 0;
   }
 
   // ---- activity chart ------------------------------------------------------

@@ -13,7 +13,7 @@ use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State as AxState};
 use axum::http::{header, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 mod auth;
 mod gauges;
+mod instances;
+pub mod webhooks;
 
 pub use auth::fingerprint;
 use auth::{audit, require_token, Caller, TokenCheck};
@@ -121,6 +123,13 @@ impl<S: Store, P: Provider> AdminServer<S, P> {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
+    /// Adds the provider's webhook routes (`POST /v1/webhooks/{instance}`),
+    /// authenticated by each instance's webhook secret, not the admin token.
+    pub fn with_webhooks(mut self, store: S, receiver: Arc<crate::webhooks::Receiver>) -> Self {
+        self.app = self.app.merge(webhooks::router(store, receiver));
+        self
+    }
+
     pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let gauges = tokio::spawn(refresh_gauges(self.ctx.clone(), shutdown.clone()));
         // With the peer address, for the audit lines.
@@ -141,8 +150,25 @@ fn router<S: Store, P: Provider>(app: Shared<S, P>) -> Router {
         .route("/v1/statuses/{id}/cancel", post(cancel::<S, P>))
         .route("/v1/statuses/{id}/delete", post(delete::<S, P>))
         .route("/v1/stats", get(stats::<S, P>))
-        .route("/v1/instances", get(instances::<S, P>))
+        .route(
+            "/v1/instances",
+            get(instances::list::<S, P>).post(instances::add::<S, P>),
+        )
+        .route(
+            "/v1/instances/{name}",
+            patch(instances::patch::<S, P>).delete(instances::remove::<S, P>),
+        )
+        .route(
+            "/v1/instances/{name}/enable",
+            post(instances::enable::<S, P>),
+        )
+        .route(
+            "/v1/instances/{name}/disable",
+            post(instances::disable::<S, P>),
+        )
         .route("/v1/activity", get(activity::<S, P>))
+        .route("/v1/statuses/{id}/views", get(webhooks::views::<S, P>))
+        .route("/v1/views", get(webhooks::recent::<S, P>))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             require_token::<S, P>,
@@ -184,6 +210,7 @@ impl From<OpError> for ApiError {
     fn from(e: OpError) -> Self {
         match e {
             OpError::NotFound(_) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
+            OpError::NoInstance(m) => ApiError(StatusCode::NOT_FOUND, m),
             OpError::Invalid(m) => bad(m),
             OpError::Store(e) => e.into(),
             OpError::Provider(_) => ApiError(StatusCode::BAD_GATEWAY, e.to_string()),
@@ -469,40 +496,6 @@ async fn stats<S: Store, P: Provider>(
     AxState(app): AxState<Shared<S, P>>,
 ) -> Result<Response, ApiError> {
     Ok(Json(app.ctx.store.summary().await?).into_response())
-}
-
-/// `GET /v1/instances`: every configured instance, and whether a daemon
-/// paused it (401/403, session not working), why and since when. Paused
-/// instances come from the store, so this is true across replicas.
-async fn instances<S: Store, P: Provider>(
-    AxState(app): AxState<Shared<S, P>>,
-) -> Result<Response, ApiError> {
-    let pauses = app.ctx.store.instance_pauses().await?;
-    let mut names: Vec<&String> = app.ctx.instances.keys().collect();
-    names.sort();
-    let mut out: Vec<serde_json::Value> = names
-        .iter()
-        .map(|name| {
-            let p = pauses.iter().find(|p| &&p.instance == name);
-            serde_json::json!({
-                "instance": name,
-                "configured": true,
-                "paused": p.map(|p| serde_json::json!({"reason": p.reason, "since": p.since})),
-            })
-        })
-        .collect();
-    // Paused by a replica configured differently.
-    for p in pauses
-        .iter()
-        .filter(|p| !app.ctx.instances.contains_key(&p.instance))
-    {
-        out.push(serde_json::json!({
-            "instance": p.instance,
-            "configured": false,
-            "paused": {"reason": p.reason, "since": p.since},
-        }));
-    }
-    Ok(Json(out).into_response())
 }
 
 #[derive(Deserialize)]

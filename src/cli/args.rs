@@ -88,6 +88,12 @@ pub enum Command {
         after_help = "Example:\n  statusd schedule add --name morning --cron \"0 0 8 * * *\" --timezone Europe/Berlin --instance main --text \"Good morning\""
     )]
     Schedule(ScheduleCommand),
+    /// Instances kept in the database, added and changed while daemons run.
+    #[command(
+        subcommand,
+        after_help = "Example:\n  statusd instance add shop42 --instance-id 1A2B3C --token-env WAWP_SHOP42_TOKEN"
+    )]
+    Instance(super::instance::InstanceCommand),
     /// What each instance's provider does (honours supplied ids, look-up by
     /// id works, engine), as learned from evidence; set it by hand.
     #[command(after_help = "Examples:\n  statusd capabilities\n  \
@@ -119,6 +125,37 @@ pub enum Command {
         after_help = "Examples:\n  statusd demo --statuses 2000 --seed 42\n  statusd demo --engine noweb --engine webjs"
     )]
     Demo(DemoArgs),
+    /// Who viewed a status: counts by level and the viewers (from the
+    /// provider's webhook events).
+    #[command(after_help = "Example:\n  statusd views menu-2024-06-01 --json\n  \
+        (ID is the row's UUID, its WhatsApp message id or its dedupe key)")]
+    Views(ViewsArgs),
+    /// Set up the provider's webhook events for an instance.
+    #[command(subcommand, after_help = "Example:\n  statusd webhook url main")]
+    Webhook(WebhookCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ViewsArgs {
+    /// Row id, message id or dedupe key.
+    pub id: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Print the URL to give the provider, how to set the secret, and the
+    /// WAHA session config snippet.
+    #[command(after_help = "Example:\n  statusd webhook url main")]
+    Url(WebhookUrlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WebhookUrlArgs {
+    /// The instance's name in this configuration.
+    pub instance: String,
 }
 
 impl Command {

@@ -77,7 +77,7 @@ pub async fn set<S: Store>(
     a: CapabilitiesSetArgs,
     settings: &Settings,
 ) -> anyhow::Result<String> {
-    super::outbox::check_instance(&a.instance, settings)?;
+    super::outbox::check_instance(store, &a.instance, settings).await?;
     let parse = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<Known>> {
         v.as_deref()
             .map(|s| {

@@ -25,11 +25,28 @@ pub async fn migrate<S: Store>(store: &S, settings: &Settings) -> anyhow::Result
     ))
 }
 
-/// Checks that `instance` is configured here. With no instances configured
+/// Checks that `instance` is configured here (in the file) or in the
+/// instance table (disabled ones too: their rows wait). With none of either
 /// (an operator box without tokens) the daemon that reads the row decides,
 /// so this only warns.
-pub fn check_instance(instance: &str, settings: &Settings) -> anyhow::Result<()> {
-    if settings.instances.is_empty() {
+pub async fn check_instance<S: Store>(
+    store: &S,
+    instance: &str,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let table = store
+        .instance_table()
+        .await
+        .context("reading the instance table")?;
+    let mut known: Vec<String> = settings.instances.keys().cloned().collect();
+    known.extend(
+        table
+            .rows
+            .into_iter()
+            .filter(|r| r.removed_at.is_none())
+            .map(|r| r.name),
+    );
+    if known.is_empty() {
         tracing::warn!(
             instance,
             "no instances are configured here: cannot check --instance; \
@@ -38,8 +55,7 @@ pub fn check_instance(instance: &str, settings: &Settings) -> anyhow::Result<()>
         return Ok(());
     }
     // The flag's name is the key: `--instance: …`.
-    crate::config::check_configured(instance, settings.instances.keys())
-        .map_err(|e| anyhow::anyhow!("--{e}"))
+    crate::config::check_configured(instance, &known).map_err(|e| anyhow::anyhow!("--{e}"))
 }
 
 /// The row's kind and payload from the flags, validated the way the daemon
@@ -138,7 +154,7 @@ pub async fn enqueue<S: Store>(
     settings: &Settings,
 ) -> anyhow::Result<String> {
     let (kind, payload) = kind_and_payload(&a)?;
-    check_instance(&a.instance, settings)?;
+    check_instance(store, &a.instance, settings).await?;
     let done = ops::enqueue(
         store,
         None::<Vec<&String>>,
@@ -183,8 +199,12 @@ pub async fn ls<S: Store>(store: &S, a: LsArgs) -> anyhow::Result<String> {
         })
         .await
         .context("listing statuses")?;
+    let views = super::views::counts_of(store, &rows).await?;
     if a.json {
-        let rows: Vec<Value> = rows.iter().map(row_json).collect();
+        let rows: Vec<Value> = rows
+            .iter()
+            .map(|r| super::views::with_counts(row_json(r), r, &views))
+            .collect();
         return Ok(json_line(&Value::Array(rows)));
     }
     if rows.is_empty() {
@@ -198,6 +218,7 @@ pub async fn ls<S: Store>(store: &S, a: LsArgs) -> anyhow::Result<String> {
         "ATTEMPTS",
         "MESSAGE_ID",
         "AGE",
+        "VIEWS",
         "LAST_ERROR",
     ]);
     for r in &rows {
@@ -214,6 +235,7 @@ pub async fn ls<S: Store>(store: &S, a: LsArgs) -> anyhow::Result<String> {
             r.attempts.to_string(),
             r.message_id.clone().unwrap_or_else(|| "-".into()),
             age_at(now, r.created_at),
+            super::views::cell(r, &views),
             truncate(r.last_error.as_deref().unwrap_or(""), 60),
         ]);
     }
@@ -259,8 +281,9 @@ pub async fn show<S: Store>(store: &S, a: ShowArgs) -> anyhow::Result<String> {
                 v
             })
             .collect();
+        let views = super::views::counts_of(store, std::slice::from_ref(&row)).await?;
         return Ok(json_line(&json!({
-            "status": row_json(&row),
+            "status": super::views::with_counts(row_json(&row), &row, &views),
             "attempts": attempts,
         })));
     }
@@ -316,6 +339,8 @@ pub async fn show<S: Store>(store: &S, a: ShowArgs) -> anyhow::Result<String> {
     field("created_at", time(Some(row.created_at)));
     field("updated_at", time(Some(row.updated_at)));
     field("posted_at", time(row.posted_at));
+    let views = super::views::counts_of(store, std::slice::from_ref(&row)).await?;
+    field("views", super::views::line(&row, &views));
     let payload = serde_json::from_str::<Value>(&row.payload)
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
@@ -481,8 +506,8 @@ pub async fn cancel<S: Store>(store: &S, key: &str) -> anyhow::Result<String> {
 /// records `deleted`.
 pub async fn delete<S: Store>(store: &S, key: &str, settings: &Settings) -> anyhow::Result<String> {
     let row = find(store, key).await?;
-    let instances = crate::app::wawp_instance_map(settings)?;
-    let c = ops::delete(store, &instances, row.clone())
+    let instances = crate::app::wawp_registry(settings, store).await?;
+    let c = ops::delete(store, &instances.snapshot().running, row.clone())
         .await
         .map_err(|e| op_error(e, &row, "delete"))?;
     Ok(format!("{}: {} -> {}\n", row.id, row.state, c.after.state))

@@ -38,7 +38,7 @@ pub async fn add<S: Store>(
         _ => anyhow::bail!("give --text, or --kind with --payload"),
     };
     StatusBody::parse(&kind, &payload).context("the schedule's status is not valid")?;
-    super::outbox::check_instance(&a.instance, settings)?;
+    super::outbox::check_instance(store, &a.instance, settings).await?;
     let existing = store.schedules().await.context("reading the schedules")?;
     if existing.iter().any(|s| s.name == a.name) {
         anyhow::bail!(

@@ -165,6 +165,7 @@ pub(super) fn resolve(raw: RawSettings, problems: &mut Vec<ConfigProblem>) -> Se
         },
         provider: raw.provider,
         instances: raw.instances,
+        webhooks: raw.webhooks,
         secret_files: SecretFiles {
             admin_token_file: raw.admin.token_file,
             database_url_file: raw.database.url_file,

@@ -29,6 +29,7 @@ impl Settings {
                 token_file: self.secret_files.admin_token_file.as_deref(),
             },
             provider: &self.provider,
+            webhooks: &self.webhooks,
             instances: self
                 .instances
                 .iter()
@@ -39,9 +40,13 @@ impl Settings {
                         instance_id: &i.instance_id,
                         access_token: i.access_token.as_ref().map(shown_secret),
                         access_token_file: i.access_token_file.as_deref(),
+                        access_token_env: i.access_token_env.as_deref(),
                         supplied_id: i.supplied_id,
                         rate_per_sec: i.rate_per_sec,
                         burst: i.burst,
+                        webhook_secret: i.webhook_secret.as_ref().map(shown_secret),
+                        webhook_secret_file: i.webhook_secret_file.as_deref(),
+                        webhook_path_token: i.webhook_path_token.as_ref().map(shown_secret),
                     };
                     (name.as_str(), shown)
                 })
@@ -70,6 +75,7 @@ struct Shown<'a> {
     daemon: &'a DaemonSettings,
     admin: ShownAdmin<'a>,
     provider: &'a ProviderSettings,
+    webhooks: &'a super::WebhookSettings,
     instances: BTreeMap<&'a str, ShownInstance<'a>>,
 }
 
@@ -102,7 +108,15 @@ struct ShownInstance<'a> {
     access_token: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     access_token_file: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    access_token_env: Option<&'a str>,
     supplied_id: bool,
     rate_per_sec: u32,
     burst: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_secret: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_secret_file: Option<&'a Path>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_path_token: Option<&'static str>,
 }

@@ -315,7 +315,7 @@ async fn send_one<S: Store, P: Provider>(
                 let call = async {
                     let t = Instant::now();
                     let out = inst.provider.send_status_within(&status, lease_left).await;
-                    let label = crate::metrics::instance_label(ctx.instances.keys(), &row.instance);
+                    let label = ctx.instances.label(&row.instance);
                     metrics::histogram!(crate::metrics::PROVIDER_REQUEST_DURATION, crate::metrics::INSTANCE_LABEL => label, "outcome" => out.label())
                         .record(t.elapsed().as_secs_f64());
                     out

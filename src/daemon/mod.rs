@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DaemonSettings;
 pub use crate::instance::Instance;
-use crate::instance::Instances;
+use crate::instance::Registry;
 use crate::ops::Operator;
 use crate::provider::Provider;
 use crate::store::Store;
@@ -36,7 +36,9 @@ pub mod scheduler;
 /// What every service shares.
 pub struct Ctx<S, P> {
     pub store: S,
-    pub instances: Arc<Instances<P>>,
+    /// Every instance this process knows; the table's part changes at
+    /// runtime (see [`crate::instance::keep_in_step`]).
+    pub instances: Arc<Registry<P>>,
     pub settings: DaemonSettings,
     /// Each service's own settings, built from `settings` once.
     pub dispatcher: dispatcher::DispatcherConfig,
@@ -54,20 +56,21 @@ impl<S: Store, P: Provider> Ctx<S, P> {
     /// validation, the message naming the field), or None if it can. Every
     /// stage that takes a row written by someone else asks this first.
     pub fn check_row(&self, row: &crate::model::OutboxRow) -> Option<String> {
-        if let Err(e) = crate::config::check_configured(&row.instance, self.instances.keys()) {
-            return Some(e.to_string());
+        // A row of a held instance (disabled, removed) is valid and waits;
+        // one of a name this process has not seen yet is judged only by a
+        // view of the instances newer than the row.
+        if let Some(e) = self.instances.check_known(&row.instance, row.created_at) {
+            return Some(e);
         }
         crate::model::StatusBody::parse(&row.kind, &row.payload)
             .err()
             .map(|e| e.to_string())
     }
 
+    /// Instances whose rows must not be claimed: paused (401/403) or held
+    /// (disabled, removed, token unreadable here).
     pub fn paused_instances(&self) -> Vec<String> {
-        self.instances
-            .values()
-            .filter(|i| i.is_paused())
-            .map(|i| i.name.clone())
-            .collect()
+        self.instances.not_sending()
     }
 
     /// How long an idle worker sleeps when nothing wakes it: a fallback
@@ -124,12 +127,7 @@ impl<S: Store, P: Provider> Daemon<S, P> {
         Daemon {
             ctx: Arc::new(Ctx {
                 store,
-                instances: Arc::new(
-                    instances
-                        .into_iter()
-                        .map(|i| (i.name.clone(), Arc::new(i)))
-                        .collect(),
-                ),
+                instances: Arc::new(Registry::new(instances)),
                 dispatcher: dispatcher::DispatcherConfig::new(&settings),
                 reconciler: reconciler::ReconcilerConfig::new(&settings),
                 rescuer: rescuer::RescuerConfig::new(&settings),
@@ -159,7 +157,7 @@ impl<S: Store, P: Provider> Daemon<S, P> {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let ctx = self.ctx;
         tracing::info!(owner = %ctx.owner, instances = ctx.instances.len(), "statusd daemon starting");
-        crate::metrics::register(&ctx.instances.keys().cloned().collect::<Vec<_>>());
+        crate::metrics::register(&ctx.instances.known_names());
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(id_assigner::run(ctx.clone(), shutdown.clone()));
         tasks.spawn(dispatcher::run(ctx.clone(), shutdown.clone()));

@@ -144,6 +144,14 @@ pub async fn pass_with<S: Store, P: Provider>(
     if n == 0 {
         return Ok(0);
     }
+    // A provider event that proved a row posted settles it here, with no
+    // look-up (issue 13; `store/views.rs`).
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).collect();
+    let settled = ctx.store.settle_confirmed(&ids, &[]).await?;
+    let rows: Vec<OutboxRow> = rows
+        .into_iter()
+        .filter(|r| !settled.iter().any(|s| s.id == r.id))
+        .collect();
     let now = ctx.store.now().await?;
     let mut transitions = Vec::with_capacity(n);
     let mut groups: HashMap<String, Vec<OutboxRow>> = HashMap::new();
@@ -155,7 +163,7 @@ pub async fn pass_with<S: Store, P: Provider>(
     }
     let mut jobs = Vec::new();
     for (name, rows) in groups {
-        let Some(inst) = ctx.instances.get(&name).cloned() else {
+        let Some(inst) = ctx.instances.get(&name) else {
             continue;
         };
         let caps = capabilities(ctx, state, &name).await;
@@ -208,6 +216,14 @@ fn unsettleable<S: Store, P: Provider>(ctx: &Ctx<S, P>, row: &OutboxRow) -> Opti
     }
     if ctx.instances.contains_key(&row.instance) && row.message_id.is_some() {
         return None;
+    }
+    // An instance held here (disabled, removed, token unreadable) cannot be
+    // asked: the row stays in doubt and is looked at again later, not
+    // parked — it is looked up once the instance sends again.
+    if ctx.instances.snapshot().held.contains_key(&row.instance) {
+        t.delay = ctx.reconciler.settle_delay;
+        t.error = row.last_error.clone();
+        return Some(t);
     }
     t.effect = Effect::Park;
     t.error = Some(format!(
@@ -287,7 +303,7 @@ async fn record<S: Store, P: Provider>(
 /// each instance's engine once, and proves honoured ids by looking an
 /// echoed id up (one call per instance, until proven).
 async fn learn_from_calls<S: Store, P: Provider>(ctx: &Ctx<S, P>, state: &mut ReconcilerState) {
-    let instances: Vec<Arc<Instance<P>>> = ctx.instances.values().cloned().collect();
+    let instances: Vec<Arc<Instance<P>>> = ctx.instances.values();
     for inst in instances {
         let name = inst.name.clone();
         let mut changes = Vec::new();

@@ -101,6 +101,9 @@ pub struct SimConfig {
     pub failed_instances: BTreeSet<String>,
     /// Seed for the fault and latency draws; `None` seeds from the OS.
     pub seed: Option<u64>,
+    /// Webhook events to statusd (`sim/webhooks.rs`); None: none sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhooks: Option<super::webhooks::WebhookKnobs>,
 }
 
 impl Default for SimConfig {
@@ -133,6 +136,7 @@ impl Default for SimConfig {
             legacy_id_share: 0.0,
             failed_instances: BTreeSet::new(),
             seed: None,
+            webhooks: None,
         }
     }
 }

@@ -52,6 +52,7 @@ mod knobs;
 mod server;
 mod state;
 mod waha;
+mod webhooks;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -62,6 +63,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use knobs::{InvalidSimConfig, SimConfig, SimEngine, SimError, SimTokens};
 pub use state::{PostedStatus, SimStats};
+pub use webhooks::{WebhookKnobs, WebhookStats, WebhookTarget};
 
 /// Starts simulators.
 pub struct Simulator;
@@ -116,6 +118,11 @@ impl SimHandle {
 
     pub fn config(&self) -> SimConfig {
         self.shared.config()
+    }
+
+    /// Counters of the webhook events sent (`SimConfig::webhooks`).
+    pub fn webhook_stats(&self) -> WebhookStats {
+        self.shared.webhooks.stats()
     }
 
     /// Replaces the knobs; takes effect for the next request.

@@ -209,6 +209,8 @@ impl Inner {
 pub struct Shared {
     inner: Mutex<Inner>,
     pub cancel: CancellationToken,
+    /// Webhook events of shown statuses (`sim/webhooks.rs`).
+    pub webhooks: std::sync::Arc<super::webhooks::Emitter>,
 }
 
 fn rng_for(seed: Option<u64>) -> StdRng {
@@ -230,6 +232,7 @@ impl Shared {
                 chats: HashMap::new(),
                 stats: SimStats::default(),
             }),
+            webhooks: std::sync::Arc::new(super::webhooks::Emitter::new(cancel.clone())),
             cancel,
         }
     }
@@ -470,6 +473,8 @@ impl Shared {
             deleted: false,
         };
         g.statuses.push(status.clone());
+        self.webhooks
+            .on_posted(g.config.webhooks.as_ref(), instance, &id, kind);
         g.by_id.insert((instance.to_string(), id), index);
         // The chat around it: now and then a hidden item (a reaction) and a
         // contact's status, each drawn with its share.

@@ -19,20 +19,27 @@ use crate::model::{Attempt, AttemptOutcome, OutboxRow, State};
 
 mod capabilities;
 mod connect;
+mod instances;
 mod postgres;
 mod row;
 mod sqlite;
 mod timed;
+mod views;
 
 pub use capabilities::{
     record_capabilities, Capabilities, CapabilityChange, CapabilityStore, Known, KnownId, Source,
 };
 pub use connect::{connect, Connected, Patience, Scrubbed};
+pub use instances::{Added, InstanceRecord, InstanceStore, InstanceTable};
 pub use postgres::PgStore;
 pub use row::{not_allowed, OperatorAction};
 pub(crate) use row::{parse_uuid, split_rows, Unreadable, QUARANTINE_NOTE};
 pub use sqlite::SqliteStore;
 pub use timed::Timed;
+pub use views::{
+    level_name, Applied, ApplyParams, Confirmation, InboxEvent, NewEvent, Settled, View,
+    ViewBucket, ViewCounts, ViewEvent, ViewStore, CONFIRMED_NOTE,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -329,7 +336,11 @@ impl ActivityParams {
 
 /// The outbox's queries. See the module docs for the rules every backend
 /// keeps.
-pub trait Store: CapabilityStore + Clone + Send + Sync + 'static {
+/// Every store has the instance, capability and webhook queries too
+/// ([`InstanceStore`], [`CapabilityStore`], [`ViewStore`]).
+pub trait Store:
+    InstanceStore + CapabilityStore + ViewStore + Clone + Send + Sync + 'static
+{
     /// Applies the embedded migrations.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
     /// Round trip to the database (readiness).

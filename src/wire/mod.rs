@@ -8,6 +8,7 @@
 //! and a change of vocabulary is made once, here, for both sides.
 
 pub mod ids;
+pub mod webhook;
 
 /// Paths of the Wawp API, each with the public page it was taken from.
 pub mod paths {

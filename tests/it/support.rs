@@ -181,6 +181,7 @@ pub fn test_settings(db_url: &str, sim: &SimHandle, instances: &[(&str, bool)]) 
                 supplied_id: *supplied,
                 rate_per_sec: 10_000,
                 burst: 10_000,
+                ..Default::default()
             },
         );
     }

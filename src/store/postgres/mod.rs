@@ -44,6 +44,8 @@ const RELEASE_PING: Duration = Duration::from_secs(3);
 pub struct PgStore {
     pool: PgPool,
     wake: Arc<watch::Sender<u64>>,
+    /// Bumped on `NOTIFY status_instances` (and after a reconnect).
+    instances_wake: Arc<watch::Sender<u64>>,
     listener_started: Arc<Mutex<bool>>,
 }
 
@@ -72,12 +74,20 @@ impl PgStore {
         Ok(PgStore {
             pool,
             wake: Arc::new(watch::Sender::new(0)),
+            instances_wake: Arc::new(watch::Sender::new(0)),
             listener_started: Arc::new(Mutex::new(false)),
         })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Changes when `status_instances` may have changed (see
+    /// `store::instances`).
+    pub(super) fn subscribe_instances(&self) -> watch::Receiver<u64> {
+        self.start_listener();
+        self.instances_wake.subscribe()
     }
 
     async fn fetch_rows(

@@ -98,6 +98,12 @@ impl SqliteStore {
     /// The pool, counting one statement: every query goes through here, so
     /// that an idle daemon's cost (and a spinning one) shows on `/metrics`
     /// as `statusd_db_statements_total`.
+    /// The pool, counting the statement about to be sent (for the
+    /// instance registry's queries in `store::instances`).
+    pub(super) fn counted_pool(&self) -> &SqlitePool {
+        self.db()
+    }
+
     fn db(&self) -> &SqlitePool {
         self.statements
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -1,0 +1,169 @@
+//! `/v1/instances`: every instance with its state and rows, and the runtime
+//! instance commands (add, change, enable, disable, remove) over
+//! [`crate::ops::instances`], audited like the row actions.
+
+use axum::extract::{Extension, Path, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::auth::{audit, Caller};
+use super::{ApiError, Shared};
+use crate::ops::instances::{self as actions, NewInstance};
+use crate::provider::Provider;
+use crate::store::{Added, Store};
+
+/// The configuration file's instances of this process (the registry's
+/// instances that do not come from the table).
+fn file_names<S, P: Provider>(app: &Shared<S, P>) -> Vec<String> {
+    let snap = app.ctx.instances.snapshot();
+    let mut names: Vec<String> = snap
+        .running
+        .keys()
+        .filter(|n| !snap.from_table.contains(*n))
+        .cloned()
+        .collect();
+    names.sort();
+    names
+}
+
+/// `GET /v1/instances`: every instance (the file's, the table's, and names
+/// rows wait for), its state (`active`, `paused`, `disabled`, `removed`,
+/// `shadowed`, `unknown`) with the reason, and its rows: waiting, due, in
+/// flight, in doubt, oldest due age, posted in the last minute. Pauses come
+/// from the store, so this is true across replicas.
+pub(super) async fn list<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+) -> Result<Response, ApiError> {
+    let views = actions::list(&app.ctx.store, &file_names(&app)).await?;
+    Ok(Json(views).into_response())
+}
+
+/// The body of `POST /v1/instances`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AddBody {
+    name: String,
+    /// The keys of an `[instances.NAME]` table; the token named by
+    /// `access_token_env` or `access_token_file`.
+    settings: Map<String, Value>,
+    #[serde(default = "enabled_by_default")]
+    enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// `POST /v1/instances`: 201 added, 200 a removed one brought back, 400
+/// naming the bad setting (a token by value, a variable not set in the
+/// daemon's environment, a name the file has).
+pub(super) async fn add<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<AddBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let res: Result<Response, ApiError> = async {
+        let Json(b) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+        let name = b.name.clone();
+        let added = actions::add(
+            &app.ctx.store,
+            &file_names(&app),
+            NewInstance {
+                name: b.name,
+                settings: b.settings,
+                enabled: b.enabled,
+            },
+        )
+        .await?;
+        let code = match added {
+            Added::Created => StatusCode::CREATED,
+            Added::Restored => StatusCode::OK,
+        };
+        Ok((code, Json(serde_json::json!({ "instance": name }))).into_response())
+    }
+    .await;
+    audit(&caller, "instance_add", "", "", &res);
+    res
+}
+
+/// The body of `PATCH /v1/instances/{name}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PatchBody {
+    /// Keys to change; `null` removes one (its default applies).
+    #[serde(default)]
+    settings: Map<String, Value>,
+    enabled: Option<bool>,
+}
+
+/// `PATCH /v1/instances/{name}`: changes settings and/or enables or
+/// disables; every running daemon picks the change up within seconds.
+pub(super) async fn patch<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Result<Json<PatchBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let res: Result<Response, ApiError> = async {
+        let Json(b) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+        if !b.settings.is_empty() {
+            actions::set(&app.ctx.store, &name, b.settings).await?;
+        }
+        if let Some(enabled) = b.enabled {
+            actions::set_enabled(&app.ctx.store, &name, enabled).await?;
+        }
+        Ok(Json(serde_json::json!({ "instance": name })).into_response())
+    }
+    .await;
+    audit(&caller, "instance_set", &name, "", &res);
+    res
+}
+
+/// `POST /v1/instances/{name}/enable` and `…/disable`.
+pub(super) async fn enable<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let res = actions::set_enabled(&app.ctx.store, &name, true)
+        .await
+        .map(|()| Json(serde_json::json!({ "instance": name, "enabled": true })).into_response())
+        .map_err(ApiError::from);
+    audit(&caller, "instance_enable", &name, "", &res);
+    res
+}
+
+pub(super) async fn disable<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let res = actions::set_enabled(&app.ctx.store, &name, false)
+        .await
+        .map(|()| Json(serde_json::json!({ "instance": name, "enabled": false })).into_response())
+        .map_err(ApiError::from);
+    audit(&caller, "instance_disable", &name, "", &res);
+    res
+}
+
+/// `DELETE /v1/instances/{name}`: removed; its rows are kept, reported as
+/// waiting for it (`waiting` in the answer), and go again if it is added
+/// back.
+pub(super) async fn remove<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let res = actions::remove(&app.ctx.store, &name)
+        .await
+        .map(|waiting| {
+            Json(serde_json::json!({ "instance": name, "removed": true, "waiting": waiting }))
+                .into_response()
+        })
+        .map_err(ApiError::from);
+    audit(&caller, "instance_rm", &name, "", &res);
+    res
+}

@@ -1,0 +1,498 @@
+//! The runtime instance registry's table, `status_instances` (migration
+//! 0006): instances added, changed, disabled and removed while daemons run,
+//! beside the ones in the configuration file.
+//!
+//! `settings` is a JSON object with the keys of an `[instances.NAME]` table
+//! of the file (so [`crate::config::InstanceConfig`] reads both, and a key
+//! added there needs no migration); a CHECK refuses an `access_token` in it:
+//! a token is named (`access_token_env`, `access_token_file`), never stored.
+//! A removed instance keeps its row with `removed_at` set, so that its name
+//! stays known and its rows wait instead of becoming `invalid`.
+//!
+//! Change signals: PostgreSQL `NOTIFY status_instances` (a statement
+//! trigger), heard by the same `LISTEN` connection as the outbox's; SQLite:
+//! the store's commit signal (directory notifications and `PRAGMA
+//! data_version`), which fires on any commit — the registry rate-limits its
+//! reloads.
+
+use std::future::Future;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+use sqlx::Row;
+use tokio::sync::watch;
+
+use super::{PgStore, Result, SqliteStore, StoreError, Timed};
+
+/// One row of `status_instances`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InstanceRecord {
+    pub name: String,
+    /// The instance's settings: the keys of an `[instances.NAME]` table.
+    pub settings: serde_json::Map<String, serde_json::Value>,
+    pub enabled: bool,
+    /// Set by `statusd instance rm`: its rows wait, reported as paused.
+    pub removed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Every row of `status_instances`, and the database time of the read.
+#[derive(Debug, Clone)]
+pub struct InstanceTable {
+    pub rows: Vec<InstanceRecord>,
+    pub read_at: DateTime<Utc>,
+}
+
+/// What `add_instance` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// A new name.
+    Created,
+    /// The name had been removed: it is back, with the new settings, and its
+    /// waiting rows go again.
+    Restored,
+}
+
+/// The queries of the instance registry, one method each. A supertrait of
+/// [`super::Store`], so every store has them.
+pub trait InstanceStore: Send + Sync {
+    /// Every row, removed ones included, ordered by name.
+    fn instance_table(&self) -> impl Future<Output = Result<InstanceTable>> + Send;
+    /// Inserts an instance, or brings back a removed one of that name; a
+    /// present (not removed) one is refused, naming it.
+    fn add_instance(
+        &self,
+        name: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        enabled: bool,
+    ) -> impl Future<Output = Result<Added>> + Send;
+    /// Replaces the settings of a present instance, fenced by the
+    /// `updated_at` the caller read (two concurrent `set`s cannot silently
+    /// undo each other). False: absent, removed, or changed since.
+    fn update_instance(
+        &self,
+        name: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        seen_updated_at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Enables or disables a present instance; false if absent or removed.
+    fn set_instance_enabled(
+        &self,
+        name: &str,
+        enabled: bool,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Marks a present instance removed; false if absent or already removed.
+    fn remove_instance(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// `pending_upload` rows of `names` that wait for a later attempt
+    /// become due now: called when those instances start sending (added,
+    /// enabled, restored), whose rows may have been turned back while they
+    /// were unknown or held. Never `in_doubt` rows: their settle delay keeps
+    /// a look-up from racing a request still in flight. Returns how many.
+    fn make_instance_rows_due(&self, names: &[String]) -> impl Future<Output = Result<u64>> + Send;
+    /// Statuses posted per instance within `window` before the database's
+    /// `now` (the dashboard's and the metrics' posted per minute).
+    fn posted_per_instance(
+        &self,
+        window: std::time::Duration,
+    ) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
+    /// A signal that changes when `status_instances` may have changed.
+    fn subscribe_instances(&self) -> watch::Receiver<u64>;
+}
+
+/// `window` in whole milliseconds, capped at a day.
+fn window_ms(window: std::time::Duration) -> i64 {
+    i64::try_from(window.as_millis())
+        .unwrap_or(i64::MAX)
+        .min(86_400_000)
+}
+
+fn settings_text(s: &serde_json::Map<String, serde_json::Value>) -> String {
+    serde_json::Value::Object(s.clone()).to_string()
+}
+
+fn settings_object(text: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(m)) => Ok(m),
+        _ => Err(StoreError::Invalid(
+            "status_instances.settings: not a JSON object".into(),
+        )),
+    }
+}
+
+/// A refused insert or update as the operator's error: the table's CHECKs
+/// name what is wrong (`settings_hold_no_token`, `instance_name_shape`).
+fn refused(name: &str, e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(d) = &e {
+        let c = d.constraint().map(str::to_string).unwrap_or_default();
+        let text = format!("{c} {}", d.message());
+        if text.contains("settings_hold_no_token") {
+            return StoreError::Invalid(format!(
+                "instance `{name}`: settings must not hold an access token; \
+                 name it with access_token_env or access_token_file"
+            ));
+        }
+        if text.contains("instance_name_shape") {
+            return StoreError::Invalid(format!(
+                "instance name `{name}`: must be 1-64 lower-case letters, digits, - or _"
+            ));
+        }
+    }
+    StoreError::Database(e)
+}
+
+/// The database clock in milliseconds (SQLite).
+const SQLITE_NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
+
+fn sqlite_time(v: Option<i64>) -> Option<DateTime<Utc>> {
+    v.and_then(|m| Utc.timestamp_millis_opt(m).single())
+}
+
+impl InstanceStore for SqliteStore {
+    async fn instance_table(&self) -> Result<InstanceTable> {
+        // One statement, so that the clock reading and the rows are one
+        // snapshot; the join keeps a row (of NULLs) when the table is empty.
+        let sql = format!(
+            "SELECT {SQLITE_NOW} AS read_at, i.name, i.settings, i.enabled, i.removed_at,
+                    i.created_at, i.updated_at
+             FROM (SELECT 1) LEFT JOIN status_instances i ON 1 ORDER BY i.name"
+        );
+        let rows = sqlx::query(&sql).fetch_all(self.counted_pool()).await?;
+        let mut read_at = DateTime::<Utc>::default();
+        let mut out = Vec::new();
+        for r in &rows {
+            read_at = sqlite_time(r.try_get("read_at")?).unwrap_or_default();
+            let Some(name) = r.try_get::<Option<String>, _>("name")? else {
+                continue;
+            };
+            out.push(InstanceRecord {
+                name,
+                settings: settings_object(&r.try_get::<String, _>("settings")?)?,
+                enabled: r.try_get::<i64, _>("enabled")? != 0,
+                removed_at: sqlite_time(r.try_get("removed_at")?),
+                created_at: sqlite_time(r.try_get("created_at")?).unwrap_or_default(),
+                updated_at: sqlite_time(r.try_get("updated_at")?).unwrap_or_default(),
+            });
+        }
+        Ok(InstanceTable { rows: out, read_at })
+    }
+
+    async fn add_instance(
+        &self,
+        name: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        enabled: bool,
+    ) -> Result<Added> {
+        // One statement: a new name is inserted, a removed one restored; a
+        // present one is left alone (no row returned).
+        let sql = format!(
+            "INSERT INTO status_instances (name, settings, enabled) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET settings = excluded.settings,
+                 enabled = excluded.enabled, removed_at = NULL, updated_at = {SQLITE_NOW}
+               WHERE status_instances.removed_at IS NOT NULL
+             RETURNING created_at = updated_at AS fresh"
+        );
+        let r = sqlx::query(&sql)
+            .bind(name)
+            .bind(settings_text(settings))
+            .bind(enabled as i64)
+            .fetch_optional(self.counted_pool())
+            .await
+            .map_err(|e| refused(name, e))?;
+        match r {
+            Some(r) if r.try_get::<i64, _>("fresh")? != 0 => Ok(Added::Created),
+            Some(_) => Ok(Added::Restored),
+            None => Err(StoreError::Invalid(format!(
+                "instance `{name}` already exists: change it with `statusd instance set {name} …`"
+            ))),
+        }
+    }
+
+    async fn update_instance(
+        &self,
+        name: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        seen_updated_at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let sql = format!(
+            "UPDATE status_instances SET settings = ?2, updated_at = MAX({SQLITE_NOW}, updated_at + 1)
+             WHERE name = ?1 AND removed_at IS NULL AND updated_at = ?3"
+        );
+        let r = sqlx::query(&sql)
+            .bind(name)
+            .bind(settings_text(settings))
+            .bind(seen_updated_at.timestamp_millis())
+            .execute(self.counted_pool())
+            .await
+            .map_err(|e| refused(name, e))?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn set_instance_enabled(&self, name: &str, enabled: bool) -> Result<bool> {
+        let sql = format!(
+            "UPDATE status_instances SET enabled = ?2, updated_at = MAX({SQLITE_NOW}, updated_at + 1)
+             WHERE name = ?1 AND removed_at IS NULL"
+        );
+        let r = sqlx::query(&sql)
+            .bind(name)
+            .bind(enabled as i64)
+            .execute(self.counted_pool())
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn remove_instance(&self, name: &str) -> Result<bool> {
+        let sql = format!(
+            "UPDATE status_instances SET removed_at = {SQLITE_NOW},
+                 updated_at = MAX({SQLITE_NOW}, updated_at + 1)
+             WHERE name = ?1 AND removed_at IS NULL"
+        );
+        let r = sqlx::query(&sql)
+            .bind(name)
+            .execute(self.counted_pool())
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn make_instance_rows_due(&self, names: &[String]) -> Result<u64> {
+        if names.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "UPDATE status_outbox SET next_attempt_at = {SQLITE_NOW}
+             WHERE state = 'pending_upload' AND next_attempt_at > {SQLITE_NOW}
+               AND instance IN (SELECT value FROM json_each(?1))"
+        );
+        let r = sqlx::query(&sql)
+            .bind(serde_json::to_string(names).unwrap_or_else(|_| "[]".into()))
+            .execute(self.counted_pool())
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn posted_per_instance(&self, window: std::time::Duration) -> Result<Vec<(String, i64)>> {
+        // `updated_at` first: the partial index on terminal rows finds them.
+        let sql = format!(
+            "SELECT instance, COUNT(*) AS n FROM status_outbox
+             WHERE state IN ('posted', 'failed', 'invalid', 'cancelled', 'deleted')
+               AND updated_at >= {SQLITE_NOW} - ?1
+               AND state = 'posted' AND posted_at >= {SQLITE_NOW} - ?1
+             GROUP BY instance ORDER BY instance"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(window_ms(window))
+            .fetch_all(self.counted_pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("instance")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    fn subscribe_instances(&self) -> watch::Receiver<u64> {
+        // Any commit: the registry rate-limits its reloads.
+        super::Store::subscribe(self)
+    }
+}
+
+impl InstanceStore for PgStore {
+    async fn instance_table(&self) -> Result<InstanceTable> {
+        // One statement: `now()` and the rows are one snapshot; the join
+        // keeps a row (of NULLs) when the table is empty.
+        let rows = sqlx::query(
+            "SELECT now() AS read_at, i.name, i.settings::text AS settings, i.enabled,
+                    i.removed_at, i.created_at, i.updated_at
+             FROM (SELECT 1) one LEFT JOIN status_instances i ON true ORDER BY i.name",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut read_at = DateTime::<Utc>::default();
+        let mut out = Vec::new();
+        for r in &rows {
+            read_at = r.try_get("read_at")?;
+            let Some(name) = r.try_get::<Option<String>, _>("name")? else {
+                continue;
+            };
+            out.push(InstanceRecord {
+                name,
+                settings: settings_object(&r.try_get::<String, _>("settings")?)?,
+                enabled: r.try_get("enabled")?,
+                removed_at: r.try_get("removed_at")?,
+                created_at: r.try_get("created_at")?,
+                updated_at: r.try_get("updated_at")?,
+            });
+        }
+        Ok(InstanceTable { rows: out, read_at })
+    }
+
+    async fn add_instance(
+        &self,
+        name: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        enabled: bool,
+    ) -> Result<Added> {
+        let r = sqlx::query(
+            "INSERT INTO status_instances (name, settings, enabled) VALUES ($1, $2::jsonb, $3)
+             ON CONFLICT (name) DO UPDATE SET settings = excluded.settings,
+                 enabled = excluded.enabled, removed_at = NULL, updated_at = now()
+               WHERE status_instances.removed_at IS NOT NULL
+             RETURNING (xmax = 0) AS fresh",
+        )
+        .bind(name)
+        .bind(settings_text(settings))
+        .bind(enabled)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(|e| refused(name, e))?;
+        match r {
+            Some(r) if r.try_get::<bool, _>("fresh")? => Ok(Added::Created),
+            Some(_) => Ok(Added::Restored),
+            None => Err(StoreError::Invalid(format!(
+                "instance `{name}` already exists: change it with `statusd instance set {name} …`"
+            ))),
+        }
+    }
+
+    async fn update_instance(
+        &self,
+        name: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        seen_updated_at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE status_instances SET settings = $2::jsonb, updated_at = now()
+             WHERE name = $1 AND removed_at IS NULL AND updated_at = $3",
+        )
+        .bind(name)
+        .bind(settings_text(settings))
+        .bind(seen_updated_at)
+        .execute(self.pool())
+        .await
+        .map_err(|e| refused(name, e))?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn set_instance_enabled(&self, name: &str, enabled: bool) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE status_instances SET enabled = $2, updated_at = now()
+             WHERE name = $1 AND removed_at IS NULL",
+        )
+        .bind(name)
+        .bind(enabled)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn remove_instance(&self, name: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE status_instances SET removed_at = now(), updated_at = now()
+             WHERE name = $1 AND removed_at IS NULL",
+        )
+        .bind(name)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn make_instance_rows_due(&self, names: &[String]) -> Result<u64> {
+        if names.is_empty() {
+            return Ok(0);
+        }
+        let r = sqlx::query(
+            "UPDATE status_outbox SET next_attempt_at = now()
+             WHERE state = 'pending_upload' AND next_attempt_at > now()
+               AND instance = ANY($1)",
+        )
+        .bind(names)
+        .execute(self.pool())
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn posted_per_instance(&self, window: std::time::Duration) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT instance, COUNT(*) AS n FROM status_outbox
+             WHERE state IN ('posted', 'failed', 'invalid', 'cancelled', 'deleted')
+               AND updated_at >= now() - $1 * interval '1 millisecond'
+               AND state = 'posted' AND posted_at >= now() - $1 * interval '1 millisecond'
+             GROUP BY instance ORDER BY instance",
+        )
+        .bind(window_ms(window))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("instance")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    fn subscribe_instances(&self) -> watch::Receiver<u64> {
+        PgStore::subscribe_instances(self)
+    }
+}
+
+impl<S: InstanceStore> InstanceStore for Timed<S> {
+    async fn instance_table(&self) -> Result<InstanceTable> {
+        self.within("instance_table", self.inner().instance_table())
+            .await
+    }
+
+    async fn add_instance(
+        &self,
+        name: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        enabled: bool,
+    ) -> Result<Added> {
+        self.within(
+            "add_instance",
+            self.inner().add_instance(name, settings, enabled),
+        )
+        .await
+    }
+
+    async fn update_instance(
+        &self,
+        name: &str,
+        settings: &serde_json::Map<String, serde_json::Value>,
+        seen_updated_at: DateTime<Utc>,
+    ) -> Result<bool> {
+        self.within(
+            "update_instance",
+            self.inner()
+                .update_instance(name, settings, seen_updated_at),
+        )
+        .await
+    }
+
+    async fn set_instance_enabled(&self, name: &str, enabled: bool) -> Result<bool> {
+        self.within(
+            "set_instance_enabled",
+            self.inner().set_instance_enabled(name, enabled),
+        )
+        .await
+    }
+
+    async fn remove_instance(&self, name: &str) -> Result<bool> {
+        self.within("remove_instance", self.inner().remove_instance(name))
+            .await
+    }
+
+    async fn make_instance_rows_due(&self, names: &[String]) -> Result<u64> {
+        self.within(
+            "make_instance_rows_due",
+            self.inner().make_instance_rows_due(names),
+        )
+        .await
+    }
+
+    async fn posted_per_instance(&self, window: std::time::Duration) -> Result<Vec<(String, i64)>> {
+        self.within(
+            "posted_per_instance",
+            self.inner().posted_per_instance(window),
+        )
+        .await
+    }
+
+    fn subscribe_instances(&self) -> watch::Receiver<u64> {
+        self.inner().subscribe_instances()
+    }
+}

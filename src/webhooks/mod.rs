@@ -1,0 +1,354 @@
+//! The provider's events as evidence (issue 13, DESIGN.md R8): who viewed
+//! each status, and proof that a status exists, which settles a row as
+//! posted without a look-up. Never a reason to send.
+//!
+//! - [`Receiver`]: the per-instance keys and the checks every request to
+//!   `POST /v1/webhooks/{instance}` passes (signature, timestamp window,
+//!   body limit), used by the admin server's handler;
+//! - [`events`]: what an event proves (views, confirmations);
+//! - [`processor`]: drains the inbox the handler writes to, in order, one
+//!   transaction per batch.
+//!
+//! Accepting and applying are split so that the provider is answered as
+//! soon as the event is durable: an accepted event survives a restart, and
+//! a slow database never makes the provider's deliveries time out and pile
+//! up as retries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::config::{Settings, WebhookSettings};
+use crate::wire::webhook as w;
+
+pub mod events;
+pub mod inbox;
+pub mod processor;
+
+/// Events received, by result and reason.
+pub const EVENTS_TOTAL: &str = "statusd_webhook_events_total";
+/// View upserts applied.
+pub const VIEWS_TOTAL: &str = "statusd_webhook_views_total";
+/// Rows settled as posted by an event (from `in_doubt` or `pending_upload`).
+pub const SETTLED_TOTAL: &str = "statusd_webhook_settled_total";
+
+/// Why a request was refused, with its HTTP status and the metric reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("instance `{0}` does not receive webhooks (not configured, or no webhook_secret / webhook_path_token)")]
+    UnknownInstance(String),
+    #[error("body larger than {0} bytes (webhooks.max_body_bytes)")]
+    TooLarge(usize),
+    #[error("missing X-Webhook-Hmac header (the instance's webhook_secret signs every event)")]
+    MissingSignature,
+    #[error("X-Webhook-Hmac-Algorithm `{0}` is not sha512")]
+    WrongAlgorithm(String),
+    #[error("X-Webhook-Hmac does not match the body under the instance's webhook_secret")]
+    BadSignature,
+    #[error("wrong webhook path token")]
+    BadPathToken,
+    #[error("missing or unreadable X-Webhook-Timestamp (Unix milliseconds)")]
+    BadTimestamp,
+    #[error("X-Webhook-Timestamp is {0} s away from this server's clock (webhooks.timestamp_window_secs): a replay or a late retry")]
+    StaleTimestamp(i64),
+    #[error("body is not JSON: {0}")]
+    BadJson(String),
+}
+
+impl Rejection {
+    pub fn status(&self) -> u16 {
+        match self {
+            Rejection::UnknownInstance(_) => 404,
+            Rejection::TooLarge(_) => 413,
+            Rejection::BadJson(_) => 400,
+            _ => 401,
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::UnknownInstance(_) => "unknown_instance",
+            Rejection::TooLarge(_) => "too_large",
+            Rejection::MissingSignature => "missing_signature",
+            Rejection::WrongAlgorithm(_) => "wrong_algorithm",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::BadPathToken => "bad_path_token",
+            Rejection::BadTimestamp => "bad_timestamp",
+            Rejection::StaleTimestamp(_) => "stale_timestamp",
+            Rejection::BadJson(_) => "bad_json",
+        }
+    }
+
+    pub const ALL_REASONS: [&'static str; 9] = [
+        "unknown_instance",
+        "too_large",
+        "missing_signature",
+        "wrong_algorithm",
+        "bad_signature",
+        "bad_path_token",
+        "bad_timestamp",
+        "stale_timestamp",
+        "bad_json",
+    ];
+}
+
+/// One instance's keys.
+struct Keys {
+    hmac: Option<SecretString>,
+    /// SHA-256 of the path token: compared digest to digest, no early exit.
+    path_token: Option<[u8; 32]>,
+}
+
+/// The receiving side's settings and keys, built once from [`Settings`].
+pub struct Receiver {
+    keys: HashMap<String, Keys>,
+    pub settings: WebhookSettings,
+    /// Rung when an event was stored: the processor applies it at once.
+    pub wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("instances", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Receiver {
+    /// Instances with a webhook secret or path token; secret files are read
+    /// here (an unreadable one names its key, never its content).
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Receiver> {
+        let mut keys = HashMap::new();
+        for (name, inst) in &settings.instances {
+            let hmac = inst
+                .webhook_secret()
+                .map_err(|e| anyhow::anyhow!("instances.{name}.{e}"))?;
+            let path_token = inst
+                .webhook_path_token
+                .as_ref()
+                .map(|t| Sha256::digest(t.expose_secret().trim().as_bytes()).into());
+            if hmac.is_some() || path_token.is_some() {
+                keys.insert(name.clone(), Keys { hmac, path_token });
+            }
+        }
+        Ok(Receiver {
+            keys,
+            settings: settings.webhooks.clone(),
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
+    /// A receiver with the given HMAC keys (tests, the demo).
+    pub fn with_keys(keys: &[(&str, &str)], settings: WebhookSettings) -> Receiver {
+        Receiver {
+            keys: keys
+                .iter()
+                .map(|(n, k)| {
+                    (
+                        n.to_string(),
+                        Keys {
+                            hmac: Some(SecretString::from(k.to_string())),
+                            path_token: None,
+                        },
+                    )
+                })
+                .collect(),
+            settings,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Whether any instance receives webhooks.
+    pub fn enabled(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Whether `instance` receives webhooks (checked before the body is read).
+    pub fn knows(&self, instance: &str) -> Result<(), Rejection> {
+        self.keys
+            .contains_key(instance)
+            .then_some(())
+            .ok_or_else(|| Rejection::UnknownInstance(instance.to_string()))
+    }
+
+    /// The checks of one request: `path_token` from the URL if it has one,
+    /// the headers' values, the raw body, and our clock (Unix ms).
+    pub fn check(
+        &self,
+        instance: &str,
+        path_token: Option<&str>,
+        header: impl Fn(&str) -> Option<String>,
+        body: &[u8],
+        now_ms: i64,
+    ) -> Result<(), Rejection> {
+        let keys = self
+            .keys
+            .get(instance)
+            .ok_or_else(|| Rejection::UnknownInstance(instance.to_string()))?;
+        if body.len() > self.settings.max_body_bytes {
+            return Err(Rejection::TooLarge(self.settings.max_body_bytes));
+        }
+        if let Some(given) = path_token {
+            // A provider that cannot sign: the URL's token is the key.
+            let Some(want) = &keys.path_token else {
+                return Err(Rejection::BadPathToken);
+            };
+            let got: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+            let diff = want.iter().zip(&got).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+            return if diff == 0 {
+                Ok(())
+            } else {
+                Err(Rejection::BadPathToken)
+            };
+        }
+        let Some(key) = &keys.hmac else {
+            return Err(Rejection::MissingSignature);
+        };
+        let sig = header(w::HMAC).ok_or(Rejection::MissingSignature)?;
+        if let Some(alg) = header(w::HMAC_ALGORITHM) {
+            if !alg.trim().eq_ignore_ascii_case(w::ALGORITHM_SHA512) {
+                return Err(Rejection::WrongAlgorithm(alg));
+            }
+        }
+        if !w::verify(key.expose_secret().as_bytes(), body, &sig) {
+            return Err(Rejection::BadSignature);
+        }
+        // The signature covers the body only: the timestamp header alone
+        // could be refreshed by a replayer, so the window is checked on it
+        // and on the envelope's own `timestamp` (signed) when present.
+        let window = self.settings.timestamp_window_secs as i64 * 1000;
+        if window > 0 {
+            let ts: i64 = header(w::TIMESTAMP)
+                .and_then(|t| t.trim().parse().ok())
+                .ok_or(Rejection::BadTimestamp)?;
+            let signed_ts = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.get("timestamp").and_then(serde_json::Value::as_i64));
+            for t in std::iter::once(ts).chain(signed_ts) {
+                let off = now_ms - t;
+                if off.abs() > window {
+                    return Err(Rejection::StaleTimestamp(off / 1000));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Registers the webhook metrics at 0 with their help texts.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        EVENTS_TOTAL,
+        "Provider webhook requests, by result (accepted, ignored, rejected) and reason"
+    );
+    metrics::describe_counter!(
+        VIEWS_TOTAL,
+        "Status view acks applied (one per viewer and status per batch)"
+    );
+    metrics::describe_counter!(SETTLED_TOTAL, "Rows settled as posted by a provider event");
+    metrics::counter!(EVENTS_TOTAL, "result" => "accepted", "reason" => "stored").increment(0);
+    metrics::counter!(EVENTS_TOTAL, "result" => "ignored", "reason" => "event_type").increment(0);
+    for r in Rejection::ALL_REASONS {
+        metrics::counter!(EVENTS_TOTAL, "result" => "rejected", "reason" => r).increment(0);
+    }
+    metrics::counter!(VIEWS_TOTAL).increment(0);
+    metrics::counter!(SETTLED_TOTAL).increment(0);
+}
+
+/// How long the processor waits when nothing woke it.
+pub fn fallback_poll(s: &WebhookSettings) -> Duration {
+    Duration::from_millis(s.fallback_poll_ms.max(100))
+}
+
+/// What the demo prints about webhooks.
+#[derive(Debug, Clone, Default)]
+pub struct DemoFigures {
+    pub sim: crate::sim::WebhookStats,
+    /// Viewers who opened a status (level 3 or more), over the demo's rows.
+    pub views: i64,
+    /// In-doubt rows settled by a provider event, without a look-up.
+    pub settled_by_webhook: usize,
+    /// In-doubt rows settled by a look-up (posted or sent again).
+    pub settled_by_lookup: usize,
+}
+
+/// The demo's webhook figures over its rows.
+pub async fn demo_figures<S: crate::store::Store>(
+    store: &S,
+    rows: &[crate::model::OutboxRow],
+    sim: impl Fn() -> crate::sim::WebhookStats,
+) -> anyhow::Result<DemoFigures> {
+    // Events still on their way (the drain can outrun them) are waited for,
+    // up to 10 s, so that the views counted are the views sent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = sim();
+        let due = s.events - s.lost + s.duplicated;
+        if (s.delivered + s.failed >= due && store.webhook_backlog().await? == 0)
+            || std::time::Instant::now() > deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sim = sim();
+    let ids: Vec<String> = rows.iter().filter_map(|r| r.message_id.clone()).collect();
+    let mut views = 0;
+    for chunk in ids.chunks(500) {
+        views += store
+            .view_counts(chunk)
+            .await?
+            .values()
+            .map(|c| c.viewed)
+            .sum::<i64>();
+    }
+    let mut f = DemoFigures {
+        sim,
+        views,
+        ..DemoFigures::default()
+    };
+    for r in rows {
+        let history = store.attempts(r.id).await?;
+        if !history
+            .iter()
+            .any(|a| a.outcome == crate::model::AttemptOutcome::InDoubt.as_str())
+        {
+            continue;
+        }
+        if history
+            .iter()
+            .any(|a| a.error.as_deref() == Some(crate::store::CONFIRMED_NOTE))
+        {
+            f.settled_by_webhook += 1;
+        } else {
+            f.settled_by_lookup += 1;
+        }
+    }
+    Ok(f)
+}
+
+impl DemoFigures {
+    pub fn print(&self) {
+        let s = &self.sim;
+        println!("\n  webhooks (signed provider events):");
+        println!(
+            "    {:<32} {:>8}",
+            "events sent / lost / duplicated",
+            format!("{} / {} / {}", s.events, s.lost, s.duplicated)
+        );
+        println!("    {:<32} {:>8}", "views recorded", self.views);
+        println!(
+            "    {:<32} {:>8}",
+            "in-doubt rows settled by webhook", self.settled_by_webhook
+        );
+        println!(
+            "    {:<32} {:>8}",
+            "in-doubt rows settled by look-up", self.settled_by_lookup
+        );
+    }
+}
