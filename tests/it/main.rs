@@ -17,6 +17,7 @@ mod pg_restart;
 mod provider;
 mod sim;
 mod soak;
+mod sqlite_kill;
 mod state_machine;
 mod store;
 mod support;
