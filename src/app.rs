@@ -47,7 +47,8 @@ pub fn wawp_instances(settings: &Settings) -> anyhow::Result<Vec<Instance<WawpCl
         .map(|(name, inst)| {
             let client = WawpClient::new(name, inst, &settings.provider)
                 .with_context(|| format!("instances.{name}"))?;
-            Ok(Instance::new(name, client, inst.rate_per_sec, inst.burst))
+            Ok(Instance::new(name, client, inst.rate_per_sec, inst.burst)
+                .with_max_in_flight(inst.max_in_flight))
         })
         .collect()
 }

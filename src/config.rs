@@ -101,6 +101,11 @@ pub struct DaemonSettings {
     /// Most rows claimed or assigned in one statement.
     pub batch_size: usize,
     pub lease_secs: u64,
+    /// An instance lease: each instance is served by one replica at a time
+    /// (its rate and in-flight cap hold for the whole deployment); renewed
+    /// every quarter of this, taken over by another replica this long after
+    /// its holder died.
+    pub instance_lease_secs: u64,
     /// How often idle workers look for work when the store cannot signal it
     /// (an in-memory SQLite database).
     pub poll_interval_ms: u64,
@@ -150,6 +155,7 @@ impl Default for DaemonSettings {
             concurrency: 64,
             batch_size: 128,
             lease_secs: 60,
+            instance_lease_secs: 10,
             poll_interval_ms: 500,
             fallback_poll_ms: 5000,
             reconcile_interval_ms: 2000,
@@ -172,6 +178,9 @@ impl Default for DaemonSettings {
 impl DaemonSettings {
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs)
+    }
+    pub fn instance_lease(&self) -> Duration {
+        Duration::from_secs(self.instance_lease_secs)
     }
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
@@ -260,6 +269,10 @@ pub struct InstanceConfig {
     pub rate_per_sec: u32,
     #[serde(default = "d_burst")]
     pub burst: u32,
+    /// Provider calls of this instance in flight at once, across every
+    /// replica: a slow provider for one instance cannot hold every send slot.
+    #[serde(default = "d_max_in_flight")]
+    pub max_in_flight: usize,
     /// HMAC-SHA512 key of the provider's webhook events for this instance
     /// (`POST /v1/webhooks/NAME`); or `webhook_secret_file`. Absent (and no
     /// `webhook_path_token`): the instance's events are refused.
@@ -287,6 +300,7 @@ impl Default for InstanceConfig {
             supplied_id: d_true(),
             rate_per_sec: d_rate(),
             burst: d_burst(),
+            max_in_flight: d_max_in_flight(),
             webhook_secret: None,
             webhook_secret_file: None,
             webhook_path_token: None,
@@ -305,6 +319,12 @@ fn d_rate() -> u32 {
 }
 fn d_burst() -> u32 {
     20
+}
+/// 8 calls at once carry 20 statuses/s (the default rate) at up to 400 ms
+/// a call; raise it for a provider that answers slower at a higher rate.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
+fn d_max_in_flight() -> usize {
+    DEFAULT_MAX_IN_FLIGHT
 }
 
 impl InstanceConfig {
@@ -376,6 +396,9 @@ impl InstanceConfig {
         }
         if self.burst == 0 {
             p("burst", "must be at least 1");
+        }
+        if self.max_in_flight == 0 {
+            p("max_in_flight", "must be at least 1");
         }
         // The instance table names secrets, never holds them (as tokens).
         if prefix.is_empty() && (self.webhook_secret.is_some() || self.webhook_path_token.is_some())
@@ -651,6 +674,9 @@ impl Settings {
         }
         if d.lease_secs < 2 {
             p("daemon.lease_secs", "must be at least 2");
+        }
+        if d.instance_lease_secs < 2 {
+            p("daemon.instance_lease_secs", "must be at least 2");
         }
         if d.poll_interval_ms == 0 {
             p("daemon.poll_interval_ms", "must be at least 1");

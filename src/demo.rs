@@ -231,6 +231,7 @@ pub async fn execute(
                 supplied_id: true,
                 rate_per_sec: 5_000,
                 burst: 500,
+                max_in_flight: 64,
                 ..Default::default()
             },
         );

@@ -477,6 +477,11 @@ pub struct Instance<P> {
     pub name: String,
     pub provider: P,
     pub(crate) limiter: DefaultDirectRateLimiter,
+    /// The limiter's rate (the dispatcher claims about a second of it ahead).
+    pub rate_per_sec: u32,
+    /// Calls of this instance in flight at once (see
+    /// [`Instance::with_max_in_flight`]).
+    pub max_in_flight: usize,
     /// Set after 401/403: no claims for this instance until a probe succeeds.
     paused: Mutex<Option<Pause>>,
 }
@@ -497,8 +502,16 @@ impl<P: Provider> Instance<P> {
             name: name.to_string(),
             provider,
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
+            rate_per_sec: rate.get(),
+            max_in_flight: crate::config::DEFAULT_MAX_IN_FLIGHT,
             paused: Mutex::new(None),
         }
+    }
+
+    /// Caps this instance's calls in flight (at least 1).
+    pub fn with_max_in_flight(mut self, n: usize) -> Instance<P> {
+        self.max_in_flight = n.max(1);
+        self
     }
 
     pub fn is_paused(&self) -> bool {

@@ -290,3 +290,24 @@ impl<S: Store> statusd::store::ViewStore for Counting<S> {
         self.inner.purge_views(older_than).await
     }
 }
+
+impl<S: statusd::store::InstanceLeases + Sync> statusd::store::InstanceLeases for Counting<S> {
+    async fn keep_instance_leases(
+        &self,
+        p: statusd::store::KeepLeasesParams,
+    ) -> Result<statusd::store::LeaseGrant> {
+        // Heartbeat, clean-up, count, release, renew (+ take, when short),
+        // and BEGIN / COMMIT.
+        let r = self.inner.keep_instance_leases(p).await?;
+        self.add(5 + u64::from(r.held.len() < r.share) + 2);
+        Ok(r)
+    }
+    async fn release_instance_leases(&self, owner: &str) -> Result<()> {
+        self.add(4);
+        self.inner.release_instance_leases(owner).await
+    }
+    async fn instance_leases(&self) -> Result<Vec<statusd::store::InstanceLease>> {
+        self.add(1);
+        self.inner.instance_leases().await
+    }
+}

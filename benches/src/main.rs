@@ -7,10 +7,14 @@
 //! ```
 //!
 //! Sizes can be lowered for a quick look: BENCH_BACKLOG (100000),
-//! BENCH_RSS_ROWS (1000000), BENCH_SCALE_ROWS (5000000), BENCH_APALIS (20000).
+//! BENCH_RSS_ROWS (1000000), BENCH_SCALE_ROWS (5000000), BENCH_APALIS (20000),
+//! and for fair scheduling (sections noisy, slow, tenants, replicas, cpu):
+//! BENCH_NOISY_ROWS (1000), BENCH_SLOW_ROWS (200), BENCH_TENANTS (1000),
+//! BENCH_REPLICA_ROWS (2000), BENCH_CPU_ROWS (min(backlog, 50000)).
 //! PostgreSQL: BENCH_PG (postgres://postgres@127.0.0.1:5432).
 
 mod counting;
+mod fairness;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -170,6 +174,7 @@ fn settings_for(url: &str, sim: &SimHandle, id_source: IdSource) -> Settings {
             supplied_id: true,
             rate_per_sec: 1_000_000,
             burst: 1_000_000,
+            max_in_flight: 2 * CONCURRENCY,
             ..Default::default()
         },
     );
@@ -302,6 +307,7 @@ async fn db_ceiling<S: Store>(store: S, db: &Db, n: usize) -> anyhow::Result<f64
             loop {
                 let rows = store
                     .claim(ClaimParams {
+                        budgets: Vec::new(),
                         owner: format!("w{w}"),
                         limit: 256,
                         lease: Duration::from_secs(60),
@@ -523,6 +529,10 @@ async fn daemon_child(cfg: &Path) -> anyhow::Result<()> {
         file: Some(cfg.to_path_buf()),
         overrides: vec![],
     })?;
+    if secrecy_url(&settings).starts_with("sqlite:") {
+        let store = SqliteStore::connect(secrecy_url(&settings), POOL).await?;
+        return statusd::app::run(store, settings, CancellationToken::new()).await;
+    }
     let store = PgStore::connect(secrecy_url(&settings), POOL).await?;
     statusd::app::run(store, settings, CancellationToken::new()).await
 }
@@ -752,6 +762,42 @@ async fn main() -> anyhow::Result<()> {
             format!("peak RSS of `statusd run` draining {rss_rows} rows, PostgreSQL (MiB)"),
             format!("{mib:.1}  (at {rate:.0}/s)"),
         );
+    }
+    // Fair scheduling (issue 14).
+    let noisy_rows = env_n("BENCH_NOISY_ROWS", 1_000);
+    for db in [Db::sqlite().await?, Db::pg().await?] {
+        if !on("noisy") {
+            break;
+        }
+        match &db {
+            Db::Sqlite(_, u) => {
+                let s = SqliteStore::connect(u, POOL).await?;
+                s.migrate().await?;
+                fairness::noisy(s, &db, noisy_rows, &mut r).await?;
+            }
+            Db::Pg(u, _) => {
+                let s = PgStore::connect(u, POOL).await?;
+                s.migrate().await?;
+                fairness::noisy(s, &db, noisy_rows, &mut r).await?;
+            }
+        }
+        db.drop_pg().await;
+    }
+    if on("slow") {
+        fairness::slow(env_n("BENCH_SLOW_ROWS", 200), &mut r).await?;
+    }
+    if on("tenants") {
+        fairness::tenants(env_n("BENCH_TENANTS", 1_000), &mut r).await?;
+    }
+    if on("replicas") {
+        fairness::replicas(env_n("BENCH_REPLICA_ROWS", 2_000), &mut r).await?;
+    }
+    for db in [Db::sqlite().await?, Db::pg().await?] {
+        if !(on("cpu") || on("drain")) {
+            break;
+        }
+        fairness::cpu(&db, env_n("BENCH_CPU_ROWS", backlog.min(50_000)), &mut r).await?;
+        db.drop_pg().await;
     }
     println!("\ntotal wall time {:.0}s", started.elapsed().as_secs_f64());
     Ok(())

@@ -1,21 +1,28 @@
-//! Claims due `pending_upload` rows in batches sized to the free send slots,
-//! sends each through its instance's rate limiter, and writes the outcomes
-//! in batches. Leases are committed before any HTTP call and outcomes are
-//! fenced by attempt (rules 2 and 3).
+//! Claims due `pending_upload` rows in batches, per instance only what its
+//! budget allows (about a second of its rate, twice its `max_in_flight`),
+//! hands them to the send slots round-robin across the instances that can
+//! send now (R7), and writes the outcomes in batches. Leases are committed
+//! before any HTTP call and outcomes are fenced by attempt (rules 2 and 3).
+//! Each instance is served by one replica at a time (instance leases, kept
+//! here), so its rate and cap hold for the whole deployment.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Semaphore};
+use governor::clock::{Clock, DefaultClock};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::claimer::claim_loop;
+use super::fair_queue::{FairQueue, Gate, Next, Waiting};
+use super::lease_keeper::{keep_leases, LeaseView};
 use super::{backoff, Ctx};
 use crate::config::{DaemonSettings, IdSource};
 use crate::model::{AttemptOutcome, OutboxRow, State, StatusBody};
-use crate::provider::{ids, OutgoingStatus, Provider, SendOutcome};
-use crate::store::{ClaimParams, Completion, Effect, Store, Transition};
+use crate::provider::{OutgoingStatus, Provider, SendOutcome};
+use crate::store::{Completion, Effect, Store, Transition};
 
 /// The dispatcher's settings, built from `[daemon]` (defaults:
 /// [`DaemonSettings::default`]).
@@ -57,6 +64,18 @@ impl DispatcherConfig {
     }
 }
 
+/// What the claimer, the send loop and the lease keeper share.
+pub(super) struct Shared {
+    pub(super) queue: Mutex<FairQueue>,
+    pub(super) leases: Mutex<LeaseView>,
+    /// Rows arrived, a send finished, leases changed.
+    pub(super) changed: Notify,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub async fn run<S: Store, P: Provider>(
     ctx: Arc<Ctx<S, P>>,
     shutdown: CancellationToken,
@@ -74,43 +93,74 @@ pub async fn run<S: Store, P: Provider>(
     // Cancelled after the grace period: in-flight calls stop and their rows
     // are recorded as in doubt.
     let hard_stop = CancellationToken::new();
-    // Claimed rows wait here for a free slot: the next claim runs while the
-    // slots are busy sending, so a claim's round trip never leaves them
-    // idle, and claims and outcomes come in large batches. At most one batch
-    // waits; a row that waited too long for its lease is released, not sent
-    // (see `send_one`).
-    let prefetch = ctx
-        .settings
-        .batch_size
-        .min(ctx.dispatcher.concurrency * 4)
-        .max(1);
-    let (rows_tx, mut rows_rx) = mpsc::channel::<(OutboxRow, Instant)>(prefetch);
-    let claimer = tokio::spawn(claim_loop(ctx.clone(), rows_tx, shutdown.clone()));
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(FairQueue::default()),
+        leases: Mutex::new(LeaseView::default()),
+        changed: Notify::new(),
+    });
+    let keeper = tokio::spawn(keep_leases(ctx.clone(), shared.clone(), shutdown.clone()));
+    // Claimed rows wait in the fair queue, per instance: the next claim
+    // runs while the slots are busy sending, so a claim's round trip never
+    // leaves them idle. A slot takes the next instance in turn that can send
+    // now; a row that waited past half its lease is released, not sent.
+    let claimer = tokio::spawn(claim_loop(ctx.clone(), shared.clone(), shutdown.clone()));
 
-    loop {
+    'slots: loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p?,
             _ = shutdown.cancelled() => break,
         };
-        let (row, claimed) = tokio::select! {
-            r = rows_rx.recv() => match r {
-                Some(r) => r,
-                None => break,
-            },
-            _ = shutdown.cancelled() => break,
+        let w = loop {
+            let changed = shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let next = {
+                let leases = lock(&shared.leases);
+                let mut queue = lock(&shared.queue);
+                queue.next(|name, sending, head| gate(&ctx, &leases, name, sending, head))
+            };
+            match next {
+                Next::Send(w) => break w,
+                Next::Release(rows) => {
+                    for w in rows {
+                        if w.claimed.elapsed() > ctx.dispatcher.lease / 2 {
+                            tracing::warn!(
+                                row_id = %w.row.id,
+                                waited_ms = w.claimed.elapsed().as_millis() as u64,
+                                "claimed row waited past half its lease for a send slot; released unsent"
+                            );
+                        }
+                        let _ = tx.send(released_unsent(&w.row)).await;
+                    }
+                    shared.changed.notify_waiters();
+                }
+                Next::Wait(soonest) => {
+                    let nap = soonest.unwrap_or(Duration::from_secs(1));
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = tokio::time::sleep(nap) => {}
+                        _ = shutdown.cancelled() => break 'slots,
+                    }
+                }
+            }
         };
+        let (row, claimed) = (w.row, w.claimed);
         let span = tracing::info_span!("send", row_id = %row.id, message_id = row.message_id.as_deref().unwrap_or(""), instance = %row.instance, attempt = row.attempts);
-        let (ctx, tx, hard_stop) = (ctx.clone(), tx.clone(), hard_stop.clone());
+        let (ctx, tx, hard_stop, shared) =
+            (ctx.clone(), tx.clone(), hard_stop.clone(), shared.clone());
         in_flight.spawn(
             async move {
                 let c = send_one(&ctx, &row, claimed, &hard_stop).await;
                 // The writer outlives every sender; if it is gone the
                 // row stays leased and is rescued, never lost.
                 let _ = tx.send(c).await;
-                // The slot is freed only once the outcome is queued for the
-                // writer: when writes lag, sending waits (bounded memory,
-                // outcomes recorded well within the lease) instead of
-                // finished sends piling up.
+                // The slot (and the instance's in-flight place) is freed
+                // only once the outcome is queued for the writer: when
+                // writes lag, sending waits (bounded memory, outcomes
+                // recorded well within the lease) instead of finished sends
+                // piling up.
+                lock(&shared.queue).done(&row.instance);
+                shared.changed.notify_waiters();
                 drop(permit);
             }
             .instrument(span),
@@ -120,11 +170,10 @@ pub async fn run<S: Store, P: Provider>(
     // Rows claimed but never sent go straight back, their attempt refunded:
     // nothing was sent, so there is nothing to doubt.
     let _ = claimer.await;
-    rows_rx.close();
-    let mut released = 0;
-    while let Some((row, _)) = rows_rx.recv().await {
-        let _ = tx.send(released_unsent(&row)).await;
-        released += 1;
+    let unsent = lock(&shared.queue).take_all();
+    let released = unsent.len();
+    for w in unsent {
+        let _ = tx.send(released_unsent(&w.row)).await;
     }
     if released > 0 {
         tracing::info!(released, "claimed rows not yet sent were released");
@@ -150,80 +199,43 @@ pub async fn run<S: Store, P: Provider>(
     for w in writers {
         let _ = w.await;
     }
+    // Nothing of ours is in flight any more: our instances go to another
+    // replica at its next renewal rather than when the leases expire.
+    let _ = keeper.await;
+    if let Err(e) = ctx.store.release_instance_leases(&ctx.owner).await {
+        tracing::warn!(error = %e, "releasing the instance leases failed; they expire on their own");
+    }
     prober.abort();
     Ok(())
 }
 
-/// Claims due rows into `rows` whenever it has room for a batch, until
-/// shutdown; idles until the next row is due when there is none.
-async fn claim_loop<S: Store, P: Provider>(
-    ctx: Arc<Ctx<S, P>>,
-    rows: mpsc::Sender<(OutboxRow, Instant)>,
-    shutdown: CancellationToken,
-) {
-    let mut wake = ctx.store.subscribe();
-    let mut failures = 0;
-    // Claim in batches: wait for room for half the buffer rather than
-    // claiming one row per statement.
-    let refill_at = (rows.max_capacity() / 2).max(1);
-    while !shutdown.is_cancelled() {
-        if rows.capacity() < refill_at {
-            // Returns once `refill_at` places are free; the permits go back
-            // at once (this task is the only sender).
-            tokio::select! {
-                r = rows.reserve_many(refill_at) => if r.is_err() { return },
-                _ = shutdown.cancelled() => return,
-            }
-            continue;
-        }
-        let limit = rows.capacity().min(ctx.dispatcher.batch_size);
-        let skip = ctx.paused_instances();
-        let params = ClaimParams {
-            owner: ctx.owner.clone(),
-            limit: limit as i64,
-            lease: ctx.dispatcher.lease,
-            skip_instances: skip.clone(),
-            fresh_ids: match ctx.dispatcher.id_source {
-                IdSource::Local => (0..limit).map(|_| ids::local_message_id()).collect(),
-                IdSource::Api => Vec::new(),
-            },
-        };
-        let claimed = match ctx.store.claim(params).await {
-            Ok(claimed) => {
-                failures = 0;
-                claimed
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, "dispatcher: claim failed; retrying");
-                let d = backoff(failures, Duration::from_millis(100), Duration::from_secs(5));
-                tokio::select! { _ = tokio::time::sleep(d) => {}, _ = shutdown.cancelled() => {} }
-                continue;
-            }
-        };
-        if claimed.is_empty() {
-            // Sleep until the next row is due (a retry's backoff, a
-            // `not_before`) rather than a whole poll interval.
-            let due = ctx
-                .store
-                .next_due(&skip, ctx.dispatcher.id_source == IdSource::Local)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "dispatcher: next due time unknown; polling");
-                    None
-                });
-            ctx.idle(&mut wake, due, &shutdown).await;
-            continue;
-        }
-        metrics::counter!("statusd_transitions_total", "to" => "uploading")
-            .increment(claimed.len() as u64);
-        let at = Instant::now();
-        for row in claimed {
-            // There is room: no more rows were claimed than places were free.
-            if rows.send((row, at)).await.is_err() {
-                return;
-            }
-        }
+/// Whether `name`'s first waiting row may be sent now; takes a token from
+/// its rate limiter if so.
+fn gate<S, P: Provider>(
+    ctx: &Ctx<S, P>,
+    leases: &LeaseView,
+    name: &str,
+    sending: usize,
+    head: &Waiting,
+) -> Gate {
+    // Not configured here: sent at once, `send_one` reports it.
+    let Some(inst) = ctx.instances.get(name) else {
+        return Gate::Ready;
+    };
+    if inst.is_paused() || !leases.serves(name) {
+        return Gate::Release;
+    }
+    // Checked before the rate limit, so a released row never uses up one
+    // of its instance's sends.
+    if head.claimed.elapsed() > ctx.dispatcher.lease / 2 {
+        return Gate::Stale;
+    }
+    if sending >= inst.max_in_flight {
+        return Gate::Full;
+    }
+    match inst.limiter.check() {
+        Ok(()) => Gate::Ready,
+        Err(not_until) => Gate::NotUntil(not_until.wait_time_from(DefaultClock::default().now())),
     }
 }
 
@@ -242,10 +254,8 @@ fn released_unsent(row: &OutboxRow) -> Completion {
     }
 }
 
-/// Sends one claimed row and turns the outcome into a fenced transition.
-/// `claimed` is when its lease was taken: a row that waited for a send slot
-/// past half its lease is released unsent rather than sent on a lease the
-/// rescuer may soon take back.
+/// Sends one claimed row (its instance's token already taken, see
+/// [`gate`]) and turns the outcome into a fenced transition.
 async fn send_one<S: Store, P: Provider>(
     ctx: &Ctx<S, P>,
     row: &OutboxRow,
@@ -287,23 +297,9 @@ async fn send_one<S: Store, P: Provider>(
                     message_id: mid,
                     body: &body,
                 };
-                // Not sent yet: an old lease or a shutdown while waiting for
-                // the rate limit gives the row back, it does not put it in
-                // doubt. (The lease is checked before the rate limit, so a
-                // released row never uses up one of its instance's sends.)
-                if claimed.elapsed() > ctx.dispatcher.lease / 2 {
-                    tracing::warn!(
-                        waited_ms = claimed.elapsed().as_millis() as u64,
-                        "claimed row waited past half its lease for a send slot; released unsent"
-                    );
-                    return released_unsent(row);
-                }
-                tokio::select! {
-                    _ = inst.limiter.until_ready() => {}
-                    _ = hard_stop.cancelled() => return released_unsent(row),
-                }
-                // The rate limit may have kept it long: checked again, and the
-                // call bounded by the lease left, so no call outlives its lease.
+                // Its token was taken when a slot picked it (`gate`), which
+                // also released it had it waited past half its lease; the
+                // call is bounded by the lease left, so no call outlives it.
                 let Some(lease_left) = ctx
                     .dispatcher
                     .lease

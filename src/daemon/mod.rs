@@ -1,7 +1,10 @@
 //! The pipeline services (DESIGN.md §5), started and stopped together:
 //!
 //! - [`id_assigner`]: `queued` → `pending_upload` (or `invalid`);
-//! - [`dispatcher`]: claims, sends, writes outcomes in batches;
+//! - [`dispatcher`]: claims per instance within its budget (`claimer`),
+//!   sends round-robin across the instances that can send now
+//!   (`fair_queue`), writes outcomes in batches; holds this replica's
+//!   instance leases (`lease_keeper`);
 //! - [`reconciler`]: settles `in_doubt` rows by asking the provider;
 //! - [`rescuer`]: expired leases → `in_doubt`;
 //! - [`scheduler`]: recurring statuses and the retention purge.
@@ -25,8 +28,11 @@ use crate::ops::Operator;
 use crate::provider::Provider;
 use crate::store::Store;
 
+mod claimer;
 pub mod dispatcher;
+mod fair_queue;
 pub mod id_assigner;
+mod lease_keeper;
 #[cfg(test)]
 mod protocol_model;
 pub mod reconciler;

@@ -19,6 +19,7 @@ use crate::model::{Attempt, AttemptOutcome, OutboxRow, State};
 
 mod capabilities;
 mod connect;
+mod instance_leases;
 mod instances;
 mod postgres;
 mod row;
@@ -30,6 +31,7 @@ pub use capabilities::{
     record_capabilities, Capabilities, CapabilityChange, CapabilityStore, Known, KnownId, Source,
 };
 pub use connect::{connect, Connected, Patience, Scrubbed};
+pub use instance_leases::{InstanceLease, InstanceLeases, KeepLeasesParams, LeaseGrant};
 pub use instances::{Added, InstanceRecord, InstanceStore, InstanceTable};
 pub use postgres::PgStore;
 pub use row::{not_allowed, OperatorAction};
@@ -125,7 +127,7 @@ pub struct AssignId {
     pub message_id: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ClaimParams {
     pub owner: String,
     pub limit: i64,
@@ -138,6 +140,32 @@ pub struct ClaimParams {
     /// committed before any send (rule 1), one row update sooner. Empty: only
     /// `pending_upload` rows are claimed.
     pub fresh_ids: Vec<String>,
+    /// Per-instance budgets (R7). Empty: one FIFO over every instance not in
+    /// `skip_instances`. Given: only the listed instances' rows, at most
+    /// `limit` of each instance's in priority order (an index probe per
+    /// instance, so a backlog elsewhere costs nothing), interleaved
+    /// round-robin (every instance's first row, then every second row…) up
+    /// to `limit` in all.
+    pub budgets: Vec<InstanceBudget>,
+}
+
+/// How many rows of one instance a claim may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceBudget {
+    pub instance: String,
+    pub limit: i64,
+}
+
+/// Budgets as the JSON array both backends read (`[{"i": name, "n": limit}]`),
+/// and the largest limit.
+pub(crate) fn budgets_json(b: &[InstanceBudget]) -> (String, i64) {
+    let items: Vec<serde_json::Value> = b
+        .iter()
+        .filter(|b| b.limit > 0)
+        .map(|b| serde_json::json!({ "i": b.instance, "n": b.limit }))
+        .collect();
+    let max = b.iter().map(|b| b.limit).max().unwrap_or(0);
+    (serde_json::Value::Array(items).to_string(), max)
 }
 
 /// A fenced move of one row out of `uploading` or `in_doubt`.
@@ -339,7 +367,7 @@ impl ActivityParams {
 /// Every store has the instance, capability and webhook queries too
 /// ([`InstanceStore`], [`CapabilityStore`], [`ViewStore`]).
 pub trait Store:
-    InstanceStore + CapabilityStore + ViewStore + Clone + Send + Sync + 'static
+    InstanceStore + CapabilityStore + ViewStore + InstanceLeases + Clone + Send + Sync + 'static
 {
     /// Applies the embedded migrations.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;

@@ -668,6 +668,7 @@ async fn show_lists_attempts_in_time_order_with_refunds() {
     .unwrap();
     let t0 = s.now().await.unwrap() - chrono::Duration::minutes(10);
     let claim = ClaimParams {
+        budgets: Vec::new(),
         owner: "test".into(),
         limit: 1,
         lease: Duration::from_secs(60),

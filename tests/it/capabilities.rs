@@ -77,6 +77,7 @@ async fn ids_of_other_rows_are_known<S: Store>(store: S, _db: &TestDb) {
     let b = store.enqueue(text("main", 2)).await.unwrap().id;
     let claimed = store
         .claim(statusd::store::ClaimParams {
+            budgets: Vec::new(),
             owner: "t".into(),
             limit: 2,
             lease: std::time::Duration::from_secs(30),

@@ -145,6 +145,7 @@ async fn expired_leases_of_a_dead_daemon_are_reconciled<S: Store>(s: S, db: &Tes
     s.assign_message_ids(&assign).await.unwrap();
     let claimed = s
         .claim(ClaimParams {
+            budgets: Vec::new(),
             owner: "dead".into(),
             limit: 100,
             lease: Duration::from_millis(300),

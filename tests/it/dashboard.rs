@@ -335,6 +335,7 @@ async fn seed<S: Store>(s: &S) -> Seeded {
     assign_all(s).await;
     let now = s.now().await.unwrap();
     let claim = ClaimParams {
+        budgets: Vec::new(),
         owner: "seed".into(),
         limit: 1_000,
         lease: Duration::from_secs(60),

@@ -250,7 +250,10 @@ async fn provider_and_database_network_faults_lose_and_double_nothing() {
             .await
             .unwrap()
             .iter()
-            .filter(|a| a.outcome == "in_doubt")
+            // A held or reset call ends in doubt (sent, answer lost) or
+            // retryable (never reached the provider): either proves the
+            // provider faults reached the daemon.
+            .filter(|a| a.outcome == "in_doubt" || a.outcome == "retryable")
             .count();
     }
     let logs = std::fs::read_to_string(&log_path).unwrap();
@@ -258,10 +261,10 @@ async fn provider_and_database_network_faults_lose_and_double_nothing() {
         .lines()
         .filter(|l| l.contains("\"level\":\"WARN\"") && l.contains("statusd::store"))
         .count();
-    println!("sends in doubt {in_doubt}, database warnings {db_errors}");
+    println!("sends in doubt or retried {in_doubt}, database warnings {db_errors}");
     assert!(
         in_doubt > 0,
-        "no send was in doubt: the provider faults did nothing"
+        "no send was in doubt or retried: the provider faults did nothing"
     );
     assert!(
         db_errors > 0,

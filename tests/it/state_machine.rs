@@ -84,6 +84,7 @@ async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 };
                 let rows = s
                     .claim(ClaimParams {
+                        budgets: Vec::new(),
                         owner: format!("w{worker}"),
                         limit: 3,
                         lease,

@@ -32,6 +32,7 @@ crate::both_backends!(
 
 fn claim(owner: &str, limit: i64) -> ClaimParams {
     ClaimParams {
+        budgets: Vec::new(),
         owner: owner.into(),
         limit,
         lease: Duration::from_secs(60),

@@ -181,6 +181,7 @@ pub fn test_settings(db_url: &str, sim: &SimHandle, instances: &[(&str, bool)]) 
                 supplied_id: *supplied,
                 rate_per_sec: 10_000,
                 burst: 10_000,
+                max_in_flight: 32,
                 ..Default::default()
             },
         );
@@ -191,6 +192,7 @@ pub fn test_settings(db_url: &str, sim: &SimHandle, instances: &[(&str, bool)]) 
     d.concurrency = 32;
     d.batch_size = 64;
     d.lease_secs = 3;
+    d.instance_lease_secs = 2;
     d.poll_interval_ms = 30;
     d.fallback_poll_ms = 500;
     d.retry_base_ms = 20;
@@ -378,6 +380,7 @@ max_connections = 4
 concurrency = 16
 batch_size = 32
 lease_secs = 4
+instance_lease_secs = 2
 poll_interval_ms = 50
 fallback_poll_ms = 1000
 retry_base_ms = 50

@@ -269,6 +269,7 @@ async fn pending_row<S: Store>(s: &S, n: usize) -> (uuid::Uuid, String) {
 
 async fn claim_all<S: Store>(s: &S) -> Vec<statusd::model::OutboxRow> {
     s.claim(ClaimParams {
+        budgets: Vec::new(),
         owner: "test".into(),
         limit: 100,
         lease: Duration::from_secs(60),

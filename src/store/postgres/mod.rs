@@ -114,6 +114,64 @@ impl PgStore {
         Ok(good)
     }
 
+    /// The claim with per-instance budgets ([`ClaimParams::budgets`]): a
+    /// `LATERAL` probe of each budgeted instance's partial index, at most
+    /// its budget long, ranked and interleaved round-robin. No row locks
+    /// while selecting: an instance is served by one replica at a time (its
+    /// instance lease), and should two claims meet on a row during a
+    /// hand-over, the UPDATE re-checks the row's state after the other's
+    /// commit, so a row is leased once.
+    async fn claim_budgeted(&self, p: &ClaimParams) -> Result<Vec<OutboxRow>> {
+        let (budgets, _) = super::budgets_json(&p.budgets);
+        let sql = format!(
+            "WITH b AS (SELECT i, n FROM jsonb_to_recordset($3::jsonb) AS b(i text, n int)),
+             pending AS (
+                SELECT d.*, b.n FROM b CROSS JOIN LATERAL (
+                    SELECT id, instance, priority, created_at FROM status_outbox
+                    WHERE state = 'pending_upload' AND instance = b.i
+                      AND next_attempt_at <= now()
+                      AND (not_before IS NULL OR not_before <= now())
+                    ORDER BY priority DESC, created_at LIMIT b.n) d),
+             fresh AS (
+                SELECT d.*, b.n FROM b CROSS JOIN LATERAL (
+                    SELECT id, instance, priority, created_at FROM status_outbox
+                    WHERE cardinality($5::text[]) >= $4 AND state = 'queued' AND instance = b.i
+                      AND (not_before IS NULL OR not_before <= now())
+                    ORDER BY priority DESC, created_at LIMIT b.n) d),
+             ranked AS (
+                SELECT id, priority, created_at, n, row_number() OVER (
+                    PARTITION BY instance ORDER BY priority DESC, created_at) AS rk
+                FROM (SELECT * FROM pending UNION ALL SELECT * FROM fresh) d),
+             picked AS (
+                SELECT id, row_number() OVER (ORDER BY rk, priority DESC, created_at) AS rn
+                FROM ranked WHERE rk <= n
+                ORDER BY rk, priority DESC, created_at LIMIT $4)
+             UPDATE status_outbox o SET state = 'uploading', attempts = o.attempts + 1,
+                    lease_owner = $1, lease_expires_at = now() + $2 * interval '1 millisecond',
+                    claimed_at = now(),
+                    updated_at = now(),
+                    message_id = COALESCE(o.message_id, ($5::text[])[picked.rn])
+             FROM picked WHERE o.id = picked.id AND o.state IN ('pending_upload', 'queued')
+             RETURNING {}",
+            returning_cols()
+        );
+        let raw = sqlx::query(&sql)
+            .bind(&p.owner)
+            .bind(p.lease.as_millis() as i64)
+            .bind(budgets)
+            .bind(p.limit)
+            .bind(&p.fresh_ids)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut rows = self.readable(&raw, Some(&p.owner)).await?;
+        rows.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.created_at.cmp(&b.created_at))
+        });
+        Ok(rows)
+    }
+
     async fn transition(&self, from: State, ts: &[Transition], done: &[Completion]) -> Result<u64> {
         if ts.is_empty() {
             return Ok(0);
@@ -187,6 +245,20 @@ impl Columns for PgRow {
     fn payload(&self) -> std::result::Result<String, String> {
         self.text("payload")
     }
+}
+
+/// `COLS` qualified by the claim's alias `o`.
+fn returning_cols() -> String {
+    COLS.split(", ")
+        .map(|c| {
+            if c.contains(' ') {
+                c.replacen("payload", "o.payload", 1)
+            } else {
+                format!("o.{c}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One row, or why it cannot be read. A decoder that panics (chrono on a
@@ -314,6 +386,9 @@ impl Store for PgStore {
     }
 
     async fn claim(&self, p: ClaimParams) -> Result<Vec<OutboxRow>> {
+        if !p.budgets.is_empty() {
+            return self.claim_budgeted(&p).await;
+        }
         // Each source is an ordered scan of its own partial index; rows
         // locked by another replica are skipped, never waited for.
         let sql = format!(
@@ -345,14 +420,7 @@ impl Store for PgStore {
                     message_id = COALESCE(o.message_id, ($5::text[])[picked.rn])
              FROM picked WHERE o.id = picked.id
              RETURNING {}",
-            COLS.split(", ")
-                .map(|c| if c.contains(' ') {
-                    c.replacen("payload", "o.payload", 1)
-                } else {
-                    format!("o.{c}")
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
+            returning_cols()
         );
         let raw = sqlx::query(&sql)
             .bind(&p.owner)

@@ -153,6 +153,66 @@ impl SqliteStore {
         Ok(good)
     }
 
+    /// The claim with per-instance budgets ([`ClaimParams::budgets`]).
+    /// SQLite has no LATERAL: a correlated `IN` list per budget row is the
+    /// per-instance cursor (one ordered probe of the instance's partial
+    /// index, at most the largest budget long), then each instance's rows are
+    /// ranked and cut to its own budget, and the ranks interleave the
+    /// instances. One statement, atomic under SQLite's write lock.
+    async fn claim_budgeted(&self, p: &ClaimParams) -> Result<Vec<OutboxRow>> {
+        let (budgets, max) = super::budgets_json(&p.budgets);
+        let sql = format!(
+            "UPDATE status_outbox SET state = 'uploading', attempts = status_outbox.attempts + 1,
+                    lease_owner = ?1, lease_expires_at = {NOW} + ?2, claimed_at = {NOW},
+                    updated_at = {NOW},
+                    message_id = COALESCE(status_outbox.message_id,
+                                          json_extract(?5, '$[' || (p.rn - 1) || ']'))
+             FROM (
+                SELECT id, row_number() OVER (ORDER BY rk, priority DESC, created_at) AS rn
+                FROM (
+                    SELECT id, priority, created_at, n, row_number() OVER (
+                        PARTITION BY instance ORDER BY priority DESC, created_at) AS rk
+                    FROM (
+                        SELECT o.id, o.instance, o.priority, o.created_at, b.value ->> 'n' AS n
+                        FROM json_each(?3) AS b JOIN status_outbox o ON o.id IN (
+                            SELECT id FROM status_outbox
+                            WHERE state = 'pending_upload' AND instance = b.value ->> 'i'
+                              AND next_attempt_at <= {NOW}
+                              AND (not_before IS NULL OR not_before <= {NOW})
+                            ORDER BY priority DESC, created_at LIMIT ?6)
+                        UNION ALL
+                        SELECT o.id, o.instance, o.priority, o.created_at, b.value ->> 'n' AS n
+                        FROM json_each(?3) AS b JOIN status_outbox o ON o.id IN (
+                            SELECT id FROM status_outbox
+                            WHERE json_array_length(?5) >= ?4 AND state = 'queued'
+                              AND instance = b.value ->> 'i'
+                              AND (not_before IS NULL OR not_before <= {NOW})
+                            ORDER BY priority DESC, created_at LIMIT ?6)))
+                WHERE rk <= n
+                ORDER BY rk, priority DESC, created_at LIMIT ?4) AS p
+             WHERE status_outbox.id = p.id
+               AND status_outbox.state IN ('pending_upload', 'queued')
+             RETURNING {COLS}"
+        );
+        let ids = serde_json::to_string(&p.fresh_ids).unwrap_or_else(|_| "[]".into());
+        let raw = sqlx::query(&sql)
+            .bind(&p.owner)
+            .bind(p.lease.as_millis() as i64)
+            .bind(budgets)
+            .bind(p.limit)
+            .bind(ids)
+            .bind(max)
+            .fetch_all(self.db())
+            .await?;
+        let mut rows = self.readable(&raw, Some(&p.owner)).await?;
+        rows.sort_by(|a, b| {
+            b.priority
+                .cmp(&a.priority)
+                .then(a.created_at.cmp(&b.created_at))
+        });
+        Ok(rows)
+    }
+
     async fn transition(&self, from: State, ts: &[Transition], done: &[Completion]) -> Result<u64> {
         if ts.is_empty() {
             return Ok(0);
@@ -373,6 +433,9 @@ impl Store for SqliteStore {
     }
 
     async fn claim(&self, p: ClaimParams) -> Result<Vec<OutboxRow>> {
+        if !p.budgets.is_empty() {
+            return self.claim_budgeted(&p).await;
+        }
         // One statement: SQLite's write lock makes the select-and-update
         // atomic, so two claimers never lease the same row. Each source is
         // an ordered scan of its own partial index.
