@@ -369,25 +369,7 @@ pub async fn execute(
     lost += opts.statuses.saturating_sub(rows.len());
     // Rows are re-read after the events still on their way have landed
     // (their message ids, views and confirmations).
-    let mut webhooks = crate::webhooks::demo_figures(&store, &rows, || sim.webhook_stats()).await?;
-    // Engines that assign their own id (Wawp, WEBJS) send events under it,
-    // the row's `provider_id`, not under the id statusd supplied: count
-    // those views too.
-    let own_ids: Vec<String> = rows
-        .iter()
-        .filter_map(|r| {
-            r.provider_id
-                .clone()
-                .filter(|p| Some(p) != r.message_id.as_ref())
-        })
-        .collect();
-    for chunk in own_ids.chunks(500) {
-        webhooks.views += crate::store::ViewStore::view_counts(&store, chunk)
-            .await?
-            .values()
-            .map(|c| c.viewed)
-            .sum::<i64>();
-    }
+    let webhooks = crate::webhooks::demo_figures(&store, &rows, || sim.webhook_stats()).await?;
     hooks_stop.cancel();
     Ok(DemoReport {
         engine,

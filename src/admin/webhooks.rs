@@ -146,7 +146,7 @@ pub async fn status_views<S: Store>(
     let Some(row) = store.find(key).await? else {
         return Ok(None);
     };
-    let viewers = match &row.message_id {
+    let viewers = match row.event_id() {
         Some(m) => store.views_of(m).await?,
         None => Vec::new(),
     };
@@ -238,14 +238,16 @@ pub(super) async fn recent<S: Store, P: Provider>(
             limit,
         })
         .await?;
-    let ids: Vec<String> = rows.iter().filter_map(|r| r.message_id.clone()).collect();
+    let ids: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.event_id().map(str::to_owned))
+        .collect();
     let counts = store.view_counts(&ids).await?;
     let statuses = rows
         .into_iter()
         .map(|r| RecentStatus {
             counts: r
-                .message_id
-                .as_ref()
+                .event_id()
                 .and_then(|m| counts.get(m).copied())
                 .unwrap_or_default(),
             id: r.id,

@@ -19,13 +19,15 @@ pub async fn counts_of<S: Store>(
     store: &S,
     rows: &[OutboxRow],
 ) -> anyhow::Result<BTreeMap<String, ViewCounts>> {
-    let ids: Vec<String> = rows.iter().filter_map(|r| r.message_id.clone()).collect();
+    let ids: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.event_id().map(str::to_owned))
+        .collect();
     store.view_counts(&ids).await.context("reading view counts")
 }
 
 fn counts(r: &OutboxRow, views: &BTreeMap<String, ViewCounts>) -> ViewCounts {
-    r.message_id
-        .as_ref()
+    r.event_id()
         .and_then(|m| views.get(m).copied())
         .unwrap_or_default()
 }

@@ -43,6 +43,15 @@ pub struct OutboxRow {
     pub posted_at: Option<DateTime<Utc>>,
 }
 
+impl OutboxRow {
+    /// The id the provider's events carry for this status: the id it
+    /// answered with (`provider_id`, where it assigns its own), else the
+    /// pre-generated one. Views are recorded under it.
+    pub fn event_id(&self) -> Option<&str> {
+        self.provider_id.as_deref().or(self.message_id.as_deref())
+    }
+}
+
 /// One row of `status_attempts`: what happened on one try.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {

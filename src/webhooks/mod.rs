@@ -297,7 +297,10 @@ pub async fn demo_figures<S: crate::store::Store>(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let sim = sim();
-    let ids: Vec<String> = rows.iter().filter_map(|r| r.message_id.clone()).collect();
+    let ids: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.event_id().map(str::to_owned))
+        .collect();
     let mut views = 0;
     for chunk in ids.chunks(500) {
         views += store
