@@ -170,6 +170,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             database: cli.database_url.clone(),
             seed: args.seed,
             engines: args.engine,
+            webhook_loss: args.webhook_loss,
         })
         .await
         .context("the demo failed"),

@@ -34,6 +34,21 @@ pub struct DemoOptions {
     pub seed: Option<u64>,
     /// The engines to run against, in order; empty means all four.
     pub engines: Vec<SimEngine>,
+    /// Share (0..=1) of the simulator's webhook events lost on the way:
+    /// with 1 none arrives and look-ups settle every in-doubt row.
+    pub webhook_loss: f64,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            statuses: 2000,
+            database: None,
+            seed: None,
+            engines: Vec::new(),
+            webhook_loss: 0.0,
+        }
+    }
 }
 
 /// What the demo measured against one engine.
@@ -52,6 +67,9 @@ pub struct DemoReport {
     /// Look-up calls the simulator served (by id and listing pages).
     pub lookups: u64,
     pub elapsed: Duration,
+    /// Webhook events, views recorded, in-doubt rows settled by an event
+    /// and by a look-up.
+    pub webhooks: crate::webhooks::DemoFigures,
 }
 
 const INSTANCES: [&str; 3] = ["alpha", "beta", "gamma"];
@@ -87,6 +105,12 @@ pub fn demo_status(i: usize) -> EnqueueParams {
 }
 
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&opts.webhook_loss) {
+        anyhow::bail!(
+            "--webhook-loss: {} is not a share between 0 and 1",
+            opts.webhook_loss
+        );
+    }
     let mut reports = Vec::new();
     for engine in engines_of(&opts) {
         if opts.database.is_none() {
@@ -170,18 +194,38 @@ pub async fn execute(
         .await
         .context("migrating the demo database")?;
 
-    let sim = Simulator::start("127.0.0.1:0".parse()?, demo_sim_config(engine, opts.seed)).await?;
-    let mut settings = Settings::for_database(&url);
     // Instance names carry the engine, so that runs against several
     // engines in one given database never touch each other's rows.
     let instance = |name: &str| format!("{engine}-{name}");
+    let names: Vec<String> = INSTANCES.iter().map(|n| instance(n)).collect();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    // The webhook receiver and processor (signed events, views, in-doubt
+    // rows confirmed by events); the simulator sends each instance's
+    // events there, losing `--webhook-loss` of them, duplicating, delaying
+    // and so reordering some.
+    let hooks_stop = CancellationToken::new();
+    let _hooks_guard = hooks_stop.clone().drop_guard();
+    let knobs =
+        crate::app::demo_webhooks(&store, &name_refs, opts.webhook_loss, hooks_stop.clone())
+            .await
+            .context("starting the demo's webhook receiver")?;
+    let sim = Simulator::start(
+        "127.0.0.1:0".parse()?,
+        SimConfig {
+            webhooks: Some(knobs),
+            ..demo_sim_config(engine, opts.seed)
+        },
+    )
+    .await?;
+    let mut settings = Settings::for_database(&url);
     for name in INSTANCES {
         settings.instances.insert(
             instance(name),
             InstanceConfig {
                 provider: provider_of(engine),
                 base_url: sim.base_url(),
-                instance_id: format!("demo-{name}"),
+                // `demo_webhooks` sends `demo-NAME`'s events to `NAME`.
+                instance_id: format!("demo-{}", instance(name)),
                 access_token: Some(format!("demo-token-{name}").into()),
                 access_token_file: None,
                 supplied_id: true,
@@ -302,10 +346,7 @@ pub async fn execute(
     }
     for r in &rows {
         let body = StatusBody::parse(&r.kind, &r.payload)?;
-        let inst = format!(
-            "demo-{}",
-            r.instance.trim_start_matches(&format!("{engine}-"))
-        );
+        let inst = format!("demo-{}", r.instance);
         let is_parked = r.state == State::InDoubt && r.parked_at.is_some();
         if is_parked {
             parked += 1;
@@ -326,6 +367,28 @@ pub async fn execute(
         }
     }
     lost += opts.statuses.saturating_sub(rows.len());
+    // Rows are re-read after the events still on their way have landed
+    // (their message ids, views and confirmations).
+    let mut webhooks = crate::webhooks::demo_figures(&store, &rows, || sim.webhook_stats()).await?;
+    // Engines that assign their own id (Wawp, WEBJS) send events under it,
+    // the row's `provider_id`, not under the id statusd supplied: count
+    // those views too.
+    let own_ids: Vec<String> = rows
+        .iter()
+        .filter_map(|r| {
+            r.provider_id
+                .clone()
+                .filter(|p| Some(p) != r.message_id.as_ref())
+        })
+        .collect();
+    for chunk in own_ids.chunks(500) {
+        webhooks.views += crate::store::ViewStore::view_counts(&store, chunk)
+            .await?
+            .values()
+            .map(|c| c.viewed)
+            .sum::<i64>();
+    }
+    hooks_stop.cancel();
     Ok(DemoReport {
         engine,
         enqueued: opts.statuses,
@@ -338,6 +401,7 @@ pub async fn execute(
         parked,
         lookups: stats.lookups,
         elapsed,
+        webhooks,
     })
 }
 
@@ -386,6 +450,29 @@ pub fn print_reports(reports: &[DemoReport]) {
             faults.entry(k).or_insert_with(|| vec![0; reports.len()])[i] = *n;
         }
     }
+    println!("\n  webhooks (signed provider events; views and in-doubt rows settled):\n");
+    println!(
+        "  {:<7} {:>7} {:>6} {:>10} {:>7} {:>12} {:>12}",
+        "engine", "events", "lost", "duplicated", "views", "by webhook", "by look-up"
+    );
+    for r in reports {
+        let w = &r.webhooks;
+        println!(
+            "  {:<7} {:>7} {:>6} {:>10} {:>7} {:>12} {:>12}",
+            r.engine.as_str(),
+            w.sim.events,
+            w.sim.lost,
+            w.sim.duplicated,
+            w.views,
+            w.settled_by_webhook,
+            w.settled_by_lookup
+        );
+    }
+    println!(
+        "\n  events: sent by the simulator (lost on the way, duplicated); views: viewers\n  \
+         who opened a status, as recorded from the events; by webhook / by look-up:\n  \
+         in-doubt rows settled by a provider event, or by looking the status up."
+    );
     println!("\n  faults survived, by kind:");
     print!("    {:<24}", "");
     for r in reports {

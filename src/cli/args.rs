@@ -412,6 +412,17 @@ pub struct DemoArgs {
     /// Seed for the simulator's faults.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Share of the simulator's webhook events lost on the way, 0 to 1
+    /// (with 1 none arrives: look-ups settle every in-doubt row).
+    #[arg(long, value_name = "SHARE", default_value_t = 0.0, value_parser = parse_share)]
+    pub webhook_loss: f64,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a share between 0 and 1 (e.g. 0.2)")),
+    }
 }
 
 fn parse_state(s: &str) -> Result<State, String> {

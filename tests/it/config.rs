@@ -562,6 +562,23 @@ async fn demo_has_one_database_flag() {
     assert!(out.stderr.contains("--database-url"), "{}", out.stderr);
 }
 
+/// `statusd demo --webhook-loss` takes a share: anything else is refused
+/// by name, before any work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_refuses_a_webhook_loss_outside_0_to_1() {
+    for bad in ["1.5", "-0.1", "lots"] {
+        let out = Env::bare()
+            .run(&["demo", "--statuses", "1", &format!("--webhook-loss={bad}")])
+            .await
+            .failed();
+        assert!(
+            out.stderr.contains("--webhook-loss") && out.stderr.contains(bad),
+            "{bad}: {}",
+            out.stderr
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_command_checks_a_running_daemon() {
     let db = TestDb::sqlite().await;

@@ -924,7 +924,7 @@ async fn the_demo_holds_exactly_once_against_every_engine() {
         statuses: 120,
         database: Some(format!("sqlite://{}", dir.path().join("demo.db").display())),
         seed: Some(42),
-        engines: Vec::new(),
+        ..Default::default()
     };
     let engines = statusd::demo::engines_of(&opts);
     assert_eq!(engines, SimEngine::ALL.to_vec(), "all four by default");
@@ -940,7 +940,39 @@ async fn the_demo_holds_exactly_once_against_every_engine() {
             r.faults.iter().map(|(_, n)| n).sum::<u64>() > 0,
             "faults were on"
         );
+        // The webhook events arrived: views recorded, and every row that
+        // went through in_doubt was settled one way or the other.
+        let w = &r.webhooks;
+        assert!(w.sim.events > 0 && w.views > 0, "{engine}: {w:?}");
+        assert_eq!(
+            w.settled_by_webhook + w.settled_by_lookup,
+            r.reconciled,
+            "{engine}: {w:?}"
+        );
     }
+}
+
+/// With every webhook event lost, look-ups remain the fallback: the demo's
+/// oracle still holds, and no row is said to be settled by an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_holds_exactly_once_with_every_webhook_event_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = statusd::demo::DemoOptions {
+        statuses: 120,
+        database: Some(format!("sqlite://{}", dir.path().join("demo.db").display())),
+        seed: Some(7),
+        webhook_loss: 1.0,
+        ..Default::default()
+    };
+    let r = statusd::demo::execute(&opts, SimEngine::Wawp, false)
+        .await
+        .expect("demo run");
+    assert_eq!((r.duplicates, r.lost), (0, 0), "{r:?}");
+    assert_eq!(r.shown, r.enqueued, "every status shown: {r:?}");
+    let w = &r.webhooks;
+    assert!(w.sim.events > 0 && w.sim.lost == w.sim.events, "{w:?}");
+    assert_eq!((w.views, w.settled_by_webhook), (0, 0), "{w:?}");
+    assert_eq!(w.settled_by_lookup, r.reconciled, "{w:?}");
 }
 
 /// A Wawp front of a WAHA engine passes the engine's answers through: the
