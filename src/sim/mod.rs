@@ -47,11 +47,13 @@
 //! GOWS). With a `seed`, the draws are reproducible for a given order of
 //! requests.
 
+mod conn;
 mod engines;
 mod knobs;
 mod server;
 mod state;
 mod waha;
+mod wawp;
 mod webhooks;
 
 use std::fmt;

@@ -9,33 +9,32 @@
 //! an error is enveloped: Wawp's `ErrorResponse` schema (`status`,
 //! `error`, `message`; <https://www.api.wawp.net/api/docs/export?format=openapi>)
 //! or WAHA's NestJS one (`statusCode`, `message`, `error`). The engine
-//! decides the shapes of the answers (`engines.rs`).
+//! decides the shapes of the answers (`engines.rs`). Wawp's handlers are in
+//! `wawp.rs`; the connections that can be dropped mid-exchange in `conn.rs`.
 
 use std::collections::HashMap;
-use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::engines::{self, OWN_JID};
+pub(super) use super::conn::Conn;
+use super::conn::SimListener;
+use super::engines;
 use super::knobs::SimEngine;
 use super::state::{Fault, ListFilter, Listed, Plan, Refusal, Shared};
 use super::waha;
+use super::wawp::{
+    chat_messages, delete_status, get_message, new_message_id, post_status, session_info,
+};
 use crate::model::{Kind, StatusBody};
 use crate::wire::{
     bare_message_id, field, paths, waha as waha_wire, MESSAGE_NOT_FOUND, NOT_PROCESSED, STATUS_CHAT,
@@ -85,109 +84,6 @@ fn router(shared: Arc<Shared>) -> Router {
 }
 
 // ---------------------------------------------------------------------------
-// Connections that can be dropped mid-exchange
-
-/// Accepts TCP connections wrapped in [`SimStream`].
-struct SimListener {
-    inner: TcpListener,
-}
-
-impl axum::serve::Listener for SimListener {
-    type Io = SimStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    // Latency of small responses matters more than throughput.
-                    let _ = stream.set_nodelay(true);
-                    return (
-                        SimStream {
-                            inner: stream,
-                            dropped: Arc::new(AtomicBool::new(false)),
-                        },
-                        addr,
-                    );
-                }
-                // E.g. too many open files: back off rather than spin.
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
-/// A TCP stream that fails every read and write once `dropped` is set, so
-/// the server closes the connection instead of sending the response: the
-/// "lost response".
-struct SimStream {
-    inner: TcpStream,
-    dropped: Arc<AtomicBool>,
-}
-
-fn lost() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionReset, "simulated lost response")
-}
-
-impl AsyncRead for SimStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.dropped.load(Ordering::SeqCst) {
-            return Poll::Ready(Err(lost()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SimStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if self.dropped.load(Ordering::SeqCst) {
-            return Poll::Ready(Err(lost()));
-        }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.dropped.load(Ordering::SeqCst) {
-            return Poll::Ready(Err(lost()));
-        }
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// The handler's grip on its connection.
-#[derive(Clone)]
-pub(super) struct Conn(Arc<AtomicBool>);
-
-impl Conn {
-    /// Nothing more is sent on this connection; it is closed.
-    fn drop_now(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Connected<IncomingStream<'_, SimListener>> for Conn {
-    fn connect_info(stream: IncomingStream<'_, SimListener>) -> Self {
-        Conn(stream.io().dropped.clone())
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Callers, errors and their envelopes
 
 /// Which API a request came through.
@@ -211,7 +107,7 @@ pub(super) struct Caller {
 impl Caller {
     /// A Wawp caller: `instance_id` from the query; the token from the
     /// `access-token` header, else the `access_token` query parameter.
-    fn wawp(q: &HashMap<String, String>, h: &HeaderMap) -> Caller {
+    pub(super) fn wawp(q: &HashMap<String, String>, h: &HeaderMap) -> Caller {
         let header_token = h
             .get(field::ACCESS_TOKEN_HEADER)
             .and_then(|v| v.to_str().ok())
@@ -347,7 +243,7 @@ async fn sleep_unless_stopped(sh: &Shared, d: Duration) -> bool {
 /// The kind of endpoint a request is for, which decides what is asked of
 /// it before it is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Gate {
+pub(super) enum Gate {
     NewId,
     Post,
     Delete,
@@ -370,7 +266,7 @@ impl Gate {
 
 /// Auth check, latency and the session check, common to every provider
 /// endpoint of both surfaces; answers the engine and the plan.
-async fn admit(
+pub(super) async fn admit(
     sh: &Shared,
     caller: &Caller,
     conn: &Conn,
@@ -709,103 +605,6 @@ pub(super) async fn op_list(
         .map(|item| engines::message(engine, item, &caller.instance, base.as_deref()))
         .collect();
     Ok(Json(Value::Array(list)).into_response())
-}
-
-// ---------------------------------------------------------------------------
-// Wawp's endpoints
-
-async fn new_message_id(
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Query(q): Params,
-    h: HeaderMap,
-) -> Answer {
-    op_new_message_id(&sh, &Caller::wawp(&q, &h), &conn).await
-}
-
-async fn post_status(
-    kind: Kind,
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Query(q): Params,
-    h: HeaderMap,
-    body: Bytes,
-) -> Answer {
-    op_post(kind, &sh, &Caller::wawp(&q, &h), &conn, &body).await
-}
-
-async fn delete_status(
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Query(q): Params,
-    h: HeaderMap,
-    body: Bytes,
-) -> Answer {
-    op_delete(&sh, &Caller::wawp(&q, &h), &conn, &body).await
-}
-
-/// `chatId` and `messageId` from the JSON body, else from the query (the
-/// docs show both).
-async fn get_message(
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Query(q): Params,
-    h: HeaderMap,
-    body: Bytes,
-) -> Answer {
-    let caller = Caller::wawp(&q, &h);
-    let from_body = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
-    let param = |k: &str| {
-        from_body
-            .get(k)
-            .map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .or_else(|| q.get(k).cloned())
-    };
-    let (Some(chat), Some(id)) = (param(field::CHAT_ID), param(field::MESSAGE_ID)) else {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "chatId and messageId are required",
-        ));
-    };
-    let download = param(field::DOWNLOAD_MEDIA).is_none_or(|v| v != "false");
-    op_get_message(&sh, &caller, &conn, &chat, &id, download).await
-}
-
-async fn chat_messages(
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Query(q): Params,
-    h: HeaderMap,
-) -> Answer {
-    let caller = Caller::wawp(&q, &h);
-    let chat = q.get(field::CHAT_ID).cloned().unwrap_or_default();
-    let query =
-        ListQuery::from_params(chat, &q, false).map_err(|m| error(StatusCode::BAD_REQUEST, &m))?;
-    op_list(&sh, &caller, &conn, &query).await
-}
-
-async fn session_info(
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Query(q): Params,
-    h: HeaderMap,
-) -> Answer {
-    let caller = Caller::wawp(&q, &h);
-    let (engine, _) = admit(&sh, &caller, &conn, Gate::Read).await?;
-    let mut info = json!({
-        "name": caller.instance,
-        "status": sh.session_status(&caller.instance),
-        "me": { "id": OWN_JID, "pushName": "statusd simulator" },
-    });
-    // Wawp names no engine; a Wawp front of a WAHA engine passes WAHA's
-    // `engine` object through.
-    if engine != SimEngine::Wawp {
-        info["engine"] = json!({ "engine": engine.waha_name() });
-    }
-    Ok(Json(info).into_response())
 }
 
 // ---------------------------------------------------------------------------
