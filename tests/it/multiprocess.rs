@@ -14,7 +14,7 @@ use statusd::store::Store;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
-use crate::support::{assert_exactly_once, start_sim, statusd_command, TestDb, TEST_TOKEN};
+use crate::support::{assert_exactly_once, start_sim, TestDb, TEST_TOKEN};
 
 /// How many statuses each run enqueues, and how many of them by `statusd
 /// enqueue` children (the rest by the other writer).
@@ -71,18 +71,7 @@ burst = 500
 
 /// `statusd --config-dir DIR ARGS…` with only this test's environment.
 fn statusd(cfg: &Path, args: &[&str]) -> Command {
-    let mut cmd = statusd_command();
-    cmd.arg("--config-dir").arg(cfg).args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("STATUSD") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("STATUSD_ENV", "multiprocess-test")
-        .env("STATUSD__INSTANCES__MAIN__ACCESS_TOKEN", TEST_TOKEN)
-        .env("STATUSD__ADMIN__TOKEN", "admin-token-for-tests")
-        .env_remove("RUST_LOG");
-    cmd
+    crate::support::statusd_isolated(cfg, args, "multiprocess-test")
 }
 
 async fn run_ok(cfg: &Path, args: &[&str]) -> String {

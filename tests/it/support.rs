@@ -411,6 +411,28 @@ burst = 500
     std::fs::write(dir.join("default.toml"), cfg).expect("write default.toml");
 }
 
+/// `statusd --config-dir CFG ARGS…` with none of the caller's `STATUSD*`
+/// variables: only the tests' instance and admin tokens, and
+/// `STATUSD_ENV=label`.
+pub fn statusd_isolated(
+    cfg: &std::path::Path,
+    args: &[&str],
+    label: &str,
+) -> tokio::process::Command {
+    let mut cmd = statusd_command();
+    cmd.arg("--config-dir").arg(cfg).args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("STATUSD") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("STATUSD_ENV", label)
+        .env("STATUSD__INSTANCES__MAIN__ACCESS_TOKEN", TEST_TOKEN)
+        .env("STATUSD__ADMIN__TOKEN", "admin-token-for-tests")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
 /// `statusd --config-dir CFG …` with the instance token from the
 /// environment and `env` on top, its output appended to `log`.
 pub fn statusd_in(
