@@ -11,16 +11,28 @@ use crate::admin::AdminServer;
 use crate::config::{ProviderSettings, Settings};
 use crate::daemon::Daemon;
 use crate::instance::{Instance, Instances, MakeProvider, Registry};
-use crate::provider::WawpClient;
+use crate::provider::{wawp, WawpClient};
 use crate::store::Store;
 use crate::webhooks::processor::{self, ProcessorConfig};
 use crate::webhooks::Receiver;
 
 /// Builds the Wawp client of an instance from the table (the token read
-/// from the variable or file it names, in this process).
+/// from the variable or file it names, in this process), all of them over
+/// one HTTP client built at the first.
 pub fn wawp_maker(provider: &ProviderSettings) -> MakeProvider<WawpClient> {
     let provider = provider.clone();
-    Arc::new(move |name, cfg| WawpClient::new(name, cfg, &provider).map_err(|e| e.to_string()))
+    let http = std::sync::OnceLock::new();
+    Arc::new(move |name, cfg| {
+        let http = match http.get() {
+            Some(h) => h,
+            None => {
+                let built = wawp::http_client(&provider)
+                    .map_err(|e| format!("cannot build HTTP client: {e}"))?;
+                http.get_or_init(|| built)
+            }
+        };
+        WawpClient::sharing(name, cfg, http).map_err(|e| e.to_string())
+    })
 }
 
 /// Every instance an operator command run without a daemon can use
@@ -41,11 +53,17 @@ pub async fn wawp_registry<S: Store>(
 
 /// Builds the Wawp clients of every configured instance.
 pub fn wawp_instances(settings: &Settings) -> anyhow::Result<Vec<Instance<WawpClient>>> {
+    if settings.instances.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One HTTP client (pool, TLS set-up) for all of them.
+    let http = wawp::http_client(&settings.provider)
+        .map_err(|e| anyhow::anyhow!("cannot build HTTP client: {e}"))?;
     settings
         .instances
         .iter()
         .map(|(name, inst)| {
-            let client = WawpClient::new(name, inst, &settings.provider)
+            let client = WawpClient::sharing(name, inst, &http)
                 .with_context(|| format!("instances.{name}"))?;
             Ok(Instance::new(name, client, inst.rate_per_sec, inst.burst)
                 .with_max_in_flight(inst.max_in_flight))

@@ -386,7 +386,11 @@ fn build<P: Provider>(
         }
     }
     match make(name, &cfg) {
-        Ok(p) => Built::New(Instance::new(name, p, cfg.rate_per_sec, cfg.burst), fp),
+        Ok(p) => Built::New(
+            Instance::new(name, p, cfg.rate_per_sec, cfg.burst)
+                .with_max_in_flight(cfg.max_in_flight),
+            fp,
+        ),
         Err(e) => Built::Held(format!("cannot send from this daemon: {e}")),
     }
 }
@@ -479,6 +483,8 @@ pub struct Instance<P> {
     pub(crate) limiter: DefaultDirectRateLimiter,
     /// The limiter's rate (the dispatcher claims about a second of it ahead).
     pub rate_per_sec: u32,
+    /// The limiter's bucket size.
+    burst: u32,
     /// Calls of this instance in flight at once (see
     /// [`Instance::with_max_in_flight`]).
     pub max_in_flight: usize,
@@ -503,6 +509,7 @@ impl<P: Provider> Instance<P> {
             provider,
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             rate_per_sec: rate.get(),
+            burst: burst.get(),
             max_in_flight: crate::config::DEFAULT_MAX_IN_FLIGHT,
             paused: Mutex::new(None),
         }
@@ -512,6 +519,22 @@ impl<P: Provider> Instance<P> {
     pub fn with_max_in_flight(mut self, n: usize) -> Instance<P> {
         self.max_in_flight = n.max(1);
         self
+    }
+
+    /// Empties the token bucket: this replica has just taken the instance
+    /// (at start, or from another replica). Its sends begin at the rate, not
+    /// with a burst on top of what the previous holder sent within the
+    /// window, so the rate holds across a hand-over (R7).
+    pub(crate) fn empty_bucket(&self) {
+        // Greedy halving: a few calls whatever the burst (bounded: at a
+        // rate of millions per second tokens come back as fast as taken).
+        let mut n = self.burst;
+        for _ in 0..128 {
+            let Some(k) = NonZeroU32::new(n) else { break };
+            if !matches!(self.limiter.check_n(k), Ok(Ok(()))) {
+                n /= 2;
+            }
+        }
     }
 
     pub fn is_paused(&self) -> bool {
@@ -642,5 +665,48 @@ mod tests {
         assert!(Arc::ptr_eq(&a_before, &reg.get("a").unwrap()));
         assert_eq!(changes.started, vec!["c".to_string()]);
         assert_eq!(changes.released, vec!["c".to_string()]);
+    }
+
+    /// A table instance's `max_in_flight` is its own (the default when
+    /// unset), as a file instance's is.
+    #[test]
+    fn table_instances_take_their_max_in_flight() {
+        std::env::set_var("STATUSD_UNIT_TOKEN_M", "tok-m");
+        let make = crate::app::wawp_maker(&ProviderSettings::default());
+        let reg = Registry::new(Vec::new());
+        let with = serde_json::json!({"instance_id": "m", "access_token_env": "STATUSD_UNIT_TOKEN_M", "base_url": "http://127.0.0.1:9", "max_in_flight": 3});
+        let without = serde_json::json!({"instance_id": "n", "access_token_env": "STATUSD_UNIT_TOKEN_M", "base_url": "http://127.0.0.1:9"});
+        let table = InstanceTable {
+            rows: vec![
+                record("m", with, true, false),
+                record("n", without, true, false),
+            ],
+            read_at: at(10_000),
+        };
+        reg.apply(&table, &make);
+        assert_eq!(reg.get("m").unwrap().max_in_flight, 3);
+        assert_eq!(
+            reg.get("n").unwrap().max_in_flight,
+            crate::config::DEFAULT_MAX_IN_FLIGHT
+        );
+    }
+
+    /// Taking an instance over starts from an empty bucket: no burst on
+    /// top of what the previous holder sent.
+    #[test]
+    fn an_emptied_bucket_has_no_burst_left() {
+        let cfg = InstanceConfig {
+            instance_id: "e".into(),
+            access_token: Some("t".to_string().into()),
+            ..Default::default()
+        };
+        let client = WawpClient::new("e", &cfg, &ProviderSettings::default()).unwrap();
+        let inst = Instance::new("e", client, 1, 50);
+        assert!(inst.limiter.check().is_ok(), "a fresh bucket is full");
+        inst.empty_bucket();
+        assert!(
+            inst.limiter.check().is_err(),
+            "an emptied bucket has no token left"
+        );
     }
 }

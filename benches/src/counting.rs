@@ -310,4 +310,12 @@ impl<S: statusd::store::InstanceLeases + Sync> statusd::store::InstanceLeases fo
         self.add(1);
         self.inner.instance_leases().await
     }
+    async fn next_lease_expiry(
+        &self,
+        owner: &str,
+        instances: &[String],
+    ) -> Result<Option<Duration>> {
+        self.add(1);
+        self.inner.next_lease_expiry(owner, instances).await
+    }
 }

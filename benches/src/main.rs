@@ -10,7 +10,8 @@
 //! BENCH_RSS_ROWS (1000000), BENCH_SCALE_ROWS (5000000), BENCH_APALIS (20000),
 //! and for fair scheduling (sections noisy, slow, tenants, replicas, cpu):
 //! BENCH_NOISY_ROWS (1000), BENCH_SLOW_ROWS (200), BENCH_TENANTS (1000),
-//! BENCH_REPLICA_ROWS (2000), BENCH_CPU_ROWS (min(backlog, 50000)).
+//! BENCH_REPLICA_ROWS (2000; the run with a SIGKILL: BENCH_REPLICA_KILL_ROWS,
+//! 400), BENCH_CPU_ROWS (min(backlog, 50000)).
 //! PostgreSQL: BENCH_PG (postgres://postgres@127.0.0.1:5432).
 
 mod counting;
@@ -790,7 +791,12 @@ async fn main() -> anyhow::Result<()> {
         fairness::tenants(env_n("BENCH_TENANTS", 1_000), &mut r).await?;
     }
     if on("replicas") {
-        fairness::replicas(env_n("BENCH_REPLICA_ROWS", 2_000), &mut r).await?;
+        fairness::replicas(
+            env_n("BENCH_REPLICA_ROWS", 2_000),
+            env_n("BENCH_REPLICA_KILL_ROWS", 400),
+            &mut r,
+        )
+        .await?;
     }
     for db in [Db::sqlite().await?, Db::pg().await?] {
         if !(on("cpu") || on("drain")) {

@@ -32,12 +32,16 @@ fn file_names<S, P: Provider>(app: &Shared<S, P>) -> Vec<String> {
 /// `GET /v1/instances`: every instance (the file's, the table's, and names
 /// rows wait for), its state (`active`, `paused`, `disabled`, `removed`,
 /// `shadowed`, `unknown`) with the reason, and its rows: waiting, due, in
-/// flight, in doubt, oldest due age, posted in the last minute. Pauses come
-/// from the store, so this is true across replicas.
+/// flight (and `max_in_flight`), in doubt, oldest due age, posted in the
+/// last minute. Pauses come from the store, so this is true across
+/// replicas.
 pub(super) async fn list<S: Store, P: Provider>(
     AxState(app): AxState<Shared<S, P>>,
 ) -> Result<Response, ApiError> {
-    let views = actions::list(&app.ctx.store, &file_names(&app)).await?;
+    let mut views = actions::list(&app.ctx.store, &file_names(&app)).await?;
+    for v in views.iter_mut().filter(|v| v.source == "file") {
+        v.max_in_flight = app.ctx.instances.get(&v.instance).map(|i| i.max_in_flight);
+    }
     Ok(Json(views).into_response())
 }
 

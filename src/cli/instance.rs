@@ -30,7 +30,7 @@ pub enum InstanceCommand {
     Ls(InstanceLsArgs),
     /// Change a table instance's settings.
     #[command(after_help = "Examples:\n  \
-        statusd instance set shop42 --rate-per-sec 10 --burst 10\n  \
+        statusd instance set shop42 --rate-per-sec 10 --burst 10 --max-in-flight 16\n  \
         statusd instance set shop42 --token-file /run/secrets/shop42 --unset max_in_flight")]
     Set(InstanceSetArgs),
     /// Remove a table instance: its rows are kept and wait, reported as
@@ -68,6 +68,10 @@ pub struct InstanceSettingsArgs {
     pub rate_per_sec: Option<u32>,
     #[arg(long, value_name = "N")]
     pub burst: Option<u32>,
+    /// Calls of this instance in flight at once (default 8), so a slow
+    /// provider holds at most this many of the daemon's send slots.
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<usize>,
     /// Send our pre-generated id in the body (true) or let the provider
     /// assign it (false).
     #[arg(long, value_name = "BOOL")]
@@ -145,6 +149,7 @@ impl InstanceSettingsArgs {
         );
         put("rate_per_sec", self.rate_per_sec.map(Value::from));
         put("burst", self.burst.map(Value::from));
+        put("max_in_flight", self.max_in_flight.map(Value::from));
         put("supplied_id", self.supplied_id.map(Value::from));
         Ok(m)
     }
@@ -233,12 +238,16 @@ pub async fn dispatch<S: Store>(
                 a.name
             ))
         }
-        InstanceCommand::Ls(a) => ls(store, &file, a.json).await,
+        InstanceCommand::Ls(a) => ls(store, settings, a.json).await,
     }
 }
 
-async fn ls<S: Store>(store: &S, file: &[String], as_json: bool) -> anyhow::Result<String> {
-    let views = actions::list(store, file).await.map_err(op)?;
+async fn ls<S: Store>(store: &S, settings: &Settings, as_json: bool) -> anyhow::Result<String> {
+    let file: Vec<String> = settings.instances.keys().cloned().collect();
+    let mut views = actions::list(store, &file).await.map_err(op)?;
+    for v in views.iter_mut().filter(|v| v.source == "file") {
+        v.max_in_flight = settings.instances.get(&v.instance).map(|i| i.max_in_flight);
+    }
     if as_json {
         return Ok(serde_json::to_string_pretty(&views).context("encoding JSON")? + "\n");
     }
@@ -252,6 +261,7 @@ async fn ls<S: Store>(store: &S, file: &[String], as_json: bool) -> anyhow::Resu
         "WAITING",
         "DUE",
         "IN_FLIGHT",
+        "MAX_IN_FLIGHT",
         "IN_DOUBT",
         "OLDEST_DUE",
         "POSTED/MIN",
@@ -279,6 +289,7 @@ async fn ls<S: Store>(store: &S, file: &[String], as_json: bool) -> anyhow::Resu
             v.waiting.to_string(),
             v.due.to_string(),
             v.in_flight.to_string(),
+            v.max_in_flight.map_or("-".into(), |n| n.to_string()),
             v.in_doubt.to_string(),
             v.oldest_due_age_secs.map(age).unwrap_or_else(|| "-".into()),
             v.posted_last_minute.to_string(),

@@ -1,6 +1,6 @@
 //! The dispatcher's claimer: claims due rows into the fair queue, per
-//! instance only what its budget allows (R7), for every instance with room
-//! in one statement (`ClaimParams::budgets`).
+//! instance only what its budget allows (R7), in one statement per batch
+//! (`ClaimParams::budgets`) for the instances that need rows, taken in turn.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::dispatcher::{lock, Shared};
 use super::{backoff, Ctx};
 use crate::config::IdSource;
+use crate::instance::{Instance, Snapshot};
 use crate::model::OutboxRow;
 use crate::provider::{ids, Provider};
 use crate::store::{ClaimParams, InstanceBudget, Store};
@@ -30,12 +31,74 @@ const REPROBE: Duration = Duration::from_millis(50);
 /// The claimer's plans (a look at every instance's budget) are this far
 /// apart at least.
 const PLAN_GAP: Duration = Duration::from_millis(5);
+/// Claimed rows held (waiting for a slot), all instances together, at most
+/// this many per send slot: a bound on memory and on how long a claimed row
+/// can wait (well under half its lease at any plausible send rate).
+const MAX_HELD_PER_SLOT: usize = 64;
+/// The send rate that sizes the held rows is measured over this long.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// How many claimed rows may wait for a send slot, all instances together:
+/// `floor` (a few batches), raised to one row per instance with due rows
+/// (an instance can use its next token only if a row of it waits: with
+/// 1,000 instances a fixed 128 would leave 872 idle) and to two seconds of
+/// the recent send rate, and capped at `ceiling`.
+fn held_bound(floor: usize, due_instances: usize, sends_per_sec: f64, ceiling: usize) -> usize {
+    floor
+        .max(due_instances)
+        .max((2.0 * sends_per_sec) as usize)
+        .min(ceiling.max(floor))
+}
+
+/// The sending instances in name order (the claimer's round-robin order),
+/// rebuilt only when the registry's view changes.
+struct Order<P> {
+    of: Option<Arc<Snapshot<P>>>,
+    instances: Vec<Arc<Instance<P>>>,
+    /// Where the next plan starts.
+    cursor: usize,
+}
+
+impl<P> Order<P> {
+    fn refresh(&mut self, snap: Arc<Snapshot<P>>) {
+        if self.of.as_ref().is_some_and(|o| Arc::ptr_eq(o, &snap)) {
+            return;
+        }
+        let mut v: Vec<Arc<Instance<P>>> = snap.running.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        self.instances = v;
+        self.cursor %= self.instances.len().max(1);
+        self.of = Some(snap);
+    }
+}
+
+/// The recent rate of sends started, for [`held_bound`].
+struct SendRate {
+    at: Instant,
+    count: u64,
+    per_sec: f64,
+}
+
+impl SendRate {
+    fn update(&mut self, sent: u64) -> f64 {
+        let dt = self.at.elapsed();
+        if dt >= RATE_WINDOW {
+            self.per_sec = sent.saturating_sub(self.count) as f64 / dt.as_secs_f64();
+            self.at = Instant::now();
+            self.count = sent;
+        }
+        self.per_sec
+    }
+}
 
 /// Claims due rows into the fair queue, per instance only what that
 /// instance can send soon: about [`CLAIM_AHEAD`] of its rate not yet
-/// waiting, and up to twice its `max_in_flight` held in all. A claim runs
-/// when an instance has at least half of that free (or nothing held at
-/// all), for every instance with room at once; until shutdown.
+/// waiting, and up to twice its `max_in_flight` held in all. An instance
+/// needs rows when at least half of that is free (or nothing is held at
+/// all); a claim takes such instances in turn (name order, from where the
+/// last claim stopped) until their budgets fill one batch, so a statement
+/// probes only the instances it can serve, however many are configured.
+/// Until shutdown.
 pub(super) async fn claim_loop<S: Store, P: Provider>(
     ctx: Arc<Ctx<S, P>>,
     shared: Arc<Shared>,
@@ -43,12 +106,14 @@ pub(super) async fn claim_loop<S: Store, P: Provider>(
 ) {
     let mut wake = ctx.store.subscribe();
     let mut failures = 0;
-    // At most this many rows wait for a slot, all instances together.
-    let prefetch = ctx
+    // Held rows, all instances together: at least this many (see
+    // `held_bound` for when more).
+    let floor = ctx
         .settings
         .batch_size
         .min(ctx.dispatcher.concurrency * 4)
         .max(1);
+    let ceiling = ctx.dispatcher.concurrency * MAX_HELD_PER_SLOT;
     // Instances whose last claim took all their due rows: not claimed for
     // again until a wake-up, a nudge or the idle timer.
     let mut drained: HashSet<String> = HashSet::new();
@@ -57,6 +122,16 @@ pub(super) async fn claim_loop<S: Store, P: Provider>(
     let mut idle_for = ctx.idle_poll();
     let mut strays_at = Instant::now();
     let mut last_plan = Instant::now();
+    let mut order = Order {
+        of: None,
+        instances: Vec::new(),
+        cursor: 0,
+    };
+    let mut rate = SendRate {
+        at: Instant::now(),
+        count: 0,
+        per_sec: 0.0,
+    };
     while !shutdown.is_cancelled() {
         // Plans are made at most every PLAN_GAP: every finished send wakes
         // the claimer, and with many instances a plan visits each.
@@ -75,43 +150,58 @@ pub(super) async fn claim_loop<S: Store, P: Provider>(
         let changed = shared.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let (budgets, waiting, trigger) = {
+        order.refresh(ctx.instances.snapshot());
+        let (budgets, free, limit) = {
             let leases = lock(&shared.leases);
             let queue = lock(&shared.queue);
+            let may_claim = |inst: &Instance<P>| {
+                !inst.is_paused() && leases.serves(&inst.name) && !drained.contains(&inst.name)
+            };
+            let due_instances = order.instances.iter().filter(|i| may_claim(i)).count();
+            let bound = held_bound(floor, due_instances, rate.update(queue.sent()), ceiling);
+            // Each instance's part of the bound: with many instances due,
+            // a few rows each rather than a second's worth for some of them
+            // and none for the rest.
+            let share = (bound / due_instances.max(1)).max(1);
+            let free = bound.saturating_sub(queue.total_waiting());
+            let limit = free.min(ctx.dispatcher.batch_size);
+            let n = order.instances.len();
             let mut budgets = Vec::new();
-            let mut trigger = false;
-            for inst in ctx.instances.values() {
-                if inst.is_paused() || !leases.serves(&inst.name) || drained.contains(&inst.name) {
+            let mut covered = 0;
+            for k in 0..n {
+                if covered >= limit {
+                    break;
+                }
+                let at = (order.cursor + k) % n;
+                let inst = &order.instances[at];
+                if !may_claim(inst) {
                     continue;
                 }
                 let (w, s) = (queue.waiting(&inst.name), queue.sending(&inst.name));
                 let ahead = ((f64::from(inst.rate_per_sec) * CLAIM_AHEAD.as_secs_f64()).ceil()
                     as usize)
                     .max(1);
+                let ahead = ahead.min(share);
                 let hold = 2 * inst.max_in_flight;
                 let room = ahead.saturating_sub(w).min(hold.saturating_sub(w + s));
-                if room == 0 {
+                // Topped up once half of its budget is free, not per row.
+                if room == 0 || (room * 2 < ahead.min(hold) && w + s > 0) {
                     continue;
                 }
-                if room * 2 >= ahead.min(hold) || w + s == 0 {
-                    trigger = true;
-                }
+                covered += room;
                 budgets.push(InstanceBudget {
                     instance: inst.name.clone(),
                     limit: room as i64,
                 });
+                order.cursor = (at + 1) % n;
             }
-            (budgets, queue.total_waiting(), trigger)
+            (budgets, free, limit.min(covered))
         };
-        let limit = prefetch
-            .saturating_sub(waiting)
-            .min(ctx.dispatcher.batch_size);
-        let strays = strays_at.elapsed() >= STRAYS_EVERY && limit > 0;
-        if strays {
+        if strays_at.elapsed() >= STRAYS_EVERY && free > 0 {
             strays_at = Instant::now();
-            claim_strays(&ctx, &shared, limit.min(16)).await;
+            claim_strays(&ctx, &shared, free.min(16)).await;
         }
-        if !trigger || limit == 0 {
+        if budgets.is_empty() || limit == 0 {
             let nap = if woken {
                 REPROBE.saturating_sub(last_probe.elapsed())
             } else {
@@ -231,5 +321,23 @@ async fn claim_strays<S: Store, P: Provider>(ctx: &Ctx<S, P>, shared: &Shared, l
         Err(e) => {
             tracing::warn!(error = %e, "dispatcher: claiming rows of unknown instances failed")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::held_bound;
+
+    #[test]
+    fn held_rows_scale_with_instances_and_the_send_rate_within_the_ceiling() {
+        // One busy instance: the batch floor.
+        assert_eq!(held_bound(128, 1, 20.0, 4096), 128);
+        // 1,000 instances with due rows: one row each at least.
+        assert_eq!(held_bound(128, 1_000, 0.0, 4096), 1_000);
+        // Sending 1,500/s: two seconds of it.
+        assert_eq!(held_bound(128, 10, 1_500.0, 4096), 3_000);
+        // Never past the ceiling, never under the floor.
+        assert_eq!(held_bound(128, 100_000, 50_000.0, 4096), 4096);
+        assert_eq!(held_bound(128, 0, 0.0, 64), 128);
     }
 }

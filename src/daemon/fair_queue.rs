@@ -59,6 +59,9 @@ pub(crate) struct FairQueue {
     parked: HashSet<String>,
     sending: HashMap<String, usize>,
     waiting: usize,
+    /// Rows handed to a send slot so far (the claimer sizes what it holds
+    /// by this rate).
+    sent: u64,
 }
 
 impl FairQueue {
@@ -88,6 +91,10 @@ impl FairQueue {
 
     pub fn total_waiting(&self) -> usize {
         self.waiting
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.sent
     }
 
     /// The next row to send, taking instances in turn: an instance that
@@ -132,6 +139,7 @@ impl FairQueue {
                         return Next::Release(vec![w]);
                     }
                     *self.sending.entry(name).or_default() += 1;
+                    self.sent += 1;
                     return Next::Send(Box::new(w));
                 }
                 Gate::NotUntil(d) => {

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -13,6 +13,10 @@ use super::dispatcher::{lock, Shared};
 use super::Ctx;
 use crate::provider::Provider;
 use crate::store::{KeepLeasesParams, Store};
+
+/// A renewal aimed at another replica's lease expiry comes this long after
+/// it (the database's clock and ours tick apart a little).
+const LEASE_MARGIN: Duration = Duration::from_millis(50);
 
 /// The instances this replica may serve now (R7: one replica per instance).
 #[derive(Debug, Default)]
@@ -62,11 +66,22 @@ pub(super) async fn keep_leases<S: Store, P: Provider>(
             ttl,
             release,
         };
+        let mut room = false;
         match ctx.store.keep_instance_leases(params).await {
             Ok(grant) => {
+                room = grant.held.len() < grant.share;
                 let until = started + ttl - ttl / 10;
                 let mut leases = lock(&shared.leases);
                 let before: HashSet<String> = leases.held.keys().cloned().collect();
+                // Taken just now (at start or from another replica, which
+                // may have sent up to the rate until a moment ago): begin
+                // with an empty bucket, before any send, so the instance's
+                // rate holds across the hand-over with no extra burst.
+                for name in grant.held.iter().filter(|n| !before.contains(*n)) {
+                    if let Some(inst) = ctx.instances.get(name) {
+                        inst.empty_bucket();
+                    }
+                }
                 leases.held = grant.held.iter().map(|n| (n.clone(), until)).collect();
                 leases.draining.retain(|n| grant.held.contains(n));
                 let serving: Vec<&String> = grant
@@ -95,8 +110,25 @@ pub(super) async fn keep_leases<S: Store, P: Provider>(
                 tracing::warn!(error = %e, "renewing the instance leases failed; retrying")
             }
         }
+        // With room in its share, renew again as soon as another replica's
+        // lease on one of our instances expires (its holder may have died):
+        // the instance is then served again within one lease.
+        let mut next = every;
+        if room {
+            match ctx
+                .store
+                .next_lease_expiry(&ctx.owner, &ctx.instances.keys())
+                .await
+            {
+                Ok(Some(d)) => next = next.min(d + LEASE_MARGIN),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading other replicas' instance leases failed")
+                }
+            }
+        }
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(next) => {}
             _ = shutdown.cancelled() => return,
         }
     }

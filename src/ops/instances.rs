@@ -44,6 +44,10 @@ pub struct InstanceView {
     pub paused: Option<PauseView>,
     /// The table's settings (never a token).
     pub settings: Option<Map<String, Value>>,
+    /// Its calls in flight at once (`max_in_flight`, the default applied):
+    /// a table instance's from its settings, a file instance's from the
+    /// file of the process asking (None where unknown).
+    pub max_in_flight: Option<usize>,
     pub enabled: Option<bool>,
     /// Rows not yet sent: `queued` and `pending_upload`.
     pub waiting: i64,
@@ -82,6 +86,7 @@ pub async fn list<S: Store>(store: &S, file: &[String]) -> Result<Vec<InstanceVi
         reason: None,
         paused: None,
         settings: None,
+        max_in_flight: None,
         enabled: None,
         waiting: 0,
         due: 0,
@@ -107,6 +112,12 @@ pub async fn list<S: Store>(store: &S, file: &[String]) -> Result<Vec<InstanceVi
         };
         let mut v = blank(&rec.name, "table");
         v.settings = Some(rec.settings.clone());
+        v.max_in_flight = Some(
+            rec.settings
+                .get("max_in_flight")
+                .and_then(Value::as_u64)
+                .map_or(crate::config::DEFAULT_MAX_IN_FLIGHT, |n| n as usize),
+        );
         v.enabled = Some(rec.enabled);
         v.updated_at = Some(rec.updated_at);
         (v.state, v.reason, v.configured) = table_state(rec, shadowed);

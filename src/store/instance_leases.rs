@@ -71,6 +71,15 @@ pub trait InstanceLeases {
     fn release_instance_leases(&self, owner: &str) -> impl Future<Output = Result<()>> + Send;
     /// Every instance lease, expired or not, by instance.
     fn instance_leases(&self) -> impl Future<Output = Result<Vec<InstanceLease>>> + Send;
+    /// How soon the first unexpired lease that another replica holds on one
+    /// of `instances` expires (None: there is none). A replica with room in
+    /// its share renews right then, so that an instance whose holder died
+    /// is served again within one lease, not one lease and a renewal period.
+    fn next_lease_expiry(
+        &self,
+        owner: &str,
+        instances: &[String],
+    ) -> impl Future<Output = Result<Option<Duration>>> + Send;
 }
 
 fn share(instances: usize, live: i64) -> usize {
@@ -187,6 +196,23 @@ impl InstanceLeases for SqliteStore {
             })
             .collect()
     }
+
+    async fn next_lease_expiry(
+        &self,
+        owner: &str,
+        instances: &[String],
+    ) -> Result<Option<Duration>> {
+        let ms: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT MIN(expires_at) - {NOW} FROM status_instance_leases
+             WHERE owner <> ?1 AND expires_at >= {NOW}
+               AND instance IN (SELECT value FROM json_each(?2))"
+        ))
+        .bind(owner)
+        .bind(json(instances))
+        .fetch_one(self.pool())
+        .await?;
+        Ok(ms.map(|m| Duration::from_millis(m.max(0) as u64)))
+    }
 }
 
 impl InstanceLeases for PgStore {
@@ -291,6 +317,23 @@ impl InstanceLeases for PgStore {
             })
             .collect()
     }
+
+    async fn next_lease_expiry(
+        &self,
+        owner: &str,
+        instances: &[String],
+    ) -> Result<Option<Duration>> {
+        let ms: Option<f64> = sqlx::query_scalar(
+            "SELECT (EXTRACT(EPOCH FROM MIN(expires_at) - now()) * 1000)::float8
+             FROM status_instance_leases
+             WHERE owner <> $1 AND expires_at >= now() AND instance = ANY($2::text[])",
+        )
+        .bind(owner)
+        .bind(instances)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(ms.map(|m| Duration::from_millis(m.max(0.0) as u64)))
+    }
 }
 
 impl<S: InstanceLeases + Sync> InstanceLeases for Timed<S> {
@@ -310,5 +353,17 @@ impl<S: InstanceLeases + Sync> InstanceLeases for Timed<S> {
     async fn instance_leases(&self) -> Result<Vec<InstanceLease>> {
         self.within("instance_leases", self.inner().instance_leases())
             .await
+    }
+
+    async fn next_lease_expiry(
+        &self,
+        owner: &str,
+        instances: &[String],
+    ) -> Result<Option<Duration>> {
+        self.within(
+            "next_lease_expiry",
+            self.inner().next_lease_expiry(owner, instances),
+        )
+        .await
     }
 }

@@ -125,9 +125,15 @@ async fn runtime_instances(db: TestDb) {
         "1000",
         "--burst",
         "100",
+        "--max-in-flight",
+        "3",
     ];
     let out = ok(&cfg, &add_shop, &cli_env).await;
     assert!(out.contains("instance `shop` added"), "{out}");
+    // Its own in-flight cap, stored with its settings and shown.
+    let view = instance_view(&cfg, "shop").await;
+    assert_eq!(view["max_in_flight"], 3, "{view}");
+    assert_eq!(view["settings"]["max_in_flight"], 3, "{view}");
     for i in 0..5 {
         enqueue(&cfg, "shop", &format!("shop {i}")).await;
     }

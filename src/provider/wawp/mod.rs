@@ -127,13 +127,44 @@ impl fmt::Debug for WawpClient {
 /// is all that counts).
 const MAX_EVIDENCE: usize = 64;
 
+/// The HTTP client the instances' calls go through. Redirects are not
+/// followed: a redirect would carry a token to another URL. The error is
+/// the builder's, without any URL (it never holds a token).
+pub fn http_client(settings: &ProviderSettings) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms.max(1)))
+        .timeout(Duration::from_millis(settings.request_timeout_ms.max(1)))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("statusd/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| e.without_url().to_string())
+}
+
 impl WawpClient {
-    /// A client for one configured instance. Redirects are not followed: a
-    /// redirect would carry the token to another URL.
+    /// A client for one configured instance, with an HTTP client of its
+    /// own (see [`WawpClient::sharing`]).
     pub fn new(
         name: &str,
         inst: &InstanceConfig,
         settings: &ProviderSettings,
+    ) -> Result<WawpClient, ClientError> {
+        let http = http_client(settings).map_err(|reason| ClientError::Http {
+            instance: name.to_string(),
+            reason,
+        })?;
+        WawpClient::sharing(name, inst, &http)
+    }
+
+    /// A client for one configured instance over `http` (from
+    /// [`http_client`]), which the daemon shares between all its instances:
+    /// one connection pool and one TLS set-up, not one per instance (with a
+    /// thousand instances, building a thousand clients took seconds of the
+    /// start and kept a thousand pools).
+    pub fn sharing(
+        name: &str,
+        inst: &InstanceConfig,
+        http: &reqwest::Client,
     ) -> Result<WawpClient, ClientError> {
         let instance = || name.to_string();
         // The config's error is kept as text (this error is `Clone`): it
@@ -162,17 +193,7 @@ impl WawpClient {
                 })
             }
         }
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .connect_timeout(Duration::from_millis(settings.connect_timeout_ms.max(1)))
-            .timeout(Duration::from_millis(settings.request_timeout_ms.max(1)))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("statusd/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Http {
-                instance: instance(),
-                reason: redact(&e.without_url().to_string(), token.expose_secret()),
-            })?;
+        let http = http.clone();
         let api = match inst.provider {
             ProviderKind::Wawp => Api::Wawp {
                 instance_id: inst.instance_id.clone(),
