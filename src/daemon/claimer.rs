@@ -2,7 +2,7 @@
 //! instance only what its budget allows (R7), in one statement per batch
 //! (`ClaimParams::budgets`) for the instances that need rows, taken in turn.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,9 +114,12 @@ pub(super) async fn claim_loop<S: Store, P: Provider>(
         .min(ctx.dispatcher.concurrency * 4)
         .max(1);
     let ceiling = ctx.dispatcher.concurrency * MAX_HELD_PER_SLOT;
-    // Instances whose last claim took all their due rows: not claimed for
-    // again until a wake-up, a nudge or the idle timer.
+    // Instances whose last claim found none of their rows due: not claimed
+    // for again until a wake-up, a nudge, or the idle poll interval since
+    // the set was last cleared (a bound that busy neighbours' sends, which
+    // wake the claimer all the time, cannot put off).
     let mut drained: HashSet<String> = HashSet::new();
+    let mut drained_cleared = Instant::now();
     let mut woken = false;
     let mut last_probe = Instant::now();
     let mut idle_for = ctx.idle_poll();
@@ -143,8 +146,11 @@ pub(super) async fn claim_loop<S: Store, P: Provider>(
             }
         }
         last_plan = Instant::now();
-        if woken && last_probe.elapsed() >= REPROBE {
+        if (woken && last_probe.elapsed() >= REPROBE)
+            || drained_cleared.elapsed() >= ctx.idle_poll()
+        {
             drained.clear();
+            drained_cleared = Instant::now();
             woken = false;
         }
         let changed = shared.changed.notified();
@@ -214,6 +220,7 @@ pub(super) async fn claim_loop<S: Store, P: Provider>(
                 _ = tokio::time::sleep(nap) => {
                     if !woken {
                         drained.clear();
+                        drained_cleared = Instant::now();
                         idle_for = ctx.idle_poll();
                     }
                 }
@@ -246,15 +253,13 @@ pub(super) async fn claim_loop<S: Store, P: Provider>(
                 continue;
             }
         };
-        // An instance that got less than its budget has no more due rows
-        // (unless the claim's overall limit cut it short).
+        // An instance that got none of its budget has no due rows (unless
+        // the claim's overall limit cut it short); one that got some is
+        // asked again, which costs one index probe in the next claim.
         if (claimed.len() as i64) < params.limit {
-            let mut got: HashMap<&str, i64> = HashMap::new();
-            for r in &claimed {
-                *got.entry(r.instance.as_str()).or_default() += 1;
-            }
+            let got: HashSet<&str> = claimed.iter().map(|r| r.instance.as_str()).collect();
             for b in &params.budgets {
-                if got.get(b.instance.as_str()).copied().unwrap_or(0) < b.limit {
+                if !got.contains(b.instance.as_str()) {
                     drained.insert(b.instance.clone());
                 }
             }
