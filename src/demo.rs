@@ -16,38 +16,28 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::wawp_instances;
-use crate::config::{InstanceConfig, ProviderKind, Settings};
+use crate::config::{with_defaults, InstanceConfig, ProviderKind, Settings};
 use crate::daemon::Daemon;
 use crate::model::{State, StatusBody};
 use crate::sim::{SimConfig, SimEngine, Simulator};
 use crate::store::{EnqueueParams, SqliteStore, Store};
 
-/// Options of `statusd demo`.
-#[derive(Debug, Clone)]
-pub struct DemoOptions {
-    /// Statuses enqueued per engine.
-    pub statuses: usize,
-    /// `--database-url`, a `sqlite://` URL; default: a fresh file in the
-    /// temp directory. With several engines, each run starts by emptying
-    /// it (a fresh file per engine when none is given).
-    pub database: Option<String>,
-    pub seed: Option<u64>,
-    /// The engines to run against, in order; empty means all four.
-    pub engines: Vec<SimEngine>,
-    /// Share (0..=1) of the simulator's webhook events lost on the way:
-    /// with 1 none arrives and look-ups settle every in-doubt row.
-    pub webhook_loss: f64,
-}
-
-impl Default for DemoOptions {
-    fn default() -> Self {
-        DemoOptions {
-            statuses: 2000,
-            database: None,
-            seed: None,
-            engines: Vec::new(),
-            webhook_loss: 0.0,
-        }
+with_defaults! {
+    /// Options of `statusd demo`.
+    #[derive(Debug, Clone)]
+    pub struct DemoOptions {
+        /// Statuses enqueued per engine.
+        pub statuses: usize = 2000,
+        /// `--database-url`, a `sqlite://` URL; default: a fresh file in the
+        /// temp directory. With several engines, each run starts by emptying
+        /// it (a fresh file per engine when none is given).
+        pub database: Option<String> = None,
+        pub seed: Option<u64> = None,
+        /// The engines to run against, in order; empty means all four.
+        pub engines: Vec<SimEngine> = Vec::new(),
+        /// Share (0..=1) of the simulator's webhook events lost on the way:
+        /// with 1 none arrives and look-ups settle every in-doubt row.
+        pub webhook_loss: f64 = 0.0,
     }
 }
 
