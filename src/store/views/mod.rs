@@ -2,9 +2,10 @@
 //! events, the viewers of each status, and the confirmations that settle a
 //! row as posted without a look-up.
 //!
-//! [`ViewStore`] is a supertrait of [`Store`], implemented here for both
-//! backends and for [`Timed`], so that every store has it and the SQL of the
-//! feature lives in this module (`sqlite.rs`, `postgres.rs`).
+//! [`ViewStore`] is a supertrait of [`Store`], implemented here once for
+//! both backends (`queries.rs`) and for [`Timed`], so that every store has
+//! it and the SQL of the feature lives in this module (the JSON batch
+//! inserts, which the backends spell differently, with each backend).
 //!
 //! Rules kept by both backends:
 //! - a view upsert never lowers a level, and `first_at` / `viewed_at` only
@@ -22,7 +23,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -237,16 +238,7 @@ pub trait ViewStore: Send + Sync {
     fn purge_views(&self, older_than: Duration) -> impl Future<Output = Result<u64>> + Send;
 }
 
-pub(super) fn ms(v: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
-}
-
-pub(super) fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-mod postgres;
-mod sqlite;
+mod queries;
 
 /// Each call bounded like every other store call.
 impl<S: Store> ViewStore for Timed<S> {
