@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use super::row::{self, Columns};
 use super::sql::{Sql, Stmt};
+use super::timed::timed;
 use super::{Result, StoreError, Timed};
 
 /// A capability as far as it is known.
@@ -300,27 +301,10 @@ impl<S: Sql> CapabilityStore for S {
 }
 
 impl<S: CapabilityStore + Sync> CapabilityStore for Timed<S> {
-    async fn capabilities(&self) -> Result<Vec<Capabilities>> {
-        self.within("capabilities", self.inner().capabilities())
-            .await
-    }
-
-    async fn put_capabilities(&self, c: &Capabilities) -> Result<bool> {
-        self.within("put_capabilities", self.inner().put_capabilities(c))
-            .await
-    }
-
-    async fn known_message_ids(
-        &self,
-        instance: &str,
-        ids: &[String],
-        except: &[uuid::Uuid],
-    ) -> Result<Vec<KnownId>> {
-        self.within(
-            "known_message_ids",
-            self.inner().known_message_ids(instance, ids, except),
-        )
-        .await
+    timed! {
+        fn capabilities(&self) -> Vec<Capabilities>;
+        fn put_capabilities(&self, c: &Capabilities) -> bool;
+        fn known_message_ids(&self, instance: &str, ids: &[String], except: &[uuid::Uuid]) -> Vec<KnownId>;
     }
 }
 

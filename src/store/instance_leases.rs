@@ -28,6 +28,7 @@ use serde::Serialize;
 
 use super::row::{self, Columns};
 use super::sql::{Sql, Stmt};
+use super::timed::timed;
 use super::{Result, Timed};
 
 /// One renewal round of a replica.
@@ -170,21 +171,9 @@ impl<S: Sql> InstanceLeases for S {
 }
 
 impl<S: InstanceLeases + Sync> InstanceLeases for Timed<S> {
-    async fn keep_instance_leases(&self, p: KeepLeasesParams) -> Result<LeaseGrant> {
-        self.within("keep_instance_leases", self.inner().keep_instance_leases(p))
-            .await
-    }
-
-    async fn release_instance_leases(&self, owner: &str) -> Result<()> {
-        self.within(
-            "release_instance_leases",
-            self.inner().release_instance_leases(owner),
-        )
-        .await
-    }
-
-    async fn instance_leases(&self) -> Result<Vec<InstanceLease>> {
-        self.within("instance_leases", self.inner().instance_leases())
-            .await
+    timed! {
+        fn keep_instance_leases(&self, p: KeepLeasesParams) -> LeaseGrant;
+        fn release_instance_leases(&self, owner: &str) -> ();
+        fn instance_leases(&self) -> Vec<InstanceLease>;
     }
 }

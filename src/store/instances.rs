@@ -23,7 +23,11 @@ use tokio::sync::watch;
 
 use super::row::{self, Columns};
 use super::sql::{Sql, Stmt};
+use super::timed::timed;
 use super::{Result, StoreError, Timed};
+
+/// An instance's settings: the keys of an `[instances.NAME]` table.
+type Settings = serde_json::Map<String, serde_json::Value>;
 
 /// One row of `status_instances`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -108,11 +112,11 @@ fn window_ms(window: std::time::Duration) -> i64 {
         .min(86_400_000)
 }
 
-fn settings_text(s: &serde_json::Map<String, serde_json::Value>) -> String {
+fn settings_text(s: &Settings) -> String {
     serde_json::Value::Object(s.clone()).to_string()
 }
 
-fn settings_object(text: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
+fn settings_object(text: &str) -> Result<Settings> {
     match serde_json::from_str(text) {
         Ok(serde_json::Value::Object(m)) => Ok(m),
         _ => Err(StoreError::Invalid(
@@ -167,12 +171,7 @@ impl<S: Sql> InstanceStore for S {
         Ok(InstanceTable { rows: out, read_at })
     }
 
-    async fn add_instance(
-        &self,
-        name: &str,
-        settings: &serde_json::Map<String, serde_json::Value>,
-        enabled: bool,
-    ) -> Result<Added> {
+    async fn add_instance(&self, name: &str, settings: &Settings, enabled: bool) -> Result<Added> {
         // One statement: a new name is inserted, a removed one restored; a
         // present one is left alone (no row returned).
         let sql = format!(
@@ -202,7 +201,7 @@ impl<S: Sql> InstanceStore for S {
     async fn update_instance(
         &self,
         name: &str,
-        settings: &serde_json::Map<String, serde_json::Value>,
+        settings: &Settings,
         seen_updated_at: DateTime<Utc>,
     ) -> Result<bool> {
         let sql = format!(
@@ -286,65 +285,14 @@ fn instance_record(name: String, r: &impl Columns) -> Result<InstanceRecord> {
 }
 
 impl<S: InstanceStore> InstanceStore for Timed<S> {
-    async fn instance_table(&self) -> Result<InstanceTable> {
-        self.within("instance_table", self.inner().instance_table())
-            .await
-    }
-
-    async fn add_instance(
-        &self,
-        name: &str,
-        settings: &serde_json::Map<String, serde_json::Value>,
-        enabled: bool,
-    ) -> Result<Added> {
-        self.within(
-            "add_instance",
-            self.inner().add_instance(name, settings, enabled),
-        )
-        .await
-    }
-
-    async fn update_instance(
-        &self,
-        name: &str,
-        settings: &serde_json::Map<String, serde_json::Value>,
-        seen_updated_at: DateTime<Utc>,
-    ) -> Result<bool> {
-        self.within(
-            "update_instance",
-            self.inner()
-                .update_instance(name, settings, seen_updated_at),
-        )
-        .await
-    }
-
-    async fn set_instance_enabled(&self, name: &str, enabled: bool) -> Result<bool> {
-        self.within(
-            "set_instance_enabled",
-            self.inner().set_instance_enabled(name, enabled),
-        )
-        .await
-    }
-
-    async fn remove_instance(&self, name: &str) -> Result<bool> {
-        self.within("remove_instance", self.inner().remove_instance(name))
-            .await
-    }
-
-    async fn make_instance_rows_due(&self, names: &[String]) -> Result<u64> {
-        self.within(
-            "make_instance_rows_due",
-            self.inner().make_instance_rows_due(names),
-        )
-        .await
-    }
-
-    async fn posted_per_instance(&self, window: std::time::Duration) -> Result<Vec<(String, i64)>> {
-        self.within(
-            "posted_per_instance",
-            self.inner().posted_per_instance(window),
-        )
-        .await
+    timed! {
+        fn instance_table(&self) -> InstanceTable;
+        fn add_instance(&self, name: &str, settings: &Settings, enabled: bool) -> Added;
+        fn update_instance(&self, name: &str, settings: &Settings, seen_updated_at: DateTime<Utc>) -> bool;
+        fn set_instance_enabled(&self, name: &str, enabled: bool) -> bool;
+        fn remove_instance(&self, name: &str) -> bool;
+        fn make_instance_rows_due(&self, names: &[String]) -> u64;
+        fn posted_per_instance(&self, window: std::time::Duration) -> Vec<(String, i64)>;
     }
 
     fn subscribe_instances(&self) -> watch::Receiver<u64> {

@@ -217,6 +217,11 @@ pub trait Sql: Dialect + Clone + Send + Sync + 'static {
     const ENQUEUE_MANY: &'static str;
     fn assign_message_ids(&self, ids: &[AssignId]) -> impl Future<Output = Result<u64>> + Send;
     fn claim(&self, p: ClaimParams) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
+    fn next_due(
+        &self,
+        skip: &[String],
+        with_queued: bool,
+    ) -> impl Future<Output = Result<Option<Duration>>> + Send;
     /// The fenced batch of transitions from the JSON array `$1`
     /// (`transitions_json`) out of state `$2`, returning the moved rows'
     /// `id` as text.
@@ -228,11 +233,6 @@ pub trait Sql: Dialect + Clone + Send + Sync + 'static {
         limit: i64,
         settle: Duration,
     ) -> impl Future<Output = Result<Vec<Uuid>>> + Send;
-    fn next_due(
-        &self,
-        skip: &[String],
-        with_queued: bool,
-    ) -> impl Future<Output = Result<Option<Duration>>> + Send;
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
     fn notifies(&self) -> bool;
     fn subscribe_instances(&self) -> tokio::sync::watch::Receiver<u64>;
@@ -319,3 +319,30 @@ pub(crate) fn activity_sql<D: Dialect>() -> String {
          GROUP BY 1 ORDER BY 1"
     )
 }
+
+/// The [`Sql`] methods that read alike on both backends, over the
+/// backend's own `bound(&Stmt)` (its binding) and `self.pool_for(&Stmt)`.
+macro_rules! run_methods {
+    () => {
+        async fn fetch(&self, s: Stmt) -> Result<Vec<Self::Row>> {
+            Ok(bound(&s).fetch_all(self.pool_for(&s)).await?)
+        }
+
+        async fn execute(&self, s: Stmt) -> Result<u64> {
+            Ok(bound(&s).execute(self.pool_for(&s)).await?.rows_affected())
+        }
+
+        async fn fetch_in(tx: &mut Self::Tx, s: Stmt) -> Result<Vec<Self::Row>> {
+            Ok(bound(&s).fetch_all(&mut **tx).await?)
+        }
+
+        async fn execute_in(tx: &mut Self::Tx, s: Stmt) -> Result<u64> {
+            Ok(bound(&s).execute(&mut **tx).await?.rows_affected())
+        }
+
+        async fn commit(tx: Self::Tx) -> Result<()> {
+            Ok(tx.commit().await?)
+        }
+    };
+}
+pub(crate) use run_methods;

@@ -15,7 +15,7 @@ use uuid::Uuid;
 mod listen;
 
 use super::row::{self, plain_columns, Columns};
-use super::sql::{Arg, Dialect, Sql, Stmt};
+use super::sql::{run_methods, Arg, Dialect, Sql, Stmt};
 use super::{AssignId, ClaimParams, Result, Unreadable};
 use crate::model::OutboxRow;
 
@@ -98,6 +98,11 @@ impl PgStore {
     }
 
     pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The pool for any statement (nothing is counted here).
+    fn pool_for(&self, _s: &Stmt) -> &PgPool {
         &self.pool
     }
 
@@ -194,28 +199,10 @@ impl Sql for PgStore {
     type Row = PgRow;
     type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
-    async fn fetch(&self, s: Stmt) -> Result<Vec<PgRow>> {
-        Ok(bound(&s).fetch_all(&self.pool).await?)
-    }
-
-    async fn execute(&self, s: Stmt) -> Result<u64> {
-        Ok(bound(&s).execute(&self.pool).await?.rows_affected())
-    }
+    run_methods!();
 
     async fn begin(&self, _counted: bool) -> Result<Self::Tx> {
         Ok(self.pool.begin().await?)
-    }
-
-    async fn fetch_in(tx: &mut Self::Tx, s: Stmt) -> Result<Vec<PgRow>> {
-        Ok(bound(&s).fetch_all(&mut **tx).await?)
-    }
-
-    async fn execute_in(tx: &mut Self::Tx, s: Stmt) -> Result<u64> {
-        Ok(bound(&s).execute(&mut **tx).await?.rows_affected())
-    }
-
-    async fn commit(tx: Self::Tx) -> Result<()> {
-        Ok(tx.commit().await?)
     }
 
     /// A decoder that panics (chrono on a time past its range) is an

@@ -16,7 +16,7 @@ mod open;
 mod wake;
 
 use super::row::{self, column_error, plain_columns, Columns};
-use super::sql::{Arg, Dialect, Sql, Stmt};
+use super::sql::{run_methods, Arg, Dialect, Sql, Stmt};
 use super::{parse_uuid, AssignId, ClaimParams, Result, Unreadable};
 use crate::model::OutboxRow;
 use wake::Wake;
@@ -178,29 +178,11 @@ impl Sql for SqliteStore {
     type Row = SqliteRow;
     type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
 
-    async fn fetch(&self, s: Stmt) -> Result<Vec<SqliteRow>> {
-        Ok(bound(&s).fetch_all(self.pool_for(&s)).await?)
-    }
-
-    async fn execute(&self, s: Stmt) -> Result<u64> {
-        Ok(bound(&s).execute(self.pool_for(&s)).await?.rows_affected())
-    }
+    run_methods!();
 
     async fn begin(&self, counted: bool) -> Result<Self::Tx> {
         let pool = if counted { self.db() } else { &self.pool };
         Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
-    }
-
-    async fn fetch_in(tx: &mut Self::Tx, s: Stmt) -> Result<Vec<SqliteRow>> {
-        Ok(bound(&s).fetch_all(&mut **tx).await?)
-    }
-
-    async fn execute_in(tx: &mut Self::Tx, s: Stmt) -> Result<u64> {
-        Ok(bound(&s).execute(&mut **tx).await?.rows_affected())
-    }
-
-    async fn commit(tx: Self::Tx) -> Result<()> {
-        Ok(tx.commit().await?)
     }
 
     fn readable_row(r: &SqliteRow) -> std::result::Result<OutboxRow, Unreadable> {
