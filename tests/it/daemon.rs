@@ -301,6 +301,10 @@ async fn shutdown_mid_drain_loses_nothing<S: Store>(s: S, db: &TestDb) {
     .await;
     let mut settings = test_settings(&db.url, &sim, &[("main", true)]);
     settings.daemon.shutdown_grace_secs = 0;
+    // Two send slots against an instance that may hold 2 × 32 rows: the
+    // claimer keeps rows waiting for a slot at every moment after its first
+    // claim, so the stop always finds some to release (not a race).
+    settings.daemon.concurrency = 2;
     enqueue_n(&s, "main", 300).await;
     let d = spawn_daemon(s.clone(), &settings);
     // Stop while sends are in flight.
@@ -345,6 +349,7 @@ async fn shutdown_mid_drain_loses_nothing<S: Store>(s: S, db: &TestDb) {
         released > 0,
         "claimed rows waiting for a slot were released"
     );
+    settings.daemon.concurrency = 32;
     let d = spawn_daemon(s.clone(), &settings);
     wait_drained(&s, 90).await;
     d.stop().await;

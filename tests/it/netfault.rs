@@ -196,6 +196,14 @@ async fn provider_and_database_network_faults_lose_and_double_nothing() {
             }
         })
     };
+    // The faults start once the daemon is up and posting: on a loaded
+    // machine its start can outlast the first faults, which then prove
+    // nothing.
+    let up = Instant::now() + Duration::from_secs(60);
+    while sim.stats().posted == 0 {
+        assert!(Instant::now() < up, "the daemon posted nothing in 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Faults by kind, each longer than the 800 ms request timeout where it
     // holds traffic, alternating between the provider and the database.
     let plan: [(&Proxy, &str, Fault, u64); 6] = [
