@@ -67,6 +67,18 @@ macro_rules! named {
     };
 }
 
+/// The variant of `$to` named like `$value`'s variant of `$from`, whatever
+/// its fields: `namesake!(self, StatusBody => Kind: Text, Image, Voice, Video)`
+/// (the match stays exhaustive: a new variant must be named here).
+macro_rules! namesake {
+    ($value:expr, $from:ident => $to:ident: $($variant:ident),+ $(,)?) => {
+        match $value {
+            $($from::$variant { .. } => $to::$variant,)+
+        }
+    };
+}
+pub(crate) use namesake;
+
 /// "one of: a, b, c", from every value's text.
 fn one_of(names: impl Iterator<Item = &'static str>) -> String {
     format!("one of: {}", names.collect::<Vec<_>>().join(", "))

@@ -87,10 +87,15 @@ pub mod waha {
     pub const DELETE: &str = "/api/{session}/status/delete";
     /// `GET`, answers `{"id": "…"}`. NOWEB and GOWS only (WEBJS: 501).
     pub const NEW_MESSAGE_ID: &str = "/api/{session}/status/new-message-id";
-    /// `GET`: the chat's messages, newest first; query [`LIMIT`] (default
-    /// 10), [`OFFSET`], [`DOWNLOAD_MEDIA`] (default true),
-    /// [`FILTER_FROM_ME`], [`FILTER_TIMESTAMP_GTE`], [`FILTER_TIMESTAMP_LTE`].
+    /// `GET`: the chat's messages, newest first; query
+    /// [`field::LIMIT`](super::field::LIMIT) (default [`DEFAULT_LIMIT`]),
+    /// [`field::OFFSET`](super::field::OFFSET),
+    /// [`field::DOWNLOAD_MEDIA`](super::field::DOWNLOAD_MEDIA) (default
+    /// true) — Wawp's names too — and [`FILTER_FROM_ME`],
+    /// [`FILTER_TIMESTAMP_GTE`], [`FILTER_TIMESTAMP_LTE`].
     pub const CHAT_MESSAGES: &str = "/api/{session}/chats/{chatId}/messages";
+    /// WAHA's default page size of a chat listing (`GetChatMessagesQuery`).
+    pub const DEFAULT_LIMIT: usize = 10;
     /// `GET`: one message by (serialized) id; 404 `Message not found`.
     pub const CHAT_MESSAGE: &str = "/api/{session}/chats/{chatId}/messages/{messageId}";
     /// `GET`: the session (`status` WORKING / SCAN_QR_CODE / FAILED …,
@@ -100,15 +105,10 @@ pub mod waha {
     /// The API key header of every WAHA request (`WHATSAPP_API_KEY` on the
     /// server side). Sent as a header, the key never travels in a URL.
     pub const API_KEY_HEADER: &str = "X-Api-Key";
-    /// Query names of a chat listing.
-    pub const LIMIT: &str = "limit";
-    pub const OFFSET: &str = "offset";
-    pub const DOWNLOAD_MEDIA: &str = "downloadMedia";
+    /// The filters of a chat listing, WAHA's own query names.
     pub const FILTER_FROM_ME: &str = "filter.fromMe";
     pub const FILTER_TIMESTAMP_GTE: &str = "filter.timestamp.gte";
     pub const FILTER_TIMESTAMP_LTE: &str = "filter.timestamp.lte";
-    /// WAHA's default page size of a chat listing (`GetChatMessagesQuery`).
-    pub const DEFAULT_LIMIT: usize = 10;
 
     /// `template` with `{session}` (and `{chatId}`, `{messageId}` when
     /// given) filled in, each percent-encoded as one path segment.
@@ -158,6 +158,7 @@ pub mod field {
     /// The (serialized) id of a message look-up.
     pub const MESSAGE_ID: &str = "messageId";
     /// Whether a look-up or listing downloads media (never: we compare URLs).
+    /// Both APIs name it so, like the paging of a chat listing.
     pub const DOWNLOAD_MEDIA: &str = "downloadMedia";
     /// Paging of a chat listing.
     pub const LIMIT: &str = "limit";
