@@ -8,11 +8,13 @@
 //!   ([`crate::store::connect`] picks the backend) and handing the concrete
 //!   store to the generic [`dispatch`];
 //! - `args`: the argument grammar (clap derive);
-//! - [`outbox`]: `migrate`, `enqueue`, `ls`, `show`, `stats`, `retry`, `cancel`;
-//! - [`schedule`]: `schedule add | ls | rm`;
-//! - [`instance`]: `instance add | ls | set | rm | disable | enable`;
-//! - [`configuration`]: `config check | show`;
-//! - [`table`]: plain-text tables, ages and `--since` durations.
+//! - `outbox`: `migrate`, `enqueue`, `ls`, `show`, `stats`, `retry`, `cancel`;
+//! - `schedule`: `schedule add | ls | rm`;
+//! - `instance`: `instance add | ls | set | rm | disable | enable`;
+//! - `configuration`: `config check | show`;
+//! - `table`: plain-text tables (one `Table::listing` for every `ls`), ages
+//!   and `--since` durations;
+//! - `views`, `capabilities`: `views`, `capabilities ls | set`.
 //!
 //! Errors are `anyhow` with a `.context(…)` per step; [`main`] prints one line
 //! per cause and exits non-zero. Usage errors exit 2 (clap's convention).

@@ -19,6 +19,34 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+/// A struct whose every field is written once, with its doc and its
+/// default (`pub name: Type = default,`), and the `Default` that gathers
+/// them: settings, simulator knobs and demo options keep each default
+/// beside its field. With `#[serde(default)]` on the struct, a key left
+/// out takes its default.
+macro_rules! with_defaults {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$fmeta:meta])* pub $field:ident: $ty:ty = $default:expr,)*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name {
+                    $($field: $default,)*
+                }
+            }
+        }
+    };
+}
+pub(crate) use with_defaults;
+
 mod instance;
 mod load;
 mod redact;

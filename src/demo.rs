@@ -16,38 +16,30 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::wawp_instances;
-use crate::config::{InstanceConfig, ProviderKind, Settings};
+use crate::config::{with_defaults, InstanceConfig, ProviderKind, Settings};
 use crate::daemon::Daemon;
 use crate::model::{State, StatusBody};
-use crate::sim::{SimConfig, SimEngine, Simulator};
+use crate::sim::{SimConfig, SimEngine, Simulator, WebhookKnobs, WebhookStats, WebhookTarget};
 use crate::store::{EnqueueParams, SqliteStore, Store};
+use crate::webhooks::processor::ProcessorConfig;
+use crate::webhooks::Receiver;
 
-/// Options of `statusd demo`.
-#[derive(Debug, Clone)]
-pub struct DemoOptions {
-    /// Statuses enqueued per engine.
-    pub statuses: usize,
-    /// `--database-url`, a `sqlite://` URL; default: a fresh file in the
-    /// temp directory. With several engines, each run starts by emptying
-    /// it (a fresh file per engine when none is given).
-    pub database: Option<String>,
-    pub seed: Option<u64>,
-    /// The engines to run against, in order; empty means all four.
-    pub engines: Vec<SimEngine>,
-    /// Share (0..=1) of the simulator's webhook events lost on the way:
-    /// with 1 none arrives and look-ups settle every in-doubt row.
-    pub webhook_loss: f64,
-}
-
-impl Default for DemoOptions {
-    fn default() -> Self {
-        DemoOptions {
-            statuses: 2000,
-            database: None,
-            seed: None,
-            engines: Vec::new(),
-            webhook_loss: 0.0,
-        }
+with_defaults! {
+    /// Options of `statusd demo`.
+    #[derive(Debug, Clone)]
+    pub struct DemoOptions {
+        /// Statuses enqueued per engine.
+        pub statuses: usize = 2000,
+        /// `--database-url`, a `sqlite://` URL; default: a fresh file in the
+        /// temp directory. With several engines, each run starts by emptying
+        /// it (a fresh file per engine when none is given).
+        pub database: Option<String> = None,
+        pub seed: Option<u64> = None,
+        /// The engines to run against, in order; empty means all four.
+        pub engines: Vec<SimEngine> = Vec::new(),
+        /// Share (0..=1) of the simulator's webhook events lost on the way:
+        /// with 1 none arrives and look-ups settle every in-doubt row.
+        pub webhook_loss: f64 = 0.0,
     }
 }
 
@@ -69,7 +61,7 @@ pub struct DemoReport {
     pub elapsed: Duration,
     /// Webhook events, views recorded, in-doubt rows settled by an event
     /// and by a look-up.
-    pub webhooks: crate::webhooks::DemoFigures,
+    pub webhooks: WebhookFigures,
 }
 
 const INSTANCES: [&str; 3] = ["alpha", "beta", "gamma"];
@@ -205,10 +197,9 @@ pub async fn execute(
     // and so reordering some.
     let hooks_stop = CancellationToken::new();
     let _hooks_guard = hooks_stop.clone().drop_guard();
-    let knobs =
-        crate::app::demo_webhooks(&store, &name_refs, opts.webhook_loss, hooks_stop.clone())
-            .await
-            .context("starting the demo's webhook receiver")?;
+    let knobs = demo_webhooks(&store, &name_refs, opts.webhook_loss, hooks_stop.clone())
+        .await
+        .context("starting the demo's webhook receiver")?;
     let sim = Simulator::start(
         "127.0.0.1:0".parse()?,
         SimConfig {
@@ -369,7 +360,7 @@ pub async fn execute(
     lost += opts.statuses.saturating_sub(rows.len());
     // Rows are re-read after the events still on their way have landed
     // (their message ids, views and confirmations).
-    let webhooks = crate::webhooks::demo_figures(&store, &rows, || sim.webhook_stats()).await?;
+    let webhooks = webhook_figures(&store, &rows, || sim.webhook_stats()).await?;
     hooks_stop.cancel();
     Ok(DemoReport {
         engine,
@@ -490,5 +481,148 @@ struct TempDir(std::path::PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The demo's webhook receiver: every demo instance (`NAME`, the simulator's
+/// instance id `demo-NAME`) receives signed events on a port of its own;
+/// returns the simulator's knobs that send them there, losing `loss` of
+/// them, duplicating and delaying some.
+async fn demo_webhooks<S: Store>(
+    store: &S,
+    instances: &[&str],
+    loss: f64,
+    shutdown: CancellationToken,
+) -> anyhow::Result<WebhookKnobs> {
+    let key = crate::wire::ids::local_message_id();
+    let keys: Vec<(&str, &str)> = instances.iter().map(|n| (*n, key.as_str())).collect();
+    let receiver = std::sync::Arc::new(Receiver::with_keys(
+        &keys,
+        crate::config::WebhookSettings::default(),
+    ));
+    let cfg = ProcessorConfig {
+        batch_size: 500,
+        fallback_poll: std::time::Duration::from_secs(1),
+        linger: std::time::Duration::from_millis(100),
+        retention: std::time::Duration::ZERO,
+    };
+    let addr = crate::app::serve_webhooks(
+        store.clone(),
+        receiver,
+        cfg,
+        "127.0.0.1:0".parse()?,
+        shutdown,
+    )
+    .await?;
+    Ok(WebhookKnobs {
+        targets: instances
+            .iter()
+            .map(|n| {
+                (
+                    format!("demo-{n}"),
+                    WebhookTarget {
+                        url: format!("http://{addr}/v1/webhooks/{n}"),
+                        hmac_key: key.clone(),
+                    },
+                )
+            })
+            .collect(),
+        loss: loss.clamp(0.0, 1.0),
+        duplicate: 0.05,
+        delay_max_ms: 50,
+        viewers: 4,
+        view_share: 0.4,
+    })
+}
+
+/// What the demo prints about webhooks.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookFigures {
+    pub sim: WebhookStats,
+    /// Viewers who opened a status (level 3 or more), over the demo's rows.
+    pub views: i64,
+    /// In-doubt rows settled by a provider event, without a look-up.
+    pub settled_by_webhook: usize,
+    /// In-doubt rows settled by a look-up (posted or sent again).
+    pub settled_by_lookup: usize,
+}
+
+/// The demo's webhook figures over its rows (`sim` reads the simulator's
+/// event counts).
+pub async fn webhook_figures<S: Store>(
+    store: &S,
+    rows: &[crate::model::OutboxRow],
+    sim: impl Fn() -> WebhookStats,
+) -> anyhow::Result<WebhookFigures> {
+    // Events still on their way (the drain can outrun them) are waited for,
+    // up to 10 s, so that the views counted are the views sent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = sim();
+        let due = s.events - s.lost + s.duplicated;
+        if (s.delivered + s.failed >= due && store.webhook_backlog().await? == 0)
+            || Instant::now() > deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sim = sim();
+    let ids: Vec<String> = rows
+        .iter()
+        .filter_map(|r| r.event_id().map(str::to_owned))
+        .collect();
+    let mut views = 0;
+    for chunk in ids.chunks(500) {
+        views += store
+            .view_counts(chunk)
+            .await?
+            .values()
+            .map(|c| c.viewed)
+            .sum::<i64>();
+    }
+    let mut f = WebhookFigures {
+        sim,
+        views,
+        ..WebhookFigures::default()
+    };
+    for r in rows {
+        let history = store.attempts(r.id).await?;
+        if !history
+            .iter()
+            .any(|a| a.outcome == crate::model::AttemptOutcome::InDoubt.as_str())
+        {
+            continue;
+        }
+        if history
+            .iter()
+            .any(|a| a.error.as_deref() == Some(crate::store::CONFIRMED_NOTE))
+        {
+            f.settled_by_webhook += 1;
+        } else {
+            f.settled_by_lookup += 1;
+        }
+    }
+    Ok(f)
+}
+
+impl WebhookFigures {
+    pub fn print(&self) {
+        let s = &self.sim;
+        println!("\n  webhooks (signed provider events):");
+        println!(
+            "    {:<32} {:>8}",
+            "events sent / lost / duplicated",
+            format!("{} / {} / {}", s.events, s.lost, s.duplicated)
+        );
+        println!("    {:<32} {:>8}", "views recorded", self.views);
+        println!(
+            "    {:<32} {:>8}",
+            "in-doubt rows settled by webhook", self.settled_by_webhook
+        );
+        println!(
+            "    {:<32} {:>8}",
+            "in-doubt rows settled by look-up", self.settled_by_lookup
+        );
     }
 }

@@ -20,7 +20,8 @@
 //!   the classification of every HTTP outcome, look-ups, redaction).
 //! - [`sim`]: the provider simulator with fault injection (tests, demo,
 //!   bench), playing Wawp or one of WAHA's engines on both APIs; it imports
-//!   the wire vocabulary, never the client.
+//!   the wire vocabulary, never the client, and of the modules below it
+//!   only [`demo`] and [`cli`] (`statusd sim`) import it.
 //! - [`instance`]: a configured instance as a process holds it: client,
 //!   rate limiter, pause; and the registry of every instance the process
 //!   knows (the file's, and the `status_instances` table's, kept in step
@@ -36,8 +37,8 @@
 //! - [`admin`]: the admin HTTP API, metrics page and dashboard, over [`ops`].
 //! - [`app`]: startup: builds the provider clients and wires store, daemon
 //!   and admin server (`statusd run`).
-//! - [`demo`]: `statusd demo`: SQLite, the simulator with faults and the
-//!   daemon in one process, and what viewers saw.
+//! - [`demo`]: `statusd demo`: SQLite, the simulator with faults and its
+//!   signed webhook events, the daemon in one process, and what viewers saw.
 //! - [`cli`]: the operator's command line (the binary is a thin wrapper).
 
 pub mod admin;

@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Request, State as AxState};
+use axum::extract::{ConnectInfo, Extension, FromRequestParts, Path, Request, State as AxState};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -67,12 +68,10 @@ pub(super) async fn require_token<S: Store, P: Provider>(
     mut req: Request,
     next: Next,
 ) -> Response {
+    let refuse = |status, message: &str| ApiError(status, message.into()).into_response();
     let Some(token) = &app.token else {
-        return ApiError(
-            StatusCode::FORBIDDEN,
-            "the admin API is disabled until admin.token is configured".into(),
-        )
-        .into_response();
+        let message = "the admin API is disabled until admin.token is configured";
+        return refuse(StatusCode::FORBIDDEN, message);
     };
     let given = req
         .headers()
@@ -81,11 +80,7 @@ pub(super) async fn require_token<S: Store, P: Provider>(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !token.accepts(given) {
-        return ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token".into(),
-        )
-        .into_response();
+        return refuse(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
     }
     let remote = req
         .extensions()
@@ -97,6 +92,46 @@ pub(super) async fn require_token<S: Store, P: Provider>(
         remote,
     });
     next.run(req).await
+}
+
+/// An audited action on one named thing (a row's key, an instance's name):
+/// the app, who asks ([`require_token`] named them) and the name, the
+/// path's one parameter. Rejections are those of `Path` and `Extension`.
+pub(super) struct Audited<S, P> {
+    pub app: Shared<S, P>,
+    pub caller: Caller,
+    pub target: String,
+}
+
+impl<S: Store, P: Provider> FromRequestParts<Shared<S, P>> for Audited<S, P> {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Shared<S, P>,
+    ) -> Result<Self, Self::Rejection> {
+        let (Path(target), Extension(caller)) =
+            <(Path<String>, Extension<Caller>)>::from_request_parts(parts, app).await?;
+        Ok(Audited {
+            app: app.clone(),
+            caller,
+            target,
+        })
+    }
+}
+
+impl<S, P> Audited<S, P> {
+    /// Writes the audit line of `action` on the target (`row`: the id it
+    /// resolved to, or `""`) and hands the result on.
+    pub(super) fn audit(
+        &self,
+        action: &str,
+        row: &str,
+        res: Result<Response, ApiError>,
+    ) -> Result<Response, ApiError> {
+        audit(&self.caller, action, &self.target, row, &res);
+        res
+    }
 }
 
 /// One INFO line per mutating admin action: who, what, which row (`key` as

@@ -2,14 +2,14 @@
 //! instance commands (add, change, enable, disable, remove) over
 //! [`crate::ops::instances`], audited like the row actions.
 
-use axum::extract::{Extension, Path, State as AxState};
+use axum::extract::{Extension, State as AxState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::auth::{audit, Caller};
+use super::auth::{audit, Audited, Caller};
 use super::{ApiError, Shared};
 use crate::ops::instances::{self as actions, NewInstance};
 use crate::provider::Provider;
@@ -106,68 +106,53 @@ pub(super) struct PatchBody {
 /// `PATCH /v1/instances/{name}`: changes settings and/or enables or
 /// disables; every running daemon picks the change up within seconds.
 pub(super) async fn patch<S: Store, P: Provider>(
-    AxState(app): AxState<Shared<S, P>>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    a: Audited<S, P>,
     body: Result<Json<PatchBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let (store, name) = (&a.app.ctx.store, &a.target);
     let res: Result<Response, ApiError> = async {
         let Json(b) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
         if !b.settings.is_empty() {
-            actions::set(&app.ctx.store, &name, b.settings).await?;
+            actions::set(store, name, b.settings).await?;
         }
         if let Some(enabled) = b.enabled {
-            actions::set_enabled(&app.ctx.store, &name, enabled).await?;
+            actions::set_enabled(store, name, enabled).await?;
         }
         Ok(Json(serde_json::json!({ "instance": name })).into_response())
     }
     .await;
-    audit(&caller, "instance_set", &name, "", &res);
-    res
+    a.audit("instance_set", "", res)
 }
 
 /// `POST /v1/instances/{name}/enable` and `…/disable`.
-pub(super) async fn enable<S: Store, P: Provider>(
-    AxState(app): AxState<Shared<S, P>>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+pub(super) async fn set_enabled<S: Store, P: Provider>(
+    a: Audited<S, P>,
+    enabled: bool,
 ) -> Result<Response, ApiError> {
-    let res = actions::set_enabled(&app.ctx.store, &name, true)
+    let name = &a.target;
+    let res = actions::set_enabled(&a.app.ctx.store, name, enabled)
         .await
-        .map(|()| Json(serde_json::json!({ "instance": name, "enabled": true })).into_response())
+        .map(|()| Json(serde_json::json!({ "instance": name, "enabled": enabled })).into_response())
         .map_err(ApiError::from);
-    audit(&caller, "instance_enable", &name, "", &res);
-    res
-}
-
-pub(super) async fn disable<S: Store, P: Provider>(
-    AxState(app): AxState<Shared<S, P>>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    let res = actions::set_enabled(&app.ctx.store, &name, false)
-        .await
-        .map(|()| Json(serde_json::json!({ "instance": name, "enabled": false })).into_response())
-        .map_err(ApiError::from);
-    audit(&caller, "instance_disable", &name, "", &res);
-    res
+    let action = if enabled {
+        "instance_enable"
+    } else {
+        "instance_disable"
+    };
+    a.audit(action, "", res)
 }
 
 /// `DELETE /v1/instances/{name}`: removed; its rows are kept, reported as
 /// waiting for it (`waiting` in the answer), and go again if it is added
 /// back.
-pub(super) async fn remove<S: Store, P: Provider>(
-    AxState(app): AxState<Shared<S, P>>,
-    Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-) -> Result<Response, ApiError> {
-    let res = actions::remove(&app.ctx.store, &name)
+pub(super) async fn remove<S: Store, P: Provider>(a: Audited<S, P>) -> Result<Response, ApiError> {
+    let res = actions::remove(&a.app.ctx.store, &a.target)
         .await
         .map(|waiting| {
+            let name = &a.target;
             Json(serde_json::json!({ "instance": name, "removed": true, "waiting": waiting }))
                 .into_response()
         })
         .map_err(ApiError::from);
-    audit(&caller, "instance_rm", &name, "", &res);
-    res
+    a.audit("instance_rm", "", res)
 }

@@ -25,7 +25,7 @@ mod instances;
 pub mod webhooks;
 
 pub use auth::fingerprint;
-use auth::{audit, require_token, Caller, TokenCheck};
+use auth::{audit, require_token, Audited, Caller, TokenCheck};
 use gauges::refresh_gauges;
 
 use crate::config::AdminSettings;
@@ -146,9 +146,25 @@ fn router<S: Store, P: Provider>(app: Shared<S, P>) -> Router {
     let api = Router::new()
         .route("/v1/statuses", get(list::<S, P>).post(enqueue::<S, P>))
         .route("/v1/statuses/{id}", get(show::<S, P>))
-        .route("/v1/statuses/{id}/retry", post(retry::<S, P>))
-        .route("/v1/statuses/{id}/cancel", post(cancel::<S, P>))
-        .route("/v1/statuses/{id}/delete", post(delete::<S, P>))
+        .route(
+            "/v1/statuses/{id}/retry",
+            post(|a: Audited<S, P>, Query(q): Query<RetryQuery>| {
+                act(
+                    a,
+                    RowAction::Retry {
+                        force_resend: q.force_resend,
+                    },
+                )
+            }),
+        )
+        .route(
+            "/v1/statuses/{id}/cancel",
+            post(|a: Audited<S, P>| act(a, RowAction::Cancel)),
+        )
+        .route(
+            "/v1/statuses/{id}/delete",
+            post(|a: Audited<S, P>| act(a, RowAction::Delete)),
+        )
         .route("/v1/stats", get(stats::<S, P>))
         .route(
             "/v1/instances",
@@ -160,11 +176,11 @@ fn router<S: Store, P: Provider>(app: Shared<S, P>) -> Router {
         )
         .route(
             "/v1/instances/{name}/enable",
-            post(instances::enable::<S, P>),
+            post(|a: Audited<S, P>| instances::set_enabled(a, true)),
         )
         .route(
             "/v1/instances/{name}/disable",
-            post(instances::disable::<S, P>),
+            post(|a: Audited<S, P>| instances::set_enabled(a, false)),
         )
         .route("/v1/activity", get(activity::<S, P>))
         .route("/v1/statuses/{id}/views", get(webhooks::views::<S, P>))
@@ -353,13 +369,14 @@ async fn show<S: Store, P: Provider>(
     AxState(app): AxState<Shared<S, P>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let row = app
-        .ctx
-        .store
-        .find(&id)
-        .await?
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no status with id {id}")))?;
-    let attempts = app.ctx.store.attempts(row.id).await?;
+    let store = &app.ctx.store;
+    let Some(row) = store.find(&id).await? else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no status with id {id}"),
+        ));
+    };
+    let attempts = store.attempts(row.id).await?;
     Ok(Json(serde_json::json!({ "status": row, "attempts": attempts })).into_response())
 }
 
@@ -442,54 +459,28 @@ impl RowAction {
     }
 }
 
-/// Runs `action` on the row `key` names (one of [`crate::ops`]'s actions)
-/// and writes the audit line, with the row's id once it is known.
+/// Runs `action` on the row the path's key names (one of [`crate::ops`]'s
+/// actions) and writes the audit line, with the row's id once it is known.
+/// `POST /v1/statuses/{id}/retry` (`?force_resend=true`), `…/cancel`,
+/// `…/delete`.
 async fn act<S: Store, P: Provider>(
-    app: &App<S, P>,
-    caller: &Caller,
-    key: &str,
+    a: Audited<S, P>,
     action: RowAction,
 ) -> Result<Response, ApiError> {
     let mut row_id = String::from("-");
     let res = async {
-        let row = app.ctx.find(key).await?;
+        let ctx = &a.app.ctx;
+        let row = ctx.find(&a.target).await?;
         row_id = row.id.to_string();
         let change = match action {
-            RowAction::Retry { force_resend } => app.ctx.retry(row, force_resend).await?,
-            RowAction::Cancel => app.ctx.cancel(row).await?,
-            RowAction::Delete => app.ctx.delete(row).await?,
+            RowAction::Retry { force_resend } => ctx.retry(row, force_resend).await?,
+            RowAction::Cancel => ctx.cancel(row).await?,
+            RowAction::Delete => ctx.delete(row).await?,
         };
         Ok(Json(change.after).into_response())
     }
     .await;
-    audit(caller, action.name(), key, &row_id, &res);
-    res
-}
-
-async fn retry<S: Store, P: Provider>(
-    AxState(app): AxState<Shared<S, P>>,
-    Extension(caller): Extension<Caller>,
-    Path(key): Path<String>,
-    Query(q): Query<RetryQuery>,
-) -> Result<Response, ApiError> {
-    let force_resend = q.force_resend;
-    act(&app, &caller, &key, RowAction::Retry { force_resend }).await
-}
-
-async fn cancel<S: Store, P: Provider>(
-    AxState(app): AxState<Shared<S, P>>,
-    Extension(caller): Extension<Caller>,
-    Path(key): Path<String>,
-) -> Result<Response, ApiError> {
-    act(&app, &caller, &key, RowAction::Cancel).await
-}
-
-async fn delete<S: Store, P: Provider>(
-    AxState(app): AxState<Shared<S, P>>,
-    Extension(caller): Extension<Caller>,
-    Path(key): Path<String>,
-) -> Result<Response, ApiError> {
-    act(&app, &caller, &key, RowAction::Delete).await
+    a.audit(action.name(), &row_id, res)
 }
 
 async fn stats<S: Store, P: Provider>(

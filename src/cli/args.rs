@@ -221,6 +221,25 @@ pub struct IdArg {
     pub id: String,
 }
 
+/// `--kind KIND --payload JSON`: a status of any kind as the outbox table
+/// holds it (`enqueue` and `schedule add`).
+#[derive(Debug, Args)]
+pub struct RawStatusArgs {
+    /// Any kind with a raw JSON payload (see the outbox table's documentation).
+    #[arg(long, requires = "payload", value_name = "KIND")]
+    pub kind: Option<String>,
+    /// The JSON payload for --kind.
+    #[arg(long, requires = "kind", value_name = "JSON")]
+    pub payload: Option<String>,
+}
+
+impl RawStatusArgs {
+    /// The kind and payload when both are given (clap requires them together).
+    pub fn given(&self) -> Option<(String, String)> {
+        self.kind.clone().zip(self.payload.clone())
+    }
+}
+
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("content").required(true).multiple(false)
     .args(["text", "image", "video", "voice", "kind"])))]
@@ -240,12 +259,8 @@ pub struct EnqueueArgs {
     /// A voice status: https URL of the file.
     #[arg(long, value_name = "URL")]
     pub voice: Option<String>,
-    /// Any kind with a raw JSON payload (see the outbox table's documentation).
-    #[arg(long, requires = "payload", value_name = "KIND")]
-    pub kind: Option<String>,
-    /// The JSON payload for --kind.
-    #[arg(long, requires = "kind", value_name = "JSON")]
-    pub payload: Option<String>,
+    #[command(flatten)]
+    pub raw: RawStatusArgs,
     /// Background colour of a text or voice status.
     #[arg(long, value_name = "#RRGGBB", conflicts_with_all = ["image", "video", "kind"])]
     pub background_color: Option<String>,
@@ -347,12 +362,8 @@ pub struct ScheduleAddArgs {
     /// A text status.
     #[arg(long)]
     pub text: Option<String>,
-    /// Any kind with a raw JSON payload.
-    #[arg(long, requires = "payload")]
-    pub kind: Option<String>,
-    /// The JSON payload for --kind.
-    #[arg(long, requires = "kind", value_name = "JSON")]
-    pub payload: Option<String>,
+    #[command(flatten)]
+    pub raw: RawStatusArgs,
     /// Add it disabled.
     #[arg(long)]
     pub disabled: bool,

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Map, Value};
 
-use super::table::{age, Table};
+use super::table::{age, cells, json_lines, Table};
 use crate::config::Settings;
 use crate::ops::instances::{self as actions, NewInstance};
 use crate::ops::OpError;
@@ -220,26 +220,25 @@ pub async fn dispatch<S: Store>(
             };
             Ok(format!("instance `{}` removed; {rows}\n", a.name))
         }
-        InstanceCommand::Disable(a) => {
-            actions::set_enabled(store, &a.name, false)
-                .await
-                .map_err(op)?;
-            Ok(format!(
-                "instance `{}` disabled: its rows wait (reported as paused) until `statusd instance enable {}`\n",
-                a.name, a.name
-            ))
-        }
-        InstanceCommand::Enable(a) => {
-            actions::set_enabled(store, &a.name, true)
-                .await
-                .map_err(op)?;
-            Ok(format!(
-                "instance `{}` enabled; running daemons send its rows within seconds\n",
-                a.name
-            ))
-        }
+        InstanceCommand::Disable(a) => set_enabled(store, &a.name, false).await,
+        InstanceCommand::Enable(a) => set_enabled(store, &a.name, true).await,
         InstanceCommand::Ls(a) => ls(store, settings, a.json).await,
     }
+}
+
+/// `statusd instance enable | disable NAME`.
+async fn set_enabled<S: Store>(store: &S, name: &str, enabled: bool) -> anyhow::Result<String> {
+    actions::set_enabled(store, name, enabled)
+        .await
+        .map_err(op)?;
+    Ok(if enabled {
+        format!("instance `{name}` enabled; running daemons send its rows within seconds\n")
+    } else {
+        format!(
+            "instance `{name}` disabled: its rows wait (reported as paused) until \
+             `statusd instance enable {name}`\n"
+        )
+    })
 }
 
 async fn ls<S: Store>(store: &S, settings: &Settings, as_json: bool) -> anyhow::Result<String> {
@@ -249,12 +248,9 @@ async fn ls<S: Store>(store: &S, settings: &Settings, as_json: bool) -> anyhow::
         v.max_in_flight = settings.instances.get(&v.instance).map(|i| i.max_in_flight);
     }
     if as_json {
-        return Ok(serde_json::to_string_pretty(&views).context("encoding JSON")? + "\n");
+        return json_lines(&views);
     }
-    if views.is_empty() {
-        return Ok("no instances: configure one in the file or `statusd instance add`\n".into());
-    }
-    let mut t = Table::new(vec![
+    let header = vec![
         "INSTANCE",
         "SOURCE",
         "STATE",
@@ -267,8 +263,9 @@ async fn ls<S: Store>(store: &S, settings: &Settings, as_json: bool) -> anyhow::
         "POSTED/MIN",
         "SETTINGS",
         "REASON",
-    ]);
-    for v in &views {
+    ];
+    let none = "no instances: configure one in the file or `statusd instance add`\n";
+    Ok(Table::listing(header, &views, none, |v| {
         let settings = v
             .settings
             .as_ref()
@@ -282,20 +279,21 @@ async fn ls<S: Store>(store: &S, settings: &Settings, as_json: bool) -> anyhow::
                     .join(" ")
             })
             .unwrap_or_default();
-        t.row(vec![
-            v.instance.clone(),
-            v.source.to_string(),
-            v.state.to_string(),
-            v.waiting.to_string(),
-            v.due.to_string(),
-            v.in_flight.to_string(),
-            v.max_in_flight.map_or("-".into(), |n| n.to_string()),
-            v.in_doubt.to_string(),
-            v.oldest_due_age_secs.map(age).unwrap_or_else(|| "-".into()),
-            v.posted_last_minute.to_string(),
+        let oldest_due = v.oldest_due_age_secs.map(age);
+        let max_in_flight = v.max_in_flight.map_or("-".to_string(), |n| n.to_string());
+        cells![
+            v.instance,
+            v.source,
+            v.state,
+            v.waiting,
+            v.due,
+            v.in_flight,
+            max_in_flight,
+            v.in_doubt,
+            oldest_due.as_deref().unwrap_or("-"),
+            v.posted_last_minute,
             settings,
-            v.reason.clone().unwrap_or_default(),
-        ]);
-    }
-    Ok(t.render())
+            v.reason.as_deref().unwrap_or_default(),
+        ]
+    }))
 }

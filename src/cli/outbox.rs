@@ -7,7 +7,7 @@ use anyhow::Context;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
-use super::table::{age, age_at, relative, truncate, Table};
+use super::table::{age, age_at, cells, relative, truncate, Table};
 use super::{EnqueueArgs, LsArgs, RetryArgs, ShowArgs};
 use crate::config::{redact_url, Settings};
 use crate::model::{AttemptOutcome, OutboxRow, State, StatusBody};
@@ -62,9 +62,9 @@ pub async fn check_instance<S: Store>(
 /// validates rows, so a bad status is refused now rather than parked as
 /// `invalid` later.
 fn kind_and_payload(a: &EnqueueArgs) -> anyhow::Result<(String, String)> {
-    if let (Some(kind), Some(payload)) = (&a.kind, &a.payload) {
-        StatusBody::parse(kind, payload).context("--kind/--payload: not a valid status")?;
-        return Ok((kind.clone(), payload.clone()));
+    if let Some((kind, payload)) = a.raw.given() {
+        StatusBody::parse(&kind, &payload).context("--kind/--payload: not a valid status")?;
+        return Ok((kind, payload));
     }
     let mut p = serde_json::Map::new();
     let kind = if let Some(text) = &a.text {
@@ -207,10 +207,7 @@ pub async fn ls<S: Store>(store: &S, a: LsArgs) -> anyhow::Result<String> {
             .collect();
         return Ok(json_line(&Value::Array(rows)));
     }
-    if rows.is_empty() {
-        return Ok("no statuses match\n".into());
-    }
-    let mut t = Table::new(vec![
+    let header = vec![
         "ID",
         "INSTANCE",
         "KIND",
@@ -220,26 +217,25 @@ pub async fn ls<S: Store>(store: &S, a: LsArgs) -> anyhow::Result<String> {
         "AGE",
         "VIEWS",
         "LAST_ERROR",
-    ]);
-    for r in &rows {
+    ];
+    Ok(Table::listing(header, &rows, "no statuses match\n", |r| {
         let state = if r.parked_at.is_some() {
             format!("{} (parked)", r.state)
         } else {
             r.state.to_string()
         };
-        t.row(vec![
-            r.id.to_string(),
-            r.instance.clone(),
-            r.kind.clone(),
+        cells![
+            r.id,
+            r.instance,
+            r.kind,
             state,
-            r.attempts.to_string(),
-            r.message_id.clone().unwrap_or_else(|| "-".into()),
+            r.attempts,
+            r.message_id.as_deref().unwrap_or("-"),
             age_at(now, r.created_at),
             super::views::cell(r, &views),
             truncate(r.last_error.as_deref().unwrap_or(""), 60),
-        ]);
-    }
-    Ok(t.render())
+        ]
+    }))
 }
 
 /// A row as JSON, with its payload as JSON rather than a string of JSON
@@ -357,14 +353,13 @@ pub async fn show<S: Store>(store: &S, a: ShowArgs) -> anyhow::Result<String> {
             "#", "STARTED", "OUTCOME", "COUNTED", "HTTP", "LATENCY", "ERROR",
         ]);
         for at in &attempts {
-            t.row(vec![
-                at.attempt.to_string(),
+            let http = at.http_status.map(|h| h.to_string());
+            t.row(cells![
+                at.attempt,
                 at.started_at.to_rfc3339(),
-                at.outcome.clone(),
-                refund_note(&at.outcome).to_string(),
-                at.http_status
-                    .map(|h| h.to_string())
-                    .unwrap_or_else(|| "-".into()),
+                at.outcome,
+                refund_note(&at.outcome),
+                http.as_deref().unwrap_or("-"),
                 format!("{} ms", at.latency_ms),
                 truncate(at.error.as_deref().unwrap_or(""), 80),
             ]);

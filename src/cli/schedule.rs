@@ -5,7 +5,7 @@
 use anyhow::Context;
 use serde_json::json;
 
-use super::table::{truncate, Table};
+use super::table::{cells, json_lines, truncate, Table};
 use super::ScheduleAddArgs;
 use crate::config::{cron_check, Settings};
 use crate::model::StatusBody;
@@ -32,9 +32,9 @@ pub async fn add<S: Store>(
             a.timezone
         )
     })?;
-    let (kind, payload) = match (&a.text, &a.kind, &a.payload) {
-        (Some(text), _, _) => ("text".to_string(), json!({ "text": text }).to_string()),
-        (None, Some(k), Some(p)) => (k.clone(), p.clone()),
+    let (kind, payload) = match (&a.text, a.raw.given()) {
+        (Some(text), _) => ("text".to_string(), json!({ "text": text }).to_string()),
+        (None, Some(given)) => given,
         _ => anyhow::bail!("give --text, or --kind with --payload"),
     };
     StatusBody::parse(&kind, &payload).context("the schedule's status is not valid")?;
@@ -70,26 +70,23 @@ pub async fn add<S: Store>(
 pub async fn ls<S: Store>(store: &S, as_json: bool) -> anyhow::Result<String> {
     let all = store.schedules().await.context("reading the schedules")?;
     if as_json {
-        return Ok(serde_json::to_string_pretty(&all).context("encoding JSON")? + "\n");
+        return json_lines(&all);
     }
-    if all.is_empty() {
-        return Ok("no schedules\n".into());
-    }
-    let mut t = Table::new(vec![
+    let header = vec![
         "NAME", "CRON", "TIMEZONE", "INSTANCE", "KIND", "ENABLED", "PAYLOAD",
-    ]);
-    for s in &all {
-        t.row(vec![
-            s.name.clone(),
-            s.cron.clone(),
-            s.timezone.clone(),
-            s.instance.clone(),
-            s.kind.clone(),
-            if s.enabled { "yes" } else { "no" }.into(),
+    ];
+    Ok(Table::listing(header, &all, "no schedules\n", |s| {
+        let enabled = if s.enabled { "yes" } else { "no" };
+        cells![
+            s.name,
+            s.cron,
+            s.timezone,
+            s.instance,
+            s.kind,
+            enabled,
             truncate(&s.payload, 60),
-        ]);
-    }
-    Ok(t.render())
+        ]
+    }))
 }
 
 pub async fn rm<S: Store>(store: &S, name: &str) -> anyhow::Result<String> {

@@ -21,6 +21,24 @@ impl Table {
         self.rows.push(cells);
     }
 
+    /// `none` when there are no `items`, else the table of `header` with
+    /// the row `row` makes of each item: what every `ls` prints.
+    pub fn listing<T>(
+        header: Vec<&'static str>,
+        items: &[T],
+        none: &str,
+        row: impl Fn(&T) -> Vec<String>,
+    ) -> String {
+        if items.is_empty() {
+            return none.into();
+        }
+        let mut t = Table::new(header);
+        for item in items {
+            t.row(row(item));
+        }
+        t.render()
+    }
+
     pub fn render(&self) -> String {
         let n = self.header.len();
         let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
@@ -46,6 +64,21 @@ impl Table {
         }
         out
     }
+}
+
+/// A row's cells, each shown by its `Display` (text, numbers, states):
+/// `cells![r.id, r.instance, age_at(now, r.created_at)]`.
+macro_rules! cells {
+    ($($cell:expr),* $(,)?) => {
+        vec![$($cell.to_string()),*]
+    };
+}
+pub(crate) use cells;
+
+/// `items` as pretty JSON on its own line: what `--json` prints.
+pub fn json_lines<T: serde::Serialize + ?Sized>(items: &T) -> anyhow::Result<String> {
+    use anyhow::Context;
+    Ok(serde_json::to_string_pretty(items).context("encoding JSON")? + "\n")
 }
 
 /// `95` → `1m35s`, `7300` → `2h01m`, `200000` → `2d07h`.

@@ -14,95 +14,51 @@ pub enum ProviderKind {
     Waha,
 }
 
-/// One provider instance (one WhatsApp session).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InstanceConfig {
-    #[serde(default)]
-    pub provider: ProviderKind,
-    #[serde(default = "d_base_url")]
-    pub base_url: String,
-    /// Required with `provider = "wawp"`; defaulted here only so that its
-    /// absence is reported with the instance's other problems (see
-    /// [`Settings::problems`]). With `provider = "waha"` it is the WAHA
-    /// session, also spelled `session` (default `default`, WAHA's own).
-    #[serde(default, alias = "session")]
-    pub instance_id: String,
-    /// The access token; or use `access_token_file`.
-    #[serde(default)]
-    pub access_token: Option<SecretString>,
-    #[serde(default)]
-    pub access_token_file: Option<PathBuf>,
-    /// The name of an environment variable holding the token, read by each
-    /// daemon from its own environment (instances added at runtime name
-    /// their token this way or by `access_token_file`, never by value).
-    #[serde(default)]
-    pub access_token_env: Option<String>,
-    /// Send our pre-generated id in the body (API.md).
-    #[serde(default = "d_true")]
-    pub supplied_id: bool,
-    /// Token-bucket rate: statuses per second, and burst.
-    #[serde(default = "d_rate")]
-    pub rate_per_sec: u32,
-    #[serde(default = "d_burst")]
-    pub burst: u32,
-    /// Provider calls of this instance in flight at once, across every
-    /// replica: a slow provider for one instance cannot hold every send slot.
-    #[serde(default = "d_max_in_flight")]
-    pub max_in_flight: usize,
-    /// HMAC-SHA512 key of the provider's webhook events for this instance
-    /// (`POST /v1/webhooks/NAME`); or `webhook_secret_file`. Absent (and no
-    /// `webhook_path_token`): the instance's events are refused.
-    #[serde(default)]
-    pub webhook_secret: Option<SecretString>,
-    #[serde(default)]
-    pub webhook_secret_file: Option<PathBuf>,
-    /// For a provider that cannot sign: events to
-    /// `POST /v1/webhooks/NAME/TOKEN` are accepted without a signature.
-    #[serde(default)]
-    pub webhook_path_token: Option<SecretString>,
-}
-
-impl Default for InstanceConfig {
-    /// The defaults a `[instances.NAME]` table gets for every key left out
+with_defaults! {
+    /// One provider instance (one WhatsApp session).
+    ///
+    /// Every key left out of an `[instances.NAME]` table takes its default
     /// (no token, no instance id: both are required).
-    fn default() -> Self {
-        InstanceConfig {
-            provider: ProviderKind::default(),
-            base_url: d_base_url(),
-            instance_id: String::new(),
-            access_token: None,
-            access_token_file: None,
-            access_token_env: None,
-            supplied_id: d_true(),
-            rate_per_sec: d_rate(),
-            burst: d_burst(),
-            max_in_flight: d_max_in_flight(),
-            webhook_secret: None,
-            webhook_secret_file: None,
-            webhook_path_token: None,
-        }
+    #[derive(Debug, Clone, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct InstanceConfig {
+        pub provider: ProviderKind = ProviderKind::default(),
+        pub base_url: String = "https://api.wawp.net".into(),
+        /// Required with `provider = "wawp"`; defaulted here only so that its
+        /// absence is reported with the instance's other problems (see
+        /// [`Settings::problems`]). With `provider = "waha"` it is the WAHA
+        /// session, also spelled `session` (default `default`, WAHA's own).
+        #[serde(alias = "session")]
+        pub instance_id: String = String::new(),
+        /// The access token; or use `access_token_file`.
+        pub access_token: Option<SecretString> = None,
+        pub access_token_file: Option<PathBuf> = None,
+        /// The name of an environment variable holding the token, read by each
+        /// daemon from its own environment (instances added at runtime name
+        /// their token this way or by `access_token_file`, never by value).
+        pub access_token_env: Option<String> = None,
+        /// Send our pre-generated id in the body (API.md).
+        pub supplied_id: bool = true,
+        /// Token-bucket rate: statuses per second, and burst.
+        pub rate_per_sec: u32 = 20,
+        pub burst: u32 = 20,
+        /// Provider calls of this instance in flight at once, across every
+        /// replica: a slow provider for one instance cannot hold every send slot.
+        pub max_in_flight: usize = DEFAULT_MAX_IN_FLIGHT,
+        /// HMAC-SHA512 key of the provider's webhook events for this instance
+        /// (`POST /v1/webhooks/NAME`); or `webhook_secret_file`. Absent (and no
+        /// `webhook_path_token`): the instance's events are refused.
+        pub webhook_secret: Option<SecretString> = None,
+        pub webhook_secret_file: Option<PathBuf> = None,
+        /// For a provider that cannot sign: events to
+        /// `POST /v1/webhooks/NAME/TOKEN` are accepted without a signature.
+        pub webhook_path_token: Option<SecretString> = None,
     }
 }
 
-fn d_base_url() -> String {
-    "https://api.wawp.net".into()
-}
-fn d_true() -> bool {
-    true
-}
-fn d_rate() -> u32 {
-    20
-}
-fn d_burst() -> u32 {
-    20
-}
 /// 8 calls at once carry 20 statuses/s (the default rate) at up to 400 ms
 /// a call; raise it for a provider that answers slower at a higher rate.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
-fn d_max_in_flight() -> usize {
-    DEFAULT_MAX_IN_FLIGHT
-}
 
 impl InstanceConfig {
     /// The WAHA session name (`session`, default `default`).

@@ -69,6 +69,9 @@ fn shown_secret(s: &SecretString) -> &'static str {
     }
 }
 
+/// What `config show` prints. TOML has no null: the serializer leaves a
+/// `None` out (a secret not set, a file not named), as the shown settings
+/// want.
 #[derive(Serialize)]
 struct Shown<'a> {
     database: ShownDatabase<'a>,
@@ -81,9 +84,7 @@ struct Shown<'a> {
 
 #[derive(Serialize)]
 struct ShownDatabase<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
     url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     url_file: Option<&'a Path>,
     max_connections: u32,
     call_timeout_ms: u64,
@@ -93,9 +94,7 @@ struct ShownDatabase<'a> {
 struct ShownAdmin<'a> {
     enabled: bool,
     bind: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     token_file: Option<&'a Path>,
 }
 
@@ -104,19 +103,13 @@ struct ShownInstance<'a> {
     provider: ProviderKind,
     base_url: &'a str,
     instance_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     access_token: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     access_token_file: Option<&'a Path>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     access_token_env: Option<&'a str>,
     supplied_id: bool,
     rate_per_sec: u32,
     burst: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
     webhook_secret: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     webhook_secret_file: Option<&'a Path>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     webhook_path_token: Option<&'static str>,
 }

@@ -10,6 +10,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+pub(crate) use names::namesake;
 pub use names::{AttemptOutcome, Kind, State};
 
 /// One row of `status_outbox`, as every backend returns it.
@@ -152,12 +153,7 @@ impl ValidationError {
 
 impl StatusBody {
     pub fn kind(&self) -> Kind {
-        match self {
-            StatusBody::Text { .. } => Kind::Text,
-            StatusBody::Image { .. } => Kind::Image,
-            StatusBody::Voice { .. } => Kind::Voice,
-            StatusBody::Video { .. } => Kind::Video,
-        }
+        namesake!(self, StatusBody => Kind: Text, Image, Voice, Video)
     }
 
     /// Validates a row's `kind` and `payload` columns, as written by anyone.

@@ -7,13 +7,28 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// An enum of named values: `ALL`, `as_str`, `Display`, and `FromStr`
-/// refusing other text with "unknown <what> `<text>` (expected <expected>)".
+/// An enum of named values, each written `Variant => "text",`: `ALL`,
+/// `as_str`, `Display`, and `FromStr` refusing other text with "unknown
+/// <what> `<text>` (expected <expected>)".
 macro_rules! named {
+    // Without `expected`: every value's text ("one of: a, b, c").
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident ($what:literal) {
+            $($(#[$vmeta:meta])* $variant:ident => $text:literal,)*
+        }
+    ) => {
+        named! {
+            $(#[$meta])*
+            pub enum $name ($what, expected: one_of($name::ALL.iter().map(|v| v.as_str()))) {
+                $($(#[$vmeta])* $variant => $text,)*
+            }
+        }
+    };
     (
         $(#[$meta:meta])*
         pub enum $name:ident ($what:literal, expected: $expected:expr) {
-            $($(#[$vmeta:meta])* $variant:ident = $text:literal,)*
+            $($(#[$vmeta:meta])* $variant:ident => $text:literal,)*
         }
     ) => {
         $(#[$meta])*
@@ -52,6 +67,18 @@ macro_rules! named {
     };
 }
 
+/// The variant of `$to` named like `$value`'s variant of `$from`, whatever
+/// its fields: `namesake!(self, StatusBody => Kind: Text, Image, Voice, Video)`
+/// (the match stays exhaustive: a new variant must be named here).
+macro_rules! namesake {
+    ($value:expr, $from:ident => $to:ident: $($variant:ident),+ $(,)?) => {
+        match $value {
+            $($from::$variant { .. } => $to::$variant,)+
+        }
+    };
+}
+pub(crate) use namesake;
+
 /// "one of: a, b, c", from every value's text.
 fn one_of(names: impl Iterator<Item = &'static str>) -> String {
     format!("one of: {}", names.collect::<Vec<_>>().join(", "))
@@ -60,16 +87,16 @@ fn one_of(names: impl Iterator<Item = &'static str>) -> String {
 named! {
     /// Where a row is in its life. See DESIGN.md §4 and the README's state table.
     #[derive(PartialOrd, Ord)]
-    pub enum State ("state", expected: one_of(State::ALL.iter().map(|s| s.as_str()))) {
-        Queued = "queued",
-        PendingUpload = "pending_upload",
-        Uploading = "uploading",
-        InDoubt = "in_doubt",
-        Posted = "posted",
-        Failed = "failed",
-        Invalid = "invalid",
-        Cancelled = "cancelled",
-        Deleted = "deleted",
+    pub enum State ("state") {
+        Queued => "queued",
+        PendingUpload => "pending_upload",
+        Uploading => "uploading",
+        InDoubt => "in_doubt",
+        Posted => "posted",
+        Failed => "failed",
+        Invalid => "invalid",
+        Cancelled => "cancelled",
+        Deleted => "deleted",
     }
 }
 
@@ -110,32 +137,32 @@ impl State {
 named! {
     /// How one send attempt ended, as its history line stores it
     /// (`status_attempts.outcome`).
-    pub enum AttemptOutcome ("attempt outcome", expected: one_of(AttemptOutcome::ALL.iter().map(|o| o.as_str()))) {
-        Posted = "posted",
+    pub enum AttemptOutcome ("attempt outcome") {
+        Posted => "posted",
         /// Failed in a way worth retrying; the attempt counts.
-        Retryable = "retryable",
+        Retryable => "retryable",
         /// Refused with Retry-After: retried then, the attempt given back.
-        RateLimited = "rate_limited",
+        RateLimited => "rate_limited",
         /// Maybe posted: the reconciler looks it up.
-        InDoubt = "in_doubt",
+        InDoubt => "in_doubt",
         /// Refused as invalid by the provider.
-        Permanent = "permanent",
+        Permanent => "permanent",
         /// The instance is unusable (401/403, session down): the attempt
         /// given back.
-        InstanceDown = "instance_down",
+        InstanceDown => "instance_down",
         /// Claimed but given back unsent (its lease was too old to send on).
-        Released = "released",
+        Released => "released",
         /// Claimed straight from `queued` and found invalid before any send.
-        Invalid = "invalid",
+        Invalid => "invalid",
     }
 }
 
 named! {
     /// The four kinds of status the provider accepts.
     pub enum Kind ("kind", expected: "text, image, voice or video") {
-        Text = "text",
-        Image = "image",
-        Voice = "voice",
-        Video = "video",
+        Text => "text",
+        Image => "image",
+        Voice => "voice",
+        Video => "video",
     }
 }

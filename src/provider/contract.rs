@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{AttemptOutcome, Kind, StatusBody};
+use crate::model::{namesake, AttemptOutcome, Kind, StatusBody};
 
 /// What became of one request that may have changed the provider's state.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,13 +55,10 @@ impl SendOutcome {
     /// The attempt history's outcome for this answer (a rate-limited
     /// refusal is told apart by the dispatcher, which refunds it).
     pub fn attempt_outcome(&self) -> AttemptOutcome {
-        match self {
-            SendOutcome::Posted { .. } => AttemptOutcome::Posted,
-            SendOutcome::Retryable { .. } => AttemptOutcome::Retryable,
-            SendOutcome::InDoubt { .. } => AttemptOutcome::InDoubt,
-            SendOutcome::Permanent { .. } => AttemptOutcome::Permanent,
-            SendOutcome::InstanceDown { .. } => AttemptOutcome::InstanceDown,
-        }
+        namesake!(
+            self,
+            SendOutcome => AttemptOutcome: Posted, Retryable, InDoubt, Permanent, InstanceDown
+        )
     }
 
     /// A short label for metrics and logs (the attempt outcome's text).

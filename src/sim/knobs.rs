@@ -8,136 +8,105 @@ use std::ops::{Deref, DerefMut};
 
 use serde::{Deserialize, Serialize};
 
-/// The simulator's knobs. Every field has a default (no faults, no latency,
-/// any token accepted), so a config file or `POST /_sim/config` body only
-/// names what it changes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SimConfig {
-    /// Commit the post, then drop the connection without answering.
-    pub lost_response: f64,
-    /// Answer 503 with the `NOT_PROCESSED` code, posting nothing.
-    pub error_5xx_before: f64,
-    /// Commit the post, then answer 500.
-    pub error_5xx_after: f64,
-    /// Sleep `hang_ms` before processing; nothing is posted (the client has
-    /// given up by then, and the request is answered 503 `NOT_PROCESSED`).
-    pub hang: f64,
-    /// Commit the post, then sleep `hang_ms` before answering 200.
-    pub hang_after_commit: f64,
-    /// Answer 429 with `Retry-After: retry_after_secs`, posting nothing.
-    pub rate_limited_429: f64,
-    /// Commit the post, then answer 200 with a truncated body.
-    pub malformed_body: f64,
-    pub retry_after_secs: u64,
-    /// How long a hang lasts; set it above the client's request timeout.
-    pub hang_ms: u64,
-    /// Latency added to every request, uniform in `[min, max]`.
-    pub latency_min_ms: u64,
-    pub latency_max_ms: u64,
-    /// Instance ids answered 401 whatever the token.
-    pub unauthorized_instances: BTreeSet<String>,
-    /// Instance ids whose WhatsApp session is not connected: posts are
-    /// answered 422 "Session status is not as expected" (WAHA's wording),
-    /// session info says `SCAN_QR_CODE`.
-    pub disconnected_instances: BTreeSet<String>,
-    /// Valid token per instance id. When empty, any non-empty token is
-    /// accepted for any instance; otherwise an unknown instance or a wrong
-    /// token gets 401. Never serialized back out.
-    #[serde(skip_serializing)]
-    pub tokens: SimTokens,
-    /// Ignore supplied ids and assign our own. Kept as an alias of
-    /// `supplied_ids = false` (`true` here means exactly that; `false`
-    /// leaves the choice to `supplied_ids` and the engine).
-    pub auto_assign_ids: bool,
-    /// Which provider the simulator plays: Wawp's hosted API (default) or
-    /// one of WAHA's engines, each with its own response shapes, listing
-    /// shape, id honouring, message store and error forms (see
-    /// [`SimEngine`]). Both surfaces (Wawp `/v2/…` and WAHA `/api/…`) are
-    /// served whatever the engine; the engine decides what they answer.
-    pub engine: SimEngine,
-    /// Honour a supplied `id` on status bodies. `None`: the engine's
-    /// default ([`SimEngine::honours_supplied_ids`]).
-    pub supplied_ids: Option<bool>,
-    /// Look-up by id works (a message store is kept). `None`: the engine's
-    /// default ([`SimEngine::keeps_message_store`]); without a store a
-    /// by-id look-up of a posted status answers 404 `Message not found`,
-    /// exactly like a status that was never posted.
-    pub message_store: Option<bool>,
-    /// Share (0..1) of items silently left out of each listing page, as
-    /// engines drop reactions, revokes and polls: a page can come back
-    /// short without being the last. Applied to any item, our statuses
-    /// included (the harsher reading: a page may miss one of ours, and only
-    /// reading on past it finds the rest). The dropped item is shown again
-    /// on no other page. `None`: the engine's default
-    /// ([`SimEngine::listing_drop_share`]).
-    pub listing_drop_share: Option<f64>,
-    /// Share (0..1) of status posts held `hold_ms` before the provider
-    /// processes them: the post is made after the hold even if the client
-    /// has given up by then (NOWEB retries a failed chunk up to 5 times
-    /// over about 20 s under the same id). Drawn after the fault draw, for
-    /// posts that drew no fault before processing.
-    pub hold_share: f64,
-    /// How long a held post waits before it is processed.
-    pub hold_ms: u64,
-    /// Share (0..1) of look-ups (by id and listing pages) answered 500 by
-    /// the engine, nothing read: GOWS surfaces some of its errors so.
-    /// `None`: the engine's default ([`SimEngine::engine_error_share`]).
-    pub engine_error_share: Option<f64>,
-    /// Share (0..1) of posts after which a contact's status (`fromMe:
-    /// false`) lands in the `status@broadcast` chat, as other people's
-    /// stories do. `None`: the engine's default
-    /// ([`SimEngine::contact_status_share`]).
-    pub contact_status_share: Option<f64>,
-    /// WEBJS only: share (0..1) of posts answered 200 with an empty body
-    /// (whatsapp-web.js found no last own status to answer with).
-    pub empty_answer_share: f64,
-    /// NOWEB only: share (0..1) of the ids the simulator makes in Baileys'
-    /// legacy form, `3EB0` + 36 hex digits, instead of the current 18.
-    pub legacy_id_share: f64,
-    /// Instance ids (Wawp) or session names (WAHA) whose session has
-    /// stopped on an error: posts are answered 422, session info says
-    /// `FAILED`.
-    pub failed_instances: BTreeSet<String>,
-    /// Seed for the fault and latency draws; `None` seeds from the OS.
-    pub seed: Option<u64>,
-    /// Webhook events to statusd (`sim/webhooks.rs`); None: none sent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub webhooks: Option<super::webhooks::WebhookKnobs>,
-}
+use crate::config::with_defaults;
 
-impl Default for SimConfig {
-    fn default() -> Self {
-        SimConfig {
-            lost_response: 0.0,
-            error_5xx_before: 0.0,
-            error_5xx_after: 0.0,
-            hang: 0.0,
-            hang_after_commit: 0.0,
-            rate_limited_429: 0.0,
-            malformed_body: 0.0,
-            retry_after_secs: 1,
-            hang_ms: 35_000,
-            latency_min_ms: 0,
-            latency_max_ms: 0,
-            unauthorized_instances: BTreeSet::new(),
-            disconnected_instances: BTreeSet::new(),
-            tokens: SimTokens::default(),
-            auto_assign_ids: false,
-            engine: SimEngine::default(),
-            supplied_ids: None,
-            message_store: None,
-            listing_drop_share: None,
-            hold_share: 0.0,
-            hold_ms: 20_000,
-            engine_error_share: None,
-            contact_status_share: None,
-            empty_answer_share: 0.0,
-            legacy_id_share: 0.0,
-            failed_instances: BTreeSet::new(),
-            seed: None,
-            webhooks: None,
-        }
+with_defaults! {
+    /// The simulator's knobs. Every field has a default (no faults, no latency,
+    /// any token accepted), so a config file or `POST /_sim/config` body only
+    /// names what it changes.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct SimConfig {
+        /// Commit the post, then drop the connection without answering.
+        pub lost_response: f64 = 0.0,
+        /// Answer 503 with the `NOT_PROCESSED` code, posting nothing.
+        pub error_5xx_before: f64 = 0.0,
+        /// Commit the post, then answer 500.
+        pub error_5xx_after: f64 = 0.0,
+        /// Sleep `hang_ms` before processing; nothing is posted (the client has
+        /// given up by then, and the request is answered 503 `NOT_PROCESSED`).
+        pub hang: f64 = 0.0,
+        /// Commit the post, then sleep `hang_ms` before answering 200.
+        pub hang_after_commit: f64 = 0.0,
+        /// Answer 429 with `Retry-After: retry_after_secs`, posting nothing.
+        pub rate_limited_429: f64 = 0.0,
+        /// Commit the post, then answer 200 with a truncated body.
+        pub malformed_body: f64 = 0.0,
+        pub retry_after_secs: u64 = 1,
+        /// How long a hang lasts; set it above the client's request timeout.
+        pub hang_ms: u64 = 35_000,
+        /// Latency added to every request, uniform in `[min, max]`.
+        pub latency_min_ms: u64 = 0,
+        pub latency_max_ms: u64 = 0,
+        /// Instance ids answered 401 whatever the token.
+        pub unauthorized_instances: BTreeSet<String> = BTreeSet::new(),
+        /// Instance ids whose WhatsApp session is not connected: posts are
+        /// answered 422 "Session status is not as expected" (WAHA's wording),
+        /// session info says `SCAN_QR_CODE`.
+        pub disconnected_instances: BTreeSet<String> = BTreeSet::new(),
+        /// Valid token per instance id. When empty, any non-empty token is
+        /// accepted for any instance; otherwise an unknown instance or a wrong
+        /// token gets 401. Never serialized back out.
+        #[serde(skip_serializing)]
+        pub tokens: SimTokens = SimTokens::default(),
+        /// Ignore supplied ids and assign our own. Kept as an alias of
+        /// `supplied_ids = false` (`true` here means exactly that; `false`
+        /// leaves the choice to `supplied_ids` and the engine).
+        pub auto_assign_ids: bool = false,
+        /// Which provider the simulator plays: Wawp's hosted API (default) or
+        /// one of WAHA's engines, each with its own response shapes, listing
+        /// shape, id honouring, message store and error forms (see
+        /// [`SimEngine`]). Both surfaces (Wawp `/v2/…` and WAHA `/api/…`) are
+        /// served whatever the engine; the engine decides what they answer.
+        pub engine: SimEngine = SimEngine::default(),
+        /// Honour a supplied `id` on status bodies. `None`: the engine's
+        /// default ([`SimEngine::honours_supplied_ids`]).
+        pub supplied_ids: Option<bool> = None,
+        /// Look-up by id works (a message store is kept). `None`: the engine's
+        /// default ([`SimEngine::keeps_message_store`]); without a store a
+        /// by-id look-up of a posted status answers 404 `Message not found`,
+        /// exactly like a status that was never posted.
+        pub message_store: Option<bool> = None,
+        /// Share (0..1) of items silently left out of each listing page, as
+        /// engines drop reactions, revokes and polls: a page can come back
+        /// short without being the last. Applied to any item, our statuses
+        /// included (the harsher reading: a page may miss one of ours, and only
+        /// reading on past it finds the rest). The dropped item is shown again
+        /// on no other page. `None`: the engine's default
+        /// ([`SimEngine::listing_drop_share`]).
+        pub listing_drop_share: Option<f64> = None,
+        /// Share (0..1) of status posts held `hold_ms` before the provider
+        /// processes them: the post is made after the hold even if the client
+        /// has given up by then (NOWEB retries a failed chunk up to 5 times
+        /// over about 20 s under the same id). Drawn after the fault draw, for
+        /// posts that drew no fault before processing.
+        pub hold_share: f64 = 0.0,
+        /// How long a held post waits before it is processed.
+        pub hold_ms: u64 = 20_000,
+        /// Share (0..1) of look-ups (by id and listing pages) answered 500 by
+        /// the engine, nothing read: GOWS surfaces some of its errors so.
+        /// `None`: the engine's default ([`SimEngine::engine_error_share`]).
+        pub engine_error_share: Option<f64> = None,
+        /// Share (0..1) of posts after which a contact's status (`fromMe:
+        /// false`) lands in the `status@broadcast` chat, as other people's
+        /// stories do. `None`: the engine's default
+        /// ([`SimEngine::contact_status_share`]).
+        pub contact_status_share: Option<f64> = None,
+        /// WEBJS only: share (0..1) of posts answered 200 with an empty body
+        /// (whatsapp-web.js found no last own status to answer with).
+        pub empty_answer_share: f64 = 0.0,
+        /// NOWEB only: share (0..1) of the ids the simulator makes in Baileys'
+        /// legacy form, `3EB0` + 36 hex digits, instead of the current 18.
+        pub legacy_id_share: f64 = 0.0,
+        /// Instance ids (Wawp) or session names (WAHA) whose session has
+        /// stopped on an error: posts are answered 422, session info says
+        /// `FAILED`.
+        pub failed_instances: BTreeSet<String> = BTreeSet::new(),
+        /// Seed for the fault and latency draws; `None` seeds from the OS.
+        pub seed: Option<u64> = None,
+        /// Webhook events to statusd (`sim/webhooks.rs`); None: none sent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub webhooks: Option<super::webhooks::WebhookKnobs> = None,
     }
 }
 
@@ -338,30 +307,6 @@ impl SimConfig {
         }
     }
 
-    /// Whether a look-up by id can find a posted status.
-    pub fn keeps_message_store(&self) -> bool {
-        self.message_store
-            .unwrap_or_else(|| self.engine.keeps_message_store())
-    }
-
-    /// The share of listing items left out of each page.
-    pub fn listing_drop_share(&self) -> f64 {
-        self.listing_drop_share
-            .unwrap_or_else(|| self.engine.listing_drop_share())
-    }
-
-    /// The share of look-ups answered 500 by the engine.
-    pub fn engine_error_share(&self) -> f64 {
-        self.engine_error_share
-            .unwrap_or_else(|| self.engine.engine_error_share())
-    }
-
-    /// The share of posts followed by a contact's status in the chat.
-    pub fn contact_status_share(&self) -> f64 {
-        self.contact_status_share
-            .unwrap_or_else(|| self.engine.contact_status_share())
-    }
-
     /// Every problem, each naming its knob.
     pub fn validate(&self) -> Result<(), InvalidSimConfig> {
         let mut problems = Vec::new();
@@ -405,6 +350,32 @@ impl SimConfig {
             Err(InvalidSimConfig { problems })
         }
     }
+}
+
+/// The knobs whose `None` means "the engine's default", each read through
+/// the method of [`SimEngine`]'s name: `method(knob) -> Type`.
+macro_rules! engine_defaults {
+    ($($(#[$doc:meta])* $method:ident($knob:ident) -> $ty:ty;)*) => {
+        impl SimConfig {
+            $(
+                $(#[$doc])*
+                pub fn $method(&self) -> $ty {
+                    self.$knob.unwrap_or_else(|| self.engine.$method())
+                }
+            )*
+        }
+    };
+}
+
+engine_defaults! {
+    /// Whether a look-up by id can find a posted status.
+    keeps_message_store(message_store) -> bool;
+    /// The share of listing items left out of each page.
+    listing_drop_share(listing_drop_share) -> f64;
+    /// The share of look-ups answered 500 by the engine.
+    engine_error_share(engine_error_share) -> f64;
+    /// The share of posts followed by a contact's status in the chat.
+    contact_status_share(contact_status_share) -> f64;
 }
 
 /// What can go wrong starting or configuring a simulator.

@@ -17,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,7 +34,7 @@ use super::knobs::SimEngine;
 use super::state::{Fault, ListFilter, Listed, Plan, Refusal, Shared};
 use super::waha;
 use super::wawp::{
-    chat_messages, delete_status, get_message, new_message_id, post_status, session_info,
+    chat_messages, delete_status, get_message, new_message_id, post_status, session_info, WawpCall,
 };
 use crate::model::{Kind, StatusBody};
 use crate::wire::{
@@ -73,11 +74,7 @@ fn router(shared: Arc<Shared>) -> Router {
     for (path, kind) in paths::STATUS {
         r = r.route(
             path,
-            post(
-                move |sh: Sh, conn: ConnectInfo<Conn>, q: Params, h: HeaderMap, body: Bytes| {
-                    post_status(kind, sh, conn, q, h, body)
-                },
-            ),
+            post(move |call: WawpCall, body: Bytes| post_status(kind, call, body)),
         );
     }
     waha::routes(r).with_state(shared)
@@ -121,6 +118,58 @@ impl Caller {
                 .unwrap_or_default(),
             host: host(h),
         }
+    }
+
+    /// A WAHA caller: the session from the path, the key from `X-Api-Key`
+    /// (WAHA takes no key in the URL).
+    pub(super) fn waha(session: String, h: &HeaderMap) -> Caller {
+        Caller {
+            surface: Surface::Waha,
+            instance: session,
+            token: h
+                .get(waha_wire::API_KEY_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string(),
+            host: host(h),
+        }
+    }
+}
+
+/// One call of a provider endpoint: the simulator, who asks (named the
+/// way of the surface it came through) and the connection, which a fault
+/// may drop. The operations below are its methods, shared by both surfaces.
+pub(super) struct Call {
+    pub sh: Arc<Shared>,
+    pub caller: Caller,
+    pub conn: Conn,
+}
+
+impl Call {
+    /// The call of a request and `E`, what names its caller (the query, the
+    /// path), made into the caller by `caller` with the headers.
+    pub(super) async fn extract<E>(
+        parts: &mut Parts,
+        sh: &Arc<Shared>,
+        caller: impl FnOnce(&E, &HeaderMap) -> Caller,
+    ) -> Result<(Call, E), Response>
+    where
+        E: FromRequestParts<Arc<Shared>> + Send,
+    {
+        let (e, ConnectInfo(conn)) =
+            <(E, ConnectInfo<Conn>)>::from_request_parts(parts, sh).await?;
+        let caller = caller(&e, &parts.headers);
+        let call = Call {
+            sh: sh.clone(),
+            caller,
+            conn,
+        };
+        Ok((call, e))
+    }
+
+    /// `r` in the caller's surface's envelope.
+    pub(super) fn refuse(&self, engine: SimEngine, r: Refuse) -> Response {
+        r.render(self.caller.surface, engine, &self.caller.instance)
     }
 }
 
@@ -264,30 +313,26 @@ impl Gate {
     }
 }
 
-/// Auth check, latency and the session check, common to every provider
-/// endpoint of both surfaces; answers the engine and the plan.
-pub(super) async fn admit(
-    sh: &Shared,
-    caller: &Caller,
-    conn: &Conn,
-    gate: Gate,
-) -> Result<(SimEngine, Plan), Response> {
-    let engine = sh.engine();
-    let refuse = |r: Refuse| r.render(caller.surface, engine, &caller.instance);
-    sh.admit(&caller.instance, &caller.token)
-        .map_err(|Refusal::Unauthorized| refuse(Refuse::Unauthorized))?;
-    let plan = sh.plan(gate.faults());
-    if !sleep_unless_stopped(sh, plan.latency).await {
-        conn.drop_now();
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+impl Call {
+    /// Auth check, latency and the session check, common to every provider
+    /// endpoint of both surfaces; answers the engine and the plan.
+    pub(super) async fn admit(&self, gate: Gate) -> Result<(SimEngine, Plan), Response> {
+        let (sh, caller) = (&self.sh, &self.caller);
+        let engine = sh.engine();
+        sh.admit(&caller.instance, &caller.token)
+            .map_err(|Refusal::Unauthorized| self.refuse(engine, Refuse::Unauthorized))?;
+        let plan = sh.plan(gate.faults());
+        if !sleep_unless_stopped(sh, plan.latency).await {
+            self.conn.drop_now();
+            return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+        }
+        if gate.needs_session() && sh.disconnected(&caller.instance) {
+            sh.count_disconnected();
+            let status = sh.session_status(&caller.instance);
+            return Err(self.refuse(engine, Refuse::SessionDown(status)));
+        }
+        Ok((engine, plan))
     }
-    if gate.needs_session() && sh.disconnected(&caller.instance) {
-        sh.count_disconnected();
-        return Err(refuse(Refuse::SessionDown(
-            sh.session_status(&caller.instance),
-        )));
-    }
-    Ok((engine, plan))
 }
 
 /// Applies a fault drawn for *before* processing; `Err` is the answer.
@@ -359,158 +404,163 @@ async fn fault_after(sh: &Shared, plan: &Plan, conn: &Conn, body: Option<Value>)
 // ---------------------------------------------------------------------------
 // The operations, one per provider call, shared by both surfaces
 
-/// `new-message-id`: an id from the engine's generator. WEBJS: 501.
-pub(super) async fn op_new_message_id(sh: &Arc<Shared>, caller: &Caller, conn: &Conn) -> Answer {
-    let (engine, plan) = admit(sh, caller, conn, Gate::NewId).await?;
-    if engine == SimEngine::Webjs {
-        return Err(Refuse::NotImplemented("new-message-id:").render(
-            caller.surface,
-            engine,
-            &caller.instance,
-        ));
-    }
-    fault_before(sh, &plan, conn).await?;
-    let id = json!({ (field::ID): sh.new_message_id() });
-    Ok(fault_after(sh, &plan, conn, Some(id)).await)
-}
-
-/// A status post: faults, the engine's checks, the hold, the commit and
-/// the engine's answer.
-pub(super) async fn op_post(
-    kind: Kind,
-    sh: &Arc<Shared>,
-    caller: &Caller,
-    conn: &Conn,
-    body: &[u8],
-) -> Answer {
-    let (engine, plan) = admit(sh, caller, conn, Gate::Post).await?;
-    let refuse = |r: Refuse| r.render(caller.surface, engine, &caller.instance);
-    fault_before(sh, &plan, conn).await?;
-    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(body) else {
-        return Err(refuse(Refuse::BadRequest(
-            "the body must be a JSON object".into(),
-        )));
-    };
-    let supplied = match obj.remove(field::ID) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() => Some(s),
-        Some(_) => {
-            return Err(refuse(Refuse::BadRequest(
-                "id must be a non-empty string".into(),
-            )))
+impl Call {
+    /// `new-message-id`: an id from the engine's generator. WEBJS: 501.
+    pub(super) async fn new_message_id(&self) -> Answer {
+        let (engine, plan) = self.admit(Gate::NewId).await?;
+        if engine == SimEngine::Webjs {
+            return Err(self.refuse(engine, Refuse::NotImplemented("new-message-id:")));
         }
-    };
-    // whatsapp-web.js needs both to build a text status; WAHA passes the
-    // failure through as a 500 and nothing is posted.
-    if engine == SimEngine::Webjs
-        && kind == Kind::Text
-        && (obj.get("backgroundColor").is_none_or(Value::is_null)
-            || obj.get("font").is_none_or(Value::is_null))
-    {
-        return Err(refuse(Refuse::Engine(
-            "Evaluation failed: a text status needs backgroundColor and font".into(),
-        )));
+        let (sh, conn) = (&self.sh, &self.conn);
+        fault_before(sh, &plan, conn).await?;
+        let id = json!({ (field::ID): sh.new_message_id() });
+        Ok(fault_after(sh, &plan, conn, Some(id)).await)
     }
-    let raw = Value::Object(obj);
-    let parsed = StatusBody::parse(kind.as_str(), &raw.to_string())
-        .map_err(|e| refuse(Refuse::BadRequest(e.to_string())))?;
-    let instance = caller.instance.clone();
-    let committed = match plan.hold {
-        None => sh.commit(&instance, kind, &parsed, raw, supplied),
-        Some(hold) => {
-            // Processed after the hold even if the client has given up by
-            // then (hyper drops this handler, not the task).
-            sh.count_held();
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let held = sh.clone();
-            tokio::spawn(async move {
-                if sleep_unless_stopped(&held, hold).await {
-                    let _ = tx.send(held.commit(&instance, kind, &parsed, raw, supplied));
-                }
-            });
-            match rx.await {
-                Ok(c) => c,
-                Err(_) => {
-                    conn.drop_now();
-                    return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+
+    /// A status post: faults, the engine's checks, the hold, the commit and
+    /// the engine's answer.
+    pub(super) async fn post(&self, kind: Kind, body: &[u8]) -> Answer {
+        let (engine, plan) = self.admit(Gate::Post).await?;
+        let (sh, caller, conn) = (&self.sh, &self.caller, &self.conn);
+        let refuse = |r: Refuse| self.refuse(engine, r);
+        fault_before(sh, &plan, conn).await?;
+        let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(body) else {
+            return Err(refuse(Refuse::BadRequest(
+                "the body must be a JSON object".into(),
+            )));
+        };
+        let supplied = match obj.remove(field::ID) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            Some(_) => {
+                return Err(refuse(Refuse::BadRequest(
+                    "id must be a non-empty string".into(),
+                )))
+            }
+        };
+        // whatsapp-web.js needs both to build a text status; WAHA passes the
+        // failure through as a 500 and nothing is posted.
+        if engine == SimEngine::Webjs
+            && kind == Kind::Text
+            && (obj.get("backgroundColor").is_none_or(Value::is_null)
+                || obj.get("font").is_none_or(Value::is_null))
+        {
+            return Err(refuse(Refuse::Engine(
+                "Evaluation failed: a text status needs backgroundColor and font".into(),
+            )));
+        }
+        let raw = Value::Object(obj);
+        let parsed = StatusBody::parse(kind.as_str(), &raw.to_string())
+            .map_err(|e| refuse(Refuse::BadRequest(e.to_string())))?;
+        let instance = caller.instance.clone();
+        let committed = match plan.hold {
+            None => sh.commit(&instance, kind, &parsed, raw, supplied),
+            Some(hold) => {
+                // Processed after the hold even if the client has given up by
+                // then (hyper drops this handler, not the task).
+                sh.count_held();
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let held = sh.clone();
+                tokio::spawn(async move {
+                    if sleep_unless_stopped(&held, hold).await {
+                        let _ = tx.send(held.commit(&instance, kind, &parsed, raw, supplied));
+                    }
+                });
+                match rx.await {
+                    Ok(c) => c,
+                    Err(_) => {
+                        conn.drop_now();
+                        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+                    }
                 }
             }
-        }
-    };
-    let latest = if engine == SimEngine::Webjs {
-        // WEBJS reads the last own status after sending, a round trip to
-        // the browser later: another post may have landed in between.
-        if !sleep_unless_stopped(sh, plan.latency).await {
-            conn.drop_now();
-        }
-        sh.latest(&caller.instance).filter(|_| !plan.empty_answer)
-    } else {
-        None
-    };
-    let answer = engines::send_answer(engine, &committed.status, latest.as_ref());
-    Ok(fault_after(sh, &plan, conn, answer).await)
-}
+        };
+        let latest = if engine == SimEngine::Webjs {
+            // WEBJS reads the last own status after sending, a round trip to
+            // the browser later: another post may have landed in between.
+            if !sleep_unless_stopped(sh, plan.latency).await {
+                conn.drop_now();
+            }
+            sh.latest(&caller.instance).filter(|_| !plan.empty_answer)
+        } else {
+            None
+        };
+        let answer = engines::send_answer(engine, &committed.status, latest.as_ref());
+        Ok(fault_after(sh, &plan, conn, answer).await)
+    }
 
-/// A status delete. WEBJS: 501, nothing deleted.
-pub(super) async fn op_delete(
-    sh: &Arc<Shared>,
-    caller: &Caller,
-    conn: &Conn,
-    body: &[u8],
-) -> Answer {
-    let (engine, _) = admit(sh, caller, conn, Gate::Delete).await?;
-    let refuse = |r: Refuse| r.render(caller.surface, engine, &caller.instance);
-    if engine == SimEngine::Webjs {
-        return Err(refuse(Refuse::NotImplemented("Deleting a status:")));
+    /// A status delete. WEBJS: 501, nothing deleted.
+    pub(super) async fn delete(&self, body: &[u8]) -> Answer {
+        let (engine, _) = self.admit(Gate::Delete).await?;
+        let refuse = |r: Refuse| self.refuse(engine, r);
+        if engine == SimEngine::Webjs {
+            return Err(refuse(Refuse::NotImplemented("Deleting a status:")));
+        }
+        let id = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get(field::ID).and_then(Value::as_str).map(str::to_string));
+        let Some(id) = id.filter(|i| !i.is_empty()) else {
+            return Err(refuse(Refuse::BadRequest("id is required".into())));
+        };
+        let bare = bare_message_id(&id);
+        if !self.sh.delete(&self.caller.instance, bare) {
+            return Err(refuse(Refuse::NotFound));
+        }
+        let revoke_id = self.sh.new_message_id();
+        Ok(Json(engines::delete_answer(engine, bare, &revoke_id)).into_response())
     }
-    let id = serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get(field::ID).and_then(Value::as_str).map(str::to_string));
-    let Some(id) = id.filter(|i| !i.is_empty()) else {
-        return Err(refuse(Refuse::BadRequest("id is required".into())));
-    };
-    let bare = bare_message_id(&id);
-    if !sh.delete(&caller.instance, bare) {
-        return Err(refuse(Refuse::NotFound));
-    }
-    let revoke_id = sh.new_message_id();
-    Ok(Json(engines::delete_answer(engine, bare, &revoke_id)).into_response())
-}
 
-/// A look-up by id. Without a message store (NOWEB's default) a posted
-/// status is answered 404 `Message not found`, exactly like one that was
-/// never posted: the not-found proves nothing there.
-pub(super) async fn op_get_message(
-    sh: &Arc<Shared>,
-    caller: &Caller,
-    conn: &Conn,
-    chat: &str,
-    id: &str,
-    download_media: bool,
-) -> Answer {
-    let (engine, plan) = admit(sh, caller, conn, Gate::Read).await?;
-    let refuse = |r: Refuse| r.render(caller.surface, engine, &caller.instance);
-    if plan.engine_error {
-        sh.count_engine_error();
-        return Err(refuse(Refuse::Engine(
-            "2 UNKNOWN: failed to get message".into(),
-        )));
-    }
-    let store = sh.config().keeps_message_store();
-    let found = sh
-        .find(&caller.instance, bare_message_id(id))
-        .filter(|_| chat == STATUS_CHAT && store);
-    match found {
-        Some(s) => Ok(Json(engines::message(
+    /// A look-up by id. Without a message store (NOWEB's default) a posted
+    /// status is answered 404 `Message not found`, exactly like one that was
+    /// never posted: the not-found proves nothing there.
+    pub(super) async fn get_message(&self, chat: &str, id: &str, download_media: bool) -> Answer {
+        let (engine, plan) = self.admit(Gate::Read).await?;
+        let (sh, caller) = (&self.sh, &self.caller);
+        if plan.engine_error {
+            sh.count_engine_error();
+            let failed = Refuse::Engine("2 UNKNOWN: failed to get message".into());
+            return Err(self.refuse(engine, failed));
+        }
+        let store = sh.config().keeps_message_store();
+        let found = sh
+            .find(&caller.instance, bare_message_id(id))
+            .filter(|_| chat == STATUS_CHAT && store);
+        let Some(s) = found else {
+            return Err(self.refuse(engine, Refuse::NotFound));
+        };
+        let media_base = download_media.then(|| format!("http://{}", caller.host));
+        let message = engines::message(
             engine,
             &Listed::Own(s),
             &caller.instance,
-            download_media
-                .then(|| format!("http://{}", caller.host))
-                .as_deref(),
-        ))
-        .into_response()),
-        None => Err(refuse(Refuse::NotFound)),
+            media_base.as_deref(),
+        );
+        Ok(Json(message).into_response())
+    }
+
+    /// One page of the chat's messages, newest first; hidden items leave the
+    /// page short. NOWEB without its store: 400, nothing read.
+    pub(super) async fn list(&self, q: &ListQuery) -> Answer {
+        let (engine, plan) = self.admit(Gate::Read).await?;
+        let (sh, caller) = (&self.sh, &self.caller);
+        if !sh.config().keeps_message_store() {
+            return Err(self.refuse(engine, Refuse::StoreDisabled));
+        }
+        if plan.engine_error {
+            sh.count_engine_error();
+            let failed = Refuse::Engine("2 UNKNOWN: failed to get chat messages".into());
+            return Err(self.refuse(engine, failed));
+        }
+        if q.chat != STATUS_CHAT {
+            return Ok(Json(json!([])).into_response());
+        }
+        let base = q.download_media.then(|| format!("http://{}", caller.host));
+        let list: Vec<Value> = sh
+            .list(&caller.instance, q.filter, q.offset, q.limit)
+            .iter()
+            .map(|item| engines::message(engine, item, &caller.instance, base.as_deref()))
+            .collect();
+        Ok(Json(Value::Array(list)).into_response())
     }
 }
 
@@ -574,37 +624,6 @@ impl ListQuery {
             filter,
         })
     }
-}
-
-/// One page of the chat's messages, newest first; hidden items leave the
-/// page short. NOWEB without its store: 400, nothing read.
-pub(super) async fn op_list(
-    sh: &Arc<Shared>,
-    caller: &Caller,
-    conn: &Conn,
-    q: &ListQuery,
-) -> Answer {
-    let (engine, plan) = admit(sh, caller, conn, Gate::Read).await?;
-    let refuse = |r: Refuse| r.render(caller.surface, engine, &caller.instance);
-    if !sh.config().keeps_message_store() {
-        return Err(refuse(Refuse::StoreDisabled));
-    }
-    if plan.engine_error {
-        sh.count_engine_error();
-        return Err(refuse(Refuse::Engine(
-            "2 UNKNOWN: failed to get chat messages".into(),
-        )));
-    }
-    if q.chat != STATUS_CHAT {
-        return Ok(Json(json!([])).into_response());
-    }
-    let base = q.download_media.then(|| format!("http://{}", caller.host));
-    let list: Vec<Value> = sh
-        .list(&caller.instance, q.filter, q.offset, q.limit)
-        .iter()
-        .map(|item| engines::message(engine, item, &caller.instance, base.as_deref()))
-        .collect();
-    Ok(Json(Value::Array(list)).into_response())
 }
 
 // ---------------------------------------------------------------------------

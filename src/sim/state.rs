@@ -334,12 +334,7 @@ impl Shared {
 
     /// Counts a refusal of a post because the session is down.
     pub fn count_disconnected(&self) {
-        *self
-            .lock()
-            .stats
-            .faults
-            .entry("disconnected".into())
-            .or_default() += 1;
+        self.count("disconnected");
     }
 
     /// Draws latency, and a fault when `with_faults`.
@@ -406,21 +401,16 @@ impl Shared {
 
     /// Counts a read answered 500 by the engine (`engine_error_share`).
     pub fn count_engine_error(&self) {
-        *self
-            .lock()
-            .stats
-            .faults
-            .entry("engine_error".into())
-            .or_default() += 1;
+        self.count("engine_error");
     }
 
     pub fn count_fault(&self, fault: Fault) {
-        *self
-            .lock()
-            .stats
-            .faults
-            .entry(fault.name().into())
-            .or_default() += 1;
+        self.count(fault.name());
+    }
+
+    /// Adds one to the count `name` in [`SimStats::faults`](super::SimStats::faults).
+    fn count(&self, name: &str) {
+        *self.lock().stats.faults.entry(name.into()).or_default() += 1;
     }
 
     /// Posts a validated status: a supplied id already shown on this

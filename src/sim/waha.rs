@@ -15,10 +15,12 @@
 //! error is a 500 with `{statusCode, timestamp, exception}`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -27,29 +29,18 @@ use serde_json::json;
 
 use super::engines::OWN_JID;
 use super::knobs::SimEngine;
-use super::server::{
-    op_delete, op_get_message, op_list, op_new_message_id, op_post, Answer, Caller, Conn,
-    ListQuery, Params, Refuse, Sh, Surface,
-};
+use super::server::{Answer, Call, Caller, ListQuery, Params, Refuse, Surface};
 use super::state::Shared;
 use crate::model::Kind;
 use crate::wire::waha as wire;
 use crate::wire::{field, SESSION_WORKING};
 
 /// Adds WAHA's routes to the router.
-pub(super) fn routes(mut r: Router<std::sync::Arc<Shared>>) -> Router<std::sync::Arc<Shared>> {
+pub(super) fn routes(mut r: Router<Arc<Shared>>) -> Router<Arc<Shared>> {
     for (path, kind) in wire::STATUS {
         r = r.route(
             path,
-            post(
-                move |sh: Sh,
-                      conn: ConnectInfo<Conn>,
-                      session: Path<String>,
-                      h: HeaderMap,
-                      body: Bytes| {
-                    post_status(kind, sh, conn, session, h, body)
-                },
-            ),
+            post(move |call: WahaCall, body: Bytes| post_status(kind, call, body)),
         );
     }
     r.route(wire::DELETE, post(delete_status))
@@ -59,18 +50,32 @@ pub(super) fn routes(mut r: Router<std::sync::Arc<Shared>>) -> Router<std::sync:
         .route(wire::SESSION, get(session))
 }
 
-/// A WAHA caller: the session from the path, the key from `X-Api-Key`
-/// (WAHA takes no key in the URL).
-fn caller(session: String, h: &HeaderMap) -> Caller {
-    Caller {
-        surface: Surface::Waha,
-        instance: session,
-        token: h
-            .get(wire::API_KEY_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string(),
-        host: super::server::host(h),
+/// A call on WAHA's surface, with the path's parameters (`session`,
+/// `chatId`, `messageId`): the caller is the session from the path, the
+/// key from `X-Api-Key` (WAHA takes no key in the URL).
+struct WahaCall {
+    call: Call,
+    path: HashMap<String, String>,
+}
+
+type WahaPath = Path<HashMap<String, String>>;
+
+impl FromRequestParts<Arc<Shared>> for WahaCall {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, sh: &Arc<Shared>) -> Result<Self, Response> {
+        let (call, Path(path)) = Call::extract(parts, sh, |Path(p): &WahaPath, h| {
+            Caller::waha(p.get("session").cloned().unwrap_or_default(), h)
+        })
+        .await?;
+        Ok(WahaCall { call, path })
+    }
+}
+
+impl WahaCall {
+    /// A path parameter (`chatId`, `messageId`).
+    fn param(&self, name: &str) -> String {
+        self.path.get(name).cloned().unwrap_or_default()
     }
 }
 
@@ -101,69 +106,39 @@ pub(super) fn error(status: StatusCode, r: &Refuse, message: &str, session: &str
     (status, Json(body)).into_response()
 }
 
-async fn post_status(
-    kind: Kind,
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Path(session): Path<String>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Answer {
-    op_post(kind, &sh, &caller(session, &h), &conn, &body).await
+async fn post_status(kind: Kind, w: WahaCall, body: Bytes) -> Answer {
+    w.call.post(kind, &body).await
 }
 
-async fn delete_status(
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Path(session): Path<String>,
-    h: HeaderMap,
-    body: Bytes,
-) -> Answer {
-    op_delete(&sh, &caller(session, &h), &conn, &body).await
+async fn delete_status(w: WahaCall, body: Bytes) -> Answer {
+    w.call.delete(&body).await
 }
 
-async fn new_message_id(
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Path(session): Path<String>,
-    h: HeaderMap,
-) -> Answer {
-    op_new_message_id(&sh, &caller(session, &h), &conn).await
+async fn new_message_id(w: WahaCall) -> Answer {
+    w.call.new_message_id().await
 }
 
-async fn chat_messages(
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Path((session, chat)): Path<(String, String)>,
-    Query(q): Params,
-    h: HeaderMap,
-) -> Answer {
-    let caller = caller(session, &h);
-    let query = ListQuery::from_params(chat, &q, true).map_err(|m| {
+async fn chat_messages(w: WahaCall, Query(q): Params) -> Answer {
+    let query = ListQuery::from_params(w.param(field::CHAT_ID), &q, true).map_err(|m| {
         let r = Refuse::BadRequest(m);
-        r.render(Surface::Waha, sh.engine(), &caller.instance)
+        r.render(Surface::Waha, w.call.sh.engine(), &w.call.caller.instance)
     })?;
-    op_list(&sh, &caller, &conn, &query).await
+    w.call.list(&query).await
 }
 
-async fn chat_message(
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Path((session, chat, message)): Path<(String, String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-    h: HeaderMap,
-) -> Answer {
+async fn chat_message(w: WahaCall, Query(q): Params) -> Answer {
     let download = q.get(field::DOWNLOAD_MEDIA).is_none_or(|v| v != "false");
-    op_get_message(&sh, &caller(session, &h), &conn, &chat, &message, download).await
+    let (chat, message) = (w.param(field::CHAT_ID), w.param(field::MESSAGE_ID));
+    w.call.get_message(&chat, &message, download).await
 }
 
 /// `GET /api/sessions/{session}`: WAHA's `SessionInfo` (`name`, `status`,
 /// `config`, `me` — null unless working — and `engine.engine`).
-async fn session(State(sh): Sh, Path(session): Path<String>, h: HeaderMap) -> Answer {
-    let caller = caller(session, &h);
+async fn session(w: WahaCall) -> Answer {
+    let (sh, caller) = (&w.call.sh, &w.call.caller);
     let engine = sh.engine();
     sh.admit(&caller.instance, &caller.token)
-        .map_err(|_| Refuse::Unauthorized.render(Surface::Waha, engine, &caller.instance))?;
+        .map_err(|_| w.call.refuse(engine, Refuse::Unauthorized))?;
     let status = sh.session_status(&caller.instance);
     let me = (status == SESSION_WORKING)
         .then(|| json!({ "id": OWN_JID, "pushName": "statusd simulator" }));

@@ -1,62 +1,57 @@
 //! Wawp's endpoints (`/v2/…`), beside WAHA's (`waha.rs`) on the same server:
-//! each names its caller the Wawp way and calls the shared `op_*`.
+//! each names its caller the Wawp way ([`WawpCall`]) and calls the
+//! shared operations ([`Call`]'s methods).
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
 use super::engines::OWN_JID;
 use super::knobs::SimEngine;
-use super::server::{
-    admit, error, op_delete, op_get_message, op_list, op_new_message_id, op_post, Answer, Caller,
-    Conn, Gate, ListQuery, Params, Sh,
-};
+use super::server::{error, Answer, Call, Caller, Gate, ListQuery, Params};
+use super::state::Shared;
 use crate::model::Kind;
 use crate::wire::field;
 
-pub(super) async fn new_message_id(
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Query(q): Params,
-    h: HeaderMap,
-) -> Answer {
-    op_new_message_id(&sh, &Caller::wawp(&q, &h), &conn).await
+/// A call on Wawp's surface, with its query parameters: the caller is named
+/// by `instance_id` and the token ([`Caller::wawp`]).
+pub(super) struct WawpCall {
+    call: Call,
+    q: HashMap<String, String>,
 }
 
-pub(super) async fn post_status(
-    kind: Kind,
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Query(q): Params,
-    h: HeaderMap,
-    body: Bytes,
-) -> Answer {
-    op_post(kind, &sh, &Caller::wawp(&q, &h), &conn, &body).await
+impl FromRequestParts<Arc<Shared>> for WawpCall {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, sh: &Arc<Shared>) -> Result<Self, Response> {
+        let (call, Query(q)) =
+            Call::extract(parts, sh, |Query(q): &Params, h| Caller::wawp(q, h)).await?;
+        Ok(WawpCall { call, q })
+    }
 }
 
-pub(super) async fn delete_status(
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Query(q): Params,
-    h: HeaderMap,
-    body: Bytes,
-) -> Answer {
-    op_delete(&sh, &Caller::wawp(&q, &h), &conn, &body).await
+pub(super) async fn new_message_id(w: WawpCall) -> Answer {
+    w.call.new_message_id().await
+}
+
+pub(super) async fn post_status(kind: Kind, w: WawpCall, body: Bytes) -> Answer {
+    w.call.post(kind, &body).await
+}
+
+pub(super) async fn delete_status(w: WawpCall, body: Bytes) -> Answer {
+    w.call.delete(&body).await
 }
 
 /// `chatId` and `messageId` from the JSON body, else from the query (the
 /// docs show both).
-pub(super) async fn get_message(
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Query(q): Params,
-    h: HeaderMap,
-    body: Bytes,
-) -> Answer {
-    let caller = Caller::wawp(&q, &h);
+pub(super) async fn get_message(w: WawpCall, body: Bytes) -> Answer {
     let from_body = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
     let param = |k: &str| {
         from_body
@@ -65,7 +60,7 @@ pub(super) async fn get_message(
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             })
-            .or_else(|| q.get(k).cloned())
+            .or_else(|| w.q.get(k).cloned())
     };
     let (Some(chat), Some(id)) = (param(field::CHAT_ID), param(field::MESSAGE_ID)) else {
         return Err(error(
@@ -74,30 +69,19 @@ pub(super) async fn get_message(
         ));
     };
     let download = param(field::DOWNLOAD_MEDIA).is_none_or(|v| v != "false");
-    op_get_message(&sh, &caller, &conn, &chat, &id, download).await
+    w.call.get_message(&chat, &id, download).await
 }
 
-pub(super) async fn chat_messages(
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Query(q): Params,
-    h: HeaderMap,
-) -> Answer {
-    let caller = Caller::wawp(&q, &h);
-    let chat = q.get(field::CHAT_ID).cloned().unwrap_or_default();
-    let query =
-        ListQuery::from_params(chat, &q, false).map_err(|m| error(StatusCode::BAD_REQUEST, &m))?;
-    op_list(&sh, &caller, &conn, &query).await
+pub(super) async fn chat_messages(w: WawpCall) -> Answer {
+    let chat = w.q.get(field::CHAT_ID).cloned().unwrap_or_default();
+    let query = ListQuery::from_params(chat, &w.q, false)
+        .map_err(|m| error(StatusCode::BAD_REQUEST, &m))?;
+    w.call.list(&query).await
 }
 
-pub(super) async fn session_info(
-    State(sh): Sh,
-    ConnectInfo(conn): ConnectInfo<Conn>,
-    Query(q): Params,
-    h: HeaderMap,
-) -> Answer {
-    let caller = Caller::wawp(&q, &h);
-    let (engine, _) = admit(&sh, &caller, &conn, Gate::Read).await?;
+pub(super) async fn session_info(w: WawpCall) -> Answer {
+    let (engine, _) = w.call.admit(Gate::Read).await?;
+    let (sh, caller) = (&w.call.sh, &w.call.caller);
     let mut info = json!({
         "name": caller.instance,
         "status": sh.session_status(&caller.instance),

@@ -18,11 +18,13 @@ use std::fmt;
 use std::future::Future;
 use std::str::FromStr;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Row;
 
-use super::{PgStore, Result, SqliteStore, StoreError, Timed};
+use super::row::{self, Columns};
+use super::sql::{Sql, Stmt};
+use super::timed::timed;
+use super::{Result, StoreError, Timed};
 
 /// A capability as far as it is known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -221,136 +223,53 @@ pub async fn record_capabilities<S: CapabilityStore>(
     )))
 }
 
-fn parse_known(s: &str, column: &str) -> Result<Known> {
-    s.parse()
-        .map_err(|e| StoreError::Invalid(format!("provider_capabilities.{column}: {e}")))
+fn parse_known(r: &impl Columns, column: &str) -> std::result::Result<Known, String> {
+    r.text(column)?
+        .parse()
+        .map_err(|e| format!("provider_capabilities.{column}: {e}"))
 }
 
-impl CapabilityStore for SqliteStore {
+impl<S: Sql> CapabilityStore for S {
     async fn capabilities(&self) -> Result<Vec<Capabilities>> {
-        let rows = sqlx::query(
+        let s = Stmt::uncounted(
             "SELECT instance, supplied_ids, lookup_by_id, engine, evidence, version, updated_at
              FROM provider_capabilities ORDER BY instance",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Capabilities {
-                    instance: r.try_get("instance")?,
-                    supplied_ids: parse_known(r.try_get("supplied_ids")?, "supplied_ids")?,
-                    lookup_by_id: parse_known(r.try_get("lookup_by_id")?, "lookup_by_id")?,
-                    engine: r.try_get("engine")?,
-                    evidence: r.try_get("evidence")?,
-                    version: r.try_get("version")?,
-                    updated_at: Utc.timestamp_millis_opt(r.try_get("updated_at")?).single(),
-                })
+        );
+        row::map_all(&self.fetch(s).await?, |r| {
+            Ok(Capabilities {
+                instance: r.text("instance")?,
+                supplied_ids: parse_known(r, "supplied_ids")?,
+                lookup_by_id: parse_known(r, "lookup_by_id")?,
+                engine: r.opt_text("engine")?,
+                evidence: r.text("evidence")?,
+                version: r.big("version")?,
+                updated_at: r.time("updated_at")?,
             })
-            .collect()
+        })
     }
 
     async fn put_capabilities(&self, c: &Capabilities) -> Result<bool> {
-        let sql = if c.version == 0 {
-            "INSERT INTO provider_capabilities (instance, supplied_ids, lookup_by_id, engine, evidence, version)
-             VALUES (?1, ?2, ?3, ?4, ?5, 1 + 0 * ?6) ON CONFLICT (instance) DO NOTHING"
-        } else {
-            "UPDATE provider_capabilities SET supplied_ids = ?2, lookup_by_id = ?3, engine = ?4,
-                evidence = ?5, version = version + 1,
-                updated_at = CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
-             WHERE instance = ?1 AND version = ?6"
-        };
-        let done = sqlx::query(sql)
-            .bind(&c.instance)
-            .bind(c.supplied_ids.as_str())
-            .bind(c.lookup_by_id.as_str())
-            .bind(&c.engine)
-            .bind(&c.evidence)
-            .bind(c.version)
-            .execute(self.pool())
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn known_message_ids(
-        &self,
-        instance: &str,
-        ids: &[String],
-        except: &[uuid::Uuid],
-    ) -> Result<Vec<KnownId>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
-        let except: Vec<String> = except.iter().map(|u| u.to_string()).collect();
-        let except = serde_json::to_string(&except).unwrap_or_else(|_| "[]".into());
-        let rows = sqlx::query(
-            "SELECT j.value AS id, o.kind AS kind, CAST(o.payload AS TEXT) AS payload
-             FROM json_each(?2) j JOIN status_outbox o
-               ON (o.message_id = j.value OR o.provider_id = j.value)
-             WHERE o.instance = ?1 AND o.id NOT IN (SELECT value FROM json_each(?3))",
-        )
-        .bind(instance)
-        .bind(ids)
-        .bind(except)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(KnownId {
-                    id: r.try_get("id")?,
-                    kind: r.try_get("kind")?,
-                    payload: r.try_get("payload")?,
-                })
-            })
-            .collect()
-    }
-}
-
-impl CapabilityStore for PgStore {
-    async fn capabilities(&self) -> Result<Vec<Capabilities>> {
-        let rows = sqlx::query(
-            "SELECT instance, supplied_ids, lookup_by_id, engine, evidence, version, updated_at
-             FROM provider_capabilities ORDER BY instance",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Capabilities {
-                    instance: r.try_get("instance")?,
-                    supplied_ids: parse_known(r.try_get("supplied_ids")?, "supplied_ids")?,
-                    lookup_by_id: parse_known(r.try_get("lookup_by_id")?, "lookup_by_id")?,
-                    engine: r.try_get("engine")?,
-                    evidence: r.try_get("evidence")?,
-                    version: r.try_get("version")?,
-                    updated_at: r.try_get("updated_at")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn put_capabilities(&self, c: &Capabilities) -> Result<bool> {
-        let q = if c.version == 0 {
-            sqlx::query(
+        let s = if c.version == 0 {
+            Stmt::uncounted(
                 "INSERT INTO provider_capabilities (instance, supplied_ids, lookup_by_id, engine, evidence, version)
                  VALUES ($1, $2, $3, $4, $5, 1) ON CONFLICT (instance) DO NOTHING",
             )
         } else {
-            sqlx::query(
+            Stmt::uncounted(format!(
                 "UPDATE provider_capabilities SET supplied_ids = $2, lookup_by_id = $3, engine = $4,
-                    evidence = $5, version = version + 1, updated_at = now()
+                    evidence = $5, version = version + 1, updated_at = {}
                  WHERE instance = $1 AND version = $6",
-            )
+                S::NOW
+            ))
         };
-        let q = q
+        let s = s
             .bind(&c.instance)
             .bind(c.supplied_ids.as_str())
             .bind(c.lookup_by_id.as_str())
             .bind(&c.engine)
             .bind(&c.evidence);
-        let q = if c.version == 0 { q } else { q.bind(c.version) };
-        let done = q.execute(self.pool()).await?;
-        Ok(done.rows_affected() == 1)
+        let s = if c.version == 0 { s } else { s.bind(c.version) };
+        Ok(self.execute(s).await? == 1)
     }
 
     async fn known_message_ids(
@@ -362,51 +281,30 @@ impl CapabilityStore for PgStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
-            "SELECT j.id, o.kind, o.payload::text AS payload
-             FROM unnest($2::text[]) AS j(id) JOIN status_outbox o
-               ON (o.message_id = j.id OR o.provider_id = j.id)
-             WHERE o.instance = $1 AND o.id <> ALL($3::uuid[])",
-        )
-        .bind(instance)
-        .bind(ids)
-        .bind(except)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(KnownId {
-                    id: r.try_get("id")?,
-                    kind: r.try_get("kind")?,
-                    payload: r.try_get("payload")?,
-                })
+        let sql = format!(
+            "SELECT j.value AS id, o.kind AS kind, CAST(o.payload AS TEXT) AS payload
+             FROM {} JOIN status_outbox o
+               ON (o.message_id = j.value OR o.provider_id = j.value)
+             WHERE o.instance = $1 AND {}",
+            S::list_table("$2", "text", "j"),
+            S::not_in_list("o.id", "$3", "uuid"),
+        );
+        let s = Stmt::uncounted(sql).bind(instance).bind(ids).bind(except);
+        row::map_all(&self.fetch(s).await?, |r| {
+            Ok(KnownId {
+                id: r.text("id")?,
+                kind: r.text("kind")?,
+                payload: r.text("payload")?,
             })
-            .collect()
+        })
     }
 }
 
 impl<S: CapabilityStore + Sync> CapabilityStore for Timed<S> {
-    async fn capabilities(&self) -> Result<Vec<Capabilities>> {
-        self.within("capabilities", self.inner().capabilities())
-            .await
-    }
-
-    async fn put_capabilities(&self, c: &Capabilities) -> Result<bool> {
-        self.within("put_capabilities", self.inner().put_capabilities(c))
-            .await
-    }
-
-    async fn known_message_ids(
-        &self,
-        instance: &str,
-        ids: &[String],
-        except: &[uuid::Uuid],
-    ) -> Result<Vec<KnownId>> {
-        self.within(
-            "known_message_ids",
-            self.inner().known_message_ids(instance, ids, except),
-        )
-        .await
+    timed! {
+        fn capabilities(&self) -> Vec<Capabilities>;
+        fn put_capabilities(&self, c: &Capabilities) -> bool;
+        fn known_message_ids(&self, instance: &str, ids: &[String], except: &[uuid::Uuid]) -> Vec<KnownId>;
     }
 }
 

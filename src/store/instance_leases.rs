@@ -23,11 +23,13 @@
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Row;
 
-use super::{PgStore, Result, SqliteStore, Timed};
+use super::row::{self, Columns};
+use super::sql::{Sql, Stmt};
+use super::timed::timed;
+use super::{Result, Timed};
 
 /// One renewal round of a replica.
 #[derive(Debug, Clone)]
@@ -87,235 +89,93 @@ fn share(instances: usize, live: i64) -> usize {
     instances.div_ceil(live)
 }
 
-fn json(v: &[String]) -> String {
-    serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
-}
-
-/// The database clock in milliseconds (as in the SQLite store).
-const NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
-
-impl InstanceLeases for SqliteStore {
+impl<S: Sql> InstanceLeases for S {
     async fn keep_instance_leases(&self, p: KeepLeasesParams) -> Result<LeaseGrant> {
         let ttl = p.ttl.as_millis() as i64;
-        let (all, release) = (json(&p.instances), json(&p.release));
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(&format!(
-            "INSERT INTO status_replicas (owner, seen_at) VALUES (?1, {NOW})
+        let (now, expires) = (S::NOW, format!("{} + $2{}", S::NOW, S::MILLIS));
+        let mut tx = self.begin(false).await?;
+        let s = Stmt::uncounted(format!(
+            "INSERT INTO status_replicas (owner, seen_at) VALUES ($1, {now})
              ON CONFLICT (owner) DO UPDATE SET seen_at = excluded.seen_at"
-        ))
-        .bind(&p.owner)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(&format!(
-            "DELETE FROM status_replicas WHERE seen_at < {NOW} - 3 * ?1"
-        ))
-        .bind(ttl)
-        .execute(&mut *tx)
-        .await?;
-        let live: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM status_replicas WHERE seen_at >= {NOW} - ?1"
-        ))
-        .bind(ttl)
-        .fetch_one(&mut *tx)
-        .await?;
+        ));
+        S::execute_in(&mut tx, s.bind(&p.owner)).await?;
+        let s = Stmt::uncounted(format!(
+            "DELETE FROM status_replicas WHERE seen_at < {now} - 3 * $1{}",
+            S::MILLIS
+        ));
+        S::execute_in(&mut tx, s.bind(ttl)).await?;
+        let s = Stmt::uncounted(format!(
+            "SELECT COUNT(*) AS n FROM status_replicas WHERE seen_at >= {}",
+            S::ago("$1")
+        ));
+        let live = row::map_all(&S::fetch_in(&mut tx, s.bind(ttl)).await?, |r| r.big("n"))?;
         // Released, and instances this replica no longer serves.
-        sqlx::query(
-            "DELETE FROM status_instance_leases WHERE owner = ?1
-               AND (instance IN (SELECT value FROM json_each(?2))
-                    OR instance NOT IN (SELECT value FROM json_each(?3)))",
-        )
-        .bind(&p.owner)
-        .bind(&release)
-        .bind(&all)
-        .execute(&mut *tx)
-        .await?;
-        let mut held: Vec<String> = sqlx::query_scalar(&format!(
-            "UPDATE status_instance_leases SET expires_at = {NOW} + ?2
-             WHERE owner = ?1 RETURNING instance"
-        ))
-        .bind(&p.owner)
-        .bind(ttl)
-        .fetch_all(&mut *tx)
-        .await?;
-        let share = share(p.instances.len(), live);
-        if held.len() < share {
-            let got: Vec<String> = sqlx::query_scalar(&format!(
-                "INSERT INTO status_instance_leases (instance, owner, expires_at)
-                 SELECT w.value, ?1, {NOW} + ?2 FROM json_each(?3) AS w
-                 WHERE w.value NOT IN (SELECT value FROM json_each(?4))
-                   AND NOT EXISTS (SELECT 1 FROM status_instance_leases l
-                                   WHERE l.instance = w.value AND l.expires_at >= {NOW})
-                 ORDER BY random() LIMIT ?5
-                 ON CONFLICT (instance) DO UPDATE SET owner = excluded.owner,
-                    expires_at = excluded.expires_at
-                 WHERE status_instance_leases.expires_at < {NOW}
-                 RETURNING instance"
-            ))
-            .bind(&p.owner)
-            .bind(ttl)
-            .bind(&all)
-            .bind(&release)
-            .bind((share - held.len()) as i64)
-            .fetch_all(&mut *tx)
-            .await?;
-            held.extend(got);
-        }
-        tx.commit().await?;
-        held.sort();
-        Ok(LeaseGrant { held, share })
-    }
-
-    async fn release_instance_leases(&self, owner: &str) -> Result<()> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("DELETE FROM status_instance_leases WHERE owner = ?1")
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM status_replicas WHERE owner = ?1")
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn instance_leases(&self) -> Result<Vec<InstanceLease>> {
-        let rows = sqlx::query(
-            "SELECT instance, owner, expires_at FROM status_instance_leases ORDER BY instance",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let ms: i64 = r.try_get("expires_at")?;
-                Ok(InstanceLease {
-                    instance: r.try_get("instance")?,
-                    owner: r.try_get("owner")?,
-                    expires_at: Utc.timestamp_millis_opt(ms).single().unwrap_or_default(),
-                })
-            })
-            .collect()
-    }
-
-    async fn next_lease_expiry(
-        &self,
-        owner: &str,
-        instances: &[String],
-    ) -> Result<Option<Duration>> {
-        let ms: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT MIN(expires_at) - {NOW} FROM status_instance_leases
-             WHERE owner <> ?1 AND expires_at >= {NOW}
-               AND instance IN (SELECT value FROM json_each(?2))"
-        ))
-        .bind(owner)
-        .bind(json(instances))
-        .fetch_one(self.pool())
-        .await?;
-        Ok(ms.map(|m| Duration::from_millis(m.max(0) as u64)))
-    }
-}
-
-impl InstanceLeases for PgStore {
-    async fn keep_instance_leases(&self, p: KeepLeasesParams) -> Result<LeaseGrant> {
-        let ttl = p.ttl.as_millis() as i64;
-        let mut tx = self.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO status_replicas (owner, seen_at) VALUES ($1, now())
-             ON CONFLICT (owner) DO UPDATE SET seen_at = excluded.seen_at",
-        )
-        .bind(&p.owner)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM status_replicas WHERE seen_at < now() - 3 * $1 * interval '1 millisecond'",
-        )
-        .bind(ttl)
-        .execute(&mut *tx)
-        .await?;
-        let live: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM status_replicas
-             WHERE seen_at >= now() - $1 * interval '1 millisecond'",
-        )
-        .bind(ttl)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM status_instance_leases WHERE owner = $1
-               AND (instance = ANY($2::text[]) OR instance <> ALL($3::text[]))",
-        )
-        .bind(&p.owner)
-        .bind(&p.release)
-        .bind(&p.instances)
-        .execute(&mut *tx)
-        .await?;
-        let mut held: Vec<String> = sqlx::query_scalar(
-            "UPDATE status_instance_leases
-             SET expires_at = now() + $2 * interval '1 millisecond'
-             WHERE owner = $1 RETURNING instance",
-        )
-        .bind(&p.owner)
-        .bind(ttl)
-        .fetch_all(&mut *tx)
-        .await?;
-        let share = share(p.instances.len(), live);
+        let s = Stmt::uncounted(format!(
+            "DELETE FROM status_instance_leases WHERE owner = $1 AND ({} OR {})",
+            S::in_list("instance", "$2", "text"),
+            S::not_in_list("instance", "$3", "text"),
+        ));
+        let s = s.bind(&p.owner).bind(&p.release[..]).bind(&p.instances[..]);
+        S::execute_in(&mut tx, s).await?;
+        let s = Stmt::uncounted(format!(
+            "UPDATE status_instance_leases SET expires_at = {expires}
+             WHERE owner = $1 RETURNING instance"
+        ));
+        let held = S::fetch_in(&mut tx, s.bind(&p.owner).bind(ttl)).await?;
+        let mut held = row::map_all(&held, |r| r.text("instance"))?;
+        let share = share(p.instances.len(), live.into_iter().sum());
         if held.len() < share {
             // Two replicas may pick the same free instance: ON CONFLICT lets
             // the first one's fresh lease stand (it is no longer expired).
-            let got: Vec<String> = sqlx::query_scalar(
+            let s = Stmt::uncounted(format!(
                 "INSERT INTO status_instance_leases (instance, owner, expires_at)
-                 SELECT w, $1, now() + $2 * interval '1 millisecond' FROM unnest($3::text[]) AS w
-                 WHERE w <> ALL($4::text[])
+                 SELECT w.value, $1, {expires} FROM {}
+                 WHERE {}
                    AND NOT EXISTS (SELECT 1 FROM status_instance_leases l
-                                   WHERE l.instance = w AND l.expires_at >= now())
+                                   WHERE l.instance = w.value AND l.expires_at >= {now})
                  ORDER BY random() LIMIT $5
                  ON CONFLICT (instance) DO UPDATE SET owner = excluded.owner,
                     expires_at = excluded.expires_at
-                 WHERE status_instance_leases.expires_at < now()
+                 WHERE status_instance_leases.expires_at < {now}
                  RETURNING instance",
-            )
-            .bind(&p.owner)
-            .bind(ttl)
-            .bind(&p.instances)
-            .bind(&p.release)
-            .bind((share - held.len()) as i64)
-            .fetch_all(&mut *tx)
-            .await?;
-            held.extend(got);
+                S::list_table("$3", "text", "w"),
+                S::not_in_list("w.value", "$4", "text"),
+            ));
+            let s = s
+                .bind(&p.owner)
+                .bind(ttl)
+                .bind(&p.instances[..])
+                .bind(&p.release[..])
+                .bind((share - held.len()) as i64);
+            let got = S::fetch_in(&mut tx, s).await?;
+            held.extend(row::map_all(&got, |r| r.text("instance"))?);
         }
-        tx.commit().await?;
+        S::commit(tx).await?;
         held.sort();
         Ok(LeaseGrant { held, share })
     }
 
     async fn release_instance_leases(&self, owner: &str) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM status_instance_leases WHERE owner = $1")
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM status_replicas WHERE owner = $1")
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        let mut tx = self.begin(false).await?;
+        for table in ["status_instance_leases", "status_replicas"] {
+            let s = Stmt::uncounted(format!("DELETE FROM {table} WHERE owner = $1"));
+            S::execute_in(&mut tx, s.bind(owner)).await?;
+        }
+        S::commit(tx).await?;
         Ok(())
     }
 
     async fn instance_leases(&self) -> Result<Vec<InstanceLease>> {
-        let rows = sqlx::query(
+        let s = Stmt::uncounted(
             "SELECT instance, owner, expires_at FROM status_instance_leases ORDER BY instance",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(InstanceLease {
-                    instance: r.try_get("instance")?,
-                    owner: r.try_get("owner")?,
-                    expires_at: r.try_get("expires_at")?,
-                })
+        );
+        row::map_all(&self.fetch(s).await?, |r| {
+            Ok(InstanceLease {
+                instance: r.text("instance")?,
+                owner: r.text("owner")?,
+                expires_at: r.time("expires_at")?.unwrap_or_default(),
             })
-            .collect()
+        })
     }
 
     async fn next_lease_expiry(
@@ -323,47 +183,26 @@ impl InstanceLeases for PgStore {
         owner: &str,
         instances: &[String],
     ) -> Result<Option<Duration>> {
-        let ms: Option<f64> = sqlx::query_scalar(
-            "SELECT (EXTRACT(EPOCH FROM MIN(expires_at) - now()) * 1000)::float8
-             FROM status_instance_leases
-             WHERE owner <> $1 AND expires_at >= now() AND instance = ANY($2::text[])",
-        )
-        .bind(owner)
-        .bind(instances)
-        .fetch_one(self.pool())
-        .await?;
-        Ok(ms.map(|m| Duration::from_millis(m.max(0.0) as u64)))
+        let now = S::NOW;
+        let s = Stmt::uncounted(format!(
+            "SELECT MIN(expires_at) AS at, {now} AS now_at FROM status_instance_leases
+             WHERE owner <> $1 AND expires_at >= {now} AND {}",
+            S::in_list("instance", "$2", "text"),
+        ));
+        let rows = self.fetch(s.bind(owner).bind(instances)).await?;
+        let at = row::map_all(&rows, |r| Ok((r.time("at")?, r.time("now_at")?)))?;
+        Ok(at.into_iter().next().and_then(|(at, now)| {
+            let (at, now) = (at?, now?);
+            Some((at - now).to_std().unwrap_or_default())
+        }))
     }
 }
 
 impl<S: InstanceLeases + Sync> InstanceLeases for Timed<S> {
-    async fn keep_instance_leases(&self, p: KeepLeasesParams) -> Result<LeaseGrant> {
-        self.within("keep_instance_leases", self.inner().keep_instance_leases(p))
-            .await
-    }
-
-    async fn release_instance_leases(&self, owner: &str) -> Result<()> {
-        self.within(
-            "release_instance_leases",
-            self.inner().release_instance_leases(owner),
-        )
-        .await
-    }
-
-    async fn instance_leases(&self) -> Result<Vec<InstanceLease>> {
-        self.within("instance_leases", self.inner().instance_leases())
-            .await
-    }
-
-    async fn next_lease_expiry(
-        &self,
-        owner: &str,
-        instances: &[String],
-    ) -> Result<Option<Duration>> {
-        self.within(
-            "next_lease_expiry",
-            self.inner().next_lease_expiry(owner, instances),
-        )
-        .await
+    timed! {
+        fn keep_instance_leases(&self, p: KeepLeasesParams) -> LeaseGrant;
+        fn release_instance_leases(&self, owner: &str) -> ();
+        fn instance_leases(&self) -> Vec<InstanceLease>;
+        fn next_lease_expiry(&self, owner: &str, instances: &[String]) -> Option<Duration>;
     }
 }

@@ -17,12 +17,17 @@
 
 use std::future::Future;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::Row;
 use tokio::sync::watch;
 
-use super::{PgStore, Result, SqliteStore, StoreError, Timed};
+use super::row::{self, Columns};
+use super::sql::{Sql, Stmt};
+use super::timed::timed;
+use super::{Result, StoreError, Timed};
+
+/// An instance's settings: the keys of an `[instances.NAME]` table.
+type Settings = serde_json::Map<String, serde_json::Value>;
 
 /// One row of `status_instances`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -107,11 +112,11 @@ fn window_ms(window: std::time::Duration) -> i64 {
         .min(86_400_000)
 }
 
-fn settings_text(s: &serde_json::Map<String, serde_json::Value>) -> String {
+fn settings_text(s: &Settings) -> String {
     serde_json::Value::Object(s.clone()).to_string()
 }
 
-fn settings_object(text: &str) -> Result<serde_json::Map<String, serde_json::Value>> {
+fn settings_object(text: &str) -> Result<Settings> {
     match serde_json::from_str(text) {
         Ok(serde_json::Value::Object(m)) => Ok(m),
         _ => Err(StoreError::Invalid(
@@ -122,8 +127,8 @@ fn settings_object(text: &str) -> Result<serde_json::Map<String, serde_json::Val
 
 /// A refused insert or update as the operator's error: the table's CHECKs
 /// name what is wrong (`settings_hold_no_token`, `instance_name_shape`).
-fn refused(name: &str, e: sqlx::Error) -> StoreError {
-    if let sqlx::Error::Database(d) = &e {
+fn refused(name: &str, e: StoreError) -> StoreError {
+    if let StoreError::Database(sqlx::Error::Database(d)) = &e {
         let c = d.constraint().map(str::to_string).unwrap_or_default();
         let text = format!("{c} {}", d.message());
         if text.contains("settings_hold_no_token") {
@@ -138,70 +143,55 @@ fn refused(name: &str, e: sqlx::Error) -> StoreError {
             ));
         }
     }
-    StoreError::Database(e)
+    e
 }
 
-/// The database clock in milliseconds (SQLite).
-const SQLITE_NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)";
-
-fn sqlite_time(v: Option<i64>) -> Option<DateTime<Utc>> {
-    v.and_then(|m| Utc.timestamp_millis_opt(m).single())
-}
-
-impl InstanceStore for SqliteStore {
+impl<S: Sql> InstanceStore for S {
     async fn instance_table(&self) -> Result<InstanceTable> {
         // One statement, so that the clock reading and the rows are one
         // snapshot; the join keeps a row (of NULLs) when the table is empty.
         let sql = format!(
-            "SELECT {SQLITE_NOW} AS read_at, i.name, i.settings, i.enabled, i.removed_at,
-                    i.created_at, i.updated_at
-             FROM (SELECT 1) LEFT JOIN status_instances i ON 1 ORDER BY i.name"
+            "SELECT {} AS read_at, i.name, CAST(i.settings AS TEXT) AS settings, i.enabled,
+                    i.removed_at, i.created_at, i.updated_at
+             FROM (SELECT 1) one LEFT JOIN status_instances i ON true ORDER BY i.name",
+            S::NOW
         );
-        let rows = sqlx::query(&sql).fetch_all(self.counted_pool()).await?;
+        let rows = self.fetch(Stmt::new(sql)).await?;
         let mut read_at = DateTime::<Utc>::default();
         let mut out = Vec::new();
         for r in &rows {
-            read_at = sqlite_time(r.try_get("read_at")?).unwrap_or_default();
-            let Some(name) = r.try_get::<Option<String>, _>("name")? else {
-                continue;
-            };
-            out.push(InstanceRecord {
-                name,
-                settings: settings_object(&r.try_get::<String, _>("settings")?)?,
-                enabled: r.try_get::<i64, _>("enabled")? != 0,
-                removed_at: sqlite_time(r.try_get("removed_at")?),
-                created_at: sqlite_time(r.try_get("created_at")?).unwrap_or_default(),
-                updated_at: sqlite_time(r.try_get("updated_at")?).unwrap_or_default(),
-            });
+            read_at = r
+                .time("read_at")
+                .map_err(StoreError::Invalid)?
+                .unwrap_or_default();
+            if let Some(name) = r.opt_text("name").map_err(StoreError::Invalid)? {
+                out.push(instance_record(name, r)?);
+            }
         }
         Ok(InstanceTable { rows: out, read_at })
     }
 
-    async fn add_instance(
-        &self,
-        name: &str,
-        settings: &serde_json::Map<String, serde_json::Value>,
-        enabled: bool,
-    ) -> Result<Added> {
+    async fn add_instance(&self, name: &str, settings: &Settings, enabled: bool) -> Result<Added> {
         // One statement: a new name is inserted, a removed one restored; a
         // present one is left alone (no row returned).
         let sql = format!(
-            "INSERT INTO status_instances (name, settings, enabled) VALUES (?1, ?2, ?3)
+            "INSERT INTO status_instances (name, settings, enabled) VALUES ($1, {}, $3)
              ON CONFLICT (name) DO UPDATE SET settings = excluded.settings,
-                 enabled = excluded.enabled, removed_at = NULL, updated_at = {SQLITE_NOW}
+                 enabled = excluded.enabled, removed_at = NULL, updated_at = {}
                WHERE status_instances.removed_at IS NOT NULL
-             RETURNING created_at = updated_at AS fresh"
+             RETURNING {} AS fresh",
+            S::typed("$2", "jsonb"),
+            S::NOW,
+            S::FRESH
         );
-        let r = sqlx::query(&sql)
+        let s = Stmt::new(sql)
             .bind(name)
             .bind(settings_text(settings))
-            .bind(enabled as i64)
-            .fetch_optional(self.counted_pool())
-            .await
-            .map_err(|e| refused(name, e))?;
-        match r {
-            Some(r) if r.try_get::<i64, _>("fresh")? != 0 => Ok(Added::Created),
-            Some(_) => Ok(Added::Restored),
+            .bind(enabled);
+        let r = self.fetch(s).await.map_err(|e| refused(name, e))?;
+        match row::map_all(&r, |r| r.flag("fresh"))?.first() {
+            Some(true) => Ok(Added::Created),
+            Some(false) => Ok(Added::Restored),
             None => Err(StoreError::Invalid(format!(
                 "instance `{name}` already exists: change it with `statusd instance set {name} …`"
             ))),
@@ -211,47 +201,42 @@ impl InstanceStore for SqliteStore {
     async fn update_instance(
         &self,
         name: &str,
-        settings: &serde_json::Map<String, serde_json::Value>,
+        settings: &Settings,
         seen_updated_at: DateTime<Utc>,
     ) -> Result<bool> {
         let sql = format!(
-            "UPDATE status_instances SET settings = ?2, updated_at = MAX({SQLITE_NOW}, updated_at + 1)
-             WHERE name = ?1 AND removed_at IS NULL AND updated_at = ?3"
+            "UPDATE status_instances SET settings = {}, updated_at = {}
+             WHERE name = $1 AND removed_at IS NULL AND updated_at = $3",
+            S::typed("$2", "jsonb"),
+            S::TOUCH
         );
-        let r = sqlx::query(&sql)
+        let s = Stmt::new(sql)
             .bind(name)
             .bind(settings_text(settings))
-            .bind(seen_updated_at.timestamp_millis())
-            .execute(self.counted_pool())
-            .await
-            .map_err(|e| refused(name, e))?;
-        Ok(r.rows_affected() > 0)
+            .bind(seen_updated_at);
+        Ok(self.execute(s).await.map_err(|e| refused(name, e))? > 0)
     }
 
     async fn set_instance_enabled(&self, name: &str, enabled: bool) -> Result<bool> {
         let sql = format!(
-            "UPDATE status_instances SET enabled = ?2, updated_at = MAX({SQLITE_NOW}, updated_at + 1)
-             WHERE name = ?1 AND removed_at IS NULL"
+            "UPDATE status_instances SET enabled = $2, updated_at = {}
+             WHERE name = $1 AND removed_at IS NULL",
+            S::TOUCH
         );
-        let r = sqlx::query(&sql)
-            .bind(name)
-            .bind(enabled as i64)
-            .execute(self.counted_pool())
-            .await?;
-        Ok(r.rows_affected() > 0)
+        Ok(self
+            .execute(Stmt::new(sql).bind(name).bind(enabled))
+            .await?
+            > 0)
     }
 
     async fn remove_instance(&self, name: &str) -> Result<bool> {
         let sql = format!(
-            "UPDATE status_instances SET removed_at = {SQLITE_NOW},
-                 updated_at = MAX({SQLITE_NOW}, updated_at + 1)
-             WHERE name = ?1 AND removed_at IS NULL"
+            "UPDATE status_instances SET removed_at = {}, updated_at = {}
+             WHERE name = $1 AND removed_at IS NULL",
+            S::NOW,
+            S::TOUCH
         );
-        let r = sqlx::query(&sql)
-            .bind(name)
-            .execute(self.counted_pool())
-            .await?;
-        Ok(r.rows_affected() > 0)
+        Ok(self.execute(Stmt::new(sql).bind(name)).await? > 0)
     }
 
     async fn make_instance_rows_due(&self, names: &[String]) -> Result<u64> {
@@ -259,15 +244,13 @@ impl InstanceStore for SqliteStore {
             return Ok(0);
         }
         let sql = format!(
-            "UPDATE status_outbox SET next_attempt_at = {SQLITE_NOW}
-             WHERE state = 'pending_upload' AND next_attempt_at > {SQLITE_NOW}
-               AND instance IN (SELECT value FROM json_each(?1))"
+            "UPDATE status_outbox SET next_attempt_at = {now}
+             WHERE state = 'pending_upload' AND next_attempt_at > {now}
+               AND {}",
+            S::in_list("instance", "$1", "text"),
+            now = S::NOW
         );
-        let r = sqlx::query(&sql)
-            .bind(serde_json::to_string(names).unwrap_or_else(|_| "[]".into()))
-            .execute(self.counted_pool())
-            .await?;
-        Ok(r.rows_affected())
+        self.execute(Stmt::new(sql).bind(names)).await
     }
 
     async fn posted_per_instance(&self, window: std::time::Duration) -> Result<Vec<(String, i64)>> {
@@ -275,221 +258,41 @@ impl InstanceStore for SqliteStore {
         let sql = format!(
             "SELECT instance, COUNT(*) AS n FROM status_outbox
              WHERE state IN ('posted', 'failed', 'invalid', 'cancelled', 'deleted')
-               AND updated_at >= {SQLITE_NOW} - ?1
-               AND state = 'posted' AND posted_at >= {SQLITE_NOW} - ?1
-             GROUP BY instance ORDER BY instance"
+               AND updated_at >= {ago}
+               AND state = 'posted' AND posted_at >= {ago}
+             GROUP BY instance ORDER BY instance",
+            ago = S::ago("$1")
         );
-        let rows = sqlx::query(&sql)
-            .bind(window_ms(window))
-            .fetch_all(self.counted_pool())
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("instance")?, r.try_get("n")?)))
-            .collect()
+        let rows = self.fetch(Stmt::new(sql).bind(window_ms(window))).await?;
+        row::map_all(&rows, |r| Ok((r.text("instance")?, r.big("n")?)))
     }
 
     fn subscribe_instances(&self) -> watch::Receiver<u64> {
-        // Any commit: the registry rate-limits its reloads.
-        super::Store::subscribe(self)
+        Sql::subscribe_instances(self)
     }
 }
 
-impl InstanceStore for PgStore {
-    async fn instance_table(&self) -> Result<InstanceTable> {
-        // One statement: `now()` and the rows are one snapshot; the join
-        // keeps a row (of NULLs) when the table is empty.
-        let rows = sqlx::query(
-            "SELECT now() AS read_at, i.name, i.settings::text AS settings, i.enabled,
-                    i.removed_at, i.created_at, i.updated_at
-             FROM (SELECT 1) one LEFT JOIN status_instances i ON true ORDER BY i.name",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        let mut read_at = DateTime::<Utc>::default();
-        let mut out = Vec::new();
-        for r in &rows {
-            read_at = r.try_get("read_at")?;
-            let Some(name) = r.try_get::<Option<String>, _>("name")? else {
-                continue;
-            };
-            out.push(InstanceRecord {
-                name,
-                settings: settings_object(&r.try_get::<String, _>("settings")?)?,
-                enabled: r.try_get("enabled")?,
-                removed_at: r.try_get("removed_at")?,
-                created_at: r.try_get("created_at")?,
-                updated_at: r.try_get("updated_at")?,
-            });
-        }
-        Ok(InstanceTable { rows: out, read_at })
-    }
-
-    async fn add_instance(
-        &self,
-        name: &str,
-        settings: &serde_json::Map<String, serde_json::Value>,
-        enabled: bool,
-    ) -> Result<Added> {
-        let r = sqlx::query(
-            "INSERT INTO status_instances (name, settings, enabled) VALUES ($1, $2::jsonb, $3)
-             ON CONFLICT (name) DO UPDATE SET settings = excluded.settings,
-                 enabled = excluded.enabled, removed_at = NULL, updated_at = now()
-               WHERE status_instances.removed_at IS NOT NULL
-             RETURNING (xmax = 0) AS fresh",
-        )
-        .bind(name)
-        .bind(settings_text(settings))
-        .bind(enabled)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(|e| refused(name, e))?;
-        match r {
-            Some(r) if r.try_get::<bool, _>("fresh")? => Ok(Added::Created),
-            Some(_) => Ok(Added::Restored),
-            None => Err(StoreError::Invalid(format!(
-                "instance `{name}` already exists: change it with `statusd instance set {name} …`"
-            ))),
-        }
-    }
-
-    async fn update_instance(
-        &self,
-        name: &str,
-        settings: &serde_json::Map<String, serde_json::Value>,
-        seen_updated_at: DateTime<Utc>,
-    ) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE status_instances SET settings = $2::jsonb, updated_at = now()
-             WHERE name = $1 AND removed_at IS NULL AND updated_at = $3",
-        )
-        .bind(name)
-        .bind(settings_text(settings))
-        .bind(seen_updated_at)
-        .execute(self.pool())
-        .await
-        .map_err(|e| refused(name, e))?;
-        Ok(r.rows_affected() > 0)
-    }
-
-    async fn set_instance_enabled(&self, name: &str, enabled: bool) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE status_instances SET enabled = $2, updated_at = now()
-             WHERE name = $1 AND removed_at IS NULL",
-        )
-        .bind(name)
-        .bind(enabled)
-        .execute(self.pool())
-        .await?;
-        Ok(r.rows_affected() > 0)
-    }
-
-    async fn remove_instance(&self, name: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE status_instances SET removed_at = now(), updated_at = now()
-             WHERE name = $1 AND removed_at IS NULL",
-        )
-        .bind(name)
-        .execute(self.pool())
-        .await?;
-        Ok(r.rows_affected() > 0)
-    }
-
-    async fn make_instance_rows_due(&self, names: &[String]) -> Result<u64> {
-        if names.is_empty() {
-            return Ok(0);
-        }
-        let r = sqlx::query(
-            "UPDATE status_outbox SET next_attempt_at = now()
-             WHERE state = 'pending_upload' AND next_attempt_at > now()
-               AND instance = ANY($1)",
-        )
-        .bind(names)
-        .execute(self.pool())
-        .await?;
-        Ok(r.rows_affected())
-    }
-
-    async fn posted_per_instance(&self, window: std::time::Duration) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT instance, COUNT(*) AS n FROM status_outbox
-             WHERE state IN ('posted', 'failed', 'invalid', 'cancelled', 'deleted')
-               AND updated_at >= now() - $1 * interval '1 millisecond'
-               AND state = 'posted' AND posted_at >= now() - $1 * interval '1 millisecond'
-             GROUP BY instance ORDER BY instance",
-        )
-        .bind(window_ms(window))
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("instance")?, r.try_get("n")?)))
-            .collect()
-    }
-
-    fn subscribe_instances(&self) -> watch::Receiver<u64> {
-        PgStore::subscribe_instances(self)
-    }
+fn instance_record(name: String, r: &impl Columns) -> Result<InstanceRecord> {
+    let col = |e: String| StoreError::Invalid(e);
+    Ok(InstanceRecord {
+        name,
+        settings: settings_object(&r.text("settings").map_err(col)?)?,
+        enabled: r.flag("enabled").map_err(col)?,
+        removed_at: r.time("removed_at").map_err(col)?,
+        created_at: r.time("created_at").map_err(col)?.unwrap_or_default(),
+        updated_at: r.time("updated_at").map_err(col)?.unwrap_or_default(),
+    })
 }
 
 impl<S: InstanceStore> InstanceStore for Timed<S> {
-    async fn instance_table(&self) -> Result<InstanceTable> {
-        self.within("instance_table", self.inner().instance_table())
-            .await
-    }
-
-    async fn add_instance(
-        &self,
-        name: &str,
-        settings: &serde_json::Map<String, serde_json::Value>,
-        enabled: bool,
-    ) -> Result<Added> {
-        self.within(
-            "add_instance",
-            self.inner().add_instance(name, settings, enabled),
-        )
-        .await
-    }
-
-    async fn update_instance(
-        &self,
-        name: &str,
-        settings: &serde_json::Map<String, serde_json::Value>,
-        seen_updated_at: DateTime<Utc>,
-    ) -> Result<bool> {
-        self.within(
-            "update_instance",
-            self.inner()
-                .update_instance(name, settings, seen_updated_at),
-        )
-        .await
-    }
-
-    async fn set_instance_enabled(&self, name: &str, enabled: bool) -> Result<bool> {
-        self.within(
-            "set_instance_enabled",
-            self.inner().set_instance_enabled(name, enabled),
-        )
-        .await
-    }
-
-    async fn remove_instance(&self, name: &str) -> Result<bool> {
-        self.within("remove_instance", self.inner().remove_instance(name))
-            .await
-    }
-
-    async fn make_instance_rows_due(&self, names: &[String]) -> Result<u64> {
-        self.within(
-            "make_instance_rows_due",
-            self.inner().make_instance_rows_due(names),
-        )
-        .await
-    }
-
-    async fn posted_per_instance(&self, window: std::time::Duration) -> Result<Vec<(String, i64)>> {
-        self.within(
-            "posted_per_instance",
-            self.inner().posted_per_instance(window),
-        )
-        .await
+    timed! {
+        fn instance_table(&self) -> InstanceTable;
+        fn add_instance(&self, name: &str, settings: &Settings, enabled: bool) -> Added;
+        fn update_instance(&self, name: &str, settings: &Settings, seen_updated_at: DateTime<Utc>) -> bool;
+        fn set_instance_enabled(&self, name: &str, enabled: bool) -> bool;
+        fn remove_instance(&self, name: &str) -> bool;
+        fn make_instance_rows_due(&self, names: &[String]) -> u64;
+        fn posted_per_instance(&self, window: std::time::Duration) -> Vec<(String, i64)>;
     }
 
     fn subscribe_instances(&self) -> watch::Receiver<u64> {

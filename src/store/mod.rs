@@ -1,8 +1,10 @@
 //! The outbox store: one trait with one method per query, each taking a
-//! `…Params` struct where it needs more than an id, and one implementation
-//! per backend ([`SqliteStore`], [`PgStore`]), each owning its SQL and its
-//! migrations. The backend is picked once from the URL scheme ([`Backend`])
-//! by [`connect`], the one place a store is opened from settings.
+//! `…Params` struct where it needs more than an id. Each query that reads
+//! the same on both backends ([`SqliteStore`], [`PgStore`]) is written once
+//! (`sql.rs`: a backend's dialect and how it runs a statement); each backend
+//! owns the SQL that differs and its migrations. The backend is picked once
+//! from the URL scheme ([`Backend`]) by [`connect`], the one place a store
+//! is opened from settings.
 //!
 //! Every state transition is one atomic statement (or one transaction), and
 //! every completion is fenced by state and attempt number so a stale worker
@@ -21,8 +23,10 @@ mod capabilities;
 mod connect;
 mod instance_leases;
 mod instances;
+mod outbox;
 mod postgres;
 mod row;
+mod sql;
 mod sqlite;
 mod timed;
 mod views;

@@ -8,6 +8,7 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::sql::Dialect;
 use super::{ActivityBucket, Attempt, InstancePause, Result, Schedule, StoreError, SummaryRow};
 use crate::model::{OutboxRow, State};
 
@@ -16,7 +17,7 @@ use crate::model::{OutboxRow, State};
 /// column. One such row never fails the batch it came in: the others go on,
 /// and it is set aside by [`QUARANTINE_NOTE`]'s rule.
 #[derive(Debug, Clone)]
-pub(crate) struct Unreadable {
+pub struct Unreadable {
     pub id: String,
     pub error: String,
 }
@@ -88,7 +89,7 @@ where
 /// come through [`col`] alike on both backends (`plain_columns!`); ids,
 /// times and the payload are stored differently and each backend reads them
 /// its own way.
-pub(crate) trait Columns {
+pub trait Columns {
     fn text(&self, c: &str) -> std::result::Result<String, String>;
     fn opt_text(&self, c: &str) -> std::result::Result<Option<String>, String>;
     fn int(&self, c: &str) -> std::result::Result<i32, String>;
@@ -242,60 +243,6 @@ pub(crate) fn activity_bucket(r: &impl Columns) -> std::result::Result<ActivityB
     })
 }
 
-/// How a backend spells what the shared statements need.
-pub(crate) struct Dialect {
-    /// The database clock, as the backend stores times.
-    pub now: &'static str,
-    /// A `next_attempt_at` that makes a row due at once.
-    pub due_now: &'static str,
-    /// The parameter prefix (`?` or `$`, followed by its number).
-    pub param: &'static str,
-    /// `id` compared with a text parameter.
-    pub id_text: &'static str,
-    /// The columns an outbox row is read from.
-    pub cols: &'static str,
-    /// What turns a number of milliseconds into a span of [`Dialect::now`]
-    /// (nothing where times are milliseconds).
-    pub millis: &'static str,
-}
-
-impl Dialect {
-    fn p(&self, n: u8) -> String {
-        format!("{}{n}", self.param)
-    }
-
-    /// Deletes terminal rows not updated for a while; parameters: that
-    /// while in milliseconds, the most rows to delete.
-    pub(crate) fn purge_sql(&self) -> String {
-        let (now, ms, terminal) = (self.now, self.millis, in_list(&State::TERMINAL));
-        let (p1, p2) = (self.p(1), self.p(2));
-        format!(
-            "DELETE FROM status_outbox WHERE id IN (
-                SELECT id FROM status_outbox
-                WHERE state {terminal} AND updated_at < {now} - {p1}{ms}
-                LIMIT {p2})"
-        )
-    }
-
-    /// Sets an unreadable row aside by [`QUARANTINE_NOTE`]'s rule;
-    /// parameters: the id as text, the reason, the claim's lease owner.
-    pub(crate) fn quarantine_sql(&self) -> String {
-        let (now, id) = (self.now, self.id_text);
-        let (p1, p2, p3) = (self.p(1), self.p(2), self.p(3));
-        let idle = in_list(&State::IDLE);
-        format!(
-            "UPDATE status_outbox SET
-                state = CASE WHEN state = 'in_doubt' THEN state ELSE 'invalid' END,
-                parked_at = CASE WHEN state = 'in_doubt' THEN {now} END,
-                lease_owner = NULL, lease_expires_at = NULL,
-                last_error = {p2}, updated_at = {now}
-             WHERE {id} = {p1}
-               AND (state {idle}
-                    OR (state = 'uploading' AND lease_owner = {p3}))"
-        )
-    }
-}
-
 /// An operator's update of one row, refused (with the row's state named)
 /// where its state does not allow it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,8 +281,8 @@ impl OperatorAction {
     }
 
     /// The update; parameter 1 is the row's id, and it returns the row.
-    pub(crate) fn sql(self, d: &Dialect) -> String {
-        let (now, due, cols, p1) = (d.now, d.due_now, d.cols, d.p(1));
+    pub(crate) fn sql<D: Dialect>(self) -> String {
+        let (now, due, cols) = (D::NOW, D::DUE_NOW, D::COLS);
         let (retryable, idle) = (in_list(&State::RETRYABLE), in_list(&State::IDLE));
         let (set, allowed) = match self {
             OperatorAction::Retry => (
@@ -368,7 +315,7 @@ impl OperatorAction {
         };
         format!(
             "UPDATE status_outbox SET {set}, updated_at = {now}
-             WHERE id = {p1} AND {allowed}
+             WHERE id = $1 AND {allowed}
              RETURNING {cols}"
         )
     }

@@ -55,16 +55,18 @@ impl<S> Timed<S> {
     }
 }
 
-/// Each listed method delegates to the inner store within the limit.
+/// Each listed method delegates to the inner store within the limit (the
+/// store traits' impls for [`Timed`]).
 macro_rules! timed {
     ($( fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )*) => {
         $(
             async fn $name(&self $(, $arg: $ty)*) -> Result<$ret> {
-                self.within(stringify!($name), self.inner.$name($($arg),*)).await
+                self.within(stringify!($name), self.inner().$name($($arg),*)).await
             }
         )*
     };
 }
+pub(super) use timed;
 
 impl<S: Store> Store for Timed<S> {
     /// Not bounded: a migration may rightly take long on a big table.

@@ -6,8 +6,9 @@
 //!
 //! An event that cannot be read (it passed the signature check, so the
 //! provider sent it) is dropped with a warning rather than retried forever.
-//! Idle, the processor sleeps until the server rings [`Receiver::wake`], or
-//! `webhooks.fallback_poll_ms`; it also purges old views once an hour.
+//! Idle, the processor sleeps until the server rings
+//! [`Receiver::wake`](super::Receiver::wake), or `webhooks.fallback_poll_ms`;
+//! it also purges old views once an hour.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

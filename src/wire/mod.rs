@@ -10,6 +10,32 @@
 pub mod ids;
 pub mod webhook;
 
+/// A surface's posting paths under `$root` (`TEXT`, `IMAGE`, `VOICE`,
+/// `VIDEO`: `$root/text` …), the table of them by kind (`STATUS`, which the
+/// simulator routes by) and the path of one kind (`status`, which the
+/// client posts to).
+macro_rules! posting_paths {
+    ($root:literal) => {
+        pub const TEXT: &str = concat!($root, "/text");
+        pub const IMAGE: &str = concat!($root, "/image");
+        pub const VOICE: &str = concat!($root, "/voice");
+        pub const VIDEO: &str = concat!($root, "/video");
+
+        /// Every posting path with its kind, in [`Kind::ALL`]'s order.
+        pub const STATUS: [(&str, Kind); 4] = [
+            (TEXT, Kind::Text),
+            (IMAGE, Kind::Image),
+            (VOICE, Kind::Voice),
+            (VIDEO, Kind::Video),
+        ];
+
+        /// The posting path of a kind.
+        pub fn status(kind: Kind) -> &'static str {
+            STATUS[kind as usize].0
+        }
+    };
+}
+
 /// Paths of the Wawp API, each with the public page it was taken from.
 pub mod paths {
     use crate::model::Kind;
@@ -17,14 +43,11 @@ pub mod paths {
     /// `GET`, answers `{"id": "3EB0…"}`.
     /// Source: <https://api.wawp.net/en/docs/v2/status/new-message-id>.
     pub const NEW_MESSAGE_ID: &str = "/v2/status/new-message-id";
-    /// `POST /v2/status/{text,image,voice,video}`, JSON body as in API.md.
-    /// Source: <https://api.wawp.net/en/docs/v2/status/text> and the image,
-    /// voice and video pages of the "24 Hour Status" section of
-    /// <https://docs.wawp.net>.
-    pub const TEXT: &str = "/v2/status/text";
-    pub const IMAGE: &str = "/v2/status/image";
-    pub const VOICE: &str = "/v2/status/voice";
-    pub const VIDEO: &str = "/v2/status/video";
+    // `POST /v2/status/{text,image,voice,video}`, JSON body as in API.md.
+    // Source: <https://api.wawp.net/en/docs/v2/status/text> and the image,
+    // voice and video pages of the "24 Hour Status" section of
+    // <https://docs.wawp.net>.
+    posting_paths!("/v2/status");
     /// `POST`, JSON body `{"id", "contacts"}`. Source: "Delete status" in the
     /// "24 Hour Status" section of <https://docs.wawp.net> (API.md).
     pub const DELETE: &str = "/v2/status/delete";
@@ -42,24 +65,6 @@ pub mod paths {
     /// `POST`; <https://docs.wawp.net> lists it as `GET`. The client uses
     /// `POST`; the simulator answers both.
     pub const SESSION_INFO: &str = "/v2/session/info";
-
-    /// The posting path of a kind.
-    pub fn status(kind: Kind) -> &'static str {
-        match kind {
-            Kind::Text => TEXT,
-            Kind::Image => IMAGE,
-            Kind::Voice => VOICE,
-            Kind::Video => VIDEO,
-        }
-    }
-
-    /// Every posting path with its kind.
-    pub const STATUS: [(&str, Kind); 4] = [
-        (TEXT, Kind::Text),
-        (IMAGE, Kind::Image),
-        (VOICE, Kind::Voice),
-        (VIDEO, Kind::Video),
-    ];
 }
 
 /// Paths, headers and query names of WAHA's own API, which Wawp fronts and
@@ -75,55 +80,35 @@ pub mod paths {
 pub mod waha {
     use crate::model::Kind;
 
-    /// The API key header of every WAHA request (`WHATSAPP_API_KEY` on the
-    /// server side). Sent as a header, the key never travels in a URL.
-    pub const API_KEY_HEADER: &str = "X-Api-Key";
-    /// Posting paths, with `{session}` for the session name.
-    pub const TEXT: &str = "/api/{session}/status/text";
-    pub const IMAGE: &str = "/api/{session}/status/image";
-    pub const VOICE: &str = "/api/{session}/status/voice";
-    pub const VIDEO: &str = "/api/{session}/status/video";
+    // Posting paths, with `{session}` for the session name.
+    posting_paths!("/api/{session}/status");
     /// `POST`, JSON body `{"id", "contacts"}`. NOWEB and GOWS only: WEBJS
     /// answers 501 "not implemented by engine".
     pub const DELETE: &str = "/api/{session}/status/delete";
     /// `GET`, answers `{"id": "…"}`. NOWEB and GOWS only (WEBJS: 501).
     pub const NEW_MESSAGE_ID: &str = "/api/{session}/status/new-message-id";
-    /// `GET`: the chat's messages, newest first; query [`LIMIT`] (default
-    /// 10), [`OFFSET`], [`DOWNLOAD_MEDIA`] (default true),
-    /// [`FILTER_FROM_ME`], [`FILTER_TIMESTAMP_GTE`], [`FILTER_TIMESTAMP_LTE`].
+    /// `GET`: the chat's messages, newest first; query
+    /// [`field::LIMIT`](super::field::LIMIT) (default [`DEFAULT_LIMIT`]),
+    /// [`field::OFFSET`](super::field::OFFSET),
+    /// [`field::DOWNLOAD_MEDIA`](super::field::DOWNLOAD_MEDIA) (default
+    /// true) — Wawp's names too — and [`FILTER_FROM_ME`],
+    /// [`FILTER_TIMESTAMP_GTE`], [`FILTER_TIMESTAMP_LTE`].
     pub const CHAT_MESSAGES: &str = "/api/{session}/chats/{chatId}/messages";
+    /// WAHA's default page size of a chat listing (`GetChatMessagesQuery`).
+    pub const DEFAULT_LIMIT: usize = 10;
     /// `GET`: one message by (serialized) id; 404 `Message not found`.
     pub const CHAT_MESSAGE: &str = "/api/{session}/chats/{chatId}/messages/{messageId}";
     /// `GET`: the session (`status` WORKING / SCAN_QR_CODE / FAILED …,
     /// `engine.engine`, `me`).
     pub const SESSION: &str = "/api/sessions/{session}";
 
-    pub const LIMIT: &str = "limit";
-    pub const OFFSET: &str = "offset";
-    pub const DOWNLOAD_MEDIA: &str = "downloadMedia";
+    /// The API key header of every WAHA request (`WHATSAPP_API_KEY` on the
+    /// server side). Sent as a header, the key never travels in a URL.
+    pub const API_KEY_HEADER: &str = "X-Api-Key";
+    /// The filters of a chat listing, WAHA's own query names.
     pub const FILTER_FROM_ME: &str = "filter.fromMe";
     pub const FILTER_TIMESTAMP_GTE: &str = "filter.timestamp.gte";
     pub const FILTER_TIMESTAMP_LTE: &str = "filter.timestamp.lte";
-    /// WAHA's default page size of a chat listing (`GetChatMessagesQuery`).
-    pub const DEFAULT_LIMIT: usize = 10;
-
-    /// The posting path of a kind, session not yet filled in.
-    pub fn status(kind: Kind) -> &'static str {
-        match kind {
-            Kind::Text => TEXT,
-            Kind::Image => IMAGE,
-            Kind::Voice => VOICE,
-            Kind::Video => VIDEO,
-        }
-    }
-
-    /// Every posting path with its kind.
-    pub const STATUS: [(&str, Kind); 4] = [
-        (TEXT, Kind::Text),
-        (IMAGE, Kind::Image),
-        (VOICE, Kind::Voice),
-        (VIDEO, Kind::Video),
-    ];
 
     /// `template` with `{session}` (and `{chatId}`, `{messageId}` when
     /// given) filled in, each percent-encoded as one path segment.
@@ -173,6 +158,7 @@ pub mod field {
     /// The (serialized) id of a message look-up.
     pub const MESSAGE_ID: &str = "messageId";
     /// Whether a look-up or listing downloads media (never: we compare URLs).
+    /// Both APIs name it so, like the paging of a chat listing.
     pub const DOWNLOAD_MEDIA: &str = "downloadMedia";
     /// Paging of a chat listing.
     pub const LIMIT: &str = "limit";

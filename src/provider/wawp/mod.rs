@@ -412,7 +412,7 @@ impl Provider for WawpClient {
             })),
             Api::Waha { .. } => self
                 .request(reqwest::Method::GET, &path)
-                .query(&[(waha::DOWNLOAD_MEDIA, "false")]),
+                .query(&[(field::DOWNLOAD_MEDIA, "false")]),
         };
         let ex = self.exchange(&path, rb).await;
         let found = lookup::read_by_id(&ex, message_id);
@@ -437,9 +437,9 @@ impl Provider for WawpClient {
             req.since.timestamp().to_string(),
         );
         let mut q: Vec<(&str, &str)> = vec![
-            (waha::LIMIT, &limit),
-            (waha::OFFSET, &offset),
-            (waha::DOWNLOAD_MEDIA, "false"),
+            (field::LIMIT, &limit),
+            (field::OFFSET, &offset),
+            (field::DOWNLOAD_MEDIA, "false"),
             (waha::FILTER_FROM_ME, "true"),
             (waha::FILTER_TIMESTAMP_GTE, &gte),
         ];

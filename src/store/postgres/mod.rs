@@ -14,13 +14,10 @@ use uuid::Uuid;
 
 mod listen;
 
-use super::row::{self, plain_columns, Columns, Dialect, OperatorAction};
-use super::{
-    parse_uuid, ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion, EnqueueParams,
-    Enqueued, InstancePause, ListParams, Result, Schedule, Store, StoreError, SummaryRow,
-    Transition, Unreadable,
-};
-use crate::model::{Attempt, OutboxRow, State};
+use super::row::{self, plain_columns, Columns};
+use super::sql::{run_methods, Arg, Dialect, Sql, Stmt};
+use super::{AssignId, ClaimParams, Result, Unreadable};
+use crate::model::OutboxRow;
 
 const COLS: &str = "id, instance, kind, payload::text AS payload, dedupe_key, message_id, state, \
     priority, not_before, attempts, next_attempt_at, lease_owner, lease_expires_at, \
@@ -28,14 +25,35 @@ const COLS: &str = "id, instance, kind, payload::text AS payload, dedupe_key, me
     updated_at, posted_at";
 
 /// How the statements both backends share are spelled here.
-const DIALECT: Dialect = Dialect {
-    now: "now()",
-    due_now: "now()",
-    param: "$",
-    id_text: "id::text",
-    cols: COLS,
-    millis: " * interval '1 millisecond'",
-};
+impl Dialect for PgStore {
+    const NOW: &'static str = "now()";
+    const DUE_NOW: &'static str = "now()";
+    const ID_TEXT: &'static str = "id::text";
+    const COLS: &'static str = COLS;
+    const MILLIS: &'static str = " * interval '1 millisecond'";
+    const TOUCH: &'static str = "now()";
+    const FRESH: &'static str = "(xmax = 0)";
+
+    fn typed(p: &str, ty: &str) -> String {
+        format!("{p}::{ty}")
+    }
+
+    fn epoch_ms(col: &str) -> String {
+        format!("floor(extract(epoch FROM {col}) * 1000)::bigint")
+    }
+
+    fn in_list(col: &str, p: &str, ty: &str) -> String {
+        format!("{col} = ANY({p}::{ty}[])")
+    }
+
+    fn not_in_list(col: &str, p: &str, ty: &str) -> String {
+        format!("{col} <> ALL({p}::{ty}[])")
+    }
+
+    fn list_table(p: &str, ty: &str, alias: &str) -> String {
+        format!("unnest({p}::{ty}[]) AS {alias}(value)")
+    }
+}
 
 /// How long a released connection may take to answer a ping.
 const RELEASE_PING: Duration = Duration::from_secs(3);
@@ -83,35 +101,9 @@ impl PgStore {
         &self.pool
     }
 
-    /// Changes when `status_instances` may have changed (see
-    /// `store::instances`).
-    pub(super) fn subscribe_instances(&self) -> watch::Receiver<u64> {
-        self.start_listener();
-        self.instances_wake.subscribe()
-    }
-
-    async fn fetch_rows(
-        &self,
-        q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> Result<Vec<OutboxRow>> {
-        let rows = q.fetch_all(&self.pool).await?;
-        self.readable(&rows, None).await
-    }
-
-    /// Decodes each row on its own; unreadable ones are set aside (see
-    /// [`super::QUARANTINE_NOTE`]) and the rest returned.
-    async fn readable(&self, rows: &[PgRow], owner: Option<&str>) -> Result<Vec<OutboxRow>> {
-        let (good, bad) = super::split_rows(rows, readable_row);
-        for u in &bad {
-            tracing::warn!(row_id = %u.id, error = %u.error, "unreadable row set aside");
-            sqlx::query(&DIALECT.quarantine_sql())
-                .bind(&u.id)
-                .bind(&u.error)
-                .bind(owner)
-                .execute(&self.pool)
-                .await?;
-        }
-        Ok(good)
+    /// The pool for any statement (nothing is counted here).
+    fn pool_for(&self, _s: &Stmt) -> &PgPool {
+        &self.pool
     }
 
     /// The claim with per-instance budgets ([`ClaimParams::budgets`]): a
@@ -171,64 +163,6 @@ impl PgStore {
         });
         Ok(rows)
     }
-
-    async fn transition(&self, from: State, ts: &[Transition], done: &[Completion]) -> Result<u64> {
-        if ts.is_empty() {
-            return Ok(0);
-        }
-        let items = super::transitions_json(ts);
-        let mut tx = self.pool.begin().await?;
-        let applied: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE status_outbox o SET
-                state = u.to,
-                provider_id = COALESCE(u.provider_id, o.provider_id),
-                last_error = u.error,
-                last_http_status = u.http,
-                next_attempt_at = now() + u.delay * interval '1 millisecond',
-                attempts = o.attempts - u.refund,
-                reconcile_attempts = CASE WHEN u.to = 'in_doubt'
-                    THEN o.reconcile_attempts + u.bump ELSE 0 END,
-                parked_at = CASE WHEN u.park = 1 THEN now() END,
-                posted_at = CASE WHEN u.to = 'posted' THEN now() ELSE o.posted_at END,
-                lease_owner = NULL,
-                lease_expires_at = NULL,
-                updated_at = now()
-             FROM jsonb_to_recordset($1::jsonb) AS u(id uuid, attempt int, \"to\" text,
-                  provider_id text, error text, http int, delay bigint, bump int, park int,
-                  refund int)
-             WHERE o.id = u.id AND o.state = $2 AND o.attempts = u.attempt
-             RETURNING o.id",
-        )
-        .bind(items)
-        .bind(from.as_str())
-        .fetch_all(&mut *tx)
-        .await?;
-        let applied: std::collections::HashSet<Uuid> = applied.into_iter().collect();
-        // History records the attempts whose fence held; a stale worker's
-        // late answer changed nothing and is not an attempt of this row.
-        let done: Vec<&Completion> = done
-            .iter()
-            .filter(|c| applied.contains(&c.transition.id))
-            .collect();
-        if !done.is_empty() {
-            let hist = super::attempts_json(&done);
-            sqlx::query(
-                "INSERT INTO status_attempts
-                    (status_id, attempt, started_at, finished_at, outcome, http_status, latency_ms, error)
-                 SELECT h.id, h.attempt, to_timestamp(h.started / 1000.0),
-                        to_timestamp((h.started + h.latency) / 1000.0),
-                        h.outcome, h.http, h.latency, h.error
-                 FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, attempt int, started bigint,
-                      latency bigint, outcome text, http int, error text)
-                 WHERE EXISTS (SELECT 1 FROM status_outbox o WHERE o.id = h.id)",
-            )
-            .bind(hist)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(applied.len() as u64)
-    }
 }
 
 impl Columns for PgRow {
@@ -261,24 +195,33 @@ fn returning_cols() -> String {
         .join(", ")
 }
 
-/// One row, or why it cannot be read. A decoder that panics (chrono on a
-/// time past its range) is an unreadable row too, never a dead worker.
-fn readable_row(r: &PgRow) -> std::result::Result<OutboxRow, Unreadable> {
-    let id = r
-        .try_get::<Uuid, _>("id")
-        .map(|u| u.to_string())
-        .unwrap_or_default();
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| row::outbox_row(r))) {
-        Ok(Ok(row)) => Ok(row),
-        Ok(Err(error)) => Err(Unreadable { id, error }),
-        Err(_) => Err(Unreadable {
-            id,
-            error: format!("row {}: a value is out of range", super::QUARANTINE_NOTE),
-        }),
-    }
-}
+impl Sql for PgStore {
+    type Row = PgRow;
+    type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
 
-impl Store for PgStore {
+    run_methods!();
+
+    async fn begin(&self, _counted: bool) -> Result<Self::Tx> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// A decoder that panics (chrono on a time past its range) is an
+    /// unreadable row too, never a dead worker.
+    fn readable_row(r: &PgRow) -> std::result::Result<OutboxRow, Unreadable> {
+        let id = r
+            .try_get::<Uuid, _>("id")
+            .map(|u| u.to_string())
+            .unwrap_or_default();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| row::outbox_row(r))) {
+            Ok(Ok(row)) => Ok(row),
+            Ok(Err(error)) => Err(Unreadable { id, error }),
+            Err(_) => Err(Unreadable {
+                id,
+                error: format!("row {}: a value is out of range", super::QUARANTINE_NOTE),
+            }),
+        }
+    }
+
     async fn migrate(&self) -> Result<()> {
         sqlx::migrate!("migrations/postgres")
             .run(&self.pool)
@@ -286,77 +229,15 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn enqueue(&self, p: EnqueueParams) -> Result<Enqueued> {
-        let id = p.id.unwrap_or_else(Uuid::now_v7);
-        // The payload goes in as text and is cast, so malformed JSON is a
-        // clear insert error naming the column, as for upstream apps.
-        let inserted: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO status_outbox (id, instance, kind, payload, dedupe_key, priority, not_before)
-             VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
-             ON CONFLICT (dedupe_key) DO NOTHING
-             RETURNING id",
-        )
-        .bind(id)
-        .bind(&p.instance)
-        .bind(&p.kind)
-        .bind(&p.payload)
-        .bind(&p.dedupe_key)
-        .bind(p.priority)
-        .bind(p.not_before)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(id) = inserted {
-            return Ok(Enqueued { id, inserted: true });
-        }
-        let existing: Option<Uuid> =
-            sqlx::query_scalar("SELECT id FROM status_outbox WHERE dedupe_key = $1")
-                .bind(&p.dedupe_key)
-                .fetch_optional(&self.pool)
-                .await?;
-        existing
-            .map(|id| Enqueued {
-                id,
-                inserted: false,
-            })
-            .ok_or_else(|| {
-                StoreError::Invalid("insert ignored but no row holds its dedupe_key".into())
-            })
-    }
-
-    async fn enqueue_many(&self, p: &[EnqueueParams]) -> Result<u64> {
-        if p.is_empty() {
-            return Ok(0);
-        }
-        Ok(sqlx::query(
-            "INSERT INTO status_outbox (id, instance, kind, payload, dedupe_key, priority, not_before)
-             SELECT e.id, e.instance, e.kind, e.payload::jsonb, e.dedupe_key, e.priority,
-                    to_timestamp(e.not_before / 1000.0)
-             FROM jsonb_to_recordset($1::jsonb) AS e(id uuid, instance text, kind text,
-                  payload text, dedupe_key text, priority int, not_before bigint)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(super::enqueue_batch_json(p))
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
-    }
-
-    async fn queued(&self, limit: i64) -> Result<Vec<OutboxRow>> {
-        let sql = format!(
-            "SELECT {COLS} FROM status_outbox WHERE state = 'queued' ORDER BY created_at LIMIT $1"
-        );
-        self.fetch_rows(sqlx::query(&sql).bind(limit)).await
-    }
+    const ENQUEUE_MANY: &'static str =
+        "INSERT INTO status_outbox (id, instance, kind, payload, dedupe_key, priority, not_before)
+         SELECT e.id, e.instance, e.kind, e.payload::jsonb, e.dedupe_key, e.priority,
+                to_timestamp(e.not_before / 1000.0)
+         FROM jsonb_to_recordset($1::jsonb) AS e(id uuid, instance text, kind text,
+              payload text, dedupe_key text, priority int, not_before bigint)
+         ON CONFLICT DO NOTHING";
 
     async fn assign_message_ids(&self, ids: &[AssignId]) -> Result<u64> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
         let row_ids: Vec<Uuid> = ids.iter().map(|a| a.id).collect();
         let mids: Vec<&str> = ids.iter().map(|a| a.message_id.as_str()).collect();
         Ok(sqlx::query(
@@ -370,19 +251,6 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?
         .rows_affected())
-    }
-
-    async fn mark_invalid(&self, id: Uuid, error: &str) -> Result<bool> {
-        Ok(sqlx::query(
-            "UPDATE status_outbox SET state = 'invalid', last_error = $2, updated_at = now()
-             WHERE id = $1 AND state = 'queued'",
-        )
-        .bind(id)
-        .bind(error)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            == 1)
     }
 
     async fn claim(&self, p: ClaimParams) -> Result<Vec<OutboxRow>> {
@@ -440,10 +308,37 @@ impl Store for PgStore {
         Ok(rows)
     }
 
-    async fn complete(&self, done: &[Completion]) -> Result<u64> {
-        let ts: Vec<Transition> = done.iter().map(|c| c.transition.clone()).collect();
-        self.transition(State::Uploading, &ts, done).await
+    fn transition_sql() -> String {
+        "UPDATE status_outbox o SET
+            state = u.to,
+            provider_id = COALESCE(u.provider_id, o.provider_id),
+            last_error = u.error,
+            last_http_status = u.http,
+            next_attempt_at = now() + u.delay * interval '1 millisecond',
+            attempts = o.attempts - u.refund,
+            reconcile_attempts = CASE WHEN u.to = 'in_doubt'
+                THEN o.reconcile_attempts + u.bump ELSE 0 END,
+            parked_at = CASE WHEN u.park = 1 THEN now() END,
+            posted_at = CASE WHEN u.to = 'posted' THEN now() ELSE o.posted_at END,
+            lease_owner = NULL,
+            lease_expires_at = NULL,
+            updated_at = now()
+         FROM jsonb_to_recordset($1::jsonb) AS u(id uuid, attempt int, \"to\" text,
+              provider_id text, error text, http int, delay bigint, bump int, park int,
+              refund int)
+         WHERE o.id = u.id AND o.state = $2 AND o.attempts = u.attempt
+         RETURNING o.id::text AS id"
+            .to_string()
     }
+
+    const HISTORY: &'static str = "INSERT INTO status_attempts
+            (status_id, attempt, started_at, finished_at, outcome, http_status, latency_ms, error)
+         SELECT h.id, h.attempt, to_timestamp(h.started / 1000.0),
+                to_timestamp((h.started + h.latency) / 1000.0),
+                h.outcome, h.http, h.latency, h.error
+         FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, attempt int, started bigint,
+              latency bigint, outcome text, http int, error text)
+         WHERE EXISTS (SELECT 1 FROM status_outbox o WHERE o.id = h.id)";
 
     async fn rescue_expired(&self, limit: i64, settle: Duration) -> Result<Vec<Uuid>> {
         Ok(sqlx::query_scalar(
@@ -464,140 +359,6 @@ impl Store for PgStore {
         .bind(settle.as_millis() as i64)
         .fetch_all(&self.pool)
         .await?)
-    }
-
-    async fn due_in_doubt(&self, limit: i64) -> Result<Vec<OutboxRow>> {
-        let sql = format!(
-            "SELECT {COLS} FROM status_outbox
-             WHERE state = 'in_doubt' AND parked_at IS NULL AND next_attempt_at <= now()
-             ORDER BY next_attempt_at LIMIT $1"
-        );
-        self.fetch_rows(sqlx::query(&sql).bind(limit)).await
-    }
-
-    async fn resolve_in_doubt(&self, ts: &[Transition]) -> Result<u64> {
-        self.transition(State::InDoubt, ts, &[]).await
-    }
-
-    async fn get(&self, id: Uuid) -> Result<Option<OutboxRow>> {
-        let sql = format!("SELECT {COLS} FROM status_outbox WHERE id = $1");
-        Ok(self.fetch_rows(sqlx::query(&sql).bind(id)).await?.pop())
-    }
-
-    async fn find(&self, key: &str) -> Result<Option<OutboxRow>> {
-        let sql = format!(
-            "SELECT {COLS} FROM status_outbox
-             WHERE id = $1 OR message_id = $2 OR dedupe_key = $2 LIMIT 1"
-        );
-        Ok(self
-            .fetch_rows(sqlx::query(&sql).bind(parse_uuid(key)).bind(key.trim()))
-            .await?
-            .pop())
-    }
-
-    async fn attempts(&self, id: Uuid) -> Result<Vec<Attempt>> {
-        let rows = sqlx::query(
-            "SELECT attempt, started_at, finished_at, outcome, http_status, latency_ms, error
-             FROM status_attempts WHERE status_id = $1 ORDER BY started_at, attempt",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
-        row::map_all(&rows, |r| row::attempt(id, r))
-    }
-
-    async fn list(&self, p: ListParams) -> Result<Vec<OutboxRow>> {
-        let sql = format!(
-            "SELECT {COLS} FROM status_outbox
-             WHERE ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR instance = $2)
-               AND ($3::timestamptz IS NULL OR created_at >= $3)
-             ORDER BY created_at DESC LIMIT $4"
-        );
-        self.fetch_rows(
-            sqlx::query(&sql)
-                .bind(p.state.map(|s| s.as_str()))
-                .bind(p.instance)
-                .bind(p.since)
-                .bind(p.limit),
-        )
-        .await
-    }
-
-    async fn summary(&self) -> Result<Vec<SummaryRow>> {
-        let rows = sqlx::query(
-            "SELECT instance, state, count, oldest_age_secs, scheduled FROM status_outbox_summary
-             ORDER BY instance, state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        row::map_all(&rows, row::summary_row)
-    }
-
-    async fn operator(&self, id: Uuid, action: OperatorAction) -> Result<OutboxRow> {
-        let r = sqlx::query(&action.sql(&DIALECT))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        let updated = match r {
-            Some(r) => Some(self.readable(std::slice::from_ref(&r), None).await?),
-            None => None,
-        };
-        action.outcome(id, updated, self.get(id)).await
-    }
-
-    async fn purge_terminal(&self, older_than: Duration, limit: i64) -> Result<u64> {
-        Ok(sqlx::query(&DIALECT.purge_sql())
-            .bind(older_than.as_millis() as i64)
-            .bind(limit)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
-    }
-
-    async fn add_schedule(&self, s: &Schedule) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO status_schedules (id, name, cron, timezone, instance, kind, payload, enabled)
-             VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)",
-        )
-        .bind(s.id)
-        .bind(&s.name)
-        .bind(&s.cron)
-        .bind(&s.timezone)
-        .bind(&s.instance)
-        .bind(&s.kind)
-        .bind(&s.payload)
-        .bind(s.enabled)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn schedules(&self) -> Result<Vec<Schedule>> {
-        let rows = sqlx::query(
-            "SELECT id, name, cron, timezone, instance, kind, payload::text AS payload, enabled
-             FROM status_schedules ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        row::map_all(&rows, row::schedule)
-    }
-
-    async fn remove_schedule(&self, name_or_id: &str) -> Result<bool> {
-        Ok(
-            sqlx::query("DELETE FROM status_schedules WHERE name = $1 OR id = $2")
-                .bind(name_or_id)
-                .bind(parse_uuid(name_or_id))
-                .execute(&self.pool)
-                .await?
-                .rows_affected()
-                > 0,
-        )
-    }
-
-    async fn now(&self) -> Result<DateTime<Utc>> {
-        Ok(sqlx::query_scalar("SELECT now()")
-            .fetch_one(&self.pool)
-            .await?)
     }
 
     async fn next_due(&self, skip: &[String], with_queued: bool) -> Result<Option<Duration>> {
@@ -626,51 +387,55 @@ impl Store for PgStore {
         true
     }
 
-    async fn activity(&self, p: ActivityParams) -> Result<Vec<ActivityBucket>> {
-        let (since, bucket) = p.millis()?;
-        // Bucketed in epoch milliseconds, as on SQLite (date_bin needs
-        // PostgreSQL 14; this works on every supported version).
-        let rows = sqlx::query(
-            "SELECT (floor(extract(epoch FROM finished_at) * 1000)::bigint / $2) * $2 AS start,
-                    COUNT(*) FILTER (WHERE outcome = 'posted') AS posted,
-                    COUNT(*) FILTER (WHERE outcome <> 'posted') AS errors
-             FROM status_attempts
-             WHERE finished_at >= now() - $1 * interval '1 millisecond'
-             GROUP BY 1 ORDER BY 1",
-        )
-        .bind(since)
-        .bind(bucket)
-        .fetch_all(&self.pool)
-        .await?;
-        row::map_all(&rows, row::activity_bucket)
+    /// Changes on `NOTIFY status_instances` (and after a reconnect).
+    fn subscribe_instances(&self) -> watch::Receiver<u64> {
+        self.start_listener();
+        self.instances_wake.subscribe()
     }
 
-    async fn set_instance_pause(&self, instance: &str, reason: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO status_instance_pauses (instance, reason) VALUES ($1, $2)
-             ON CONFLICT (instance) DO UPDATE SET reason = excluded.reason, updated_at = now()",
-        )
-        .bind(instance)
-        .bind(reason)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
+    const ACCEPT_MANY: &'static str =
+        "INSERT INTO status_webhook_inbox (instance, request_id, body)
+         SELECT e.x ->> 'instance', e.x ->> 'request_id', e.x ->> 'body'
+         FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(x, n)
+         ORDER BY e.n";
 
-    async fn clear_instance_pause(&self, instance: &str) -> Result<()> {
-        sqlx::query("DELETE FROM status_instance_pauses WHERE instance = $1")
-            .bind(instance)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
+    const UPSERT_VIEWS: &'static str = "INSERT INTO status_views
+            (message_id, viewer, instance, level, first_at, last_at, viewed_at)
+         SELECT v.m, v.v, v.i, v.l, to_timestamp(v.first / 1000.0),
+                to_timestamp(v.last / 1000.0), to_timestamp(v.viewed / 1000.0)
+         FROM jsonb_to_recordset($1::jsonb) AS v(m text, v text, i text, l int,
+              first bigint, last bigint, viewed bigint)
+         ON CONFLICT (message_id, viewer) DO UPDATE SET
+            level = GREATEST(status_views.level, excluded.level),
+            first_at = LEAST(status_views.first_at, excluded.first_at),
+            last_at = GREATEST(status_views.last_at, excluded.last_at),
+            viewed_at = LEAST(status_views.viewed_at, excluded.viewed_at)";
 
-    async fn instance_pauses(&self) -> Result<Vec<InstancePause>> {
-        let rows = sqlx::query(
-            "SELECT instance, reason, since FROM status_instance_pauses ORDER BY instance",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        row::map_all(&rows, row::instance_pause)
+    const INSERT_CONFIRMATIONS: &'static str =
+        "INSERT INTO status_confirmations (message_id, instance, event)
+         SELECT c.m, c.i, c.e FROM jsonb_to_recordset($1::jsonb) AS c(m text, i text, e text)
+         ON CONFLICT (message_id) DO NOTHING";
+
+    fn settled_history_sql() -> String {
+        "INSERT INTO status_attempts
+            (status_id, attempt, started_at, finished_at, outcome, http_status, latency_ms, error)
+         SELECT h.id, h.attempt, now(), now(), 'posted', NULL, 0, $2
+         FROM jsonb_to_recordset($1::jsonb) AS h(id uuid, attempt int)"
+            .to_string()
     }
+}
+
+/// `s` with its arguments bound as PostgreSQL stores them.
+fn bound(s: &Stmt) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    s.args.iter().fold(sqlx::query(&s.sql), |q, a| match a {
+        Arg::Text(v) => q.bind(v.as_deref()),
+        Arg::Int(v) => q.bind(*v),
+        Arg::Int32(v) => q.bind(*v),
+        Arg::Bool(v) => q.bind(*v),
+        Arg::Id(v) => q.bind(*v),
+        Arg::Time(v) => q.bind(*v),
+        Arg::Texts(v) => q.bind(v.as_slice()),
+        Arg::Ids(v) => q.bind(v.as_slice()),
+        Arg::Ints(v) => q.bind(v.as_slice()),
+    })
 }

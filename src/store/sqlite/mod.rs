@@ -15,13 +15,10 @@ use uuid::Uuid;
 mod open;
 mod wake;
 
-use super::row::{self, column_error, plain_columns, Columns, Dialect, OperatorAction};
-use super::{
-    parse_uuid, ActivityBucket, ActivityParams, AssignId, ClaimParams, Completion, EnqueueParams,
-    Enqueued, InstancePause, ListParams, Result, Schedule, Store, StoreError, SummaryRow,
-    Transition, Unreadable,
-};
-use crate::model::{Attempt, OutboxRow, State};
+use super::row::{self, column_error, plain_columns, Columns};
+use super::sql::{run_methods, Arg, Dialect, Sql, Stmt};
+use super::{parse_uuid, AssignId, ClaimParams, Result, Unreadable};
+use crate::model::OutboxRow;
 use wake::Wake;
 
 /// The database clock in milliseconds (works on every SQLite an upstream app
@@ -35,14 +32,38 @@ const COLS: &str = "id, CAST(id AS BLOB) AS raw_id, instance, kind, CAST(payload
     parked_at, provider_id, last_error, last_http_status, created_at, updated_at, posted_at";
 
 /// How the statements both backends share are spelled here.
-const DIALECT: Dialect = Dialect {
-    now: NOW,
-    due_now: "0",
-    param: "?",
-    id_text: "id",
-    cols: COLS,
-    millis: "",
-};
+impl Dialect for SqliteStore {
+    const NOW: &'static str = NOW;
+    const DUE_NOW: &'static str = "0";
+    const ID_TEXT: &'static str = "id";
+    const COLS: &'static str = COLS;
+    const MILLIS: &'static str = "";
+    /// Strictly later than the one read, even within the same millisecond
+    /// (the registry's `update_instance` fences on it).
+    const TOUCH: &'static str =
+        "MAX(CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), updated_at + 1)";
+    const FRESH: &'static str = "created_at = updated_at";
+
+    fn typed(p: &str, _ty: &str) -> String {
+        p.to_string()
+    }
+
+    fn epoch_ms(col: &str) -> String {
+        col.to_string()
+    }
+
+    fn in_list(col: &str, p: &str, _ty: &str) -> String {
+        format!("{col} IN (SELECT value FROM json_each({p}))")
+    }
+
+    fn not_in_list(col: &str, p: &str, _ty: &str) -> String {
+        format!("{col} NOT IN (SELECT value FROM json_each({p}))")
+    }
+
+    fn list_table(p: &str, _ty: &str, alias: &str) -> String {
+        format!("json_each({p}) AS {alias}")
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -54,35 +75,6 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    async fn fetch_rows(&self, sql: &str, binds: Vec<Bind>) -> Result<Vec<OutboxRow>> {
-        let mut q = sqlx::query(sql);
-        for b in binds {
-            q = match b {
-                Bind::I(v) => q.bind(v),
-                Bind::S(v) => q.bind(v),
-            };
-        }
-        let rows = q.fetch_all(self.db()).await?;
-        self.readable(&rows, None).await
-    }
-
-    /// Decodes each row on its own; unreadable ones are set aside (see
-    /// [`super::QUARANTINE_NOTE`]) and the rest returned. `owner`: the claim
-    /// that just leased these rows, whose unreadable ones were never sent.
-    async fn readable(&self, rows: &[SqliteRow], owner: Option<&str>) -> Result<Vec<OutboxRow>> {
-        let (good, bad) = super::split_rows(rows, readable_row);
-        for u in &bad {
-            tracing::warn!(row_id = %u.id, error = %u.error, "unreadable row set aside");
-            sqlx::query(&DIALECT.quarantine_sql())
-                .bind(&u.id)
-                .bind(&u.error)
-                .bind(owner)
-                .execute(self.db())
-                .await?;
-        }
-        Ok(good)
-    }
-
     /// The claim with per-instance budgets ([`ClaimParams::budgets`]).
     /// SQLite has no LATERAL: a correlated `IN` list per budget row is the
     /// per-instance cursor (one ordered probe of the instance's partial
@@ -142,71 +134,6 @@ impl SqliteStore {
         });
         Ok(rows)
     }
-
-    async fn transition(&self, from: State, ts: &[Transition], done: &[Completion]) -> Result<u64> {
-        if ts.is_empty() {
-            return Ok(0);
-        }
-        let items = super::transitions_json(ts);
-        let sql = format!(
-            "UPDATE status_outbox SET
-                state = u.value ->> 'to',
-                provider_id = COALESCE(u.value ->> 'provider_id', status_outbox.provider_id),
-                last_error = u.value ->> 'error',
-                last_http_status = u.value ->> 'http',
-                next_attempt_at = {NOW} + (u.value ->> 'delay'),
-                attempts = status_outbox.attempts - (u.value ->> 'refund'),
-                reconcile_attempts = CASE WHEN u.value ->> 'to' = 'in_doubt'
-                    THEN status_outbox.reconcile_attempts + (u.value ->> 'bump') ELSE 0 END,
-                parked_at = CASE WHEN u.value ->> 'park' = 1 THEN {NOW} END,
-                posted_at = CASE WHEN u.value ->> 'to' = 'posted' THEN {NOW}
-                    ELSE status_outbox.posted_at END,
-                lease_owner = NULL,
-                lease_expires_at = NULL,
-                updated_at = {NOW}
-             FROM json_each(?1) AS u
-             WHERE status_outbox.id = u.value ->> 'id'
-               AND status_outbox.state = ?2
-               AND status_outbox.attempts = u.value ->> 'attempt'
-             RETURNING status_outbox.id"
-        );
-        let mut tx = self.db().begin_with("BEGIN IMMEDIATE").await?;
-        let applied: Vec<String> = sqlx::query_scalar(&sql)
-            .bind(items.to_string())
-            .bind(from.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
-        let applied: std::collections::HashSet<Uuid> =
-            applied.iter().filter_map(|s| parse_uuid(s)).collect();
-        // History records the attempts whose fence held; a stale worker's
-        // late answer changed nothing and is not an attempt of this row.
-        let done: Vec<&Completion> = done
-            .iter()
-            .filter(|c| applied.contains(&c.transition.id))
-            .collect();
-        if !done.is_empty() {
-            let hist = super::attempts_json(&done);
-            sqlx::query(
-                "INSERT INTO status_attempts
-                    (status_id, attempt, started_at, finished_at, outcome, http_status, latency_ms, error)
-                 SELECT h.value ->> 'id', h.value ->> 'attempt', h.value ->> 'started',
-                        (h.value ->> 'started') + (h.value ->> 'latency'), h.value ->> 'outcome',
-                        h.value ->> 'http', h.value ->> 'latency', h.value ->> 'error'
-                 FROM json_each(?1) AS h
-                 WHERE EXISTS (SELECT 1 FROM status_outbox o WHERE o.id = h.value ->> 'id')",
-            )
-            .bind(hist.to_string())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(applied.len() as u64)
-    }
-}
-
-enum Bind {
-    I(i64),
-    S(String),
 }
 
 fn ms(v: Option<i64>) -> Option<DateTime<Utc>> {
@@ -247,90 +174,38 @@ impl Columns for SqliteRow {
     }
 }
 
-fn readable_row(r: &SqliteRow) -> std::result::Result<OutboxRow, Unreadable> {
-    // The id as stored, read as bytes so that even a mangled one can be named.
-    let raw_id: Vec<u8> = r.try_get("raw_id").unwrap_or_default();
-    let raw_id = String::from_utf8_lossy(&raw_id).into_owned();
-    row::outbox_row(r).map_err(|error| Unreadable { id: raw_id, error })
-}
+impl Sql for SqliteStore {
+    type Row = SqliteRow;
+    type Tx = sqlx::Transaction<'static, sqlx::Sqlite>;
 
-impl Store for SqliteStore {
+    run_methods!();
+
+    async fn begin(&self, counted: bool) -> Result<Self::Tx> {
+        let pool = if counted { self.db() } else { &self.pool };
+        Ok(pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    fn readable_row(r: &SqliteRow) -> std::result::Result<OutboxRow, Unreadable> {
+        // The id as stored, read as bytes so that even a mangled one can be named.
+        let raw_id: Vec<u8> = r.try_get("raw_id").unwrap_or_default();
+        let raw_id = String::from_utf8_lossy(&raw_id).into_owned();
+        row::outbox_row(r).map_err(|error| Unreadable { id: raw_id, error })
+    }
+
     async fn migrate(&self) -> Result<()> {
         sqlx::migrate!("migrations/sqlite").run(self.db()).await?;
         Ok(())
     }
 
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(self.db()).await?;
-        Ok(())
-    }
-
-    async fn enqueue(&self, p: EnqueueParams) -> Result<Enqueued> {
-        let id = p.id.unwrap_or_else(Uuid::now_v7);
-        let inserted = sqlx::query(
-            "INSERT INTO status_outbox (id, instance, kind, payload, dedupe_key, priority, not_before)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (dedupe_key) DO NOTHING",
-        )
-        .bind(id.to_string())
-        .bind(&p.instance)
-        .bind(&p.kind)
-        .bind(&p.payload)
-        .bind(&p.dedupe_key)
-        .bind(p.priority)
-        .bind(p.not_before.map(|t| t.timestamp_millis()))
-        .execute(self.db())
-        .await?
-        .rows_affected()
-            == 1;
-        if inserted {
-            return Ok(Enqueued { id, inserted });
-        }
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT id FROM status_outbox WHERE dedupe_key = ?1")
-                .bind(&p.dedupe_key)
-                .fetch_optional(self.db())
-                .await?;
-        match existing.as_deref().and_then(parse_uuid) {
-            Some(id) => Ok(Enqueued {
-                id,
-                inserted: false,
-            }),
-            None => Err(StoreError::Invalid(
-                "insert ignored but no row holds its dedupe_key".into(),
-            )),
-        }
-    }
-
-    async fn enqueue_many(&self, p: &[EnqueueParams]) -> Result<u64> {
-        if p.is_empty() {
-            return Ok(0);
-        }
-        Ok(sqlx::query(
-            "INSERT INTO status_outbox (id, instance, kind, payload, dedupe_key, priority, not_before)
-             SELECT e.value ->> 'id', e.value ->> 'instance', e.value ->> 'kind',
-                    e.value ->> 'payload', e.value ->> 'dedupe_key', e.value ->> 'priority',
-                    e.value ->> 'not_before'
-             FROM json_each(?1) AS e WHERE true
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(super::enqueue_batch_json(p))
-        .execute(self.db())
-        .await?
-        .rows_affected())
-    }
-
-    async fn queued(&self, limit: i64) -> Result<Vec<OutboxRow>> {
-        let sql = format!(
-            "SELECT {COLS} FROM status_outbox WHERE state = 'queued' ORDER BY created_at LIMIT ?1"
-        );
-        self.fetch_rows(&sql, vec![Bind::I(limit)]).await
-    }
+    const ENQUEUE_MANY: &'static str =
+        "INSERT INTO status_outbox (id, instance, kind, payload, dedupe_key, priority, not_before)
+         SELECT e.value ->> 'id', e.value ->> 'instance', e.value ->> 'kind',
+                e.value ->> 'payload', e.value ->> 'dedupe_key', e.value ->> 'priority',
+                e.value ->> 'not_before'
+         FROM json_each($1) AS e WHERE true
+         ON CONFLICT DO NOTHING";
 
     async fn assign_message_ids(&self, ids: &[AssignId]) -> Result<u64> {
-        if ids.is_empty() {
-            return Ok(0);
-        }
         let items: Vec<serde_json::Value> = ids
             .iter()
             .map(|a| serde_json::json!([a.id.to_string(), a.message_id]))
@@ -346,20 +221,6 @@ impl Store for SqliteStore {
             .execute(self.db())
             .await?
             .rows_affected())
-    }
-
-    async fn mark_invalid(&self, id: Uuid, error: &str) -> Result<bool> {
-        let sql = format!(
-            "UPDATE status_outbox SET state = 'invalid', last_error = ?2, updated_at = {NOW}
-             WHERE id = ?1 AND state = 'queued'"
-        );
-        Ok(sqlx::query(&sql)
-            .bind(id.to_string())
-            .bind(error)
-            .execute(self.db())
-            .await?
-            .rows_affected()
-            == 1)
     }
 
     async fn claim(&self, p: ClaimParams) -> Result<Vec<OutboxRow>> {
@@ -419,10 +280,38 @@ impl Store for SqliteStore {
         Ok(rows)
     }
 
-    async fn complete(&self, done: &[Completion]) -> Result<u64> {
-        let ts: Vec<Transition> = done.iter().map(|c| c.transition.clone()).collect();
-        self.transition(State::Uploading, &ts, done).await
+    fn transition_sql() -> String {
+        format!(
+            "UPDATE status_outbox SET
+                state = u.value ->> 'to',
+                provider_id = COALESCE(u.value ->> 'provider_id', status_outbox.provider_id),
+                last_error = u.value ->> 'error',
+                last_http_status = u.value ->> 'http',
+                next_attempt_at = {NOW} + (u.value ->> 'delay'),
+                attempts = status_outbox.attempts - (u.value ->> 'refund'),
+                reconcile_attempts = CASE WHEN u.value ->> 'to' = 'in_doubt'
+                    THEN status_outbox.reconcile_attempts + (u.value ->> 'bump') ELSE 0 END,
+                parked_at = CASE WHEN u.value ->> 'park' = 1 THEN {NOW} END,
+                posted_at = CASE WHEN u.value ->> 'to' = 'posted' THEN {NOW}
+                    ELSE status_outbox.posted_at END,
+                lease_owner = NULL,
+                lease_expires_at = NULL,
+                updated_at = {NOW}
+             FROM json_each($1) AS u
+             WHERE status_outbox.id = u.value ->> 'id'
+               AND status_outbox.state = $2
+               AND status_outbox.attempts = u.value ->> 'attempt'
+             RETURNING status_outbox.id AS id"
+        )
     }
+
+    const HISTORY: &'static str = "INSERT INTO status_attempts
+            (status_id, attempt, started_at, finished_at, outcome, http_status, latency_ms, error)
+         SELECT h.value ->> 'id', h.value ->> 'attempt', h.value ->> 'started',
+                (h.value ->> 'started') + (h.value ->> 'latency'), h.value ->> 'outcome',
+                h.value ->> 'http', h.value ->> 'latency', h.value ->> 'error'
+         FROM json_each($1) AS h
+         WHERE EXISTS (SELECT 1 FROM status_outbox o WHERE o.id = h.value ->> 'id')";
 
     async fn rescue_expired(&self, limit: i64, settle: Duration) -> Result<Vec<Uuid>> {
         let sql = format!(
@@ -442,143 +331,6 @@ impl Store for SqliteStore {
             .fetch_all(self.db())
             .await?;
         Ok(ids.iter().filter_map(|s| parse_uuid(s)).collect())
-    }
-
-    async fn due_in_doubt(&self, limit: i64) -> Result<Vec<OutboxRow>> {
-        let sql = format!(
-            "SELECT {COLS} FROM status_outbox
-             WHERE state = 'in_doubt' AND parked_at IS NULL AND next_attempt_at <= {NOW}
-             ORDER BY next_attempt_at LIMIT ?1"
-        );
-        self.fetch_rows(&sql, vec![Bind::I(limit)]).await
-    }
-
-    async fn resolve_in_doubt(&self, ts: &[Transition]) -> Result<u64> {
-        self.transition(State::InDoubt, ts, &[]).await
-    }
-
-    async fn get(&self, id: Uuid) -> Result<Option<OutboxRow>> {
-        let sql = format!("SELECT {COLS} FROM status_outbox WHERE id = ?1");
-        Ok(self
-            .fetch_rows(&sql, vec![Bind::S(id.to_string())])
-            .await?
-            .pop())
-    }
-
-    async fn find(&self, key: &str) -> Result<Option<OutboxRow>> {
-        let sql = format!(
-            "SELECT {COLS} FROM status_outbox WHERE id = ?1 OR message_id = ?2 OR dedupe_key = ?2 LIMIT 1"
-        );
-        let id = parse_uuid(key).map(|u| u.to_string()).unwrap_or_default();
-        Ok(self
-            .fetch_rows(&sql, vec![Bind::S(id), Bind::S(key.trim().to_string())])
-            .await?
-            .pop())
-    }
-
-    async fn attempts(&self, id: Uuid) -> Result<Vec<Attempt>> {
-        let rows = sqlx::query(
-            "SELECT attempt, started_at, finished_at, outcome, http_status, latency_ms, error
-             FROM status_attempts WHERE status_id = ?1 ORDER BY started_at, attempt",
-        )
-        .bind(id.to_string())
-        .fetch_all(self.db())
-        .await?;
-        row::map_all(&rows, |r| row::attempt(id, r))
-    }
-
-    async fn list(&self, p: ListParams) -> Result<Vec<OutboxRow>> {
-        let sql = format!(
-            "SELECT {COLS} FROM status_outbox
-             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR instance = ?2)
-               AND (?3 IS NULL OR created_at >= ?3)
-             ORDER BY created_at DESC LIMIT ?4"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(p.state.map(|s| s.as_str()))
-            .bind(p.instance)
-            .bind(p.since.map(|t| t.timestamp_millis()))
-            .bind(p.limit)
-            .fetch_all(self.db())
-            .await?;
-        self.readable(&rows, None).await
-    }
-
-    async fn summary(&self) -> Result<Vec<SummaryRow>> {
-        let rows = sqlx::query(
-            "SELECT instance, state, count, oldest_age_secs, scheduled FROM status_outbox_summary
-             ORDER BY instance, state",
-        )
-        .fetch_all(self.db())
-        .await?;
-        row::map_all(&rows, row::summary_row)
-    }
-
-    async fn operator(&self, id: Uuid, action: OperatorAction) -> Result<OutboxRow> {
-        let r = sqlx::query(&action.sql(&DIALECT))
-            .bind(id.to_string())
-            .fetch_optional(self.db())
-            .await?;
-        let updated = match r {
-            Some(r) => Some(self.readable(std::slice::from_ref(&r), None).await?),
-            None => None,
-        };
-        action.outcome(id, updated, self.get(id)).await
-    }
-
-    async fn purge_terminal(&self, older_than: Duration, limit: i64) -> Result<u64> {
-        Ok(sqlx::query(&DIALECT.purge_sql())
-            .bind(older_than.as_millis() as i64)
-            .bind(limit)
-            .execute(self.db())
-            .await?
-            .rows_affected())
-    }
-
-    async fn add_schedule(&self, s: &Schedule) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO status_schedules (id, name, cron, timezone, instance, kind, payload, enabled)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .bind(s.id.to_string())
-        .bind(&s.name)
-        .bind(&s.cron)
-        .bind(&s.timezone)
-        .bind(&s.instance)
-        .bind(&s.kind)
-        .bind(&s.payload)
-        .bind(s.enabled)
-        .execute(self.db())
-        .await?;
-        Ok(())
-    }
-
-    async fn schedules(&self) -> Result<Vec<Schedule>> {
-        let rows = sqlx::query(
-            "SELECT id, name, cron, timezone, instance, kind, payload, enabled
-             FROM status_schedules ORDER BY name",
-        )
-        .fetch_all(self.db())
-        .await?;
-        row::map_all(&rows, row::schedule)
-    }
-
-    async fn remove_schedule(&self, name_or_id: &str) -> Result<bool> {
-        Ok(
-            sqlx::query("DELETE FROM status_schedules WHERE name = ?1 OR id = ?1")
-                .bind(name_or_id)
-                .execute(self.db())
-                .await?
-                .rows_affected()
-                > 0,
-        )
-    }
-
-    async fn now(&self) -> Result<DateTime<Utc>> {
-        let m: i64 = sqlx::query_scalar(&format!("SELECT {NOW}"))
-            .fetch_one(self.db())
-            .await?;
-        Ok(ms(Some(m)).unwrap_or_default())
     }
 
     async fn next_due(&self, skip: &[String], with_queued: bool) -> Result<Option<Duration>> {
@@ -617,51 +369,60 @@ impl Store for SqliteStore {
         self.wake.watched()
     }
 
-    async fn activity(&self, p: ActivityParams) -> Result<Vec<ActivityBucket>> {
-        let (since, bucket) = p.millis()?;
-        // Times are integer milliseconds: integer division floors them.
-        let sql = format!(
-            "SELECT (finished_at / ?2) * ?2 AS start,
-                    SUM(outcome = 'posted') AS posted,
-                    SUM(outcome <> 'posted') AS errors
-             FROM status_attempts
-             WHERE finished_at >= {NOW} - ?1
-             GROUP BY 1 ORDER BY 1"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(since)
-            .bind(bucket)
-            .fetch_all(self.db())
-            .await?;
-        row::map_all(&rows, row::activity_bucket)
+    fn subscribe_instances(&self) -> tokio::sync::watch::Receiver<u64> {
+        // Any commit: the registry rate-limits its reloads.
+        self.wake.subscribe()
     }
 
-    async fn set_instance_pause(&self, instance: &str, reason: &str) -> Result<()> {
-        sqlx::query(&format!(
-            "INSERT INTO status_instance_pauses (instance, reason) VALUES (?1, ?2)
-             ON CONFLICT (instance) DO UPDATE SET reason = excluded.reason, updated_at = {NOW}"
-        ))
-        .bind(instance)
-        .bind(reason)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
+    const ACCEPT_MANY: &'static str =
+        "INSERT INTO status_webhook_inbox (instance, request_id, body)
+         SELECT e.value ->> 'instance', e.value ->> 'request_id', e.value ->> 'body'
+         FROM json_each($1) AS e ORDER BY e.key";
 
-    async fn clear_instance_pause(&self, instance: &str) -> Result<()> {
-        sqlx::query("DELETE FROM status_instance_pauses WHERE instance = ?1")
-            .bind(instance)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
+    const UPSERT_VIEWS: &'static str = "INSERT INTO status_views
+            (message_id, viewer, instance, level, first_at, last_at, viewed_at)
+         SELECT v.value ->> 'm', v.value ->> 'v', v.value ->> 'i', v.value ->> 'l',
+                v.value ->> 'first', v.value ->> 'last', v.value ->> 'viewed'
+         FROM json_each($1) AS v WHERE true
+         ON CONFLICT (message_id, viewer) DO UPDATE SET
+            level = max(status_views.level, excluded.level),
+            first_at = min(status_views.first_at, excluded.first_at),
+            last_at = max(status_views.last_at, excluded.last_at),
+            viewed_at = CASE
+                WHEN excluded.viewed_at IS NULL THEN status_views.viewed_at
+                WHEN status_views.viewed_at IS NULL THEN excluded.viewed_at
+                ELSE min(status_views.viewed_at, excluded.viewed_at) END";
 
-    async fn instance_pauses(&self) -> Result<Vec<InstancePause>> {
-        let rows = sqlx::query(
-            "SELECT instance, reason, since FROM status_instance_pauses ORDER BY instance",
+    const INSERT_CONFIRMATIONS: &'static str =
+        "INSERT INTO status_confirmations (message_id, instance, event)
+         SELECT c.value ->> 'm', c.value ->> 'i', c.value ->> 'e'
+         FROM json_each($1) AS c WHERE true
+         ON CONFLICT (message_id) DO NOTHING";
+
+    fn settled_history_sql() -> String {
+        format!(
+            "INSERT INTO status_attempts
+                (status_id, attempt, started_at, finished_at, outcome, http_status, latency_ms, error)
+             SELECT h.value ->> 'id', h.value ->> 'attempt', {NOW}, {NOW}, 'posted', NULL, 0, $2
+             FROM json_each($1) AS h"
         )
-        .fetch_all(&self.pool)
-        .await?;
-        row::map_all(&rows, row::instance_pause)
     }
+}
+
+/// `s` with its arguments bound as SQLite stores them.
+fn bound(s: &Stmt) -> sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'_>> {
+    fn json<T: serde::Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap_or_else(|_| "[]".into())
+    }
+    s.args.iter().fold(sqlx::query(&s.sql), |q, a| match a {
+        Arg::Text(v) => q.bind(v.as_deref()),
+        Arg::Int(v) => q.bind(*v),
+        Arg::Int32(v) => q.bind(*v),
+        Arg::Bool(v) => q.bind(*v),
+        Arg::Id(v) => q.bind(v.map(|u| u.to_string())),
+        Arg::Time(v) => q.bind(v.map(|t| t.timestamp_millis())),
+        Arg::Texts(v) => q.bind(json(v)),
+        Arg::Ids(v) => q.bind(json(&v.iter().map(Uuid::to_string).collect::<Vec<_>>())),
+        Arg::Ints(v) => q.bind(json(v)),
+    })
 }

@@ -48,10 +48,14 @@ impl SqliteStore {
     /// The pool, counting one statement: every query goes through here, so
     /// that an idle daemon's cost (and a spinning one) shows on `/metrics`
     /// as `statusd_db_statements_total`.
-    /// The pool, counting the statement about to be sent (for the
-    /// instance registry's queries in `store::instances`).
-    pub(in crate::store) fn counted_pool(&self) -> &SqlitePool {
-        self.db()
+    /// The pool for `s`: counted (see [`SqliteStore::db`]) unless `s` is
+    /// one of the statements left out of the counter.
+    pub(super) fn pool_for(&self, s: &Stmt) -> &SqlitePool {
+        if s.counted {
+            self.db()
+        } else {
+            &self.pool
+        }
     }
 
     pub(super) fn db(&self) -> &SqlitePool {

@@ -2,9 +2,10 @@
 //! events, the viewers of each status, and the confirmations that settle a
 //! row as posted without a look-up.
 //!
-//! [`ViewStore`] is a supertrait of [`Store`], implemented here for both
-//! backends and for [`Timed`], so that every store has it and the SQL of the
-//! feature lives in this module (`sqlite.rs`, `postgres.rs`).
+//! [`ViewStore`] is a supertrait of [`Store`], implemented here once for
+//! both backends (`queries.rs`) and for [`Timed`], so that every store has
+//! it and the SQL of the feature lives in this module (the JSON batch
+//! inserts, which the backends spell differently, with each backend).
 //!
 //! Rules kept by both backends:
 //! - a view upsert never lowers a level, and `first_at` / `viewed_at` only
@@ -22,10 +23,11 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::timed::timed;
 use super::{Result, Store, Timed};
 
 /// The attempt-history note of a row settled by a provider event.
@@ -237,74 +239,20 @@ pub trait ViewStore: Send + Sync {
     fn purge_views(&self, older_than: Duration) -> impl Future<Output = Result<u64>> + Send;
 }
 
-pub(super) fn ms(v: i64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(v).single().unwrap_or_default()
-}
-
-pub(super) fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-mod postgres;
-mod sqlite;
+mod queries;
 
 /// Each call bounded like every other store call.
 impl<S: Store> ViewStore for Timed<S> {
-    async fn webhook_accept(
-        &self,
-        instance: &str,
-        request_id: Option<&str>,
-        body: &str,
-    ) -> Result<i64> {
-        self.within(
-            "webhook_accept",
-            self.inner().webhook_accept(instance, request_id, body),
-        )
-        .await
-    }
-    async fn webhook_accept_many(&self, events: &[NewEvent]) -> Result<u64> {
-        self.within(
-            "webhook_accept_many",
-            self.inner().webhook_accept_many(events),
-        )
-        .await
-    }
-    async fn webhook_inbox(&self, limit: i64) -> Result<Vec<InboxEvent>> {
-        self.within("webhook_inbox", self.inner().webhook_inbox(limit))
-            .await
-    }
-    async fn webhook_backlog(&self) -> Result<i64> {
-        self.within("webhook_backlog", self.inner().webhook_backlog())
-            .await
-    }
-    async fn webhook_apply(&self, p: &ApplyParams) -> Result<Applied> {
-        self.within("webhook_apply", self.inner().webhook_apply(p))
-            .await
-    }
-    async fn settle_confirmed(&self, ids: &[Uuid], message_ids: &[String]) -> Result<Vec<Settled>> {
-        self.within(
-            "settle_confirmed",
-            self.inner().settle_confirmed(ids, message_ids),
-        )
-        .await
-    }
-    async fn views_of(&self, message_id: &str) -> Result<Vec<View>> {
-        self.within("views_of", self.inner().views_of(message_id))
-            .await
-    }
-    async fn view_counts(&self, message_ids: &[String]) -> Result<BTreeMap<String, ViewCounts>> {
-        self.within("view_counts", self.inner().view_counts(message_ids))
-            .await
-    }
-    async fn views_over_time(&self, since: Duration, bucket: Duration) -> Result<Vec<ViewBucket>> {
-        self.within(
-            "views_over_time",
-            self.inner().views_over_time(since, bucket),
-        )
-        .await
-    }
-    async fn purge_views(&self, older_than: Duration) -> Result<u64> {
-        self.within("purge_views", self.inner().purge_views(older_than))
-            .await
+    timed! {
+        fn webhook_accept(&self, instance: &str, request_id: Option<&str>, body: &str) -> i64;
+        fn webhook_accept_many(&self, events: &[NewEvent]) -> u64;
+        fn webhook_inbox(&self, limit: i64) -> Vec<InboxEvent>;
+        fn webhook_backlog(&self) -> i64;
+        fn webhook_apply(&self, p: &ApplyParams) -> Applied;
+        fn settle_confirmed(&self, ids: &[Uuid], message_ids: &[String]) -> Vec<Settled>;
+        fn views_of(&self, message_id: &str) -> Vec<View>;
+        fn view_counts(&self, message_ids: &[String]) -> BTreeMap<String, ViewCounts>;
+        fn views_over_time(&self, since: Duration, bucket: Duration) -> Vec<ViewBucket>;
+        fn purge_views(&self, older_than: Duration) -> u64;
     }
 }
