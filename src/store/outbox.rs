@@ -135,7 +135,11 @@ impl<S: Sql> Store for S {
     }
 
     async fn claim(&self, p: ClaimParams) -> Result<Vec<OutboxRow>> {
-        Sql::claim(self, p).await
+        if p.budgets.is_empty() {
+            self.claim_fifo(&p).await
+        } else {
+            self.claim_budgeted(&p).await
+        }
     }
 
     async fn complete(&self, done: &[Completion]) -> Result<u64> {

@@ -180,10 +180,13 @@ pub trait Dialect {
     /// `col` is in the list parameter `p` of SQL type `ty` ([`Arg::Texts`],
     /// [`Arg::Ids`], [`Arg::Ints`]).
     fn in_list(col: &str, p: &str, ty: &str) -> String;
-    /// `col` is not in the list parameter `p`.
-    fn not_in_list(col: &str, p: &str, ty: &str) -> String;
     /// The list parameter `p` as a table `alias` with one column `value`.
     fn list_table(p: &str, ty: &str, alias: &str) -> String;
+
+    /// `col` is not in the list parameter `p`.
+    fn not_in_list(col: &str, p: &str, ty: &str) -> String {
+        format!("NOT ({})", Self::in_list(col, p, ty))
+    }
 
     /// `$p` milliseconds before now.
     fn ago(p: &str) -> String {
@@ -216,7 +219,13 @@ pub trait Sql: Dialect + Clone + Send + Sync + 'static {
     /// (`enqueue_batch_json`).
     const ENQUEUE_MANY: &'static str;
     fn assign_message_ids(&self, ids: &[AssignId]) -> impl Future<Output = Result<u64>> + Send;
-    fn claim(&self, p: ClaimParams) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
+    /// One FIFO over every instance not in `skip_instances` (no budgets).
+    fn claim_fifo(&self, p: &ClaimParams) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
+    /// Only the budgeted instances' rows ([`ClaimParams::budgets`]).
+    fn claim_budgeted(
+        &self,
+        p: &ClaimParams,
+    ) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
     fn next_due(
         &self,
         skip: &[String],
@@ -266,6 +275,41 @@ pub trait Sql: Dialect + Clone + Send + Sync + 'static {
                 self.execute(s).await?;
             }
             Ok(good)
+        }
+    }
+
+    /// Runs a claim statement and returns the rows it leased, readable ones
+    /// in priority order (RETURNING's order is unspecified). Its parameters:
+    /// `$1` the lease owner, `$2` the lease in milliseconds, `$3` the
+    /// instances (skipped, or the budgets as JSON), `$4` the limit, `$5` the
+    /// fresh message ids, then `extra`. Leased and committed: a row that
+    /// cannot be read was never sent, and is set aside under this lease.
+    fn claimed(
+        &self,
+        sql: String,
+        p: &ClaimParams,
+        instances: Arg,
+        extra: Option<i64>,
+    ) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send {
+        let mut s = Stmt::new(sql)
+            .bind(&p.owner)
+            .bind(millis(p.lease))
+            .bind(instances)
+            .bind(p.limit)
+            .bind(p.fresh_ids.as_slice());
+        if let Some(x) = extra {
+            s = s.bind(x);
+        }
+        let owner = p.owner.clone();
+        async move {
+            let raw = self.fetch(s).await?;
+            let mut rows = self.readable(&raw, Some(&owner)).await?;
+            rows.sort_by(|a, b| {
+                b.priority
+                    .cmp(&a.priority)
+                    .then(a.created_at.cmp(&b.created_at))
+            });
+            Ok(rows)
         }
     }
 

@@ -46,10 +46,6 @@ impl Dialect for PgStore {
         format!("{col} = ANY({p}::{ty}[])")
     }
 
-    fn not_in_list(col: &str, p: &str, ty: &str) -> String {
-        format!("{col} <> ALL({p}::{ty}[])")
-    }
-
     fn list_table(p: &str, ty: &str, alias: &str) -> String {
         format!("unnest({p}::{ty}[]) AS {alias}(value)")
     }
@@ -104,64 +100,6 @@ impl PgStore {
     /// The pool for any statement (nothing is counted here).
     fn pool_for(&self, _s: &Stmt) -> &PgPool {
         &self.pool
-    }
-
-    /// The claim with per-instance budgets ([`ClaimParams::budgets`]): a
-    /// `LATERAL` probe of each budgeted instance's partial index, at most
-    /// its budget long, ranked and interleaved round-robin. No row locks
-    /// while selecting: an instance is served by one replica at a time (its
-    /// instance lease), and should two claims meet on a row during a
-    /// hand-over, the UPDATE re-checks the row's state after the other's
-    /// commit, so a row is leased once.
-    async fn claim_budgeted(&self, p: &ClaimParams) -> Result<Vec<OutboxRow>> {
-        let (budgets, _) = super::budgets_json(&p.budgets);
-        let sql = format!(
-            "WITH b AS (SELECT i, n FROM jsonb_to_recordset($3::jsonb) AS b(i text, n int)),
-             pending AS (
-                SELECT d.*, b.n FROM b CROSS JOIN LATERAL (
-                    SELECT id, instance, priority, created_at FROM status_outbox
-                    WHERE state = 'pending_upload' AND instance = b.i
-                      AND next_attempt_at <= now()
-                      AND (not_before IS NULL OR not_before <= now())
-                    ORDER BY priority DESC, created_at LIMIT b.n) d),
-             fresh AS (
-                SELECT d.*, b.n FROM b CROSS JOIN LATERAL (
-                    SELECT id, instance, priority, created_at FROM status_outbox
-                    WHERE cardinality($5::text[]) >= $4 AND state = 'queued' AND instance = b.i
-                      AND (not_before IS NULL OR not_before <= now())
-                    ORDER BY priority DESC, created_at LIMIT b.n) d),
-             ranked AS (
-                SELECT id, priority, created_at, n, row_number() OVER (
-                    PARTITION BY instance ORDER BY priority DESC, created_at) AS rk
-                FROM (SELECT * FROM pending UNION ALL SELECT * FROM fresh) d),
-             picked AS (
-                SELECT id, row_number() OVER (ORDER BY rk, priority DESC, created_at) AS rn
-                FROM ranked WHERE rk <= n
-                ORDER BY rk, priority DESC, created_at LIMIT $4)
-             UPDATE status_outbox o SET state = 'uploading', attempts = o.attempts + 1,
-                    lease_owner = $1, lease_expires_at = now() + $2 * interval '1 millisecond',
-                    claimed_at = now(),
-                    updated_at = now(),
-                    message_id = COALESCE(o.message_id, ($5::text[])[picked.rn])
-             FROM picked WHERE o.id = picked.id AND o.state IN ('pending_upload', 'queued')
-             RETURNING {}",
-            returning_cols()
-        );
-        let raw = sqlx::query(&sql)
-            .bind(&p.owner)
-            .bind(p.lease.as_millis() as i64)
-            .bind(budgets)
-            .bind(p.limit)
-            .bind(&p.fresh_ids)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut rows = self.readable(&raw, Some(&p.owner)).await?;
-        rows.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then(a.created_at.cmp(&b.created_at))
-        });
-        Ok(rows)
     }
 }
 
@@ -253,10 +191,51 @@ impl Sql for PgStore {
         .rows_affected())
     }
 
-    async fn claim(&self, p: ClaimParams) -> Result<Vec<OutboxRow>> {
-        if !p.budgets.is_empty() {
-            return self.claim_budgeted(&p).await;
-        }
+    /// The claim with per-instance budgets ([`ClaimParams::budgets`]): a
+    /// `LATERAL` probe of each budgeted instance's partial index, at most
+    /// its budget long, ranked and interleaved round-robin. No row locks
+    /// while selecting: an instance is served by one replica at a time (its
+    /// instance lease), and should two claims meet on a row during a
+    /// hand-over, the UPDATE re-checks the row's state after the other's
+    /// commit, so a row is leased once.
+    async fn claim_budgeted(&self, p: &ClaimParams) -> Result<Vec<OutboxRow>> {
+        let (budgets, _) = super::budgets_json(&p.budgets);
+        let sql = format!(
+            "WITH b AS (SELECT i, n FROM jsonb_to_recordset($3::jsonb) AS b(i text, n int)),
+             pending AS (
+                SELECT d.*, b.n FROM b CROSS JOIN LATERAL (
+                    SELECT id, instance, priority, created_at FROM status_outbox
+                    WHERE state = 'pending_upload' AND instance = b.i
+                      AND next_attempt_at <= now()
+                      AND (not_before IS NULL OR not_before <= now())
+                    ORDER BY priority DESC, created_at LIMIT b.n) d),
+             fresh AS (
+                SELECT d.*, b.n FROM b CROSS JOIN LATERAL (
+                    SELECT id, instance, priority, created_at FROM status_outbox
+                    WHERE cardinality($5::text[]) >= $4 AND state = 'queued' AND instance = b.i
+                      AND (not_before IS NULL OR not_before <= now())
+                    ORDER BY priority DESC, created_at LIMIT b.n) d),
+             ranked AS (
+                SELECT id, priority, created_at, n, row_number() OVER (
+                    PARTITION BY instance ORDER BY priority DESC, created_at) AS rk
+                FROM (SELECT * FROM pending UNION ALL SELECT * FROM fresh) d),
+             picked AS (
+                SELECT id, row_number() OVER (ORDER BY rk, priority DESC, created_at) AS rn
+                FROM ranked WHERE rk <= n
+                ORDER BY rk, priority DESC, created_at LIMIT $4)
+             UPDATE status_outbox o SET state = 'uploading', attempts = o.attempts + 1,
+                    lease_owner = $1, lease_expires_at = now() + $2 * interval '1 millisecond',
+                    claimed_at = now(),
+                    updated_at = now(),
+                    message_id = COALESCE(o.message_id, ($5::text[])[picked.rn])
+             FROM picked WHERE o.id = picked.id AND o.state IN ('pending_upload', 'queued')
+             RETURNING {}",
+            returning_cols()
+        );
+        self.claimed(sql, p, Arg::Text(Some(budgets)), None).await
+    }
+
+    async fn claim_fifo(&self, p: &ClaimParams) -> Result<Vec<OutboxRow>> {
         // Each source is an ordered scan of its own partial index; rows
         // locked by another replica are skipped, never waited for.
         let sql = format!(
@@ -290,22 +269,8 @@ impl Sql for PgStore {
              RETURNING {}",
             returning_cols()
         );
-        let raw = sqlx::query(&sql)
-            .bind(&p.owner)
-            .bind(p.lease.as_millis() as i64)
-            .bind(&p.skip_instances)
-            .bind(p.limit)
-            .bind(&p.fresh_ids)
-            .fetch_all(&self.pool)
-            .await?;
-        // Leased and committed: a row that cannot be read was never sent.
-        let mut rows = self.readable(&raw, Some(&p.owner)).await?;
-        rows.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then(a.created_at.cmp(&b.created_at))
-        });
-        Ok(rows)
+        self.claimed(sql, p, p.skip_instances.as_slice().into(), None)
+            .await
     }
 
     fn transition_sql() -> String {

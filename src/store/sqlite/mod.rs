@@ -56,10 +56,6 @@ impl Dialect for SqliteStore {
         format!("{col} IN (SELECT value FROM json_each({p}))")
     }
 
-    fn not_in_list(col: &str, p: &str, _ty: &str) -> String {
-        format!("{col} NOT IN (SELECT value FROM json_each({p}))")
-    }
-
     fn list_table(p: &str, _ty: &str, alias: &str) -> String {
         format!("json_each({p}) AS {alias}")
     }
@@ -74,66 +70,23 @@ pub struct SqliteStore {
     statements: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-impl SqliteStore {
-    /// The claim with per-instance budgets ([`ClaimParams::budgets`]).
-    /// SQLite has no LATERAL: a correlated `IN` list per budget row is the
-    /// per-instance cursor (one ordered probe of the instance's partial
-    /// index, at most the largest budget long), then each instance's rows are
-    /// ranked and cut to its own budget, and the ranks interleave the
-    /// instances. One statement, atomic under SQLite's write lock.
-    async fn claim_budgeted(&self, p: &ClaimParams) -> Result<Vec<OutboxRow>> {
-        let (budgets, max) = super::budgets_json(&p.budgets);
-        let sql = format!(
-            "UPDATE status_outbox SET state = 'uploading', attempts = status_outbox.attempts + 1,
-                    lease_owner = ?1, lease_expires_at = {NOW} + ?2, claimed_at = {NOW},
-                    updated_at = {NOW},
-                    message_id = COALESCE(status_outbox.message_id,
-                                          json_extract(?5, '$[' || (p.rn - 1) || ']'))
-             FROM (
-                SELECT id, row_number() OVER (ORDER BY rk, priority DESC, created_at) AS rn
-                FROM (
-                    SELECT id, priority, created_at, n, row_number() OVER (
-                        PARTITION BY instance ORDER BY priority DESC, created_at) AS rk
-                    FROM (
-                        SELECT o.id, o.instance, o.priority, o.created_at, b.value ->> 'n' AS n
-                        FROM json_each(?3) AS b JOIN status_outbox o ON o.id IN (
-                            SELECT id FROM status_outbox
-                            WHERE state = 'pending_upload' AND instance = b.value ->> 'i'
-                              AND next_attempt_at <= {NOW}
-                              AND (not_before IS NULL OR not_before <= {NOW})
-                            ORDER BY priority DESC, created_at LIMIT ?6)
-                        UNION ALL
-                        SELECT o.id, o.instance, o.priority, o.created_at, b.value ->> 'n' AS n
-                        FROM json_each(?3) AS b JOIN status_outbox o ON o.id IN (
-                            SELECT id FROM status_outbox
-                            WHERE json_array_length(?5) >= ?4 AND state = 'queued'
-                              AND instance = b.value ->> 'i'
-                              AND (not_before IS NULL OR not_before <= {NOW})
-                            ORDER BY priority DESC, created_at LIMIT ?6)))
-                WHERE rk <= n
-                ORDER BY rk, priority DESC, created_at LIMIT ?4) AS p
-             WHERE status_outbox.id = p.id
-               AND status_outbox.state IN ('pending_upload', 'queued')
-             RETURNING {COLS}"
-        );
-        let ids = serde_json::to_string(&p.fresh_ids).unwrap_or_else(|_| "[]".into());
-        let raw = sqlx::query(&sql)
-            .bind(&p.owner)
-            .bind(p.lease.as_millis() as i64)
-            .bind(budgets)
-            .bind(p.limit)
-            .bind(ids)
-            .bind(max)
-            .fetch_all(self.db())
-            .await?;
-        let mut rows = self.readable(&raw, Some(&p.owner)).await?;
-        rows.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then(a.created_at.cmp(&b.created_at))
-        });
-        Ok(rows)
-    }
+impl SqliteStore {}
+
+/// A claim: the rows `picked` selects (`id` and `rn`, their rank: the
+/// fresh id `$5[rn - 1]` goes to a `queued` one) leased to `?1` for `?2`
+/// milliseconds, the attempt counted.
+fn claim_sql(picked: &str) -> String {
+    format!(
+        "UPDATE status_outbox SET state = 'uploading', attempts = status_outbox.attempts + 1,
+                lease_owner = ?1, lease_expires_at = {NOW} + ?2, claimed_at = {NOW},
+                updated_at = {NOW},
+                message_id = COALESCE(status_outbox.message_id,
+                                      json_extract(?5, '$[' || (p.rn - 1) || ']'))
+         FROM ({picked}) AS p
+         WHERE status_outbox.id = p.id
+           AND status_outbox.state IN ('pending_upload', 'queued')
+         RETURNING {COLS}"
+    )
 }
 
 fn ms(v: Option<i64>) -> Option<DateTime<Utc>> {
@@ -223,21 +176,48 @@ impl Sql for SqliteStore {
             .rows_affected())
     }
 
-    async fn claim(&self, p: ClaimParams) -> Result<Vec<OutboxRow>> {
-        if !p.budgets.is_empty() {
-            return self.claim_budgeted(&p).await;
-        }
+    /// The claim with per-instance budgets ([`ClaimParams::budgets`]).
+    /// SQLite has no LATERAL: a correlated `IN` list per budget row is the
+    /// per-instance cursor (one ordered probe of the instance's partial
+    /// index, at most the largest budget long), then each instance's rows are
+    /// ranked and cut to its own budget, and the ranks interleave the
+    /// instances. One statement, atomic under SQLite's write lock.
+    async fn claim_budgeted(&self, p: &ClaimParams) -> Result<Vec<OutboxRow>> {
+        let (budgets, max) = super::budgets_json(&p.budgets);
+        let sql = claim_sql(&format!(
+            "SELECT id, row_number() OVER (ORDER BY rk, priority DESC, created_at) AS rn
+                FROM (
+                    SELECT id, priority, created_at, n, row_number() OVER (
+                        PARTITION BY instance ORDER BY priority DESC, created_at) AS rk
+                    FROM (
+                        SELECT o.id, o.instance, o.priority, o.created_at, b.value ->> 'n' AS n
+                        FROM json_each(?3) AS b JOIN status_outbox o ON o.id IN (
+                            SELECT id FROM status_outbox
+                            WHERE state = 'pending_upload' AND instance = b.value ->> 'i'
+                              AND next_attempt_at <= {NOW}
+                              AND (not_before IS NULL OR not_before <= {NOW})
+                            ORDER BY priority DESC, created_at LIMIT ?6)
+                        UNION ALL
+                        SELECT o.id, o.instance, o.priority, o.created_at, b.value ->> 'n' AS n
+                        FROM json_each(?3) AS b JOIN status_outbox o ON o.id IN (
+                            SELECT id FROM status_outbox
+                            WHERE json_array_length(?5) >= ?4 AND state = 'queued'
+                              AND instance = b.value ->> 'i'
+                              AND (not_before IS NULL OR not_before <= {NOW})
+                            ORDER BY priority DESC, created_at LIMIT ?6)))
+                WHERE rk <= n
+                ORDER BY rk, priority DESC, created_at LIMIT ?4"
+        ));
+        self.claimed(sql, p, Arg::Text(Some(budgets)), Some(max))
+            .await
+    }
+
+    async fn claim_fifo(&self, p: &ClaimParams) -> Result<Vec<OutboxRow>> {
         // One statement: SQLite's write lock makes the select-and-update
         // atomic, so two claimers never lease the same row. Each source is
         // an ordered scan of its own partial index.
-        let sql = format!(
-            "UPDATE status_outbox SET state = 'uploading', attempts = status_outbox.attempts + 1,
-                    lease_owner = ?1, lease_expires_at = {NOW} + ?2, claimed_at = {NOW},
-                    updated_at = {NOW},
-                    message_id = COALESCE(status_outbox.message_id,
-                                          json_extract(?5, '$[' || (p.rn - 1) || ']'))
-             FROM (
-                SELECT id, row_number() OVER (ORDER BY priority DESC, created_at) AS rn
+        let sql = claim_sql(&format!(
+            "SELECT id, row_number() OVER (ORDER BY priority DESC, created_at) AS rn
                 FROM (
                     SELECT * FROM (
                         SELECT id, priority, created_at FROM status_outbox
@@ -253,31 +233,10 @@ impl Sql for SqliteStore {
                           AND (not_before IS NULL OR not_before <= {NOW})
                           AND instance NOT IN (SELECT value FROM json_each(?3))
                         ORDER BY priority DESC, created_at LIMIT ?4))
-                ORDER BY priority DESC, created_at LIMIT ?4) AS p
-             WHERE status_outbox.id = p.id
-               AND status_outbox.state IN ('pending_upload', 'queued')
-             RETURNING {COLS}"
-        );
-        let skip = serde_json::to_string(&p.skip_instances).unwrap_or_else(|_| "[]".into());
-        let ids = serde_json::to_string(&p.fresh_ids).unwrap_or_else(|_| "[]".into());
-        let raw = sqlx::query(&sql)
-            .bind(&p.owner)
-            .bind(p.lease.as_millis() as i64)
-            .bind(skip)
-            .bind(p.limit)
-            .bind(ids)
-            .fetch_all(self.db())
-            .await?;
-        // Leased and committed: a row that cannot be read was never sent,
-        // and becomes `invalid` under this lease; the others go on.
-        let mut rows = self.readable(&raw, Some(&p.owner)).await?;
-        // RETURNING order is unspecified; keep FIFO within a batch.
-        rows.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then(a.created_at.cmp(&b.created_at))
-        });
-        Ok(rows)
+                ORDER BY priority DESC, created_at LIMIT ?4"
+        ));
+        self.claimed(sql, p, p.skip_instances.as_slice().into(), None)
+            .await
     }
 
     fn transition_sql() -> String {
