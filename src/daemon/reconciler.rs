@@ -245,15 +245,13 @@ async fn capabilities<S: Store, P: Provider>(
             return c.clone();
         }
     }
-    match ctx.store.capabilities().await {
-        Ok(all) => {
-            for c in all {
-                state.caps.insert(c.instance.clone(), (c, Instant::now()));
-            }
-            let c = state
-                .caps
-                .get(instance)
-                .map(|(c, _)| c.clone())
+    // This instance's row only: with a thousand instances, reading every
+    // row at each one's first look was quadratic.
+    match ctx.store.capabilities_of(Some(instance)).await {
+        Ok(found) => {
+            let c = found
+                .into_iter()
+                .next()
                 .unwrap_or_else(|| Capabilities::unknown(instance));
             state
                 .caps

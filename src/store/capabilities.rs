@@ -181,7 +181,15 @@ pub struct KnownId {
 /// backends and by [`Timed`].
 pub trait CapabilityStore {
     /// Every instance's recorded capabilities, by name.
-    fn capabilities(&self) -> impl Future<Output = Result<Vec<Capabilities>>> + Send;
+    fn capabilities(&self) -> impl Future<Output = Result<Vec<Capabilities>>> + Send {
+        self.capabilities_of(None)
+    }
+    /// One instance's (`Some(name)`; none recorded: an empty list) or every
+    /// instance's, by name.
+    fn capabilities_of(
+        &self,
+        instance: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<Capabilities>>> + Send;
     /// Writes `new` if the stored version is still `new.version` (0: no
     /// row yet); returns whether it did.
     fn put_capabilities(&self, new: &Capabilities) -> impl Future<Output = Result<bool>> + Send;
@@ -205,10 +213,10 @@ pub async fn record_capabilities<S: CapabilityStore>(
 ) -> Result<Capabilities> {
     for _ in 0..8 {
         let now = store
-            .capabilities()
+            .capabilities_of(Some(&change.instance))
             .await?
             .into_iter()
-            .find(|c| c.instance == change.instance)
+            .next()
             .unwrap_or_else(|| Capabilities::unknown(&change.instance));
         let Some(next) = now.merged(change) else {
             return Ok(now);
@@ -230,11 +238,12 @@ fn parse_known(r: &impl Columns, column: &str) -> std::result::Result<Known, Str
 }
 
 impl<S: Sql> CapabilityStore for S {
-    async fn capabilities(&self) -> Result<Vec<Capabilities>> {
+    async fn capabilities_of(&self, instance: Option<&str>) -> Result<Vec<Capabilities>> {
         let s = Stmt::uncounted(
             "SELECT instance, supplied_ids, lookup_by_id, engine, evidence, version, updated_at
-             FROM provider_capabilities ORDER BY instance",
-        );
+             FROM provider_capabilities WHERE $1 IS NULL OR instance = $1 ORDER BY instance",
+        )
+        .bind(instance);
         row::map_all(&self.fetch(s).await?, |r| {
             Ok(Capabilities {
                 instance: r.text("instance")?,
@@ -302,7 +311,7 @@ impl<S: Sql> CapabilityStore for S {
 
 impl<S: CapabilityStore + Sync> CapabilityStore for Timed<S> {
     timed! {
-        fn capabilities(&self) -> Vec<Capabilities>;
+        fn capabilities_of(&self, instance: Option<&str>) -> Vec<Capabilities>;
         fn put_capabilities(&self, c: &Capabilities) -> bool;
         fn known_message_ids(&self, instance: &str, ids: &[String], except: &[uuid::Uuid]) -> Vec<KnownId>;
     }
