@@ -208,9 +208,12 @@ impl<S: Store> statusd::store::InstanceStore for Counting<S> {
 
 /// The provider capabilities' queries, one statement each.
 impl<S: Store> statusd::store::CapabilityStore for Counting<S> {
-    async fn capabilities(&self) -> Result<Vec<statusd::store::Capabilities>> {
+    async fn capabilities_of(
+        &self,
+        instance: Option<&str>,
+    ) -> Result<Vec<statusd::store::Capabilities>> {
         self.add(1);
-        self.inner.capabilities().await
+        self.inner.capabilities_of(instance).await
     }
     async fn put_capabilities(&self, new: &statusd::store::Capabilities) -> Result<bool> {
         self.add(1);

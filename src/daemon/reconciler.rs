@@ -113,7 +113,16 @@ pub async fn run<S: Store, P: Provider>(
     let every = ctx.reconciler.interval;
     let mut state = ReconcilerState::default();
     while !shutdown.is_cancelled() {
-        match pass_with(&ctx, &mut state).await {
+        // A pass is given up at shutdown (with a thousand instances its
+        // first one records each one's capabilities, a commit each): every
+        // write in it is a single fenced statement or a transaction, so a
+        // pass cut short leaves its rows in doubt for the next daemon to
+        // look up, never half-settled.
+        let done = tokio::select! {
+            r = pass_with(&ctx, &mut state) => r,
+            _ = shutdown.cancelled() => break,
+        };
+        match done {
             Ok(n) if n >= ctx.reconciler.batch_size => continue,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "reconciler: database error; retrying"),
