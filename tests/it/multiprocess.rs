@@ -75,18 +75,7 @@ fn statusd(cfg: &Path, args: &[&str]) -> Command {
 }
 
 async fn run_ok(cfg: &Path, args: &[&str]) -> String {
-    let out = statusd(cfg, args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run statusd");
-    assert!(
-        out.status.success(),
-        "statusd {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    crate::support::statusd_isolated_ok(cfg, args, "multiprocess-test").await
 }
 
 fn spawn_daemon(cfg: &Path, log: &Path) -> Child {

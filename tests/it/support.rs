@@ -433,6 +433,23 @@ pub fn statusd_isolated(
     cmd
 }
 
+/// [`statusd_isolated`] run to the end, stdin closed; panics with its
+/// stderr unless it exits 0; its stdout.
+pub async fn statusd_isolated_ok(cfg: &std::path::Path, args: &[&str], label: &str) -> String {
+    let out = statusd_isolated(cfg, args, label)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run statusd");
+    assert!(
+        out.status.success(),
+        "statusd {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `statusd --config-dir CFG …` with the instance token from the
 /// environment and `env` on top, its output appended to `log`.
 pub fn statusd_in(
