@@ -124,21 +124,19 @@ impl Db {
         Ok(())
     }
     /// `n` bad rows written straight into the table, as a buggy upstream app
-    /// would: a payload without its text, and an unknown instance.
+    /// would: a text status's payload without its text. (Rows naming an
+    /// unknown instance are judged on a slower path, a few every 5 s, see
+    /// `claim_strays`; they are not part of this drain.)
     async fn fill_bad(&self, n: usize) -> anyhow::Result<()> {
         self.exec(&match self {
             Db::Sqlite(..) => format!(
                 "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < {n})
                  INSERT INTO status_outbox (instance, kind, payload)
-                 SELECT CASE WHEN n % 2 = 0 THEN 'main' ELSE 'nowhere' END, 'text',
-                        CASE WHEN n % 2 = 0 THEN json_object('caption', 'bad ' || n)
-                             ELSE json_object('text', 'bad ' || n) END FROM g"
+                 SELECT 'main', 'text', json_object('caption', 'bad ' || n) FROM g"
             ),
             Db::Pg(..) => format!(
                 "INSERT INTO status_outbox (instance, kind, payload)
-                 SELECT CASE WHEN g % 2 = 0 THEN 'main' ELSE 'nowhere' END, 'text',
-                        CASE WHEN g % 2 = 0 THEN jsonb_build_object('caption', 'bad ' || g)
-                             ELSE jsonb_build_object('text', 'bad ' || g) END
+                 SELECT 'main', 'text', jsonb_build_object('caption', 'bad ' || g)
                  FROM generate_series(1, {n}) g"
             ),
         })

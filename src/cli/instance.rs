@@ -66,6 +66,7 @@ pub struct InstanceSettingsArgs {
     /// Statuses per second (token bucket).
     #[arg(long, value_name = "N")]
     pub rate_per_sec: Option<u32>,
+    /// Statuses that may go at once after a quiet spell (the bucket's size).
     #[arg(long, value_name = "N")]
     pub burst: Option<u32>,
     /// Calls of this instance in flight at once (default 8), so a slow

@@ -4,7 +4,9 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -331,7 +333,28 @@ async fn claim_strays<S: Store, P: Provider>(ctx: &Ctx<S, P>, shared: &Shared, l
 
 #[cfg(test)]
 mod tests {
-    use super::held_bound;
+    use super::{held_bound, SendRate};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    /// The rate is the sends of the last whole window (paused time: the
+    /// windows are exact).
+    #[tokio::test(start_paused = true)]
+    async fn the_send_rate_is_measured_over_whole_windows() {
+        let mut r = SendRate {
+            at: Instant::now(),
+            count: 0,
+            per_sec: 0.0,
+        };
+        assert_eq!(r.update(10), 0.0, "no window has passed yet");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(r.update(50), 0.0);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(r.update(100), 100.0);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(r.update(160), 30.0, "60 sends over 2 s");
+        assert_eq!(r.update(400), 30.0, "until the next window ends");
+    }
 
     #[test]
     fn held_rows_scale_with_instances_and_the_send_rate_within_the_ceiling() {

@@ -7,7 +7,9 @@
 //! here), so its rate and cap hold for the whole deployment.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use governor::clock::{Clock, DefaultClock};
 use tokio::sync::{mpsc, Notify, Semaphore};

@@ -6,7 +6,9 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::model::OutboxRow;
 
@@ -235,8 +237,9 @@ mod tests {
         assert_eq!(q.sending("a"), 2);
     }
 
-    #[test]
-    fn a_rate_limited_or_full_instance_never_holds_the_slot() {
+    // Paused time: the token's wait below passes at once, exactly.
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limited_or_full_instance_never_holds_the_slot() {
         let mut q = FairQueue::default();
         let now = Instant::now();
         q.push(row("a", 0, 0), now);
@@ -249,7 +252,7 @@ mod tests {
         };
         assert_eq!(sent(&mut q, gate), "c0");
         match q.next(gate) {
-            Next::Wait(Some(d)) => assert!(d <= Duration::from_millis(40), "{d:?}"),
+            Next::Wait(Some(d)) => assert_eq!(d, Duration::from_millis(40)),
             other => panic!("{other:?}"),
         }
         // b is visited again once one of its sends finishes, a once its
@@ -260,7 +263,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(q.total_waiting(), 1);
-        std::thread::sleep(Duration::from_millis(45));
+        // Before a's token is due, a slot still does not look at it.
+        tokio::time::advance(Duration::from_millis(39)).await;
+        assert!(matches!(q.next(|_, _, _| Gate::Ready), Next::Wait(_)));
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(sent(&mut q, |_, _, _| Gate::Ready), "a0");
     }
 }

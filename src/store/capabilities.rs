@@ -290,13 +290,21 @@ impl<S: Sql> CapabilityStore for S {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        // By our id, or by the provider's where it assigned its own (the
+        // partial index holds only those): one index probe per listed id.
+        let by = |on: &str| {
+            format!(
+                "SELECT j.value AS id, o.kind AS kind, CAST(o.payload AS TEXT) AS payload
+                 FROM {} JOIN status_outbox o ON {on}
+                 WHERE o.instance = $1 AND {}",
+                S::list_table("$2", "text", "j"),
+                S::not_in_list("o.id", "$3", "uuid"),
+            )
+        };
         let sql = format!(
-            "SELECT j.value AS id, o.kind AS kind, CAST(o.payload AS TEXT) AS payload
-             FROM {} JOIN status_outbox o
-               ON (o.message_id = j.value OR o.provider_id = j.value)
-             WHERE o.instance = $1 AND {}",
-            S::list_table("$2", "text", "j"),
-            S::not_in_list("o.id", "$3", "uuid"),
+            "{} UNION ALL {}",
+            by("o.message_id = j.value"),
+            by("o.provider_id = j.value AND o.provider_id <> o.message_id"),
         );
         let s = Stmt::uncounted(sql).bind(instance).bind(ids).bind(except);
         row::map_all(&self.fetch(s).await?, |r| {

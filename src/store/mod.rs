@@ -87,12 +87,19 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// A new status, as `statusd enqueue` and `POST /v1/statuses` write it.
 #[derive(Debug, Clone, Default)]
 pub struct EnqueueParams {
+    /// The row's id; a fresh UUIDv7 when not given.
     pub id: Option<Uuid>,
+    /// The configured instance that posts it.
     pub instance: String,
+    /// `text`, `image`, `video` or `voice`.
     pub kind: String,
+    /// The kind's JSON payload, as the SQL contract describes it.
     pub payload: String,
+    /// The upstream app's key: a second enqueue with it is a no-op.
     pub dedupe_key: Option<String>,
+    /// Higher is claimed first within an instance.
     pub priority: i32,
+    /// Not sent before this time (scheduled statuses).
     pub not_before: Option<DateTime<Utc>>,
 }
 
@@ -133,8 +140,11 @@ pub struct AssignId {
 
 #[derive(Debug, Clone, Default)]
 pub struct ClaimParams {
+    /// Who takes the lease (`hostname:pid:uuid`); written to `locked_by`.
     pub owner: String,
+    /// At most this many rows in all.
     pub limit: i64,
+    /// How long the lease holds before a rescuer may take the rows back.
     pub lease: Duration,
     /// Instances whose rows must not be claimed (paused after 401/403).
     pub skip_instances: Vec<String>,
@@ -179,8 +189,11 @@ pub struct Transition {
     /// The attempt number the caller saw: the fence.
     pub attempt: i32,
     pub to: State,
+    /// The id the provider answered with, where it assigns its own.
     pub provider_id: Option<String>,
+    /// Why the send failed or is in doubt, for `last_error`.
     pub error: Option<String>,
+    /// The provider's HTTP status, when an answer came at all.
     pub http_status: Option<i32>,
     /// `next_attempt_at = now + delay` (retry backoff, settle delay).
     pub delay: Duration,
@@ -287,9 +300,13 @@ pub struct Completion {
 
 #[derive(Debug, Clone, Default)]
 pub struct ListParams {
+    /// Only rows in this state.
     pub state: Option<State>,
+    /// Only this instance's rows.
     pub instance: Option<String>,
+    /// Only rows created at or after this time.
     pub since: Option<DateTime<Utc>>,
+    /// At most this many rows, newest first.
     pub limit: i64,
 }
 
