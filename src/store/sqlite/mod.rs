@@ -89,6 +89,30 @@ fn claim_sql(picked: &str) -> String {
     )
 }
 
+/// The due rows of the instances `which` selects (on `?3`), in priority
+/// order, at most `?4`: an ordered scan of each source's partial index.
+fn ordered_sql(which: &str) -> String {
+    format!(
+        "SELECT id, row_number() OVER (ORDER BY priority DESC, created_at) AS rn
+            FROM (
+                SELECT * FROM (
+                    SELECT id, priority, created_at FROM status_outbox
+                    WHERE state = 'pending_upload'
+                      AND next_attempt_at <= {NOW}
+                      AND (not_before IS NULL OR not_before <= {NOW})
+                      AND {which}
+                    ORDER BY priority DESC, created_at LIMIT ?4)
+                UNION ALL
+                SELECT * FROM (
+                    SELECT id, priority, created_at FROM status_outbox
+                    WHERE json_array_length(?5) >= ?4 AND state = 'queued'
+                      AND (not_before IS NULL OR not_before <= {NOW})
+                      AND {which}
+                    ORDER BY priority DESC, created_at LIMIT ?4))
+            ORDER BY priority DESC, created_at LIMIT ?4"
+    )
+}
+
 fn ms(v: Option<i64>) -> Option<DateTime<Utc>> {
     v.and_then(|m| Utc.timestamp_millis_opt(m).single())
 }
@@ -183,6 +207,19 @@ impl Sql for SqliteStore {
     /// ranked and cut to its own budget, and the ranks interleave the
     /// instances. One statement, atomic under SQLite's write lock.
     async fn claim_budgeted(&self, p: &ClaimParams) -> Result<Vec<OutboxRow>> {
+        if let [only] = p.budgets.as_slice() {
+            // One instance needs rows (a single-instance deployment, always):
+            // the FIFO's shape on its own partial indexes, without the
+            // ranking across instances (a few % of the drain's CPU).
+            let p = ClaimParams {
+                limit: p.limit.min(only.limit),
+                ..p.clone()
+            };
+            let sql = claim_sql(&ordered_sql("instance = ?3"));
+            return self
+                .claimed(sql, &p, Arg::Text(Some(only.instance.clone())), None)
+                .await;
+        }
         let (budgets, max) = super::budgets_json(&p.budgets);
         let sql = claim_sql(&format!(
             "SELECT id, row_number() OVER (ORDER BY rk, priority DESC, created_at) AS rn
@@ -216,24 +253,8 @@ impl Sql for SqliteStore {
         // One statement: SQLite's write lock makes the select-and-update
         // atomic, so two claimers never lease the same row. Each source is
         // an ordered scan of its own partial index.
-        let sql = claim_sql(&format!(
-            "SELECT id, row_number() OVER (ORDER BY priority DESC, created_at) AS rn
-                FROM (
-                    SELECT * FROM (
-                        SELECT id, priority, created_at FROM status_outbox
-                        WHERE state = 'pending_upload'
-                          AND next_attempt_at <= {NOW}
-                          AND (not_before IS NULL OR not_before <= {NOW})
-                          AND instance NOT IN (SELECT value FROM json_each(?3))
-                        ORDER BY priority DESC, created_at LIMIT ?4)
-                    UNION ALL
-                    SELECT * FROM (
-                        SELECT id, priority, created_at FROM status_outbox
-                        WHERE json_array_length(?5) >= ?4 AND state = 'queued'
-                          AND (not_before IS NULL OR not_before <= {NOW})
-                          AND instance NOT IN (SELECT value FROM json_each(?3))
-                        ORDER BY priority DESC, created_at LIMIT ?4))
-                ORDER BY priority DESC, created_at LIMIT ?4"
+        let sql = claim_sql(&ordered_sql(
+            "instance NOT IN (SELECT value FROM json_each(?3))",
         ));
         self.claimed(sql, p, p.skip_instances.as_slice().into(), None)
             .await
