@@ -11,7 +11,8 @@
 //! and for fair scheduling (sections noisy, slow, tenants, replicas, cpu):
 //! BENCH_NOISY_ROWS (1000), BENCH_SLOW_ROWS (200), BENCH_TENANTS (1000),
 //! BENCH_REPLICA_ROWS (2000; the run with a SIGKILL: BENCH_REPLICA_KILL_ROWS,
-//! 400), BENCH_CPU_ROWS (min(backlog, 50000)).
+//! 400), BENCH_CPU_ROWS (min(backlog, 50000)); BENCH_SIM_ENGINE (wawp, the
+//! default, or noweb, gows, webjs) for the sections on a zero-latency simulator.
 //! PostgreSQL: BENCH_PG (postgres://postgres@127.0.0.1:5432).
 
 mod counting;
@@ -196,8 +197,15 @@ impl Report {
     }
 }
 
+/// The simulator at zero latency, playing Wawp (which assigns its own ids)
+/// or the engine named by BENCH_SIM_ENGINE (noweb, gows, webjs).
 async fn sim() -> anyhow::Result<SimHandle> {
-    Ok(Simulator::start("127.0.0.1:0".parse()?, SimConfig::default()).await?)
+    let mut cfg = SimConfig::default();
+    if let Ok(e) = std::env::var("BENCH_SIM_ENGINE") {
+        cfg.engine = serde_json::from_value(serde_json::Value::String(e.clone()))
+            .with_context(|| format!("BENCH_SIM_ENGINE={e}: give wawp, noweb, gows or webjs"))?;
+    }
+    Ok(Simulator::start("127.0.0.1:0".parse()?, cfg).await?)
 }
 
 /// Waits until the simulator has `n` statuses; returns the time it took.
@@ -561,15 +569,14 @@ async fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
 
-    let http = if on("ceiling") || on("drain") {
-        http_ceiling(backlog.min(50_000)).await?
-    } else {
-        0.0
-    };
-    r.add(
-        "HTTP ceiling: client → simulator, no database (statuses/s)",
-        format!("{http:.0}"),
-    );
+    let mut http = 0.0;
+    if on("ceiling") || on("drain") {
+        http = http_ceiling(backlog.min(50_000)).await?;
+        r.add(
+            "HTTP ceiling: client → simulator, no database (statuses/s)",
+            format!("{http:.0}"),
+        );
+    }
     let mut ceilings = HashMap::new();
     for db in [Db::sqlite().await?, Db::pg().await?] {
         if !(on("ceiling") || on("drain")) {

@@ -252,41 +252,66 @@ impl Transition {
 /// A batch of transitions as the JSON array both backends read in one
 /// statement (`json_each` / `jsonb_to_recordset`). The effect goes as three
 /// 0/1 flags, which the statements add and test.
-pub(crate) fn transitions_json(ts: &[Transition]) -> serde_json::Value {
-    ts.iter()
-        .map(|t| {
-            serde_json::json!({
-                "id": t.id.to_string(),
-                "attempt": t.attempt,
-                "to": t.to.as_str(),
-                "provider_id": t.provider_id,
-                "error": t.error,
-                "http": t.http_status,
-                "delay": t.delay.as_millis() as i64,
-                "bump": t.effect.counts_lookup() as i32,
-                "park": t.effect.parks() as i32,
-                "refund": t.effect.refunds() as i32,
-            })
+pub(crate) fn transitions_json(ts: &[Transition]) -> String {
+    /// One item, serialized straight to text (no `Value` tree: this runs
+    /// for every status).
+    #[derive(Serialize)]
+    struct Item<'a> {
+        id: Uuid,
+        attempt: i32,
+        to: &'a str,
+        provider_id: Option<&'a str>,
+        error: Option<&'a str>,
+        http: Option<i32>,
+        delay: i64,
+        bump: i32,
+        park: i32,
+        refund: i32,
+    }
+    let items: Vec<Item<'_>> = ts
+        .iter()
+        .map(|t| Item {
+            id: t.id,
+            attempt: t.attempt,
+            to: t.to.as_str(),
+            provider_id: t.provider_id.as_deref(),
+            error: t.error.as_deref(),
+            http: t.http_status,
+            delay: t.delay.as_millis() as i64,
+            bump: t.effect.counts_lookup() as i32,
+            park: t.effect.parks() as i32,
+            refund: t.effect.refunds() as i32,
         })
-        .collect()
+        .collect();
+    serde_json::to_string(&items).unwrap_or_else(|_| "[]".into())
 }
 
 /// Attempt-history lines as one JSON array; `started` is milliseconds since
 /// the epoch.
-pub(crate) fn attempts_json(done: &[&Completion]) -> serde_json::Value {
-    done.iter()
-        .map(|c| {
-            serde_json::json!({
-                "id": c.transition.id.to_string(),
-                "attempt": c.transition.attempt,
-                "started": c.started_at.timestamp_millis(),
-                "latency": c.latency.as_millis() as i64,
-                "outcome": c.outcome.as_str(),
-                "http": c.transition.http_status,
-                "error": c.transition.error,
-            })
+pub(crate) fn attempts_json(done: &[&Completion]) -> String {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        id: Uuid,
+        attempt: i32,
+        started: i64,
+        latency: i64,
+        outcome: &'a str,
+        http: Option<i32>,
+        error: Option<&'a str>,
+    }
+    let lines: Vec<Line<'_>> = done
+        .iter()
+        .map(|c| Line {
+            id: c.transition.id,
+            attempt: c.transition.attempt,
+            started: c.started_at.timestamp_millis(),
+            latency: c.latency.as_millis() as i64,
+            outcome: c.outcome.as_str(),
+            http: c.transition.http_status,
+            error: c.transition.error.as_deref(),
         })
-        .collect()
+        .collect();
+    serde_json::to_string(&lines).unwrap_or_else(|_| "[]".into())
 }
 
 /// One finished send: the row's transition and the attempt's history line.

@@ -33,7 +33,7 @@ async fn transition<S: Sql>(
     if ts.is_empty() {
         return Ok(0);
     }
-    let items = super::transitions_json(ts).to_string();
+    let items = super::transitions_json(ts);
     let mut tx = s.begin(true).await?;
     let moved = Stmt::new(S::transition_sql())
         .bind(items)
@@ -50,7 +50,7 @@ async fn transition<S: Sql>(
         .filter(|c| applied.contains(&c.transition.id))
         .collect();
     if !done.is_empty() {
-        let hist = super::attempts_json(&done).to_string();
+        let hist = super::attempts_json(&done);
         S::execute_in(&mut tx, Stmt::new(S::HISTORY).bind(hist)).await?;
     }
     S::commit(tx).await?;

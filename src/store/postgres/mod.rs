@@ -51,6 +51,44 @@ impl Dialect for PgStore {
     }
 }
 
+/// The claim of the due rows of the instances `which` selects (on `$3`), in
+/// priority order, at most `$4`: each source is an ordered scan of its own
+/// partial index; rows locked by another replica are skipped, never waited
+/// for.
+fn ordered_claim_sql(which: &str) -> String {
+    format!(
+        "WITH pending AS (
+            SELECT id, priority, created_at FROM status_outbox
+            WHERE state = 'pending_upload'
+              AND next_attempt_at <= now()
+              AND (not_before IS NULL OR not_before <= now())
+              AND {which}
+            ORDER BY priority DESC, created_at
+            LIMIT $4
+            FOR UPDATE SKIP LOCKED),
+         fresh AS (
+            SELECT id, priority, created_at FROM status_outbox
+            WHERE cardinality($5::text[]) >= $4 AND state = 'queued'
+              AND (not_before IS NULL OR not_before <= now())
+              AND {which}
+            ORDER BY priority DESC, created_at
+            LIMIT $4
+            FOR UPDATE SKIP LOCKED),
+         due AS (SELECT * FROM pending UNION ALL SELECT * FROM fresh),
+         picked AS (
+            SELECT id, row_number() OVER (ORDER BY priority DESC, created_at) AS rn
+            FROM due ORDER BY priority DESC, created_at LIMIT $4)
+         UPDATE status_outbox o SET state = 'uploading', attempts = o.attempts + 1,
+                lease_owner = $1, lease_expires_at = now() + $2 * interval '1 millisecond',
+                claimed_at = now(),
+                updated_at = now(),
+                message_id = COALESCE(o.message_id, ($5::text[])[picked.rn])
+         FROM picked WHERE o.id = picked.id
+         RETURNING {}",
+        returning_cols()
+    )
+}
+
 /// How long a released connection may take to answer a ping.
 const RELEASE_PING: Duration = Duration::from_secs(3);
 
@@ -199,6 +237,18 @@ impl Sql for PgStore {
     /// hand-over, the UPDATE re-checks the row's state after the other's
     /// commit, so a row is leased once.
     async fn claim_budgeted(&self, p: &ClaimParams) -> Result<Vec<OutboxRow>> {
+        if let [only] = p.budgets.as_slice() {
+            // One instance needs rows (a single-instance deployment, always):
+            // the FIFO's shape on its own partial indexes, without the
+            // ranking across instances.
+            let p = ClaimParams {
+                limit: p.limit.min(only.limit),
+                ..p.clone()
+            };
+            let sql = ordered_claim_sql("instance = ($3::text[])[1]");
+            let only = [only.instance.clone()];
+            return self.claimed(sql, &p, only.as_slice().into(), None).await;
+        }
         let (budgets, _) = super::budgets_json(&p.budgets);
         let sql = format!(
             "WITH b AS (SELECT i, n FROM jsonb_to_recordset($3::jsonb) AS b(i text, n int)),
@@ -236,39 +286,7 @@ impl Sql for PgStore {
     }
 
     async fn claim_fifo(&self, p: &ClaimParams) -> Result<Vec<OutboxRow>> {
-        // Each source is an ordered scan of its own partial index; rows
-        // locked by another replica are skipped, never waited for.
-        let sql = format!(
-            "WITH pending AS (
-                SELECT id, priority, created_at FROM status_outbox
-                WHERE state = 'pending_upload'
-                  AND next_attempt_at <= now()
-                  AND (not_before IS NULL OR not_before <= now())
-                  AND instance <> ALL($3::text[])
-                ORDER BY priority DESC, created_at
-                LIMIT $4
-                FOR UPDATE SKIP LOCKED),
-             fresh AS (
-                SELECT id, priority, created_at FROM status_outbox
-                WHERE cardinality($5::text[]) >= $4 AND state = 'queued'
-                  AND (not_before IS NULL OR not_before <= now())
-                  AND instance <> ALL($3::text[])
-                ORDER BY priority DESC, created_at
-                LIMIT $4
-                FOR UPDATE SKIP LOCKED),
-             due AS (SELECT * FROM pending UNION ALL SELECT * FROM fresh),
-             picked AS (
-                SELECT id, row_number() OVER (ORDER BY priority DESC, created_at) AS rn
-                FROM due ORDER BY priority DESC, created_at LIMIT $4)
-             UPDATE status_outbox o SET state = 'uploading', attempts = o.attempts + 1,
-                    lease_owner = $1, lease_expires_at = now() + $2 * interval '1 millisecond',
-                    claimed_at = now(),
-                    updated_at = now(),
-                    message_id = COALESCE(o.message_id, ($5::text[])[picked.rn])
-             FROM picked WHERE o.id = picked.id
-             RETURNING {}",
-            returning_cols()
-        );
+        let sql = ordered_claim_sql("instance <> ALL($3::text[])");
         self.claimed(sql, p, p.skip_instances.as_slice().into(), None)
             .await
     }
