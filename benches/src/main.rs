@@ -126,7 +126,7 @@ impl Db {
     }
     /// `n` bad rows written straight into the table, as a buggy upstream app
     /// would: a text status's payload without its text. (Rows naming an
-    /// unknown instance are judged on a slower path, a few every 5 s, see
+    /// unknown instance are judged on a slower path, a batch every 5 s, see
     /// `claim_strays`; they are not part of this drain.)
     async fn fill_bad(&self, n: usize) -> anyhow::Result<()> {
         self.exec(&match self {

@@ -207,7 +207,7 @@ pub(super) async fn claim_loop<S: Store, P: Provider>(
         };
         if strays_at.elapsed() >= STRAYS_EVERY && free > 0 {
             strays_at = Instant::now();
-            claim_strays(&ctx, &shared, free.min(16)).await;
+            claim_strays(&ctx, &shared, free.min(ctx.dispatcher.batch_size)).await;
         }
         if budgets.is_empty() || limit == 0 {
             let nap = if woken {
