@@ -135,10 +135,16 @@ impl<S: Sql> Store for S {
     }
 
     async fn claim(&self, p: ClaimParams) -> Result<Vec<OutboxRow>> {
-        if p.budgets.is_empty() {
-            self.claim_fifo(&p).await
-        } else {
-            self.claim_budgeted(&p).await
+        match p.budgets.as_slice() {
+            [] => self.claim_fifo(&p).await,
+            [only] => {
+                let limited = ClaimParams {
+                    limit: p.limit.min(only.limit),
+                    ..p.clone()
+                };
+                self.claim_one(&limited, &only.instance).await
+            }
+            _ => self.claim_budgeted(&p).await,
         }
     }
 

@@ -221,6 +221,15 @@ pub trait Sql: Dialect + Clone + Send + Sync + 'static {
     fn assign_message_ids(&self, ids: &[AssignId]) -> impl Future<Output = Result<u64>> + Send;
     /// One FIFO over every instance not in `skip_instances` (no budgets).
     fn claim_fifo(&self, p: &ClaimParams) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
+    /// Only `instance`'s rows, at most `p.limit`: the FIFO's shape on that
+    /// instance's partial indexes, without the budgeted claim's ranking
+    /// across instances (one instance needing rows: a single-instance
+    /// deployment, always).
+    fn claim_one(
+        &self,
+        p: &ClaimParams,
+        instance: &str,
+    ) -> impl Future<Output = Result<Vec<OutboxRow>>> + Send;
     /// Only the budgeted instances' rows ([`ClaimParams::budgets`]).
     fn claim_budgeted(
         &self,

@@ -237,18 +237,6 @@ impl Sql for PgStore {
     /// hand-over, the UPDATE re-checks the row's state after the other's
     /// commit, so a row is leased once.
     async fn claim_budgeted(&self, p: &ClaimParams) -> Result<Vec<OutboxRow>> {
-        if let [only] = p.budgets.as_slice() {
-            // One instance needs rows (a single-instance deployment, always):
-            // the FIFO's shape on its own partial indexes, without the
-            // ranking across instances.
-            let p = ClaimParams {
-                limit: p.limit.min(only.limit),
-                ..p.clone()
-            };
-            let sql = ordered_claim_sql("instance = ($3::text[])[1]");
-            let only = [only.instance.clone()];
-            return self.claimed(sql, &p, only.as_slice().into(), None).await;
-        }
         let (budgets, _) = super::budgets_json(&p.budgets);
         let sql = format!(
             "WITH b AS (SELECT i, n FROM jsonb_to_recordset($3::jsonb) AS b(i text, n int)),
@@ -283,6 +271,11 @@ impl Sql for PgStore {
             returning_cols()
         );
         self.claimed(sql, p, Arg::Text(Some(budgets)), None).await
+    }
+
+    async fn claim_one(&self, p: &ClaimParams, instance: &str) -> Result<Vec<OutboxRow>> {
+        let sql = ordered_claim_sql("instance = $3");
+        self.claimed(sql, p, instance.into(), None).await
     }
 
     async fn claim_fifo(&self, p: &ClaimParams) -> Result<Vec<OutboxRow>> {

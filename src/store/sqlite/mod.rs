@@ -70,8 +70,6 @@ pub struct SqliteStore {
     statements: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-impl SqliteStore {}
-
 /// A claim: the rows `picked` selects (`id` and `rn`, their rank: the
 /// fresh id `$5[rn - 1]` goes to a `queued` one) leased to `?1` for `?2`
 /// milliseconds, the attempt counted.
@@ -207,19 +205,6 @@ impl Sql for SqliteStore {
     /// ranked and cut to its own budget, and the ranks interleave the
     /// instances. One statement, atomic under SQLite's write lock.
     async fn claim_budgeted(&self, p: &ClaimParams) -> Result<Vec<OutboxRow>> {
-        if let [only] = p.budgets.as_slice() {
-            // One instance needs rows (a single-instance deployment, always):
-            // the FIFO's shape on its own partial indexes, without the
-            // ranking across instances (a few % of the drain's CPU).
-            let p = ClaimParams {
-                limit: p.limit.min(only.limit),
-                ..p.clone()
-            };
-            let sql = claim_sql(&ordered_sql("instance = ?3"));
-            return self
-                .claimed(sql, &p, Arg::Text(Some(only.instance.clone())), None)
-                .await;
-        }
         let (budgets, max) = super::budgets_json(&p.budgets);
         let sql = claim_sql(&format!(
             "SELECT id, row_number() OVER (ORDER BY rk, priority DESC, created_at) AS rn
@@ -247,6 +232,11 @@ impl Sql for SqliteStore {
         ));
         self.claimed(sql, p, Arg::Text(Some(budgets)), Some(max))
             .await
+    }
+
+    async fn claim_one(&self, p: &ClaimParams, instance: &str) -> Result<Vec<OutboxRow>> {
+        let sql = claim_sql(&ordered_sql("instance = ?3"));
+        self.claimed(sql, p, instance.into(), None).await
     }
 
     async fn claim_fifo(&self, p: &ClaimParams) -> Result<Vec<OutboxRow>> {
