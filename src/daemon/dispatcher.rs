@@ -24,7 +24,7 @@ use super::{backoff, Ctx};
 use crate::config::{DaemonSettings, IdSource};
 use crate::model::{AttemptOutcome, OutboxRow, State, StatusBody};
 use crate::provider::{OutgoingStatus, Provider, SendOutcome};
-use crate::store::{Completion, Effect, Store, Transition};
+use crate::store::{Completion, Effect, Reason, Store, Transition};
 
 /// The dispatcher's settings, built from `[daemon]` (defaults:
 /// [`DaemonSettings::default`]).
@@ -246,8 +246,7 @@ fn gate<S, P: Provider>(
 fn released_unsent(row: &OutboxRow) -> Completion {
     let mut t = Transition::new(row.id, row.attempts, State::PendingUpload);
     t.effect = Effect::RefundAttempt;
-    t.error = row.last_error.clone();
-    t.http_status = row.last_http_status;
+    t.reason = Reason::last_of(row);
     Completion {
         transition: t,
         started_at: chrono::Utc::now(),
@@ -271,7 +270,7 @@ async fn send_one<S: Store, P: Provider>(
     if let Some(problem) = ctx.check_row(row) {
         tracing::warn!(error = %problem, "invalid row");
         let mut t = Transition::new(row.id, row.attempts, State::Invalid);
-        t.error = Some(problem);
+        t.reason = Reason::text(problem);
         t.effect = Effect::RefundAttempt;
         return Completion {
             transition: t,
@@ -362,8 +361,10 @@ pub fn transition_for<S, P: Provider>(
 ) -> Transition {
     let s = &ctx.dispatcher;
     let mut t = Transition::new(row.id, row.attempts, State::Failed);
-    t.http_status = outcome.http_status().map(i32::from);
-    t.error = outcome.reason().map(str::to_string);
+    t.reason = Reason {
+        error: outcome.reason().map(str::to_string),
+        http_status: outcome.http_status().map(i32::from),
+    };
     match outcome {
         SendOutcome::Posted { provider_id } => {
             t.to = State::Posted;
@@ -381,7 +382,7 @@ pub fn transition_for<S, P: Provider>(
         }
         SendOutcome::Retryable { .. } => {
             if row.attempts >= s.max_attempts {
-                t.error = Some(format!(
+                t.reason.error = Some(format!(
                     "gave up after {} attempts: {}",
                     row.attempts,
                     outcome.reason().unwrap_or("")

@@ -38,7 +38,7 @@ use crate::model::{OutboxRow, State, StatusBody};
 use crate::provider::search::{self, Verdict};
 use crate::provider::{ById, Evidence, Provider, StatusQuery};
 use crate::store::{
-    record_capabilities, Capabilities, CapabilityChange, Effect, Known, Store, Transition,
+    record_capabilities, Capabilities, CapabilityChange, Effect, Known, Reason, Store, Transition,
 };
 
 /// Statuses posted before the row's latest claim, minus this, are not
@@ -220,7 +220,7 @@ fn unsettleable<S: Store, P: Provider>(ctx: &Ctx<S, P>, row: &OutboxRow) -> Opti
     // recording it invalid.
     if let Some(problem) = ctx.check_row(row) {
         t.to = State::Invalid;
-        t.error = Some(problem);
+        t.reason = Reason::text(problem);
         return Some(t);
     }
     if ctx.instances.contains_key(&row.instance) && row.message_id.is_some() {
@@ -231,11 +231,11 @@ fn unsettleable<S: Store, P: Provider>(ctx: &Ctx<S, P>, row: &OutboxRow) -> Opti
     // parked — it is looked up once the instance sends again.
     if ctx.instances.snapshot().held.contains_key(&row.instance) {
         t.delay = ctx.reconciler.settle_delay;
-        t.error = row.last_error.clone();
+        t.reason = Reason::last_of(row);
         return Some(t);
     }
     t.effect = Effect::Park;
-    t.error = Some(format!(
+    t.reason = Reason::text(format!(
         "cannot look this status up (instance `{}` not configured or row unreadable); an operator must decide",
         row.instance
     ));
@@ -556,20 +556,20 @@ async fn settle_instance<S: Store, P: Provider>(
                     t.to = State::Posted;
                     t.provider_id = Some(provider_id);
                     // Kept in the row's history: it went through doubt.
-                    t.error = Some("reconciled: found on the provider".into());
+                    t.reason = Reason::text("reconciled: found on the provider");
                 }
                 Answer::NotThere => {
                     let from = s.absent_from(row.claimed_at.unwrap_or(row.created_at));
                     if now >= from {
                         tracing::info!(row_id = %row.id, message_id = mid, instance = name, "in-doubt status is not on the provider: sending again with the same id");
                         t.to = State::PendingUpload;
-                        t.error = Some("reconciled: absent, sent again".into());
+                        t.reason = Reason::text("reconciled: absent, sent again");
                     } else {
                         // Not yet absence: the provider may still be
                         // posting it. Waiting is not a failed look-up.
                         t.delay = (from - now).to_std().unwrap_or_default()
                             + Duration::from_millis(50);
-                        t.error = Some(format!(
+                        t.reason = Reason::text(format!(
                             "not found yet; the provider may still post it until {from} (claim + lease + engine retry window)"
                         ));
                     }
@@ -580,12 +580,12 @@ async fn settle_instance<S: Store, P: Provider>(
                     if tries >= s.max_attempts {
                         tracing::warn!(row_id = %row.id, message_id = mid, instance = name, tries, error = %reason, "look-up keeps failing: parking the row for an operator");
                         t.effect = Effect::FailedLookup { park: true };
-                        t.error = Some(format!(
+                        t.reason = Reason::text(format!(
                             "parked after {tries} look-ups that could not prove presence or absence (last: {reason}); `statusd retry` looks again, `statusd retry --force-resend` sends again"
                         ));
                     } else {
                         t.delay = backoff(tries, s.settle_delay, s.retry_max);
-                        t.error = Some(format!("look-up inconclusive: {reason}"));
+                        t.reason = Reason::text(format!("look-up inconclusive: {reason}"));
                     }
                 }
             }

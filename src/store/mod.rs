@@ -191,14 +191,42 @@ pub struct Transition {
     pub to: State,
     /// The id the provider answered with, where it assigns its own.
     pub provider_id: Option<String>,
-    /// Why the send failed or is in doubt, for `last_error`.
-    pub error: Option<String>,
-    /// The provider's HTTP status, when an answer came at all.
-    pub http_status: Option<i32>,
+    /// Why: the row's `last_error` / `last_http_status` after the move, and
+    /// the attempt's history line.
+    pub reason: Reason,
     /// `next_attempt_at = now + delay` (retry backoff, settle delay).
     pub delay: Duration,
     /// What else the move does to the row's counters and parking.
     pub effect: Effect,
+}
+
+/// Why a row moved: what its `last_error` and `last_http_status` columns
+/// hold afterwards, and its attempt line records. The two go together: a
+/// move that keeps the row's last error keeps both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reason {
+    /// Why the send failed or is in doubt, or how it was settled.
+    pub error: Option<String>,
+    /// The provider's HTTP status, when an answer came at all.
+    pub http_status: Option<i32>,
+}
+
+impl Reason {
+    /// A reason with no HTTP status (a time-out, a look-up, a local check).
+    pub fn text(error: impl Into<String>) -> Reason {
+        Reason {
+            error: Some(error.into()),
+            http_status: None,
+        }
+    }
+
+    /// The row's current `last_error` / `last_http_status`, kept as they are.
+    pub fn last_of(row: &crate::model::OutboxRow) -> Reason {
+        Reason {
+            error: row.last_error.clone(),
+            http_status: row.last_http_status,
+        }
+    }
 }
 
 /// What a [`Transition`] does besides moving the row. The dispatcher refunds
@@ -241,8 +269,7 @@ impl Transition {
             attempt,
             to,
             provider_id: None,
-            error: None,
-            http_status: None,
+            reason: Reason::default(),
             delay: Duration::ZERO,
             effect: Effect::None,
         }
@@ -275,8 +302,8 @@ pub(crate) fn transitions_json(ts: &[Transition]) -> String {
             attempt: t.attempt,
             to: t.to.as_str(),
             provider_id: t.provider_id.as_deref(),
-            error: t.error.as_deref(),
-            http: t.http_status,
+            error: t.reason.error.as_deref(),
+            http: t.reason.http_status,
             delay: t.delay.as_millis() as i64,
             bump: t.effect.counts_lookup() as i32,
             park: t.effect.parks() as i32,
@@ -307,8 +334,8 @@ pub(crate) fn attempts_json(done: &[&Completion]) -> String {
             started: c.started_at.timestamp_millis(),
             latency: c.latency.as_millis() as i64,
             outcome: c.outcome.as_str(),
-            http: c.transition.http_status,
-            error: c.transition.error.as_deref(),
+            http: c.transition.reason.http_status,
+            error: c.transition.reason.error.as_deref(),
         })
         .collect();
     serde_json::to_string(&lines).unwrap_or_else(|_| "[]".into())

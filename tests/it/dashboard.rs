@@ -354,22 +354,22 @@ async fn seed<S: Store>(s: &S) -> Seeded {
         let outcome = match k {
             7 => {
                 t.to = State::Failed;
-                t.http_status = Some(400);
-                t.error = Some(FAILED_ERROR.into());
+                t.reason.http_status = Some(400);
+                t.reason.error = Some(FAILED_ERROR.into());
                 failed = Some(row.id);
                 "permanent"
             }
             23 => {
                 t.to = State::InDoubt;
-                t.error = Some("timed out after the request was written".into());
+                t.reason.error = Some("timed out after the request was written".into());
                 t.effect = Effect::Park;
                 in_doubt = Some(row.id);
                 "in_doubt"
             }
             k if k % 9 == 4 => {
                 t.to = State::PendingUpload;
-                t.http_status = Some(503);
-                t.error = Some("503 before processing".into());
+                t.reason.http_status = Some(503);
+                t.reason.error = Some("503 before processing".into());
                 "retryable"
             }
             _ => {

@@ -218,8 +218,8 @@ async fn retry_waits_for_its_backoff<S: Store>(s: S, _db: &TestDb) {
     s.claim(claim("w", 1)).await.unwrap();
     let mut t = Transition::new(ids[0], 1, State::PendingUpload);
     t.delay = Duration::from_millis(400);
-    t.error = Some("429 rate limited".into());
-    t.http_status = Some(429);
+    t.reason.error = Some("429 rate limited".into());
+    t.reason.http_status = Some(429);
     assert_eq!(s.complete(&[done(t)]).await.unwrap(), 1);
     assert!(
         s.claim(claim("w", 1)).await.unwrap().is_empty(),
@@ -244,7 +244,7 @@ async fn in_doubt_rows_are_reconciled_parked_and_unparked<S: Store>(s: S, _db: &
         .iter()
         .map(|id| {
             let mut t = Transition::new(*id, 1, State::InDoubt);
-            t.error = Some("timeout".into());
+            t.reason.error = Some("timeout".into());
             done(t)
         })
         .collect();
@@ -282,7 +282,7 @@ async fn in_doubt_rows_are_reconciled_parked_and_unparked<S: Store>(s: S, _db: &
     // Park, then an operator retry un-parks it for another look-up.
     let mut park = Transition::new(ids[2], 1, State::InDoubt);
     park.effect = Effect::Park;
-    park.error = Some("look-up unavailable 10 times".into());
+    park.reason.error = Some("look-up unavailable 10 times".into());
     assert_eq!(s.resolve_in_doubt(&[park]).await.unwrap(), 1);
     let parked = s.get(ids[2]).await.unwrap().unwrap();
     assert!(parked.parked_at.is_some());
@@ -344,7 +344,7 @@ async fn operator_actions_follow_the_state_machine<S: Store>(s: S, _db: &TestDb)
     let e = s.cancel(ids[1]).await.unwrap_err();
     assert!(e.to_string().contains("uploading"), "{e}");
     let mut f = Transition::new(ids[1], 1, State::Failed);
-    f.error = Some("400 caption too long".into());
+    f.reason.error = Some("400 caption too long".into());
     s.complete(&[done(f)]).await.unwrap();
     let r = s.retry(ids[1]).await.unwrap();
     assert_eq!((r.state, r.attempts), (State::PendingUpload, 0));
