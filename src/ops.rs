@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+pub mod capabilities;
 pub mod instances;
 
 use chrono::{DateTime, Utc};

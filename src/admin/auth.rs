@@ -53,6 +53,13 @@ pub(super) struct Caller {
     remote: String,
 }
 
+impl Caller {
+    /// The token's fingerprint, for records of who did what.
+    pub(super) fn token_fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+}
+
 /// First 8 hex digits of the SHA-256 of `token`: enough to tell tokens apart
 /// in an audit log, useless for guessing one.
 pub fn fingerprint(token: &str) -> String {

@@ -306,6 +306,11 @@
       tr.append(el("td", { class: "num", "data-field": "in-flight" }, fmtInt(i.in_flight)));
       tr.append(el("td", { class: "num", "data-field": "posted" }, fmtInt(i.posted_last_minute)));
       tr.append(el("td", { class: "num" }, i.oldest_due_age_secs == null ? "–" : fmtAge(i.oldest_due_age_secs)));
+      const caps = i.capabilities;
+      const evidence = caps ? caps.evidence + (caps.updated_at ? " (" + caps.updated_at + ")" : "") : "";
+      tr.append(el("td", { "data-field": "supplied-ids", title: evidence }, caps ? caps.supplied_ids : "–"));
+      tr.append(el("td", { "data-field": "lookup-by-id", title: evidence }, caps ? caps.lookup_by_id : "–"));
+      tr.append(el("td", { "data-field": "engine" }, caps && caps.engine ? caps.engine : "–"));
       tr.append(el("td", { class: "why" }, i.reason || ""));
       return tr;
     });

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::auth::{audit, Audited, Caller};
 use super::{ApiError, Shared};
+use crate::ops::capabilities as caps;
 use crate::ops::instances::{self as actions, NewInstance};
 use crate::provider::Provider;
 use crate::store::{Added, Store};
@@ -155,4 +156,39 @@ pub(super) async fn remove<S: Store, P: Provider>(a: Audited<S, P>) -> Result<Re
         })
         .map_err(ApiError::from);
     a.audit("instance_rm", "", res)
+}
+
+/// `GET /v1/capabilities`: what each instance's provider does (as
+/// `statusd capabilities ls --json`): `supplied_ids` and `lookup_by_id`
+/// (`yes`, `no`, `unknown`), `engine`, the evidence and when.
+pub(super) async fn capabilities<S: Store, P: Provider>(
+    AxState(app): AxState<Shared<S, P>>,
+) -> Result<Response, ApiError> {
+    let caps = caps::all(&app.ctx.store, &file_names(&app)).await?;
+    Ok(Json(serde_json::json!({ "instances": caps })).into_response())
+}
+
+/// `PUT /v1/capabilities/{instance}`: an operator's word on what the
+/// instance's provider does (`{"supplied_ids": "no", "lookup_by_id":
+/// "unknown", "engine": "WEBJS"}`, any of them); answers what is now
+/// recorded. The daemons' evidence may weaken it again later.
+pub(super) async fn set_capabilities<S: Store, P: Provider>(
+    a: Audited<S, P>,
+    body: Result<Json<caps::Setting>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let res: Result<Response, ApiError> = async {
+        let Json(setting) = body.map_err(|e| ApiError(e.status(), e.body_text()))?;
+        let now = caps::set(
+            &a.app.ctx.store,
+            &file_names(&a.app),
+            &a.target,
+            setting,
+            str::to_string,
+            &format!("admin API, token {}", a.caller.token_fingerprint()),
+        )
+        .await?;
+        Ok(Json(now).into_response())
+    }
+    .await;
+    a.audit("capabilities_set", "", res)
 }

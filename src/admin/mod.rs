@@ -13,7 +13,7 @@ use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State as AxState};
 use axum::http::{header, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
@@ -181,6 +181,11 @@ fn router<S: Store, P: Provider>(app: Shared<S, P>) -> Router {
         .route(
             "/v1/instances/{name}/disable",
             post(|a: Audited<S, P>| instances::set_enabled(a, false)),
+        )
+        .route("/v1/capabilities", get(instances::capabilities::<S, P>))
+        .route(
+            "/v1/capabilities/{instance}",
+            put(instances::set_capabilities::<S, P>),
         )
         .route("/v1/activity", get(activity::<S, P>))
         .route("/v1/statuses/{id}/views", get(webhooks::views::<S, P>))

@@ -3,27 +3,18 @@
 //! daemons from evidence and kept in `provider_capabilities`, and the
 //! operator's override.
 
-use anyhow::Context;
 use serde_json::json;
 
 use super::table::{truncate, Table};
 use super::CapabilitiesSetArgs;
 use crate::config::Settings;
-use crate::store::{record_capabilities, Capabilities, CapabilityChange, Known, Source, Store};
+use crate::ops::capabilities::{self as caps, Setting};
+use crate::store::{Capabilities, Store};
 
 /// Every configured or recorded instance, with what is known.
 async fn all<S: Store>(store: &S, settings: &Settings) -> anyhow::Result<Vec<Capabilities>> {
-    let mut caps = store
-        .capabilities()
-        .await
-        .context("reading the provider capabilities")?;
-    for name in settings.instances.keys() {
-        if !caps.iter().any(|c| &c.instance == name) {
-            caps.push(Capabilities::unknown(name));
-        }
-    }
-    caps.sort_by(|a, b| a.instance.cmp(&b.instance));
-    Ok(caps)
+    let file: Vec<String> = settings.instances.keys().cloned().collect();
+    Ok(caps::all(store, &file).await?)
 }
 
 pub async fn ls<S: Store>(store: &S, settings: &Settings, as_json: bool) -> anyhow::Result<String> {
@@ -77,30 +68,21 @@ pub async fn set<S: Store>(
     a: CapabilitiesSetArgs,
     settings: &Settings,
 ) -> anyhow::Result<String> {
-    super::outbox::check_instance(store, &a.instance, settings).await?;
-    let parse = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<Known>> {
-        v.as_deref()
-            .map(|s| {
-                s.parse::<Known>()
-                    .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
-            })
-            .transpose()
+    let file: Vec<String> = settings.instances.keys().cloned().collect();
+    let setting = Setting {
+        supplied_ids: a.supplied_ids,
+        lookup_by_id: a.lookup_by_id,
+        engine: a.engine,
     };
-    let supplied_ids = parse("--supplied-ids", &a.supplied_ids)?;
-    let lookup_by_id = parse("--lookup-by-id", &a.lookup_by_id)?;
-    if supplied_ids.is_none() && lookup_by_id.is_none() && a.engine.is_none() {
-        anyhow::bail!("give at least one of --supplied-ids, --lookup-by-id, --engine");
-    }
-    let change = CapabilityChange {
-        instance: a.instance.clone(),
-        supplied_ids,
-        lookup_by_id,
-        engine: a.engine.map(|e| e.trim().to_ascii_uppercase()),
-        evidence: "set by an operator (statusd capabilities set)".into(),
-        source: Source::Operator,
-    };
-    let now = record_capabilities(store, &change)
-        .await
-        .context("writing the provider capabilities")?;
+    let flag = |name: &str| format!("--{}", name.replace('_', "-"));
+    let now = caps::set(
+        store,
+        &file,
+        &a.instance,
+        setting,
+        flag,
+        "statusd capabilities set",
+    )
+    .await?;
     Ok(table(&[now]))
 }

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use crate::config::InstanceConfig;
 use crate::model::State;
 use crate::ops::OpError;
-use crate::store::{Added, InstanceRecord, Store};
+use crate::store::{Added, Capabilities, InstanceRecord, Store};
 
 /// Keys that name the token; exactly one is set.
 const TOKEN_KEYS: [&str; 2] = ["access_token_env", "access_token_file"];
@@ -59,6 +59,10 @@ pub struct InstanceView {
     pub oldest_due_age_secs: Option<f64>,
     pub posted_last_minute: i64,
     pub updated_at: Option<DateTime<Utc>>,
+    /// What its provider does, as learned or set (`statusd capabilities`);
+    /// all `unknown` until something is recorded. None for a name only
+    /// rows carry.
+    pub capabilities: Option<Capabilities>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,6 +99,7 @@ pub async fn list<S: Store>(store: &S, file: &[String]) -> Result<Vec<InstanceVi
         oldest_due_age_secs: None,
         posted_last_minute: 0,
         updated_at: None,
+        capabilities: None,
     };
     for name in &file {
         let mut v = blank(name, "file");
@@ -169,6 +174,16 @@ pub async fn list<S: Store>(store: &S, file: &[String]) -> Result<Vec<InstanceVi
         if let Some(v) = views.get_mut(&name) {
             v.posted_last_minute = n;
         }
+    }
+    let known = store.capabilities().await?;
+    for v in views.values_mut().filter(|v| v.source != "none") {
+        v.capabilities = Some(
+            known
+                .iter()
+                .find(|c| c.instance == v.instance)
+                .cloned()
+                .unwrap_or_else(|| Capabilities::unknown(&v.instance)),
+        );
     }
     Ok(views.into_values().collect())
 }

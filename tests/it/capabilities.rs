@@ -138,9 +138,167 @@ async fn ids_of_other_rows_are_known<S: Store>(store: S, _db: &TestDb) {
         .is_empty());
 }
 
+const ADMIN_TOKEN: &str = "caps-SECRET-admin";
+
+/// The admin API shows what the daemon learned (`GET /v1/instances`,
+/// `GET /v1/capabilities`) and takes an operator's word
+/// (`PUT /v1/capabilities/{instance}`), behind the admin token, refusing
+/// bad input by name; the record is the one `statusd capabilities` reads.
+async fn admin_api_shows_and_sets_capabilities<S: Store>(store: S, db: &TestDb) {
+    let mut app = crate::support::spawn_app(
+        store.clone(),
+        &db.url,
+        statusd::sim::SimConfig {
+            auto_assign_ids: true,
+            ..Default::default()
+        },
+        &[("main", true)],
+        ADMIN_TOKEN,
+    )
+    .await;
+    let (http, base) = (app.http.clone(), app.base.clone());
+    let call = async |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        let mut r = http
+            .request(method, format!("{base}{path}"))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.expect("admin API");
+        let code = r.status().as_u16();
+        (code, r.text().await.unwrap_or_default())
+    };
+    use reqwest::Method;
+    use serde_json::{json, Value};
+    let json_of = |body: &str| -> Value { serde_json::from_str(body).expect(body) };
+
+    let anonymous = http
+        .get(format!("{base}/v1/capabilities"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let (code, body) = call(Method::GET, "/v1/capabilities", None).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        json_of(&body)["instances"],
+        json!([{"instance": "main", "supplied_ids": "unknown", "lookup_by_id": "unknown",
+                "engine": null, "evidence": "", "updated_at": null}]),
+        "nothing learned yet"
+    );
+
+    // The daemon posts through a provider that replaces our ids, and
+    // learns it; the instance list shows it with the evidence.
+    store
+        .enqueue_many(&(0..5).map(|i| text("main", i)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let daemon = app.run_daemon();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let main = loop {
+        let (code, body) = call(Method::GET, "/v1/instances", None).await;
+        assert_eq!(code, 200, "{body}");
+        let list = json_of(&body);
+        let main = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["instance"] == "main")
+            .cloned()
+            .expect("main listed");
+        if main["capabilities"]["supplied_ids"] == "no" {
+            break main;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "supplied_ids = no never learned: {main}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(
+        main["capabilities"]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("was answered as"),
+        "{main}"
+    );
+    assert!(main["capabilities"]["updated_at"].is_string(), "{main}");
+
+    crate::support::wait_drained(&store, 60).await;
+
+    // An operator's word, kept as the record every reader sees.
+    let (code, body) = call(
+        Method::PUT,
+        "/v1/capabilities/main",
+        Some(json!({"lookup_by_id": "no", "engine": " gows "})),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let now = json_of(&body);
+    assert_eq!(now["supplied_ids"], "no", "what was learned stays: {now}");
+    assert_eq!(now["lookup_by_id"], "no");
+    assert_eq!(now["engine"], "GOWS");
+    assert!(
+        now["evidence"].as_str().unwrap().contains("admin API"),
+        "{now}"
+    );
+    assert!(!body.contains(ADMIN_TOKEN), "the token is never recorded");
+    let rec = caps_of(&store).await;
+    assert_eq!(
+        (rec.lookup_by_id, rec.engine.as_deref()),
+        (Known::No, Some("GOWS"))
+    );
+    let (_, body) = call(Method::GET, "/v1/capabilities", None).await;
+    assert_eq!(json_of(&body)["instances"][0]["engine"], "GOWS", "{body}");
+
+    // Bad input is refused by name and changes nothing.
+    let (code, body) = call(
+        Method::PUT,
+        "/v1/capabilities/main",
+        Some(json!({"supplied_ids": "maybe"})),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains("supplied_ids") && body.contains("maybe"),
+        "{body}"
+    );
+    let (code, body) = call(Method::PUT, "/v1/capabilities/main", Some(json!({}))).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("give at least one"), "{body}");
+    let (code, body) = call(
+        Method::PUT,
+        "/v1/capabilities/main",
+        Some(json!({"supplied": "yes"})),
+    )
+    .await;
+    assert_eq!(code, 422, "an unknown field: {body}");
+    assert!(body.contains("supplied"), "{body}");
+    let (code, body) = call(
+        Method::PUT,
+        "/v1/capabilities/nope",
+        Some(json!({"supplied_ids": "yes"})),
+    )
+    .await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("nope"), "{body}");
+    let after = caps_of(&store).await;
+    assert_eq!(
+        (after.supplied_ids, after.lookup_by_id, after.engine),
+        (Known::No, Known::No, Some("GOWS".to_string())),
+        "refused calls changed nothing"
+    );
+
+    app.shutdown.cancel();
+    daemon.await.unwrap().unwrap();
+    assert_exactly_once_in(&store, &app.sim, 5).await;
+    app.stop().await;
+}
+
 crate::both_backends!(
     capabilities_are_kept_and_only_weakened_by_evidence,
-    ids_of_other_rows_are_known
+    ids_of_other_rows_are_known,
+    admin_api_shows_and_sets_capabilities
 );
 
 /// The bug of issue 12: a provider that ignores supplied ids, lost answers,

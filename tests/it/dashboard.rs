@@ -177,6 +177,25 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
     assert_eq!(paused[0][0], json!("backup"), "{paused}");
     assert_eq!(paused[0][1], json!(PAUSE_REASON), "{paused}");
     assert!(paused[0][2].as_str().unwrap().ends_with(" ago"), "{paused}");
+    // Each instance's provider capabilities, the evidence on hover; an
+    // instance nothing was learned of shows `unknown`.
+    let caps = browser
+        .js("const c = (i, f) => document.querySelector('#instance-rows tr[data-instance=\"' + i + '\"] td[data-field=\"' + f + '\"]');
+             return [c('main', 'supplied-ids').textContent, c('main', 'lookup-by-id').textContent,
+                     c('main', 'engine').textContent, c('main', 'supplied-ids').title,
+                     c('main', 'supplied-ids').querySelector('b') === null,
+                     c('backup', 'supplied-ids').textContent, c('backup', 'engine').textContent]")
+        .await;
+    assert_eq!(caps[0], json!("no"), "{caps}");
+    assert_eq!(caps[1], json!("unknown"), "{caps}");
+    assert_eq!(caps[2], json!("NOWEB"), "{caps}");
+    assert!(
+        caps[3].as_str().unwrap().starts_with(CAPS_EVIDENCE),
+        "{caps}"
+    );
+    assert_eq!(caps[4], json!(true), "evidence is text, never HTML");
+    assert_eq!(caps[5], json!("unknown"), "{caps}");
+    assert_eq!(caps[6], json!("–"), "{caps}");
     // Throughput over the minutes that had work, and the tile says so.
     let tp = browser
         .js("const t = document.getElementById('throughput');
@@ -309,6 +328,9 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
 
 const FAILED_ERROR: &str = "payload.caption: <b>longer than 700 characters</b>";
 const INVALID_ERROR: &str = "payload.text: is required";
+/// Evidence with markup in it: shown as text.
+const CAPS_EVIDENCE: &str = "a post supplying id <b>3EB0AA</b> was answered as 3EB0BB";
+
 const PAUSE_REASON: &str = "HTTP 401: the access token was refused";
 
 struct Seeded {
@@ -436,6 +458,17 @@ async fn seed<S: Store>(s: &S) -> Seeded {
         s.enqueue(text("backup", 3_000 + i)).await.unwrap();
     }
     s.set_instance_pause("backup", PAUSE_REASON).await.unwrap();
+    // What main's provider was seen to do (a daemon records this).
+    statusd::store::record_capabilities(
+        s,
+        &statusd::store::CapabilityChange {
+            supplied_ids: Some(statusd::store::Known::No),
+            engine: Some("NOWEB".into()),
+            ..statusd::store::CapabilityChange::evidence("main", CAPS_EVIDENCE)
+        },
+    )
+    .await
+    .unwrap();
     // The seeded attempts' minutes, as the page's buckets count them.
     let minute = |t: chrono::DateTime<chrono::Utc>| t.timestamp().div_euclid(60);
     let mut starts: Vec<i64> = done_starts.iter().map(|t| minute(*t)).collect();
