@@ -14,7 +14,8 @@
 //! - `configuration`: `config check | show`;
 //! - `table`: plain-text tables (one `Table::listing` for every `ls`), ages
 //!   and `--since` durations;
-//! - `views`, `capabilities`: `views`, `capabilities ls | set`.
+//! - `views`, `capabilities`: `views`, `capabilities ls | set`;
+//! - `webhook`: `webhook url | register` (the provider's events to statusd).
 //!
 //! Errors are `anyhow` with a `.context(…)` per step; [`main`] prints one line
 //! per cause and exits non-zero. Usage errors exit 2 (clap's convention).
@@ -27,6 +28,7 @@ mod outbox;
 mod schedule;
 mod table;
 mod views;
+mod webhook;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -177,9 +179,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .context("the demo failed"),
         // Needs the configuration only, not the database.
+        // The configuration, and the database only for a table instance.
         Command::Webhook(WebhookCommand::Url(a)) => {
             let settings = operator_settings(&source)?;
-            print_out(&views::webhook_url(&a.instance, &settings)?)
+            print_out(&webhook::url(&a.instance, &settings).await?)
+        }
+        Command::Webhook(WebhookCommand::Register(a)) => {
+            let settings = operator_settings(&source)?;
+            print_out(&webhook::register(&a, &settings).await?)
         }
         cmd => {
             let settings = operator_settings(&source)?;

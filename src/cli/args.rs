@@ -150,11 +150,29 @@ pub enum WebhookCommand {
     /// WAHA session config snippet.
     #[command(after_help = "Example:\n  statusd webhook url main")]
     Url(WebhookUrlArgs),
+    /// Add statusd's receiver to the WAHA session's webhooks (its config is
+    /// read and only this webhook added or mended; WAHA restarts a running
+    /// session to apply a changed config). Not for Wawp: set it in Wawp's
+    /// dashboard.
+    #[command(
+        after_help = "Examples:\n  statusd webhook register main --dry-run\n  statusd webhook register main"
+    )]
+    Register(WebhookRegisterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WebhookRegisterArgs {
+    /// The instance (of the configuration file or the instance table).
+    pub instance: String,
+    /// Print the session config it would write (keys redacted), and write
+    /// nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct WebhookUrlArgs {
-    /// The instance's name in this configuration.
+    /// The instance (of the configuration file or the instance table).
     pub instance: String,
 }
 

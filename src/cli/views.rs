@@ -1,18 +1,15 @@
-//! `statusd views` (who viewed a status, from the provider's events), the
-//! view counts `ls` and `show` print, and `statusd webhook url`.
+//! `statusd views` (who viewed a status, from the provider's events) and the
+//! view counts `ls` and `show` print.
 
 use std::collections::BTreeMap;
 
 use anyhow::Context;
-use secrecy::ExposeSecret;
 use serde_json::Value;
 
 use super::table::Table;
 use crate::admin::webhooks::status_views;
-use crate::config::Settings;
 use crate::model::OutboxRow;
 use crate::store::{Store, ViewCounts};
-use crate::wire::webhook as w;
 
 /// View counts of the rows' message ids.
 pub async fn counts_of<S: Store>(
@@ -110,62 +107,5 @@ pub async fn views<S: Store>(store: &S, key: &str, json: bool) -> anyhow::Result
     }
     out += "\n";
     out += &t.render();
-    Ok(out)
-}
-
-/// `statusd webhook url INSTANCE`: what to paste into the provider. The
-/// secret itself is never printed: it is the operator's to set on both sides.
-pub fn webhook_url(instance: &str, settings: &Settings) -> anyhow::Result<String> {
-    crate::config::check_configured(instance, settings.instances.keys())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let inst = &settings.instances[instance];
-    let base = settings
-        .webhooks
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", settings.admin.bind));
-    let url = format!("{}/v1/webhooks/{instance}", base.trim_end_matches('/'));
-    let has_secret = inst
-        .webhook_secret()
-        .map_err(|e| anyhow::anyhow!("instances.{instance}.{e}"))?
-        .is_some_and(|s| !s.expose_secret().trim().is_empty());
-    let env = format!(
-        "STATUSD__INSTANCES__{}__WEBHOOK_SECRET",
-        instance.to_uppercase().replace('-', "_")
-    );
-    let mut out = format!("webhook URL for instance `{instance}`:\n  {url}\n\n");
-    if has_secret {
-        out += "secret: configured (instances.";
-        out += instance;
-        out += ".webhook_secret[_file]); give the provider the same value as its HMAC key.\n";
-    } else {
-        out += &format!(
-            "secret: NOT configured: events for `{instance}` are refused until you set one:\n  \
-             openssl rand -hex 32 > /run/secrets/statusd_webhook_{instance}\n  \
-             then instances.{instance}.webhook_secret_file = \"/run/secrets/statusd_webhook_{instance}\" \
-             (or {env}=…) and restart statusd.\n"
-        );
-    }
-    if settings.webhooks.public_url.is_none() {
-        out += "\nnote: webhooks.public_url is not set; the URL above is admin.bind, which the provider \
-                must be able to reach (put TLS in front).\n";
-    }
-    out += &format!(
-        "\nWAHA: the session's config (POST /api/sessions/{{session}} or at start), with the same key:\n\
-         {{\n  \"config\": {{\n    \"webhooks\": [{{\n      \"url\": \"{url}\",\n      \
-         \"events\": [\"{}\", \"{}\"],\n      \"hmac\": {{\"key\": \"<the secret>\"}},\n      \
-         \"retries\": {{\"policy\": \"constant\", \"delaySeconds\": 2, \"attempts\": 15}}\n    }}]\n  }}\n}}\n",
-        w::EVENT_MESSAGE_ANY,
-        w::EVENT_MESSAGE_ACK
-    );
-    out += &format!(
-        "\nWawp (paid tiers): set the webhook URL and the events {} and {} with POST /v2/session/webhook \
-         or in the dashboard. If it cannot sign, set instances.{instance}.webhook_path_token and use\n  \
-         {url}/<token>\n\
-         Events must arrive within webhooks.timestamp_window_secs ({} s) of their X-Webhook-Timestamp.\n",
-        w::EVENT_MESSAGE_ANY,
-        w::EVENT_MESSAGE_ACK,
-        settings.webhooks.timestamp_window_secs
-    );
     Ok(out)
 }

@@ -43,6 +43,9 @@ pub struct SimStats {
     /// starts; each is posted when it ends.
     #[serde(default)]
     pub held: u64,
+    /// Session configs replaced (WAHA `PUT /api/sessions/{session}`).
+    #[serde(default)]
+    pub session_updates: u64,
     /// Injected faults by knob name; 401s and disconnected sessions are
     /// counted as `unauthorized` and `disconnected`.
     pub faults: BTreeMap<String, u64>,
@@ -179,6 +182,8 @@ struct Inner {
     /// instance → its status chat, oldest first.
     chats: HashMap<String, Vec<Entry>>,
     stats: SimStats,
+    /// Session configs set by `PUT /api/sessions/{session}`.
+    session_configs: HashMap<String, serde_json::Value>,
 }
 
 impl Inner {
@@ -231,6 +236,7 @@ impl Shared {
                 shown: HashMap::new(),
                 chats: HashMap::new(),
                 stats: SimStats::default(),
+                session_configs: HashMap::new(),
             }),
             webhooks: std::sync::Arc::new(super::webhooks::Emitter::new(cancel.clone())),
             cancel,
@@ -321,6 +327,40 @@ impl Shared {
     }
 
     /// The session's `status` as session info reports it.
+    /// A session's config as WAHA keeps it (`SessionInfo.config`): what
+    /// the last `PUT /api/sessions/{session}` set, else an empty one.
+    pub fn session_config(&self, session: &str) -> serde_json::Value {
+        self.lock()
+            .session_configs
+            .get(session)
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({ "metadata": null, "webhooks": [] }))
+    }
+
+    /// Replaces a session's config, as WAHA's session update does; its
+    /// first webhook that asks for the status events becomes where this
+    /// session's events go (with its `hmac.key`), and none stops them.
+    pub fn set_session_config(&self, session: &str, config: serde_json::Value) {
+        let mut g = self.lock();
+        g.stats.session_updates += 1;
+        let target = super::webhooks::target_in(&config);
+        g.session_configs.insert(session.to_string(), config);
+        match target {
+            Some(t) => {
+                g.config
+                    .webhooks
+                    .get_or_insert_with(Default::default)
+                    .targets
+                    .insert(session.to_string(), t);
+            }
+            None => {
+                if let Some(k) = g.config.webhooks.as_mut() {
+                    k.targets.remove(session);
+                }
+            }
+        }
+    }
+
     pub fn session_status(&self, instance: &str) -> &'static str {
         let g = self.lock();
         if g.config.failed_instances.contains(instance) {

@@ -47,7 +47,7 @@ pub(super) fn routes(mut r: Router<Arc<Shared>>) -> Router<Arc<Shared>> {
         .route(wire::NEW_MESSAGE_ID, get(new_message_id))
         .route(wire::CHAT_MESSAGES, get(chat_messages))
         .route(wire::CHAT_MESSAGE, get(chat_message))
-        .route(wire::SESSION, get(session))
+        .route(wire::SESSION, get(session).put(update_session))
 }
 
 /// A call on WAHA's surface, with the path's parameters (`session`,
@@ -150,9 +150,32 @@ async fn session(w: WahaCall) -> Answer {
     Ok(Json(json!({
         "name": caller.instance,
         "status": status,
-        "config": { "metadata": null, "webhooks": [] },
+        "config": sh.session_config(&caller.instance),
         "me": me,
         "engine": engine_info,
     }))
     .into_response())
+}
+
+/// `PUT /api/sessions/{session}` (`SessionUpdateRequest`: `{config}`):
+/// replaces the session's config — WAHA stops a running session, saves the
+/// config and starts it again — and answers the session's info. Its
+/// webhooks take effect: the status events go where they say.
+async fn update_session(w: WahaCall, body: Bytes) -> Answer {
+    let (sh, caller) = (&w.call.sh, &w.call.caller);
+    let engine = sh.engine();
+    sh.admit(&caller.instance, &caller.token)
+        .map_err(|_| w.call.refuse(engine, Refuse::Unauthorized))?;
+    let config = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v) if v.get("config").is_none_or(|c| c.is_object() || c.is_null()) => {
+            v["config"].clone()
+        }
+        _ => {
+            let r = Refuse::BadRequest("body must be {\"config\": {…}}".into());
+            return Err(w.call.refuse(engine, r));
+        }
+    };
+    let config = if config.is_null() { json!({}) } else { config };
+    sh.set_session_config(&caller.instance, config);
+    session(w).await
 }

@@ -29,6 +29,22 @@ pub struct WebhookTarget {
     pub hmac_key: String,
 }
 
+/// Where a WAHA session config (`config.webhooks[]`: `url`, `events`,
+/// `hmac.key`) sends the status events: its first webhook that asks for
+/// `message.any`, `message.ack` or every event (`*`).
+pub fn target_in(config: &serde_json::Value) -> Option<WebhookTarget> {
+    let wanted = [w::EVENT_MESSAGE_ANY, w::EVENT_MESSAGE_ACK, "*"];
+    config["webhooks"].as_array()?.iter().find_map(|h| {
+        let asks = h["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| wanted.contains(&e.as_str().unwrap_or(""))));
+        Some(WebhookTarget {
+            url: h["url"].as_str().filter(|_| asks)?.to_string(),
+            hmac_key: h["hmac"]["key"].as_str().unwrap_or("").to_string(),
+        })
+    })
+}
+
 /// The event knobs (`webhooks` in [`super::SimConfig`]; absent: no events).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -673,3 +673,211 @@ async fn the_daemon_binary_records_views_from_signed_events() {
         "the access token leaked into the log"
     );
 }
+
+/// `statusd webhook register` as an operator runs it against a WAHA
+/// session (the simulator's WAHA surface): a dry run writes nothing and
+/// shows no key; registering adds statusd's receiver to the session's
+/// config, signed with the instance's secret; registering again changes
+/// nothing (WAHA restarts a session on every config write); the session's
+/// events then reach the real `statusd run` and its viewers are recorded.
+/// An instance of the table registers the same way; a Wawp instance is
+/// refused with what to do instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_register_points_a_waha_session_at_the_daemon() {
+    let db = TestDb::sqlite().await;
+    let sim = start_sim(SimConfig {
+        engine: statusd::sim::SimEngine::Noweb,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    write_daemon_config(dir.path(), &db.url, &sim.base_url());
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let bind = format!("127.0.0.1:{port}");
+    let public = format!("http://{bind}");
+    let shop_key = dir.path().join("shop.whsec");
+    std::fs::write(&shop_key, "shop-SECRET-hmac-key\n").unwrap();
+    let waha = [
+        ("STATUSD__ADMIN__ENABLED", "true"),
+        ("STATUSD__ADMIN__BIND", bind.as_str()),
+        ("STATUSD__WEBHOOKS__PUBLIC_URL", public.as_str()),
+        ("STATUSD__INSTANCES__MAIN__PROVIDER", "waha"),
+        ("STATUSD__INSTANCES__MAIN__WEBHOOK_SECRET", KEY),
+        ("SHOP_TOKEN", TEST_TOKEN),
+    ];
+    let cli_log = dir.path().join("cli.log");
+    let cli = async |args: &[&str], env: &[(&str, &str)]| {
+        let out = crate::support::statusd_in(dir.path(), &cli_log, env)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!text.contains(KEY), "a webhook secret was printed: {text}");
+        assert!(
+            !text.contains("shop-SECRET"),
+            "a webhook secret was printed: {text}"
+        );
+        assert!(!text.contains(TEST_TOKEN), "the token was printed: {text}");
+        (out.status.success(), text)
+    };
+    let session_config = async |session: &str| -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .get(format!("{}/api/sessions/{session}", sim.base_url()))
+            .header("X-Api-Key", TEST_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        r.json::<serde_json::Value>().await.unwrap()["config"].clone()
+    };
+    let hook_url = format!("{public}/v1/webhooks/main");
+
+    let (ok, out) = cli(&["webhook", "register", "main", "--dry-run"], &waha).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("dry run") && out.contains(&hook_url) && out.contains("[redacted]"),
+        "{out}"
+    );
+    assert_eq!(sim.stats().session_updates, 0, "a dry run writes nothing");
+
+    let (ok, out) = cli(&["webhook", "register", "main"], &waha).await;
+    assert!(ok, "{out}");
+    assert!(out.starts_with("registered"), "{out}");
+    assert_eq!(sim.stats().session_updates, 1);
+    let hooks = session_config("main").await["webhooks"].clone();
+    assert_eq!(hooks[0]["url"], hook_url.as_str(), "{hooks}");
+    assert_eq!(
+        hooks[0]["hmac"]["key"], KEY,
+        "signed with the instance's secret"
+    );
+    assert_eq!(
+        hooks[0]["events"],
+        serde_json::json!(["message.any", "message.ack"])
+    );
+
+    let (ok, out) = cli(&["webhook", "register", "main"], &waha).await;
+    assert!(ok, "{out}");
+    assert!(out.starts_with("already registered"), "{out}");
+    assert_eq!(
+        sim.stats().session_updates,
+        1,
+        "nothing written the second time (no session restart)"
+    );
+
+    // The session's events reach the daemon: viewers are recorded.
+    assert!(cli(&["migrate"], &waha).await.0);
+    let log = dir.path().join("daemon.log");
+    let mut daemon = crate::support::spawn_run(dir.path(), &log, "info", &waha);
+    for i in 0..3 {
+        let key = format!("reg-{i}");
+        let text = format!("registered {i}");
+        let (ok, out) = cli(
+            &[
+                "enqueue",
+                "--instance",
+                "main",
+                "--text",
+                &text,
+                "--dedupe-key",
+                &key,
+            ],
+            &waha,
+        )
+        .await;
+        assert!(ok, "{out}");
+    }
+    let mut recorded = 0;
+    for _ in 0..200 {
+        recorded = 0;
+        for i in 0..3 {
+            let (_, out) = cli(&["views", &format!("reg-{i}"), "--json"], &waha).await;
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            recorded += v["counts"]["viewed"].as_u64().unwrap_or(0);
+        }
+        let made = sim.webhook_stats().views;
+        if made > 0 && recorded == made && sim.posted().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let made = sim.webhook_stats();
+    assert!(
+        made.views > 0,
+        "the simulated viewers viewed nothing: {made:?}"
+    );
+    assert_eq!(
+        recorded, made.views,
+        "every view the session sent is recorded: {made:?}"
+    );
+    assert_eq!(made.failed, 0, "{made:?}");
+    let pid = daemon.id().unwrap() as i32;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let _ = tokio::time::timeout(Duration::from_secs(10), daemon.wait()).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains(KEY),
+        "the webhook secret leaked into the log"
+    );
+
+    // An instance of the table: `webhook url` and `register` find it.
+    let shop_key_setting = format!("webhook_secret_file={}", shop_key.display());
+    let (ok, out) = cli(
+        &[
+            "instance",
+            "add",
+            "shop",
+            "--base-url",
+            &sim.base_url(),
+            "--instance-id",
+            "shop",
+            "--token-env",
+            "SHOP_TOKEN",
+            "--set",
+            "provider=waha",
+            "--set",
+            &shop_key_setting,
+        ],
+        &waha,
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["webhook", "url", "shop"], &waha).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("{public}/v1/webhooks/shop")) && out.contains("secret: configured"),
+        "{out}"
+    );
+    let (ok, out) = cli(&["webhook", "register", "shop"], &waha).await;
+    assert!(ok, "{out}");
+    assert!(out.starts_with("registered"), "{out}");
+    let shop_hooks = session_config("shop").await["webhooks"].clone();
+    assert_eq!(
+        shop_hooks[0]["hmac"]["key"], "shop-SECRET-hmac-key",
+        "{shop_hooks}"
+    );
+    let (ok, out) = cli(&["webhook", "register", "nope"], &waha).await;
+    assert!(
+        !ok && out.contains("nope") && out.contains("instance table"),
+        "{out}"
+    );
+
+    // Wawp (main without `provider = "waha"`): refused, with what to do.
+    let wawp = [("STATUSD__INSTANCES__MAIN__WEBHOOK_SECRET", KEY)];
+    let (ok, out) = cli(&["webhook", "register", "main"], &wawp).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("Wawp") && out.contains("dashboard"), "{out}");
+    // No secret: refused before anything is written.
+    let (ok, out) = cli(
+        &["webhook", "register", "main"],
+        &[("STATUSD__INSTANCES__MAIN__PROVIDER", "waha")],
+    )
+    .await;
+    assert!(!ok && out.contains("no webhook secret"), "{out}");
+    assert_eq!(sim.stats().session_updates, 2);
+}

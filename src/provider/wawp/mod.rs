@@ -8,6 +8,7 @@
 //!   message ids in bodies, transport errors.
 //! - `lookup`: reading look-ups by id and listings in every engine's shape.
 //! - `redact`: keeping the token out of everything that leaves the client.
+//! - `register`: adding statusd's webhook to a WAHA session's config.
 //! - this module: the client itself (requests, the [`Provider`] calls).
 //!
 //! The paths, field names and id forms it speaks are the
@@ -46,9 +47,13 @@ use crate::wire::{
 mod classify;
 mod lookup;
 mod redact;
+mod register;
 
 pub use classify::{classify, classify_at, parse_retry_after, response_id, Exchange};
 pub use redact::redact;
+pub use register::{
+    redacted_config, with_webhook, Registered, Registration, EVENTS as WEBHOOK_EVENTS,
+};
 
 use classify::{exchange_from_error, provider_message, read_error, shorten};
 use redact::Redact;

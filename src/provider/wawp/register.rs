@@ -1,0 +1,258 @@
+//! `statusd webhook register`: pointing a WAHA session's webhook at
+//! statusd's receiver, so that nobody has to paste JSON.
+//!
+//! WAHA keeps webhooks in the session's config (`SessionInfo.config`,
+//! `config.webhooks[]`: `url`, `events`, `hmac.key`, `retries`) and replaces
+//! that config as a whole with `PUT /api/sessions/{session}`
+//! (`src/api/sessions.controller.ts`: it stops a running session, saves the
+//! config and starts the session again). So the config is read first and
+//! only our webhook is added or mended in it: other webhooks and every other
+//! key stay as they were, and when ours is already there as it should be
+//! nothing is written (and the session is not restarted).
+//!
+//! Wawp documents its webhook setting (`/v2/session/webhook`, paid tiers)
+//! without a body statusd could send, so there it is refused with what to
+//! paste into Wawp's dashboard instead.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+
+use super::{redact, Api, Call, WawpClient};
+use crate::provider::contract::ProviderError;
+use crate::wire::{webhook as w, SESSION_WORKING};
+
+/// What a registration did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Registered {
+    /// Our webhook was already in the config as it should be: nothing
+    /// written, the session not restarted.
+    Unchanged,
+    /// The config was written; `restarted`: the session was running, so
+    /// WAHA restarted it to apply the config.
+    Updated { restarted: bool },
+    /// `dry_run`: the config that would be written.
+    WouldUpdate,
+}
+
+/// A registration's outcome and the session config it leaves (or would
+/// leave), every `hmac.key` in it redacted, for the operator to read.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub registered: Registered,
+    pub config: Value,
+}
+
+/// The status events statusd uses: our own status going out (proof it was
+/// posted) and the viewers' acks.
+pub const EVENTS: [&str; 2] = [w::EVENT_MESSAGE_ANY, w::EVENT_MESSAGE_ACK];
+
+/// Our webhook, as WAHA's `WebhookConfig`: signed with the instance's
+/// secret, retried by WAHA for about half a minute.
+fn our_webhook(url: &str, key: &str) -> Value {
+    json!({
+        "url": url,
+        "events": EVENTS,
+        "hmac": { "key": key },
+        "retries": { "policy": "constant", "delaySeconds": 2, "attempts": 15 },
+    })
+}
+
+/// `config` with our webhook in it: a webhook with our URL is mended (its
+/// events gain ours, its key becomes ours; its other fields, retries
+/// included, are kept), else ours is added. Every other key and webhook is
+/// kept. `None` when nothing had to change.
+pub fn with_webhook(config: &Value, url: &str, key: &str) -> Option<Value> {
+    let mut config = match config {
+        Value::Object(_) => config.clone(),
+        _ => json!({}),
+    };
+    let hooks = config
+        .as_object_mut()
+        .expect("an object")
+        .entry("webhooks")
+        .or_insert_with(|| json!([]));
+    if !hooks.is_array() {
+        *hooks = json!([]);
+    }
+    let hooks = hooks.as_array_mut().expect("an array");
+    let Some(hook) = hooks.iter_mut().find(|h| h["url"] == url) else {
+        hooks.push(our_webhook(url, key));
+        return Some(config);
+    };
+    let before = hook.clone();
+    if !hook.is_object() {
+        *hook = our_webhook(url, key);
+    }
+    let events = hook
+        .as_object_mut()
+        .expect("an object")
+        .entry("events")
+        .or_insert_with(|| json!([]));
+    if !events.is_array() {
+        *events = json!([]);
+    }
+    let list = events.as_array_mut().expect("an array");
+    for e in EVENTS {
+        if !list
+            .iter()
+            .any(|x| x.as_str() == Some(e) || x.as_str() == Some("*"))
+        {
+            list.push(json!(e));
+        }
+    }
+    hook["hmac"] = json!({ "key": key });
+    (*hook != before).then_some(config)
+}
+
+/// `config` with every webhook's `hmac.key` replaced, for printing.
+pub fn redacted_config(config: &Value) -> Value {
+    let mut c = config.clone();
+    if let Some(hooks) = c["webhooks"].as_array_mut() {
+        for h in hooks {
+            if h["hmac"]["key"].is_string() {
+                h["hmac"]["key"] = json!("[redacted]");
+            }
+        }
+    }
+    c
+}
+
+impl WawpClient {
+    /// Registers `url` (statusd's receiver for this instance) with the
+    /// provider, its events signed with `key`. WAHA only (see the module's
+    /// documentation); errors name what failed, never the token or the key.
+    pub async fn register_webhook(
+        &self,
+        url: &str,
+        key: &SecretString,
+        dry_run: bool,
+    ) -> Result<Registration, String> {
+        let Api::Waha { session } = &self.api else {
+            return Err(format!(
+                "instance {}: Wawp's webhook setting (/v2/session/webhook) is not documented in a \
+                 form statusd can call: set the URL and the events {} and {} in Wawp's dashboard \
+                 (`statusd webhook url {}` prints them)",
+                self.name, EVENTS[0], EVENTS[1], self.name
+            ));
+        };
+        let scrub = |e: ProviderError| redact(&self.scrub(e).to_string(), key.expose_secret());
+        let info = self
+            .session_info()
+            .await
+            .map_err(|e| format!("reading WAHA session `{session}`: {}", scrub(e)))?;
+        if !info.is_object() {
+            return Err(format!(
+                "reading WAHA session `{session}`: the answer is not a session"
+            ));
+        }
+        let Some(config) = with_webhook(&info["config"], url, key.expose_secret()) else {
+            return Ok(Registration {
+                registered: Registered::Unchanged,
+                config: redacted_config(&info["config"]),
+            });
+        };
+        let shown = redacted_config(&config);
+        if dry_run {
+            return Ok(Registration {
+                registered: Registered::WouldUpdate,
+                config: shown,
+            });
+        }
+        let path = self.path(Call::Session);
+        let rb = self
+            .request(reqwest::Method::PUT, &path)
+            .json(&json!({ "config": config }));
+        let ex = self.exchange(&path, rb).await;
+        match &ex {
+            super::Exchange::Response {
+                status: 200..=299, ..
+            } => Ok(Registration {
+                registered: Registered::Updated {
+                    restarted: info["status"] == SESSION_WORKING,
+                },
+                config: shown,
+            }),
+            _ => Err(format!(
+                "updating WAHA session `{session}`: {}",
+                scrub(super::read_error(&ex))
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URL: &str = "https://statusd.example.com/v1/webhooks/main";
+
+    #[test]
+    fn ours_is_added_and_everything_else_kept() {
+        let config = json!({
+            "metadata": {"user.id": "7"},
+            "proxy": null,
+            "webhooks": [{"url": "https://crm.example.com/hook", "events": ["message"],
+                          "hmac": {"key": "theirs"}}],
+        });
+        let new = with_webhook(&config, URL, "k1").expect("changed");
+        assert_eq!(new["metadata"], config["metadata"]);
+        assert_eq!(new["webhooks"][0], config["webhooks"][0]);
+        assert_eq!(new["webhooks"][1], our_webhook(URL, "k1"));
+        // Already there: nothing to write (no needless session restart).
+        assert_eq!(with_webhook(&new, URL, "k1"), None);
+        // A new secret mends it in place.
+        let mended = with_webhook(&new, URL, "k2").expect("changed");
+        assert_eq!(mended["webhooks"].as_array().unwrap().len(), 2);
+        assert_eq!(mended["webhooks"][1]["hmac"]["key"], "k2");
+    }
+
+    #[test]
+    fn an_existing_hook_of_ours_gains_our_events_and_keeps_its_own() {
+        let config = json!({"webhooks": [{"url": URL, "events": ["session.status"],
+            "retries": {"policy": "exponential", "delaySeconds": 5, "attempts": 3},
+            "customHeaders": [{"name": "X-Env", "value": "prod"}]}]});
+        let new = with_webhook(&config, URL, "k").expect("changed");
+        let hook = &new["webhooks"][0];
+        assert_eq!(
+            hook["events"],
+            json!(["session.status", "message.any", "message.ack"])
+        );
+        assert_eq!(hook["retries"]["policy"], "exponential");
+        assert_eq!(
+            hook["customHeaders"],
+            config["webhooks"][0]["customHeaders"]
+        );
+        assert_eq!(hook["hmac"]["key"], "k");
+        // Every event (`*`) covers ours.
+        let all = json!({"webhooks": [{"url": URL, "events": ["*"], "hmac": {"key": "k"}}]});
+        assert_eq!(with_webhook(&all, URL, "k"), None);
+    }
+
+    #[test]
+    fn a_missing_or_odd_config_becomes_one_with_our_hook() {
+        for config in [
+            Value::Null,
+            json!({"webhooks": null}),
+            json!({"webhooks": {}}),
+        ] {
+            let new = with_webhook(&config, URL, "k").expect("changed");
+            assert_eq!(new["webhooks"], json!([our_webhook(URL, "k")]), "{config}");
+        }
+    }
+
+    #[test]
+    fn printed_configs_never_hold_a_key() {
+        let config = with_webhook(
+            &json!({"webhooks": [{"url": "x", "hmac": {"key": "theirs"}}]}),
+            URL,
+            "ours-SECRET",
+        )
+        .unwrap();
+        let shown = redacted_config(&config).to_string();
+        assert!(
+            !shown.contains("ours-SECRET") && !shown.contains("theirs"),
+            "{shown}"
+        );
+        assert!(shown.contains("[redacted]"));
+    }
+}
