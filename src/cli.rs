@@ -238,15 +238,17 @@ pub async fn dispatch<S: Store>(store: S, cmd: Command, settings: &Settings) -> 
         Command::Stats(a) if a.json => outbox::stats(&store, true).await?,
         Command::Stats(_) => {
             let mut out = outbox::stats(&store, false).await?;
-            out += &capabilities::stats_section(&store, settings).await?;
+            out += &capabilities::stats_section(&store, &settings.instance_names()).await?;
             out
         }
         Command::Capabilities(a) => match a.command {
-            None => capabilities::ls(&store, settings, a.json).await?,
+            None => capabilities::ls(&store, &settings.instance_names(), a.json).await?,
             Some(CapabilitiesCommand::Ls(j)) => {
-                capabilities::ls(&store, settings, j.json || a.json).await?
+                capabilities::ls(&store, &settings.instance_names(), j.json || a.json).await?
             }
-            Some(CapabilitiesCommand::Set(s)) => capabilities::set(&store, s, settings).await?,
+            Some(CapabilitiesCommand::Set(s)) => {
+                capabilities::set(&store, s, &settings.instance_names()).await?
+            }
         },
         Command::Retry(a) => outbox::retry(&store, a).await?,
         Command::Cancel(a) => outbox::cancel(&store, &a.id).await?,

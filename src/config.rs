@@ -403,6 +403,11 @@ impl Default for RawAdmin {
 }
 
 impl Settings {
+    /// The configuration file's instance names, in order.
+    pub fn instance_names(&self) -> Vec<String> {
+        self.instances.keys().cloned().collect()
+    }
+
     /// Loads and validates the layers; every problem is reported, each with
     /// its key.
     pub fn load(src: &ConfigSource) -> Result<Settings, ConfigError> {

@@ -45,6 +45,24 @@ pub struct Change {
     pub after: OutboxRow,
 }
 
+/// The instances configured here: the configuration file's (`file`) and
+/// the instance table's that are not removed.
+pub async fn configured<S: Store>(
+    store: &S,
+    file: &[String],
+) -> Result<std::collections::BTreeSet<String>, OpError> {
+    let table = store.instance_table().await?;
+    let mut names: std::collections::BTreeSet<String> = file.iter().cloned().collect();
+    names.extend(
+        table
+            .rows
+            .into_iter()
+            .filter(|r| r.removed_at.is_none())
+            .map(|r| r.name),
+    );
+    Ok(names)
+}
+
 /// Operator input (row id, message id or dedupe key) → row.
 pub async fn find<S: Store>(store: &S, key: &str) -> Result<OutboxRow, OpError> {
     store

@@ -7,18 +7,12 @@ use serde_json::json;
 
 use super::table::{truncate, Table};
 use super::CapabilitiesSetArgs;
-use crate::config::Settings;
 use crate::ops::capabilities::{self as caps, Setting};
 use crate::store::{Capabilities, Store};
 
-/// Every configured or recorded instance, with what is known.
-async fn all<S: Store>(store: &S, settings: &Settings) -> anyhow::Result<Vec<Capabilities>> {
-    let file: Vec<String> = settings.instances.keys().cloned().collect();
-    Ok(caps::all(store, &file).await?)
-}
-
-pub async fn ls<S: Store>(store: &S, settings: &Settings, as_json: bool) -> anyhow::Result<String> {
-    let caps = all(store, settings).await?;
+/// `file`: the configuration file's instances.
+pub async fn ls<S: Store>(store: &S, file: &[String], as_json: bool) -> anyhow::Result<String> {
+    let caps = caps::all(store, file).await?;
     if as_json {
         return Ok(format!("{}\n", json!({ "instances": caps })));
     }
@@ -55,8 +49,8 @@ pub fn table(caps: &[Capabilities]) -> String {
 
 /// The capabilities section `statusd stats` appends (nothing when none is
 /// recorded or configured).
-pub async fn stats_section<S: Store>(store: &S, settings: &Settings) -> anyhow::Result<String> {
-    let caps = all(store, settings).await?;
+pub async fn stats_section<S: Store>(store: &S, file: &[String]) -> anyhow::Result<String> {
+    let caps = caps::all(store, file).await?;
     if caps.is_empty() {
         return Ok(String::new());
     }
@@ -66,9 +60,8 @@ pub async fn stats_section<S: Store>(store: &S, settings: &Settings) -> anyhow::
 pub async fn set<S: Store>(
     store: &S,
     a: CapabilitiesSetArgs,
-    settings: &Settings,
+    file: &[String],
 ) -> anyhow::Result<String> {
-    let file: Vec<String> = settings.instances.keys().cloned().collect();
     let setting = Setting {
         supplied_ids: a.supplied_ids,
         lookup_by_id: a.lookup_by_id,
@@ -77,7 +70,7 @@ pub async fn set<S: Store>(
     let flag = |name: &str| format!("--{}", name.replace('_', "-"));
     let now = caps::set(
         store,
-        &file,
+        file,
         &a.instance,
         setting,
         flag,

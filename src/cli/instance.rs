@@ -166,7 +166,7 @@ pub async fn dispatch<S: Store>(
     cmd: InstanceCommand,
     settings: &Settings,
 ) -> anyhow::Result<String> {
-    let file: Vec<String> = settings.instances.keys().cloned().collect();
+    let file = settings.instance_names();
     match cmd {
         InstanceCommand::Add(a) => {
             let name = a.name.clone();
@@ -243,7 +243,7 @@ async fn set_enabled<S: Store>(store: &S, name: &str, enabled: bool) -> anyhow::
 }
 
 async fn ls<S: Store>(store: &S, settings: &Settings, as_json: bool) -> anyhow::Result<String> {
-    let file: Vec<String> = settings.instances.keys().cloned().collect();
+    let file = settings.instance_names();
     let mut views = actions::list(store, &file).await.map_err(op)?;
     for v in views.iter_mut().filter(|v| v.source == "file") {
         v.max_in_flight = settings.instances.get(&v.instance).map(|i| i.max_in_flight);

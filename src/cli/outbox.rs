@@ -34,18 +34,9 @@ pub async fn check_instance<S: Store>(
     instance: &str,
     settings: &Settings,
 ) -> anyhow::Result<()> {
-    let table = store
-        .instance_table()
+    let known = crate::ops::configured(store, &settings.instance_names())
         .await
         .context("reading the instance table")?;
-    let mut known: Vec<String> = settings.instances.keys().cloned().collect();
-    known.extend(
-        table
-            .rows
-            .into_iter()
-            .filter(|r| r.removed_at.is_none())
-            .map(|r| r.name),
-    );
     if known.is_empty() {
         tracing::warn!(
             instance,

@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 
 use crate::config::check_configured;
-use crate::ops::OpError;
+use crate::ops::{configured, OpError};
 use crate::store::{record_capabilities, Capabilities, CapabilityChange, Known, Source, Store};
 
 /// Every instance configured here (the file's `file` names and the table's
@@ -27,20 +27,6 @@ pub async fn all<S: Store>(store: &S, file: &[String]) -> Result<Vec<Capabilitie
     }
     caps.sort_by(|a, b| a.instance.cmp(&b.instance));
     Ok(caps)
-}
-
-/// The file's instances and the table's (not removed).
-async fn configured<S: Store>(store: &S, file: &[String]) -> Result<BTreeSet<String>, OpError> {
-    let table = store.instance_table().await?;
-    let mut names: BTreeSet<String> = file.iter().cloned().collect();
-    names.extend(
-        table
-            .rows
-            .into_iter()
-            .filter(|r| r.removed_at.is_none())
-            .map(|r| r.name),
-    );
-    Ok(names)
 }
 
 /// An operator's setting, as typed (`yes`, `no`, `unknown`); `None` leaves

@@ -558,6 +558,20 @@ async fn wait_state<S: Store>(
     }
 }
 
+/// Stops a `statusd run` with SIGTERM and reads its log, in which the
+/// webhook secret must not appear.
+async fn stop_and_read_log(daemon: &mut tokio::process::Child, log: &std::path::Path) -> String {
+    let pid = daemon.id().unwrap() as i32;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let _ = tokio::time::timeout(Duration::from_secs(10), daemon.wait()).await;
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(
+        !text.contains(KEY),
+        "the webhook secret leaked into the log"
+    );
+    text
+}
+
 /// The key promise as a user runs it: the real `statusd run` receives
 /// signed events on its admin port, and `statusd views` (another process)
 /// shows the viewers; the secret appears in no log line.
@@ -660,14 +674,7 @@ async fn the_daemon_binary_records_views_from_signed_events() {
         "config show leaked the webhook secret"
     );
     // SIGTERM, then no secret anywhere in the daemon's log.
-    let pid = daemon.id().unwrap() as i32;
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let _ = tokio::time::timeout(Duration::from_secs(10), daemon.wait()).await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        !text.contains(KEY),
-        "the webhook secret leaked into the log"
-    );
+    let text = stop_and_read_log(&mut daemon, &log).await;
     assert!(
         !text.contains(TEST_TOKEN),
         "the access token leaked into the log"
@@ -816,14 +823,7 @@ async fn webhook_register_points_a_waha_session_at_the_daemon() {
         "every view the session sent is recorded: {made:?}"
     );
     assert_eq!(made.failed, 0, "{made:?}");
-    let pid = daemon.id().unwrap() as i32;
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let _ = tokio::time::timeout(Duration::from_secs(10), daemon.wait()).await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        !text.contains(KEY),
-        "the webhook secret leaked into the log"
-    );
+    stop_and_read_log(&mut daemon, &log).await;
 
     // An instance of the table: `webhook url` and `register` find it.
     let shop_key_setting = format!("webhook_secret_file={}", shop_key.display());

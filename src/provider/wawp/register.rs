@@ -66,32 +66,13 @@ pub fn with_webhook(config: &Value, url: &str, key: &str) -> Option<Value> {
         Value::Object(_) => config.clone(),
         _ => json!({}),
     };
-    let hooks = config
-        .as_object_mut()
-        .expect("an object")
-        .entry("webhooks")
-        .or_insert_with(|| json!([]));
-    if !hooks.is_array() {
-        *hooks = json!([]);
-    }
-    let hooks = hooks.as_array_mut().expect("an array");
+    let hooks = array_at(&mut config, "webhooks");
     let Some(hook) = hooks.iter_mut().find(|h| h["url"] == url) else {
         hooks.push(our_webhook(url, key));
         return Some(config);
     };
     let before = hook.clone();
-    if !hook.is_object() {
-        *hook = our_webhook(url, key);
-    }
-    let events = hook
-        .as_object_mut()
-        .expect("an object")
-        .entry("events")
-        .or_insert_with(|| json!([]));
-    if !events.is_array() {
-        *events = json!([]);
-    }
-    let list = events.as_array_mut().expect("an array");
+    let list = array_at(hook, "events");
     for e in EVENTS {
         if !list
             .iter()
@@ -102,6 +83,16 @@ pub fn with_webhook(config: &Value, url: &str, key: &str) -> Option<Value> {
     }
     hook["hmac"] = json!({ "key": key });
     (*hook != before).then_some(config)
+}
+
+/// The array under `key` of the object `v`, made an empty one where it is
+/// missing or not an array.
+fn array_at<'v>(v: &'v mut Value, key: &str) -> &'v mut Vec<Value> {
+    let slot = &mut v[key];
+    if !slot.is_array() {
+        *slot = json!([]);
+    }
+    slot.as_array_mut().expect("an array")
 }
 
 /// `config` with every webhook's `hmac.key` replaced, for printing.
