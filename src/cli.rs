@@ -252,6 +252,7 @@ pub async fn dispatch<S: Store>(store: S, cmd: Command, settings: &Settings) -> 
         },
         Command::Retry(a) => outbox::retry(&store, a).await?,
         Command::Cancel(a) => outbox::cancel(&store, &a.id).await?,
+        Command::Confirm(a) => outbox::confirm(&store, &a.id).await?,
         Command::Delete(a) => outbox::delete(&store, &a.id, settings).await?,
         Command::Schedule(ScheduleCommand::Add(a)) => schedule::add(&store, a, settings).await?,
         Command::Schedule(ScheduleCommand::Ls(a)) => schedule::ls(&store, a.json).await?,

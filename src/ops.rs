@@ -101,6 +101,13 @@ pub async fn retry<S: Store>(
     Ok(Change { before, after })
 }
 
+/// Marks an in-doubt row `posted`: the operator saw it shown (the
+/// provider could not prove it either way). Nothing is sent.
+pub async fn confirm<S: Store>(store: &S, before: OutboxRow) -> Result<Change, OpError> {
+    let after = store.confirm_posted(before.id).await?;
+    Ok(Change { before, after })
+}
+
 pub async fn cancel<S: Store>(store: &S, before: OutboxRow) -> Result<Change, OpError> {
     let after = store.cancel(before.id).await?;
     Ok(Change { before, after })
@@ -175,6 +182,10 @@ impl<S: Store, P: Provider> Operator<S, P> {
 
     pub async fn cancel(&self, row: OutboxRow) -> Result<Change, OpError> {
         cancel(&self.store, row).await
+    }
+
+    pub async fn confirm(&self, row: OutboxRow) -> Result<Change, OpError> {
+        confirm(&self.store, row).await
     }
 
     pub async fn delete(&self, row: OutboxRow) -> Result<Change, OpError> {

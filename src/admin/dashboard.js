@@ -494,7 +494,13 @@
       title: canCancel ? "Stop: never send this status" : "This row is already final; Retry sends it again",
     }, "Cancel");
     cancel.disabled = !canCancel;
-    act.append(retry, cancel);
+    const canConfirm = r.state === "in_doubt";
+    const confirm = el("button", {
+      type: "button", class: "small secondary", "data-action": "confirm", "data-id": r.id,
+      title: canConfirm ? "You saw it shown: mark it posted (it is never sent again)" : "Only a row in doubt can be confirmed",
+    }, "Shown");
+    confirm.disabled = !canConfirm;
+    act.append(retry, cancel, confirm);
     tr.append(act);
     return tr;
   }
@@ -554,10 +560,12 @@
   }
 
   async function act(action, id, button) {
-    // Both act on a status viewers may see: ask first.
-    const question = action === "retry"
-      ? "Retry status " + id + "?\n\nA failed or invalid row is sent again; a parked in-doubt row is looked up again."
-      : "Cancel status " + id + "?\n\nIt will never be sent.";
+    // Each acts on a status viewers may see: ask first.
+    const question = {
+      retry: "Retry status " + id + "?\n\nA failed or invalid row is sent again; a parked in-doubt row is looked up again.",
+      cancel: "Cancel status " + id + "?\n\nIt will never be sent.",
+      confirm: "Mark status " + id + " as posted?\n\nOnly if you saw it shown (on the phone): it will never be sent again.",
+    }[action];
     if (!window.confirm(question)) {
       flash("ok", "Nothing done: " + action + " of " + id + " not confirmed.");
       return;
@@ -565,7 +573,8 @@
     button.disabled = true;
     try {
       const row = await api("POST", "v1/statuses/" + encodeURIComponent(id) + "/" + action);
-      flash("ok", (action === "retry" ? "Retried " : "Cancelled ") + id + ": now " + row.state + ".");
+      const done = { retry: "Retried ", cancel: "Cancelled ", confirm: "Confirmed " }[action];
+      flash("ok", done + id + ": now " + row.state + ".");
     } catch (e) {
       if (e instanceof Unauthorized) {
         sessionStorage.removeItem(TOKEN_KEY);

@@ -162,6 +162,10 @@ fn router<S: Store, P: Provider>(app: Shared<S, P>) -> Router {
             post(|a: Audited<S, P>| act(a, RowAction::Cancel)),
         )
         .route(
+            "/v1/statuses/{id}/confirm",
+            post(|a: Audited<S, P>| act(a, RowAction::Confirm)),
+        )
+        .route(
             "/v1/statuses/{id}/delete",
             post(|a: Audited<S, P>| act(a, RowAction::Delete)),
         )
@@ -449,6 +453,7 @@ enum RowAction {
     Retry { force_resend: bool },
     Cancel,
     Delete,
+    Confirm,
 }
 
 impl RowAction {
@@ -460,6 +465,7 @@ impl RowAction {
             RowAction::Retry { force_resend: true } => "force-resend",
             RowAction::Cancel => "cancel",
             RowAction::Delete => "delete",
+            RowAction::Confirm => "confirm",
         }
     }
 }
@@ -481,6 +487,7 @@ async fn act<S: Store, P: Provider>(
             RowAction::Retry { force_resend } => ctx.retry(row, force_resend).await?,
             RowAction::Cancel => ctx.cancel(row).await?,
             RowAction::Delete => ctx.delete(row).await?,
+            RowAction::Confirm => ctx.confirm(row).await?,
         };
         Ok(Json(change.after).into_response())
     }

@@ -79,6 +79,12 @@ pub enum Command {
     /// Cancel a status that has not been posted.
     #[command(after_help = "Example:\n  statusd cancel menu-2024-06-01")]
     Cancel(IdArg),
+    /// Mark an in-doubt status posted: you saw it shown (a parked row the
+    /// provider could not prove either way). Nothing is sent.
+    #[command(
+        after_help = "Example:\n  statusd confirm menu-2024-06-01   # seen on the phone: posted, never re-sent"
+    )]
+    Confirm(IdArg),
     /// Take a posted status down at the provider (needs its instance configured).
     #[command(after_help = "Example:\n  statusd delete menu-2024-06-01")]
     Delete(IdArg),

@@ -488,6 +488,15 @@ pub async fn cancel<S: Store>(store: &S, key: &str) -> anyhow::Result<String> {
     Ok(format!("{}: {} -> {}\n", row.id, row.state, c.after.state))
 }
 
+/// `statusd confirm`: an in-doubt row the operator saw shown → `posted`.
+pub async fn confirm<S: Store>(store: &S, key: &str) -> anyhow::Result<String> {
+    let row = find(store, key).await?;
+    let c = ops::confirm(store, row.clone())
+        .await
+        .map_err(|e| op_error(e, &row, "confirm"))?;
+    Ok(format!("{}: {} -> {}\n", row.id, row.state, c.after.state))
+}
+
 /// `statusd delete`: asks the row's instance to take the status down, then
 /// records `deleted`.
 pub async fn delete<S: Store>(store: &S, key: &str, settings: &Settings) -> anyhow::Result<String> {
@@ -519,6 +528,9 @@ fn transition_error(e: StoreError, row: &OutboxRow, action: &str) -> anyhow::Err
             " (a daemon holds its lease; wait for the outcome)"
         }
         (StoreError::NotAllowed { .. }, State::Posted) => " (it is shown already)",
+        (StoreError::NotAllowed { .. }, _) if action == "confirm" => {
+            " (only a status in doubt is confirmed: the others' outcome is known)"
+        }
         _ => "",
     };
     anyhow::anyhow!("{e}{hint}")

@@ -38,7 +38,7 @@ pub use connect::{connect, Connected, Patience, Scrubbed};
 pub use instance_leases::{InstanceLease, InstanceLeases, KeepLeasesParams, LeaseGrant};
 pub use instances::{Added, InstanceRecord, InstanceStore, InstanceTable};
 pub use postgres::PgStore;
-pub use row::{not_allowed, OperatorAction};
+pub use row::{not_allowed, OperatorAction, CONFIRMED_BY_OPERATOR};
 pub(crate) use row::{parse_uuid, split_rows, Unreadable, QUARANTINE_NOTE};
 pub use sqlite::SqliteStore;
 pub use timed::Timed;
@@ -497,6 +497,10 @@ pub trait Store:
     /// Operator: [`OperatorAction::Cancel`].
     fn cancel(&self, id: Uuid) -> impl Future<Output = Result<OutboxRow>> + Send {
         self.operator(id, OperatorAction::Cancel)
+    }
+    /// Operator: [`OperatorAction::Confirm`].
+    fn confirm_posted(&self, id: Uuid) -> impl Future<Output = Result<OutboxRow>> + Send {
+        self.operator(id, OperatorAction::Confirm)
     }
     /// [`OperatorAction::Delete`], once the provider took the status down.
     fn mark_deleted(&self, id: Uuid) -> impl Future<Output = Result<OutboxRow>> + Send {

@@ -243,6 +243,9 @@ pub(crate) fn activity_bucket(r: &impl Columns) -> std::result::Result<ActivityB
     })
 }
 
+/// The last error of a row an operator confirmed as shown.
+pub const CONFIRMED_BY_OPERATOR: &str = "confirmed shown by an operator";
+
 /// An operator's update of one row, refused (with the row's state named)
 /// where its state does not allow it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +260,9 @@ pub enum OperatorAction {
     Cancel,
     /// `posted` → `deleted` once the provider took the status down.
     Delete,
+    /// `in_doubt` → `posted`: an operator saw the status shown (a parked
+    /// row the provider could not prove either way). Never sends.
+    Confirm,
 }
 
 impl OperatorAction {
@@ -267,6 +273,7 @@ impl OperatorAction {
             OperatorAction::ForceResend => "force-resend",
             OperatorAction::Cancel => "cancel",
             OperatorAction::Delete => "delete",
+            OperatorAction::Confirm => "confirm",
         }
     }
 
@@ -277,6 +284,7 @@ impl OperatorAction {
             OperatorAction::ForceResend => "force_resend",
             OperatorAction::Cancel => "cancel",
             OperatorAction::Delete => "mark_deleted",
+            OperatorAction::Confirm => "confirm_posted",
         }
     }
 
@@ -312,6 +320,18 @@ impl OperatorAction {
                 format!("state {idle}"),
             ),
             OperatorAction::Delete => ("state = 'deleted'".to_string(), "state = 'posted'".into()),
+            // As a webhook confirmation settles a row (the provider id,
+            // unknown where the provider assigns its own, falls back to
+            // ours); a look-up still running is fenced out by the state.
+            OperatorAction::Confirm => (
+                format!(
+                    "state = 'posted', posted_at = {now}, parked_at = NULL,
+                    provider_id = COALESCE(provider_id, message_id),
+                    reconcile_attempts = 0, lease_owner = NULL, lease_expires_at = NULL,
+                    last_http_status = NULL, last_error = '{CONFIRMED_BY_OPERATOR}'"
+                ),
+                "state = 'in_doubt'".into(),
+            ),
         };
         format!(
             "UPDATE status_outbox SET {set}, updated_at = {now}

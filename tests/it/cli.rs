@@ -653,6 +653,92 @@ async fn shipped_config_files_parse() {
     assert!(!show.all().contains(TEST_TOKEN) && !show.all().contains("promo-SECRET-9"));
 }
 
+/// A parked in-doubt row that the operator saw on the phone: `statusd
+/// confirm` records it posted (never sent again); every other state is
+/// refused with why.
+async fn confirm_flow<S: statusd::store::Store>(store: S, db: &TestDb) {
+    use statusd::model::State;
+    use statusd::store::{Completion, Effect, Transition};
+    let cli = Cli::with_db(&db.url);
+    cli.run(&["migrate"]).await.ok();
+    for key in ["seen-1", "waiting-1"] {
+        cli.run(&[
+            "enqueue",
+            "--instance",
+            "main",
+            "--text",
+            key,
+            "--dedupe-key",
+            key,
+        ])
+        .await
+        .ok();
+    }
+    let seen = store.find("seen-1").await.unwrap().unwrap();
+    // As a daemon leaves it: claimed, answer lost, look-ups gave up.
+    let fresh = vec![
+        "3EB0C0FFEE0000000001".to_string(),
+        "3EB0C0FFEE0000000002".into(),
+    ];
+    let claimed = store
+        .claim(statusd::store::ClaimParams {
+            owner: "test".into(),
+            limit: 1,
+            lease: std::time::Duration::from_secs(60),
+            fresh_ids: fresh,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, seen.id, "the older row is claimed first");
+    let mut t = Transition::new(seen.id, 1, State::InDoubt);
+    t.effect = Effect::Park;
+    let c = Completion {
+        transition: t,
+        started_at: chrono::Utc::now(),
+        latency: std::time::Duration::from_millis(5),
+        outcome: statusd::model::AttemptOutcome::InDoubt,
+    };
+    assert_eq!(store.complete(&[c]).await.unwrap(), 1);
+
+    let out = cli.run(&["confirm", "seen-1"]).await.ok();
+    assert!(out.stdout.contains("in_doubt -> posted"), "{}", out.stdout);
+    let shown = cli.run(&["show", "seen-1", "--json"]).await.ok().json();
+    assert_eq!(shown["status"]["state"], "posted");
+    assert_eq!(
+        shown["status"]["last_error"],
+        statusd::store::CONFIRMED_BY_OPERATOR
+    );
+    assert!(shown["status"]["parked_at"].is_null());
+    cli.run(&["confirm", "seen-1"])
+        .await
+        .fails_with("confirm is not allowed");
+    let r = cli.run(&["confirm", "waiting-1"]).await;
+    assert!(r.stderr.contains("only a status in doubt"), "{}", r.stderr);
+    r.fails_with("is `queued`: confirm is not allowed");
+    cli.run(&["confirm", "no-such-row"])
+        .await
+        .fails_with("no status with id, message id or dedupe key `no-such-row`");
+    assert_eq!(
+        store.find("waiting-1").await.unwrap().unwrap().state,
+        State::Queued,
+        "a refused confirm changes nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_on_sqlite() {
+    let db = TestDb::sqlite().await;
+    confirm_flow(db.sqlite_store().await, &db).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_on_postgres() {
+    let db = TestDb::postgres().await;
+    confirm_flow(db.pg_store().await, &db).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_subcommand_help_has_an_example() {
     let cli = Cli::new("");
@@ -665,6 +751,9 @@ async fn every_subcommand_help_has_an_example() {
         &["stats"],
         &["retry"],
         &["cancel"],
+        &["confirm"],
+        &["webhook", "register"],
+        &["capabilities", "set"],
         &["schedule"],
         &["schedule", "add"],
         &["schedule", "ls"],

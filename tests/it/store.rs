@@ -21,6 +21,7 @@ crate::both_backends!(
     in_doubt_rows_are_reconciled_parked_and_unparked,
     expired_leases_are_rescued_and_stale_workers_fenced_out,
     operator_actions_follow_the_state_machine,
+    an_operator_confirms_an_in_doubt_row_and_late_look_ups_are_fenced_out,
     concurrent_claimers_never_share_a_row,
     upstream_sql_insert_is_the_public_contract,
     bad_rows_are_readable_and_stay_queued_until_marked,
@@ -293,6 +294,62 @@ async fn in_doubt_rows_are_reconciled_parked_and_unparked<S: Store>(s: S, _db: &
     let forced = s.force_resend(ids[2]).await.unwrap();
     assert_eq!(forced.state, State::PendingUpload);
     assert_eq!(forced.message_id, parked.message_id);
+}
+
+/// `statusd confirm`: a parked in-doubt row the operator saw shown becomes
+/// `posted` (never sent again), as a webhook confirmation would settle it;
+/// a look-up outcome that arrives afterwards is fenced out; and only an
+/// in-doubt row can be confirmed.
+async fn an_operator_confirms_an_in_doubt_row_and_late_look_ups_are_fenced_out<S: Store>(
+    s: S,
+    _db: &TestDb,
+) {
+    let ids = pending(&s, 2).await;
+    s.claim(claim("w", 10)).await.unwrap();
+    let mut doubt = Transition::new(ids[0], 1, State::InDoubt);
+    doubt.reason.error = Some("timed out after the request was written".into());
+    let mut posted = Transition::new(ids[1], 1, State::Posted);
+    posted.provider_id = Some("PROV-1".into());
+    assert_eq!(s.complete(&[done(doubt), done(posted)]).await.unwrap(), 2);
+    let mut park = Transition::new(ids[0], 1, State::InDoubt);
+    park.effect = Effect::Park;
+    assert_eq!(s.resolve_in_doubt(&[park]).await.unwrap(), 1);
+    let before = s.get(ids[0]).await.unwrap().unwrap();
+    assert!(before.parked_at.is_some());
+
+    let after = s.confirm_posted(ids[0]).await.unwrap();
+    assert_eq!(after.state, State::Posted);
+    assert!(after.posted_at.is_some() && after.parked_at.is_none());
+    assert_eq!(after.message_id, before.message_id, "the id is kept");
+    assert_eq!(after.provider_id, before.message_id);
+    assert_eq!(
+        after.last_error.as_deref(),
+        Some(statusd::store::CONFIRMED_BY_OPERATOR)
+    );
+    assert_eq!(after.attempts, before.attempts, "no attempt spent");
+    // The reconciler's look-up, begun before, ends after: fenced out.
+    let late = Transition::new(ids[0], 1, State::PendingUpload);
+    assert_eq!(s.resolve_in_doubt(&[late]).await.unwrap(), 0);
+    assert_eq!(s.get(ids[0]).await.unwrap().unwrap().state, State::Posted);
+    assert!(
+        s.claim(claim("w", 10)).await.unwrap().is_empty(),
+        "never sent again"
+    );
+    // Only a row in doubt: a posted one (twice, or another) is refused.
+    for id in [ids[0], ids[1]] {
+        assert!(
+            matches!(
+                s.confirm_posted(id).await,
+                Err(StoreError::NotAllowed { .. })
+            ),
+            "{id}"
+        );
+    }
+    assert_eq!(
+        s.get(ids[1]).await.unwrap().unwrap().provider_id.as_deref(),
+        Some("PROV-1"),
+        "a refused confirm changes nothing"
+    );
 }
 
 async fn expired_leases_are_rescued_and_stale_workers_fenced_out<S: Store>(s: S, _db: &TestDb) {
