@@ -480,26 +480,19 @@
     tr.append(el("td", { title: r.updated_at }, fmtAgo(r.updated_at)));
     const act = el("td", { class: "actions" });
     // Offer what the state machine allows; the API refuses the rest anyway.
-    const canRetry = r.state === "failed" || r.state === "invalid" || parked;
-    const retry = el("button", {
-      type: "button", class: "small", "data-action": "retry", "data-id": r.id,
-      title: canRetry
-        ? (r.state === "in_doubt" ? "Look the id up at the provider again" : "Send again (an invalid row is validated again first)")
-        : "The reconciler is still looking this row up",
-    }, "Retry");
-    retry.disabled = !canRetry;
-    const canCancel = r.state === "in_doubt";
-    const cancel = el("button", {
-      type: "button", class: "small secondary", "data-action": "cancel", "data-id": r.id,
-      title: canCancel ? "Stop: never send this status" : "This row is already final; Retry sends it again",
-    }, "Cancel");
-    cancel.disabled = !canCancel;
-    const canConfirm = r.state === "in_doubt";
-    const confirm = el("button", {
-      type: "button", class: "small secondary", "data-action": "confirm", "data-id": r.id,
-      title: canConfirm ? "You saw it shown: mark it posted (it is never sent again)" : "Only a row in doubt can be confirmed",
-    }, "Shown");
-    confirm.disabled = !canConfirm;
+    const button = (action, label, cls, allowed, why, whyNot) => {
+      const b = el("button", { type: "button", class: cls, "data-action": action, "data-id": r.id, title: allowed ? why : whyNot }, label);
+      b.disabled = !allowed;
+      return b;
+    };
+    const inDoubt = r.state === "in_doubt";
+    const retry = button("retry", "Retry", "small", r.state === "failed" || r.state === "invalid" || parked,
+      inDoubt ? "Look the id up at the provider again" : "Send again (an invalid row is validated again first)",
+      "The reconciler is still looking this row up");
+    const cancel = button("cancel", "Cancel", "small secondary", inDoubt,
+      "Stop: never send this status", "This row is already final; Retry sends it again");
+    const confirm = button("confirm", "Shown", "small secondary", inDoubt,
+      "You saw it shown: mark it posted (it is never sent again)", "Only a row in doubt can be confirmed");
     act.append(retry, cancel, confirm);
     tr.append(act);
     return tr;

@@ -467,34 +467,43 @@ pub async fn stats<S: Store>(store: &S, as_json: bool) -> anyhow::Result<String>
     Ok(out)
 }
 
-pub async fn retry<S: Store>(store: &S, a: RetryArgs) -> anyhow::Result<String> {
-    let row = find(store, &a.id).await?;
-    let action = if a.force_resend {
-        "force-resend"
-    } else {
-        "retry"
-    };
-    let c = ops::retry(store, row.clone(), a.force_resend)
+/// Runs an operator action on the row `key` names (id, message id or
+/// dedupe key) and says what it did: `ID: before -> after`.
+async fn act<S: Store, Fut>(
+    store: &S,
+    key: &str,
+    action: &str,
+    f: impl FnOnce(OutboxRow) -> Fut,
+) -> anyhow::Result<String>
+where
+    Fut: std::future::Future<Output = Result<ops::Change, ops::OpError>>,
+{
+    let row = find(store, key).await?;
+    let c = f(row.clone())
         .await
         .map_err(|e| op_error(e, &row, action))?;
     Ok(format!("{}: {} -> {}\n", row.id, row.state, c.after.state))
 }
 
+pub async fn retry<S: Store>(store: &S, a: RetryArgs) -> anyhow::Result<String> {
+    let action = if a.force_resend {
+        "force-resend"
+    } else {
+        "retry"
+    };
+    act(store, &a.id, action, |row| {
+        ops::retry(store, row, a.force_resend)
+    })
+    .await
+}
+
 pub async fn cancel<S: Store>(store: &S, key: &str) -> anyhow::Result<String> {
-    let row = find(store, key).await?;
-    let c = ops::cancel(store, row.clone())
-        .await
-        .map_err(|e| op_error(e, &row, "cancel"))?;
-    Ok(format!("{}: {} -> {}\n", row.id, row.state, c.after.state))
+    act(store, key, "cancel", |row| ops::cancel(store, row)).await
 }
 
 /// `statusd confirm`: an in-doubt row the operator saw shown → `posted`.
 pub async fn confirm<S: Store>(store: &S, key: &str) -> anyhow::Result<String> {
-    let row = find(store, key).await?;
-    let c = ops::confirm(store, row.clone())
-        .await
-        .map_err(|e| op_error(e, &row, "confirm"))?;
-    Ok(format!("{}: {} -> {}\n", row.id, row.state, c.after.state))
+    act(store, key, "confirm", |row| ops::confirm(store, row)).await
 }
 
 /// `statusd delete`: asks the row's instance to take the status down, then

@@ -727,17 +727,7 @@ async fn confirm_flow<S: statusd::store::Store>(store: S, db: &TestDb) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn confirm_on_sqlite() {
-    let db = TestDb::sqlite().await;
-    confirm_flow(db.sqlite_store().await, &db).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn confirm_on_postgres() {
-    let db = TestDb::postgres().await;
-    confirm_flow(db.pg_store().await, &db).await;
-}
+crate::both_backends!(confirm_flow);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_subcommand_help_has_an_example() {
