@@ -12,6 +12,7 @@ use statusd::sim::SimConfig;
 use statusd::store::Store;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::Api;
 use crate::support::{spawn_app, start_sim, test_settings, wait_drained, TestDb};
 
 const ADMIN_TOKEN: &str = "admin-SECRET-77";
@@ -31,155 +32,59 @@ async fn admin_api_drives_the_outbox<S: Store>(s: S, db: &TestDb) {
     )
     .await;
     let run = app.run_daemon();
-    let (s, base, http, sim) = (
-        app.store.clone(),
-        app.base.clone(),
-        app.http.clone(),
-        &app.sim,
-    );
-    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let (s, api, sim) = (app.store.clone(), app.api(ADMIN_TOKEN), &app.sim);
+    let anonymous = api.anonymous();
 
     // Health and metrics need no token; the API does.
-    assert_eq!(
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        http.get(format!("{base}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        http.get(format!("{base}/v1/stats"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    let wrong = http
-        .get(format!("{base}/v1/stats"))
-        .header("authorization", "Bearer nope")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status(), 401);
+    assert_eq!(anonymous.get("/healthz").await.code, 200);
+    assert_eq!(anonymous.get("/readyz").await.code, 200);
+    assert_eq!(anonymous.get("/v1/stats").await.code, 401);
+    assert_eq!(api.with_token("nope").get("/v1/stats").await.code, 401);
 
     // Enqueue, with dedupe; a bad payload is refused naming its field.
     let body = serde_json::json!({"instance": "main", "kind": "text", "payload": {"text": "from the API"}, "dedupe_key": "api-1"});
-    let r = http
-        .post(format!("{base}/v1/statuses"))
-        .header("authorization", &auth)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let again = http
-        .post(format!("{base}/v1/statuses"))
-        .header("authorization", &auth)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 200, "same dedupe key: no new row");
+    let r = api.post("/v1/statuses", &body).await;
+    assert_eq!(r.code, 201);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let again = api.post("/v1/statuses", &body).await;
+    assert_eq!(again.code, 200, "same dedupe key: no new row");
     let bad = serde_json::json!({"instance": "main", "kind": "image", "payload": {"file": {"url": "http://x/a.jpg", "mimetype": "image/jpeg"}}});
-    let r = http
-        .post(format!("{base}/v1/statuses"))
-        .header("authorization", &auth)
-        .json(&bad)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("payload.file.url"));
-    let r = http
-        .post(format!("{base}/v1/statuses"))
-        .header("authorization", &auth)
-        .body("{not json")
-        .header("content-type", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    let r = api.post("/v1/statuses", &bad).await;
+    assert_eq!(r.code, 400);
+    assert!(r.text.contains("payload.file.url"));
+    let r = api.post_raw("/v1/statuses", "{not json").await;
+    assert_eq!(r.code, 400);
 
     wait_drained(&s, 30).await;
-    let shown = http
-        .get(format!("{base}/v1/statuses/{id}"))
-        .header("authorization", &auth)
-        .send()
-        .await
-        .unwrap();
-    let shown: serde_json::Value = shown.json().await.unwrap();
+    let shown = api.get(&format!("/v1/statuses/{id}")).await.json();
     assert_eq!(shown["status"]["state"], "posted");
     assert_eq!(shown["attempts"].as_array().unwrap().len(), 1);
     assert_eq!(sim.stats().posted, 1);
 
     // Cancel refuses a posted row; delete takes it down at the provider.
-    let r = http
-        .post(format!("{base}/v1/statuses/{id}/cancel"))
-        .header("authorization", &auth)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
-    let r = http
-        .post(format!("{base}/v1/statuses/{id}/delete"))
-        .header("authorization", &auth)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = api.post_empty(&format!("/v1/statuses/{id}/cancel")).await;
+    assert_eq!(r.code, 409);
+    let r = api.post_empty(&format!("/v1/statuses/{id}/delete")).await;
+    assert_eq!(r.code, 200, "{}", r.text);
     assert_eq!(
         s.get(id.parse().unwrap()).await.unwrap().unwrap().state,
         State::Deleted
     );
     assert_eq!(sim.stats().deleted, 1);
-    let r = http
-        .post(format!("{base}/v1/statuses/{}/retry", uuid::Uuid::now_v7()))
-        .header("authorization", &auth)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
+    let r = api
+        .post_empty(&format!("/v1/statuses/{}/retry", uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(r.code, 404);
 
     // Listing with filters, and a clear error for a bad one.
-    let r = http
-        .get(format!("{base}/v1/statuses?state=deleted&since=1h"))
-        .header("authorization", &auth)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.json::<Vec<serde_json::Value>>().await.unwrap().len(), 1);
-    let r = http
-        .get(format!("{base}/v1/statuses?state=done"))
-        .header("authorization", &auth)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("state"));
+    let r = api.get("/v1/statuses?state=deleted&since=1h").await;
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+    let r = api.get("/v1/statuses?state=done").await;
+    assert_eq!(r.code, 400);
+    assert!(r.text.contains("state"));
 
     // Metrics carry transitions and latencies, and no secret.
-    let m = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = anonymous.get("/metrics").await.text;
     assert!(m.contains("statusd_transitions_total"), "{m}");
     assert!(
         m.contains("statusd_provider_request_duration_seconds_bucket"),
@@ -349,7 +254,7 @@ async fn admin_server_warns_audits_and_limits_as_deployed() {
         .await;
     let daemon = d.start().await;
     let base = daemon.base.clone();
-    let http = reqwest::Client::new();
+    let api = Api::new(&base, ADMIN_TOKEN);
     let auth = format!("Bearer {ADMIN_TOKEN}");
 
     let warn = daemon
@@ -358,9 +263,9 @@ async fn admin_server_warns_audits_and_limits_as_deployed() {
     assert!(warn.contains("WARN"), "{warn}");
 
     // Readiness in words, no database details.
-    let r = http.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.text().await.unwrap(), "ready");
+    let r = api.anonymous().get("/readyz").await;
+    assert_eq!(r.code, 200);
+    assert_eq!(r.text, "ready");
 
     // A blank or near-miss token is refused like a wrong one.
     for given in [
@@ -370,24 +275,14 @@ async fn admin_server_warns_audits_and_limits_as_deployed() {
         "admin-SECRET-777",
         "ADMIN-SECRET-77",
     ] {
-        let r = http
-            .get(format!("{base}/v1/stats"))
-            .header("authorization", format!("Bearer {given}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 401, "token {given:?}");
+        let r = api.with_token(given).get("/v1/stats").await;
+        assert_eq!(r.code, 401, "token {given:?}");
     }
 
     // since=1w: the same grammar as `ls --since 1w`.
-    let r = http
-        .get(format!("{base}/v1/statuses?since=1w"))
-        .header("authorization", &auth)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    assert_eq!(r.json::<Vec<serde_json::Value>>().await.unwrap().len(), 1);
+    let r = api.get("/v1/statuses?since=1w").await;
+    assert_eq!(r.code, 200, "{}", r.text);
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
 
     // A body over the limit: 413, and nothing enqueued.
     let big = serde_json::json!({"instance": "main", "kind": "text",
@@ -395,26 +290,17 @@ async fn admin_server_warns_audits_and_limits_as_deployed() {
     assert_eq!(post_raw(&base, &auth, &big.to_string()).await, 413);
 
     // Mutating actions are audited: enqueue, then cancel that row.
-    let r = http
-        .post(format!("{base}/v1/statuses"))
-        .header("authorization", &auth)
-        .json(&serde_json::json!({"instance": "main", "kind": "text",
-            "payload": {"text": "audited"}, "not_before": "2099-01-01T00:00:00Z"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = http
-        .post(format!("{base}/v1/statuses/{id}/cancel"))
-        .header("authorization", &auth)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let r = api
+        .post(
+            "/v1/statuses",
+            &serde_json::json!({"instance": "main", "kind": "text",
+                "payload": {"text": "audited"}, "not_before": "2099-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(r.code, 201);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let r = api.post_empty(&format!("/v1/statuses/{id}/cancel")).await;
+    assert_eq!(r.code, 200);
     let fp = statusd::admin::fingerprint(ADMIN_TOKEN);
     assert_eq!(fp.len(), 8);
     for action in ["enqueue", "cancel"] {
@@ -622,14 +508,11 @@ async fn operators_see_paused_instances_and_scheduled_rows() {
         text.contains("PAUSED INSTANCE") && text.contains("401") && text.contains("SCHEDULED"),
         "{text}"
     );
-    let r = reqwest::Client::new()
-        .get(format!("{}/v1/instances", daemon.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: serde_json::Value = r.json().await.unwrap();
+    let r = Api::new(&daemon.base, ADMIN_TOKEN)
+        .get("/v1/instances")
+        .await;
+    assert_eq!(r.code, 200);
+    let v = r.json();
     assert!(
         v[0]["paused"]["reason"]
             .as_str()
@@ -842,16 +725,20 @@ async fn a_blank_admin_token_never_authenticates() {
         let base = format!("http://{}", admin.local_addr());
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(admin.serve(shutdown.clone()));
-        let http = reqwest::Client::new();
-        for header in [None, Some("Bearer "), Some("Bearer    ")] {
-            let mut req = http.post(format!("{base}/v1/statuses")).json(
-                &serde_json::json!({"instance": "main", "kind": "text", "payload": {"text": "x"}}),
-            );
-            if let Some(h) = header {
-                req = req.header("authorization", h);
-            }
-            let r = req.send().await.unwrap();
-            assert_eq!(r.status(), 401, "token {configured:?}, header {header:?}");
+        let api = Api::new(&base, configured);
+        // No header, an empty bearer, blanks.
+        for bearer in [None, Some(""), Some("   ")] {
+            let caller = match bearer {
+                Some(t) => api.with_token(t),
+                None => api.anonymous(),
+            };
+            let r = caller
+                .post(
+                    "/v1/statuses",
+                    &serde_json::json!({"instance": "main", "kind": "text", "payload": {"text": "x"}}),
+                )
+                .await;
+            assert_eq!(r.code, 401, "token {configured:?}, bearer {bearer:?}");
         }
         shutdown.cancel();
         server.await.unwrap().unwrap();
@@ -936,12 +823,9 @@ async fn readyz_says_not_ready_without_database_details() {
         ADMIN_TOKEN,
     )
     .await;
-    let (base, http) = (&app.base, &app.http);
-    let r = http.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(
-        (r.status().as_u16(), r.text().await.unwrap()),
-        (200, "ready".into())
-    );
+    let anonymous = app.api(ADMIN_TOKEN).anonymous();
+    let r = anonymous.get("/readyz").await;
+    assert_eq!((r.code, r.text.as_str()), (200, "ready"));
 
     let name = app.db_url.rsplit('/').next().unwrap().to_string();
     {
@@ -954,9 +838,9 @@ async fn readyz_says_not_ready_without_database_details() {
             .await
             .expect("drop the database under the daemon");
     }
-    let r = http.get(format!("{base}/readyz")).send().await.unwrap();
-    assert_eq!(r.status(), 503);
-    let body = r.text().await.unwrap();
+    let r = anonymous.get("/readyz").await;
+    assert_eq!(r.code, 503);
+    let body = r.text;
     assert_eq!(body, "not ready");
     assert!(!body.contains(&name));
     app.stop().await;

@@ -156,32 +156,15 @@ async fn admin_api_shows_and_sets_capabilities<S: Store>(store: S, db: &TestDb) 
         ADMIN_TOKEN,
     )
     .await;
-    let (http, base) = (app.http.clone(), app.base.clone());
-    let call = async |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
-        let mut r = http
-            .request(method, format!("{base}{path}"))
-            .bearer_auth(ADMIN_TOKEN);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r.send().await.expect("admin API");
-        let code = r.status().as_u16();
-        (code, r.text().await.unwrap_or_default())
-    };
-    use reqwest::Method;
-    use serde_json::{json, Value};
-    let json_of = |body: &str| -> Value { serde_json::from_str(body).expect(body) };
+    let api = app.api(ADMIN_TOKEN);
+    use serde_json::json;
 
-    let anonymous = http
-        .get(format!("{base}/v1/capabilities"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(anonymous.status().as_u16(), 401);
-    let (code, body) = call(Method::GET, "/v1/capabilities", None).await;
-    assert_eq!(code, 200, "{body}");
+    let anonymous = api.anonymous().get("/v1/capabilities").await;
+    assert_eq!(anonymous.code, 401);
+    let r = api.get("/v1/capabilities").await;
+    assert_eq!(r.code, 200, "{}", r.text);
     assert_eq!(
-        json_of(&body)["instances"],
+        r.json()["instances"],
         json!([{"instance": "main", "supplied_ids": "unknown", "lookup_by_id": "unknown",
                 "engine": null, "evidence": "", "updated_at": null}]),
         "nothing learned yet"
@@ -196,9 +179,9 @@ async fn admin_api_shows_and_sets_capabilities<S: Store>(store: S, db: &TestDb) 
     let daemon = app.run_daemon();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let main = loop {
-        let (code, body) = call(Method::GET, "/v1/instances", None).await;
-        assert_eq!(code, 200, "{body}");
-        let list = json_of(&body);
+        let r = api.get("/v1/instances").await;
+        assert_eq!(r.code, 200, "{}", r.text);
+        let list = r.json();
         let main = list
             .as_array()
             .unwrap()
@@ -227,14 +210,14 @@ async fn admin_api_shows_and_sets_capabilities<S: Store>(store: S, db: &TestDb) 
     crate::support::wait_drained(&store, 60).await;
 
     // An operator's word, kept as the record every reader sees.
-    let (code, body) = call(
-        Method::PUT,
-        "/v1/capabilities/main",
-        Some(json!({"lookup_by_id": "no", "engine": " gows "})),
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
-    let now = json_of(&body);
+    let r = api
+        .put(
+            "/v1/capabilities/main",
+            &json!({"lookup_by_id": "no", "engine": " gows "}),
+        )
+        .await;
+    assert_eq!(r.code, 200, "{}", r.text);
+    let now = r.json();
     assert_eq!(now["supplied_ids"], "no", "what was learned stays: {now}");
     assert_eq!(now["lookup_by_id"], "no");
     assert_eq!(now["engine"], "GOWS");
@@ -242,14 +225,14 @@ async fn admin_api_shows_and_sets_capabilities<S: Store>(store: S, db: &TestDb) 
         now["evidence"].as_str().unwrap().contains("admin API"),
         "{now}"
     );
-    assert!(!body.contains(ADMIN_TOKEN), "the token is never recorded");
+    assert!(!r.text.contains(ADMIN_TOKEN), "the token is never recorded");
     let rec = caps_of(&store).await;
     assert_eq!(
         (rec.lookup_by_id, rec.engine.as_deref()),
         (Known::No, Some("GOWS"))
     );
-    let (_, body) = call(Method::GET, "/v1/capabilities", None).await;
-    assert_eq!(json_of(&body)["instances"][0]["engine"], "GOWS", "{body}");
+    let r = api.get("/v1/capabilities").await;
+    assert_eq!(r.json()["instances"][0]["engine"], "GOWS", "{}", r.text);
 
     // Bad input is refused by name and changes nothing.
     for (path, body, code, names) in [
@@ -263,16 +246,12 @@ async fn admin_api_shows_and_sets_capabilities<S: Store>(store: S, db: &TestDb) 
         ("main", json!({"supplied": "yes"}), 422, vec!["supplied"]),
         ("nope", json!({"supplied_ids": "yes"}), 404, vec!["nope"]),
     ] {
-        let (got, answer) = call(
-            Method::PUT,
-            &format!("/v1/capabilities/{path}"),
-            Some(body.clone()),
-        )
-        .await;
-        assert_eq!(got, code, "{body} -> {answer}");
+        let r = api.put(&format!("/v1/capabilities/{path}"), &body).await;
+        assert_eq!(r.code, code, "{body} -> {}", r.text);
         assert!(
-            names.iter().all(|n| answer.contains(n)),
-            "{body} -> {answer}"
+            names.iter().all(|n| r.text.contains(n)),
+            "{body} -> {}",
+            r.text
         );
     }
     let after = caps_of(&store).await;

@@ -19,6 +19,7 @@ use statusd::sim::SimConfig;
 use statusd::store::{AssignId, ClaimParams, Completion, Effect, Store, Transition};
 use uuid::Uuid;
 
+use crate::api::Api;
 use crate::support::{spawn_app, text, TestDb};
 
 const ADMIN_TOKEN: &str = "dash-SECRET-31";
@@ -39,7 +40,7 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
     .await;
     let base = app.base.clone();
 
-    check_activity_api(&base, &seeded).await;
+    check_activity_api(&app.api(ADMIN_TOKEN), &seeded).await;
 
     let browser = Browser::start().await;
     browser.goto(&format!("{base}/")).await;
@@ -505,18 +506,13 @@ async fn assign_all<S: Store>(s: &S) {
 }
 
 /// `GET /v1/activity`: token-protected, one bucket per minute of the window.
-async fn check_activity_api(base: &str, seeded: &Seeded) {
-    let http = reqwest::Client::new();
-    let url = format!("{base}/v1/activity?window=1h");
-    assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
-    let r = http
-        .get(&url)
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
+async fn check_activity_api(api: &Api, seeded: &Seeded) {
+    let anonymous = api.anonymous();
+    let path = "/v1/activity?window=1h";
+    assert_eq!(anonymous.get(path).await.code, 401);
+    let r = api.get(path).await;
+    assert_eq!(r.code, 200);
+    let body = r.json();
     assert_eq!(body["window_secs"], 3600);
     assert_eq!(body["bucket_secs"], 60);
     let buckets = body["buckets"].as_array().unwrap();
@@ -524,32 +520,22 @@ async fn check_activity_api(base: &str, seeded: &Seeded) {
     let sum = |k: &str| buckets.iter().map(|b| b[k].as_i64().unwrap()).sum::<i64>();
     assert_eq!(sum("posted"), seeded.posted_attempts);
     assert_eq!(sum("errors"), seeded.error_attempts);
-    let r = http
-        .get(format!("{base}/v1/activity?window=soon"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("window"));
-    let r = http
-        .get(format!("{base}/v1/activity?window=30d&bucket=1s"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400, "too many buckets");
+    let r = api.get("/v1/activity?window=soon").await;
+    assert_eq!(r.code, 400);
+    assert!(r.text.contains("window"));
+    let r = api.get("/v1/activity?window=30d&bucket=1s").await;
+    assert_eq!(r.code, 400, "too many buckets");
 
     // The page and its assets come from the binary, under a strict policy.
-    let page = http.get(format!("{base}/")).send().await.unwrap();
-    assert_eq!(page.status(), 200);
-    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    let page = anonymous.get("/").await;
+    assert_eq!(page.code, 200);
+    let csp = page.header("content-security-policy");
     assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
-    assert!(page.text().await.unwrap().contains("dashboard.js"));
+    assert!(page.text.contains("dashboard.js"));
     for (path, kind) in [("dashboard.js", "javascript"), ("dashboard.css", "css")] {
-        let r = http.get(format!("{base}/{path}")).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-        assert!(r.headers()["content-type"].to_str().unwrap().contains(kind));
+        let r = anonymous.get(&format!("/{path}")).await;
+        assert_eq!(r.code, 200);
+        assert!(r.header("content-type").contains(kind));
     }
 }
 

@@ -419,58 +419,41 @@ async fn admin_api_manages_instances<S: statusd::store::Store>(store: S, db: &Te
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("shop.token");
     std::fs::write(&token_file, format!("{SHOP_TOKEN}\n")).unwrap();
-    let url = |p: &str| format!("{}/v1/instances{p}", app.base);
-    let send = async |method: reqwest::Method, path: &str, body: Option<Value>| {
-        let mut r = app.http.request(method, url(path)).bearer_auth(ADMIN_TOKEN);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r.send().await.expect("admin API");
-        let code = r.status().as_u16();
-        (code, r.json::<Value>().await.unwrap_or(Value::Null))
-    };
-    use reqwest::Method;
+    let api = app.api(ADMIN_TOKEN);
+    const INSTANCES: &str = "/v1/instances";
     let enqueue_shop = async || {
-        app.http
-            .post(format!("{}/v1/statuses", app.base))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(
-                &serde_json::json!({"instance": "shop", "kind": "text", "payload": {"text": "hi"}}),
-            )
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+        api.post(
+            "/v1/statuses",
+            &serde_json::json!({"instance": "shop", "kind": "text", "payload": {"text": "hi"}}),
+        )
+        .await
+        .code
     };
     let shop = |settings: Value| serde_json::json!({"name": "shop", "settings": settings});
 
-    let r = app
-        .http
-        .post(url(""))
-        .json(&shop(serde_json::json!({})))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401, "the instance API needs the admin token");
+    let r = api
+        .anonymous()
+        .post(INSTANCES, &shop(serde_json::json!({})))
+        .await;
+    assert_eq!(r.code, 401, "the instance API needs the admin token");
 
-    let (code, body) = send(
-        Method::POST,
-        "",
-        Some(shop(
-            serde_json::json!({"instance_id": "s", "access_token": SHOP_TOKEN}),
-        )),
-    )
-    .await;
-    assert_eq!(code, 400, "{body}");
+    let r = api
+        .post(
+            INSTANCES,
+            &shop(serde_json::json!({"instance_id": "s", "access_token": SHOP_TOKEN})),
+        )
+        .await;
+    assert_eq!(r.code, 400, "{}", r.text);
+    let body = r.json();
     assert!(
         body["error"].as_str().unwrap().contains("never stored"),
         "{body}"
     );
     assert!(!body.to_string().contains(SHOP_TOKEN), "{body}");
 
-    let (code, body) = send(Method::POST, "", Some(shop(serde_json::json!({"instance_id": "s", "access_token_env": "STATUSD_TEST_NOT_SET_EITHER"})))).await;
-    assert_eq!(code, 400, "{body}");
+    let r = api.post(INSTANCES, &shop(serde_json::json!({"instance_id": "s", "access_token_env": "STATUSD_TEST_NOT_SET_EITHER"}))).await;
+    assert_eq!(r.code, 400, "{}", r.text);
+    let body = r.json();
     assert!(
         body["error"]
             .as_str()
@@ -480,8 +463,9 @@ async fn admin_api_manages_instances<S: statusd::store::Store>(store: S, db: &Te
     );
 
     let main = serde_json::json!({"name": "main", "settings": {"instance_id": "m", "access_token_file": token_file}});
-    let (code, body) = send(Method::POST, "", Some(main)).await;
-    assert_eq!(code, 400, "{body}");
+    let r = api.post(INSTANCES, &main).await;
+    assert_eq!(r.code, 400, "{}", r.text);
+    let body = r.json();
     assert!(
         body["error"]
             .as_str()
@@ -493,19 +477,21 @@ async fn admin_api_manages_instances<S: statusd::store::Store>(store: S, db: &Te
     let good = shop(
         serde_json::json!({"instance_id": "shop-1", "access_token_file": token_file, "base_url": app.sim.base_url()}),
     );
-    let (code, body) = send(Method::POST, "", Some(good.clone())).await;
-    assert_eq!(code, 201, "{body}");
-    let (code, body) = send(Method::POST, "", Some(good.clone())).await;
-    assert_eq!(code, 400, "{body}");
+    let r = api.post(INSTANCES, &good).await;
+    assert_eq!(r.code, 201, "{}", r.text);
+    let r = api.post(INSTANCES, &good).await;
+    assert_eq!(r.code, 400, "{}", r.text);
+    let body = r.json();
     assert!(
         body["error"].as_str().unwrap().contains("already exists"),
         "{body}"
     );
 
     let view = async || {
-        let (code, all) = send(Method::GET, "", None).await;
-        assert_eq!(code, 200);
-        all.as_array()
+        let r = api.get(INSTANCES).await;
+        assert_eq!(r.code, 200);
+        r.json()
+            .as_array()
             .unwrap()
             .iter()
             .find(|v| v["instance"] == "shop")
@@ -519,33 +505,34 @@ async fn admin_api_manages_instances<S: statusd::store::Store>(store: S, db: &Te
         "{v}"
     );
 
-    let (code, body) = send(
-        Method::PATCH,
-        "/shop",
-        Some(serde_json::json!({"settings": {"rate_per_sec": 7}, "enabled": false})),
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
+    let r = api
+        .patch(
+            "/v1/instances/shop",
+            &serde_json::json!({"settings": {"rate_per_sec": 7}, "enabled": false}),
+        )
+        .await;
+    assert_eq!(r.code, 200, "{}", r.text);
     let v = view().await;
     assert_eq!(v["state"], "disabled", "{v}");
     assert_eq!(v["settings"]["rate_per_sec"], 7, "{v}");
-    let (code, _) = send(
-        Method::PATCH,
-        "/shop",
-        Some(serde_json::json!({"settings": {"access_token": "x"}})),
-    )
-    .await;
-    assert_eq!(code, 400);
-    let (code, _) = send(Method::POST, "/shop/enable", None).await;
-    assert_eq!(code, 200);
+    let r = api
+        .patch(
+            "/v1/instances/shop",
+            &serde_json::json!({"settings": {"access_token": "x"}}),
+        )
+        .await;
+    assert_eq!(r.code, 400);
+    let r = api.post_empty("/v1/instances/shop/enable").await;
+    assert_eq!(r.code, 200);
     assert_eq!(view().await["state"], "active");
 
-    let (code, body) = send(Method::DELETE, "/shop", None).await;
-    assert_eq!(code, 200, "{body}");
+    let r = api.delete("/v1/instances/shop").await;
+    assert_eq!(r.code, 200, "{}", r.text);
+    let body = r.json();
     assert_eq!(body["waiting"], 0, "{body}");
     assert_eq!(view().await["state"], "removed");
-    let (code, _) = send(Method::DELETE, "/shop", None).await;
-    assert_eq!(code, 404);
+    let r = api.delete("/v1/instances/shop").await;
+    assert_eq!(r.code, 404);
     // Nothing new is enqueued through statusd for a removed instance (the
     // admin server's registry, reloaded as a daemon's would be).
     let registry = app.daemon.as_ref().unwrap().ctx().instances.clone();
@@ -554,16 +541,13 @@ async fn admin_api_manages_instances<S: statusd::store::Store>(store: S, db: &Te
         .await
         .unwrap();
     assert_eq!(enqueue_shop().await, 400, "enqueue for a removed instance");
-    let (code, _) = send(
-        Method::PATCH,
-        "/nope",
-        Some(serde_json::json!({"enabled": true})),
-    )
-    .await;
-    assert_eq!(code, 404);
+    let r = api
+        .patch("/v1/instances/nope", &serde_json::json!({"enabled": true}))
+        .await;
+    assert_eq!(r.code, 404);
     // Added back: 200, not 201; enqueueing works again.
-    let (code, _) = send(Method::POST, "", Some(good)).await;
-    assert_eq!(code, 200);
+    let r = api.post(INSTANCES, &good).await;
+    assert_eq!(r.code, 200);
     statusd::instance::refresh(&app.store, &registry, &make)
         .await
         .unwrap();

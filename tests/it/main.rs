@@ -1,6 +1,7 @@
 //! All integration tests build into one binary (one module per feature).
 
 mod admin;
+mod api;
 mod capabilities;
 mod chaos;
 mod cli;

@@ -553,6 +553,11 @@ impl<S: Store> TestApp<S> {
         tokio::spawn(daemon.run(self.shutdown.clone()))
     }
 
+    /// A client for the admin API, calling it with `token`.
+    pub fn api(&self, token: &str) -> crate::api::Api {
+        crate::api::Api::with_client(self.http.clone(), &self.base, token)
+    }
+
     /// Shuts down; the admin server must stop within 5 s.
     pub async fn stop(self) {
         self.shutdown.cancel();
