@@ -61,9 +61,13 @@ async fn admin_api_drives_the_outbox<S: Store>(s: S, db: &TestDb) {
     assert_eq!(shown["attempts"].as_array().unwrap().len(), 1);
     assert_eq!(sim.stats().posted, 1);
 
-    // Cancel refuses a posted row; delete takes it down at the provider.
+    // Cancel and confirm refuse a posted row (its outcome is known);
+    // delete takes it down at the provider.
     let r = api.post_empty(&format!("/v1/statuses/{id}/cancel")).await;
     assert_eq!(r.code, 409);
+    let r = api.post_empty(&format!("/v1/statuses/{id}/confirm")).await;
+    assert_eq!(r.code, 409, "{}", r.text);
+    assert!(r.text.contains("posted"), "{}", r.text);
     let r = api.post_empty(&format!("/v1/statuses/{id}/delete")).await;
     assert_eq!(r.code, 200, "{}", r.text);
     assert_eq!(
@@ -480,10 +484,13 @@ async fn operators_see_paused_instances_and_scheduled_rows() {
             .and_then(|a| a.iter().find(|i| i["instance"] == "main").cloned())
             .unwrap_or_default()
     };
-    let paused = poll("stats to show main paused", async || {
+    // Paused, and its refused row back to waiting: the pause is recorded
+    // before the row's outcome, so for a moment the row is still in flight
+    // and nothing due is pending.
+    let paused = poll("stats to show main paused, its row waiting", async || {
         let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--json"]).await).ok()?;
         let m = main(&v);
-        (!m["paused"].is_null()).then_some(m)
+        (!m["paused"].is_null() && !m["oldest_pending_age_secs"].is_null()).then_some(m)
     })
     .await;
     assert!(

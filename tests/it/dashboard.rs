@@ -107,6 +107,7 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
     let mut want = HashMap::from([
         (seeded.failed, "failed".to_string()),
         (seeded.in_doubt, "in_doubt".to_string()),
+        (seeded.seen, "in_doubt".to_string()),
         (seeded.long_invalid, "invalid".to_string()),
     ]);
     want.extend(seeded.invalid.iter().map(|id| (*id, "invalid".to_string())));
@@ -273,6 +274,40 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
     );
     assert_counts_match(&browser, &s).await;
 
+    // The operator saw one parked row on the phone: Shown records it
+    // posted (it is never sent again).
+    browser
+        .click(&format!(
+            "tr[data-row-id=\"{}\"] button[data-action=\"confirm\"]",
+            seeded.seen
+        ))
+        .await;
+    let question = browser.answer_confirm(true).await;
+    assert!(question.contains("saw it shown"), "{question}");
+    browser
+        .wait_for(
+            &format!(
+                "return !document.querySelector('tr[data-row-id=\"{}\"]')",
+                seeded.seen
+            ),
+            "the confirmed row to leave the list",
+        )
+        .await;
+    let flash = browser
+        .js("return document.getElementById('flash').textContent")
+        .await;
+    assert!(
+        flash.as_str().unwrap_or("").contains("now posted"),
+        "{flash}"
+    );
+    let seen = s.get(seeded.seen).await.unwrap().unwrap();
+    assert_eq!(seen.state, State::Posted);
+    assert_eq!(
+        seen.last_error.as_deref(),
+        Some(statusd::store::CONFIRMED_BY_OPERATOR)
+    );
+    assert_counts_match(&browser, &s).await;
+
     // Cancel the parked in-doubt row.
     browser
         .click(&format!(
@@ -337,6 +372,8 @@ const PAUSE_REASON: &str = "HTTP 401: the access token was refused";
 struct Seeded {
     failed: Uuid,
     in_doubt: Uuid,
+    /// A second parked in-doubt row, which the operator saw shown.
+    seen: Uuid,
     /// Invalid rows with one identical error.
     invalid: Vec<Uuid>,
     /// An invalid row with a 3,000-character error and payload.
@@ -367,7 +404,7 @@ async fn seed<S: Store>(s: &S) -> Seeded {
     };
     let rows = s.claim(claim.clone()).await.unwrap();
     assert_eq!(rows.len(), 150);
-    let (mut failed, mut in_doubt) = (None, None);
+    let (mut failed, mut in_doubt, mut seen) = (None, None, None);
     let (mut posted_attempts, mut error_attempts) = (0, 0);
     let mut done = Vec::new();
     for (k, row) in rows.iter().enumerate() {
@@ -387,6 +424,13 @@ async fn seed<S: Store>(s: &S) -> Seeded {
                 t.reason.error = Some("timed out after the request was written".into());
                 t.effect = Effect::Park;
                 in_doubt = Some(row.id);
+                "in_doubt"
+            }
+            32 => {
+                t.to = State::InDoubt;
+                t.reason.error = Some("connection reset after the request was written".into());
+                t.effect = Effect::Park;
+                seen = Some(row.id);
                 "in_doubt"
             }
             k if k % 9 == 4 => {
@@ -478,6 +522,7 @@ async fn seed<S: Store>(s: &S) -> Seeded {
     Seeded {
         failed: failed.unwrap(),
         in_doubt: in_doubt.unwrap(),
+        seen: seen.unwrap(),
         invalid,
         long_invalid: long,
         busy_minutes,
