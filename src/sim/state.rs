@@ -326,7 +326,6 @@ impl Shared {
         self.session_status(instance) != SESSION_WORKING
     }
 
-    /// The session's `status` as session info reports it.
     /// A session's config as WAHA keeps it (`SessionInfo.config`): what
     /// the last `PUT /api/sessions/{session}` set, else an empty one.
     pub fn session_config(&self, session: &str) -> serde_json::Value {
@@ -361,6 +360,7 @@ impl Shared {
         }
     }
 
+    /// The session's `status` as session info reports it.
     pub fn session_status(&self, instance: &str) -> &'static str {
         let g = self.lock();
         if g.config.failed_instances.contains(instance) {
