@@ -13,24 +13,19 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use rand::{Rng, SeedableRng};
 use statusd::model::State;
-use statusd::sim::{SimConfig, SimEngine, SimHandle};
-use statusd::store::{EnqueueParams, ListParams, Store};
+use statusd::sim::{SimConfig, SimEngine};
+use statusd::store::{EnqueueParams, Store};
 use tokio::process::Child;
 
-use crate::support::{exec_raw, live_rows, start_sim, text, TestDb, TEST_TOKEN};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use crate::support::{
+    all_rows, drain_within, env_or, exec_raw, spawn_run, start_sim, text, ConfigFile, TestDb,
+    TEST_TOKEN,
+};
 
 /// How the simulated provider behaves in a run, besides the faults.
 #[derive(Clone, Copy)]
@@ -71,10 +66,22 @@ const IDS_IGNORED: Mode = Mode {
     may_park: false,
 };
 
+/// What an engine's run is unless [`ENGINES`] says otherwise: 300 statuses,
+/// 3 SIGKILLs, no bad rows, no PostgreSQL cuts, nothing parked.
+const ENGINE: Mode = Mode {
+    name: "",
+    provider: |_| {},
+    statuses: 300,
+    kills: 3,
+    full: false,
+    may_park: false,
+};
+
 /// Each engine the simulator plays (issue 12 §6), with its own response and
 /// listing shapes, id honouring, store, dropped listing items, contacts'
 /// statuses and read errors; and posts held past our timeout before the
-/// provider makes them (the engine's retry window).
+/// provider makes them (the engine's retry window). Each with the sizes and
+/// checks of `ENGINE` unless it says otherwise.
 const ENGINES: [Mode; 6] = [
     Mode {
         name: "wawp (ids ignored), 20% of posts held 1.2 s",
@@ -84,10 +91,7 @@ const ENGINES: [Mode; 6] = [
             c.hold_share = 0.2;
             c.hold_ms = 1200;
         },
-        statuses: 300,
-        kills: 3,
-        full: false,
-        may_park: false,
+        ..ENGINE
     },
     Mode {
         name: "noweb with its store (ids honoured)",
@@ -95,34 +99,23 @@ const ENGINES: [Mode; 6] = [
             c.engine = SimEngine::Noweb;
             c.message_store = Some(true);
         },
-        statuses: 300,
-        kills: 3,
-        full: false,
-        may_park: false,
+        ..ENGINE
     },
     Mode {
         name: "noweb without a store (the default: no look-up works)",
         provider: |c| c.engine = SimEngine::Noweb,
-        statuses: 300,
-        kills: 3,
-        full: false,
         may_park: true,
+        ..ENGINE
     },
     Mode {
         name: "gows (ids honoured, read errors)",
         provider: |c| c.engine = SimEngine::Gows,
-        statuses: 300,
-        kills: 3,
-        full: false,
-        may_park: false,
+        ..ENGINE
     },
     Mode {
         name: "webjs (ids ignored, answers with the latest own status)",
         provider: |c| c.engine = SimEngine::Webjs,
-        statuses: 300,
-        kills: 3,
-        full: false,
-        may_park: false,
+        ..ENGINE
     },
     Mode {
         name: "ids ignored, 20% of posts held 1.2 s",
@@ -131,63 +124,55 @@ const ENGINES: [Mode; 6] = [
             c.hold_share = 0.2;
             c.hold_ms = 1200;
         },
-        statuses: 300,
-        kills: 3,
-        full: false,
-        may_park: false,
+        ..ENGINE
     },
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn chaos_engines_sqlite() {
-    // The engines side by side, each with its own database, simulator and
-    // daemons: the run waits on leases and settle delays, not on the CPU.
-    join_all(ENGINES.map(|mode| async move {
-        let db = TestDb::sqlite().await;
-        let store = db.sqlite_store().await;
-        chaos(store, &db, mode).await;
-    }))
-    .await;
+/// Where a run's rows live: each run gets a fresh database of its own.
+#[derive(Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+use Backend::{Postgres, Sqlite};
+
+/// One test per line: `name => what it runs`.
+macro_rules! chaos_tests {
+    ($($name:ident => $run:expr),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            $run.await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn chaos_engines_postgres() {
-    // The engines side by side, each with its own database, simulator and
-    // daemons: the run waits on leases and settle delays, not on the CPU.
-    join_all(ENGINES.map(|mode| async move {
-        let db = TestDb::postgres().await;
-        let store = db.pg_store().await;
-        chaos(store, &db, mode).await;
-    }))
-    .await;
+chaos_tests! {
+    chaos_engines_sqlite => engines_side_by_side(Sqlite),
+    chaos_engines_postgres => engines_side_by_side(Postgres),
+    chaos_sqlite => chaos_on(Sqlite, HONOURED),
+    chaos_postgres => chaos_on(Postgres, HONOURED),
+    chaos_ids_ignored_sqlite => chaos_on(Sqlite, IDS_IGNORED),
+    chaos_ids_ignored_postgres => chaos_on(Postgres, IDS_IGNORED),
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn chaos_sqlite() {
-    let db = TestDb::sqlite().await;
-    let store = db.sqlite_store().await;
-    chaos(store, &db, HONOURED).await;
+/// The engines side by side, each with its own database, simulator and
+/// daemons: the run waits on leases and settle delays, not on the CPU.
+async fn engines_side_by_side(backend: Backend) {
+    join_all(ENGINES.map(|mode| chaos_on(backend, mode))).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn chaos_postgres() {
-    let db = TestDb::postgres().await;
-    let store = db.pg_store().await;
-    chaos(store, &db, HONOURED).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn chaos_ids_ignored_sqlite() {
-    let db = TestDb::sqlite().await;
-    let store = db.sqlite_store().await;
-    chaos(store, &db, IDS_IGNORED).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn chaos_ids_ignored_postgres() {
-    let db = TestDb::postgres().await;
-    let store = db.pg_store().await;
-    chaos(store, &db, IDS_IGNORED).await;
+/// A [`chaos`] run of `mode` on a fresh database.
+async fn chaos_on(backend: Backend, mode: Mode) {
+    match backend {
+        Sqlite => {
+            let db = TestDb::sqlite().await;
+            chaos(db.sqlite_store().await, &db, mode).await;
+        }
+        Postgres => {
+            let db = TestDb::postgres().await;
+            chaos(db.pg_store().await, &db, mode).await;
+        }
+    }
 }
 
 /// A bad row and the field its error must name.
@@ -278,70 +263,6 @@ fn bad_corpus(sqlite: bool) -> Vec<BadRow> {
     out
 }
 
-/// Writes the daemon's config file and returns its directory.
-fn write_config(dir: &Path, db_url: &str, sim: &SimHandle) -> PathBuf {
-    let cfg = format!(
-        r#"
-[database]
-url = "{db_url}"
-max_connections = 8
-
-[daemon]
-concurrency = 48
-batch_size = 64
-lease_secs = 2
-poll_interval_ms = 50
-fallback_poll_ms = 500
-retry_base_ms = 50
-retry_max_ms = 1000
-settle_delay_ms = 300
-# Longer than the simulator's longest hold (1.2 s): a held post is made
-# within a retry window of our call's end.
-engine_retry_window_ms = 1500
-reconcile_interval_ms = 200
-rescue_interval_ms = 300
-instance_probe_ms = 500
-shutdown_grace_secs = 3
-
-[admin]
-enabled = false
-
-[provider]
-connect_timeout_ms = 500
-request_timeout_ms = 500
-
-[instances.main]
-base_url = "{base}"
-instance_id = "main"
-supplied_id = true
-rate_per_sec = 5000
-burst = 500
-"#,
-        base = sim.base_url()
-    );
-    std::fs::write(dir.join("default.toml"), cfg).expect("write config");
-    dir.to_path_buf()
-}
-
-fn spawn_daemon(bin_dir: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    crate::support::statusd_command()
-        .arg("--config-dir")
-        .arg(bin_dir)
-        .args(["--log-format", "json", "--log-level", "info", "run"])
-        // The token reaches the daemon the way operators are told to pass it.
-        .env("STATUSD__INSTANCES__MAIN__ACCESS_TOKEN", TEST_TOKEN)
-        .env_remove("RUST_LOG")
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn statusd run")
-}
-
 async fn terminate_pg_connections(db: &TestDb) -> u64 {
     let name = db.url.rsplit('/').next().unwrap_or_default().to_string();
     exec_raw(
@@ -382,7 +303,13 @@ async fn chaos<S: Store>(store: S, db: &TestDb, mode: Mode) {
     (mode.provider)(&mut sim_cfg);
     let sim = start_sim(sim_cfg).await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg_dir = write_config(dir.path(), &db.url, &sim);
+    let cfg_dir = ConfigFile::killed(&db.url, &sim.base_url())
+        .max_connections(8)
+        // Longer than the simulator's longest hold (1.2 s): a held post is
+        // made within a retry window of our call's end.
+        .daemon(&[("engine_retry_window_ms", 1500)])
+        .provider_timeouts(500, 500)
+        .write(dir.path());
     let log = dir.path().join("statusd.log");
 
     // Good rows in batches, with the bad corpus mixed between them.
@@ -420,7 +347,7 @@ async fn chaos<S: Store>(store: S, db: &TestDb, mode: Mode) {
     }
 
     // Kill and restart; a second daemon for part of the run; PG restarts.
-    let mut a = spawn_daemon(&cfg_dir, &log);
+    let mut a = spawn_run(&cfg_dir, &log, "info", &[]);
     let mut b: Option<Child> = None;
     let mut terminated = 0;
     let mut restarts_done = 0;
@@ -429,7 +356,7 @@ async fn chaos<S: Store>(store: S, db: &TestDb, mode: Mode) {
         a.start_kill().expect("SIGKILL");
         a.wait().await.expect("reap");
         if k == kills / 3 {
-            b = Some(spawn_daemon(&cfg_dir, &log));
+            b = Some(spawn_run(&cfg_dir, &log, "info", &[]));
         }
         if k == 2 * kills / 3 {
             if let Some(mut second) = b.take() {
@@ -437,7 +364,7 @@ async fn chaos<S: Store>(store: S, db: &TestDb, mode: Mode) {
                 second.wait().await.expect("reap");
             }
         }
-        a = spawn_daemon(&cfg_dir, &log);
+        a = spawn_run(&cfg_dir, &log, "info", &[]);
         if !sqlite && restarts_done < pg_restarts && k % 2 == 1 {
             // Cut every connection of the running daemons (and of this
             // test's pool) mid-work, as a database restart would.
@@ -453,15 +380,7 @@ async fn chaos<S: Store>(store: S, db: &TestDb, mode: Mode) {
     }
 
     // Let the last daemon drain, then stop it the polite way.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while live_rows(&store).await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "not drained: {:?}",
-            store.summary().await.unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    drain_within(&store, 300, 100, "not drained").await;
     let wall = started.elapsed();
     let pid = a.id().expect("pid") as i32;
     // SAFETY: kill(2) with a pid we spawned and have not reaped.
@@ -484,13 +403,7 @@ async fn chaos<S: Store>(store: S, db: &TestDb, mode: Mode) {
         .filter(|i| !seen.contains_key(&format!("status number {i}")))
         .count();
     let shown_twice = seen.values().filter(|n| **n > 1).count();
-    let rows = store
-        .list(ListParams {
-            limit: 1_000_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let rows = all_rows(&store).await;
     let by_state = |s: State| rows.iter().filter(|r| r.state == s).count();
     let parked = rows.iter().filter(|r| r.parked_at.is_some()).count();
 

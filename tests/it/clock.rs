@@ -11,13 +11,13 @@
 //! jump forward there expires leases early — rows go `in_doubt` and are
 //! reconciled, never blindly re-sent; README, "Clocks".)
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use statusd::sim::SimConfig;
 use statusd::store::Store;
 
 use crate::support::{
-    live_rows, spawn_run, start_sim, text, write_daemon_config, TestDb, TEST_TOKEN,
+    app_enqueuing, drain_within, spawn_run, start_sim, write_daemon_config, TestDb, TEST_TOKEN,
 };
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
@@ -77,15 +77,7 @@ async fn clock_jumps<S: Store>(db: &TestDb, store: S, jumps: &[&str]) {
     );
 
     let rows = 500;
-    let app = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            for i in 0..rows {
-                store.enqueue(text("main", i)).await.expect("enqueue");
-                tokio::time::sleep(Duration::from_millis(12)).await;
-            }
-        })
-    };
+    let app = app_enqueuing(&store, rows, 12);
     // Forward and back by minutes, several times, while rows flow.
     for j in jumps {
         tokio::time::sleep(Duration::from_millis(900)).await;
@@ -93,15 +85,7 @@ async fn clock_jumps<S: Store>(db: &TestDb, store: S, jumps: &[&str]) {
     }
     app.await.unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while live_rows(&store).await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "not drained: {:?}",
-            store.summary().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    drain_within(&store, 60, 100, "not drained").await;
     crate::support::assert_exactly_once_in(&store, &sim, rows).await;
 
     // The jumps reached the daemon: its log timestamps moved by minutes.

@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use statusd::config::Settings;
+use statusd::model::OutboxRow;
 use statusd::model::State;
 use statusd::provider::{OutgoingStatus, Provider, WawpClient};
-use statusd::sim::SimConfig;
+use statusd::sim::{SimConfig, SimHandle};
 use statusd::store::{ClaimParams, EnqueueParams, ListParams, Store};
 
 use crate::support::{
@@ -47,25 +49,41 @@ async fn enqueue_n<S: Store>(s: &S, instance: &str, n: usize) {
 }
 
 async fn all_posted<S: Store>(s: &S, n: usize) {
-    let posted = s
-        .list(ListParams {
-            state: Some(State::Posted),
-            limit: 1_000_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let posted = list_rows(s, Some(State::Posted), 1_000_000).await;
     assert_eq!(posted.len(), n, "summary: {:?}", s.summary().await.unwrap());
+}
+
+/// Up to `limit` rows of the outbox (those in `state` if given).
+async fn list_rows<S: Store>(s: &S, state: Option<State>, limit: i64) -> Vec<OutboxRow> {
+    s.list(ListParams {
+        state,
+        limit,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// A daemon over `s` with `settings` until every row is terminal (within
+/// `secs`), stopped; then each of `n` statuses shown exactly once.
+async fn drain_exactly_once<S: Store>(
+    s: &S,
+    sim: &SimHandle,
+    settings: &Settings,
+    secs: u64,
+    n: usize,
+) {
+    let d = spawn_daemon(s.clone(), settings);
+    wait_drained(s, secs).await;
+    d.stop().await;
+    assert_exactly_once_in(s, sim, n).await;
 }
 
 async fn every_fault_ends_posted_exactly_once<S: Store>(s: S, db: &TestDb) {
     let sim = start_sim(faulty()).await;
     let settings = test_settings(&db.url, &sim, &[("main", true)]);
     enqueue_n(&s, "main", 400).await;
-    let d = spawn_daemon(s.clone(), &settings);
-    wait_drained(&s, 90).await;
-    d.stop().await;
-    assert_exactly_once_in(&s, &sim, 400).await;
+    drain_exactly_once(&s, &sim, &settings, 90, 400).await;
     all_posted(&s, 400).await;
     let faults = sim.stats().faults;
     for kind in [
@@ -84,13 +102,7 @@ async fn every_fault_ends_posted_exactly_once<S: Store>(s: S, db: &TestDb) {
     }
     // The posted rows carry the id the provider knows them by.
     let ids: std::collections::HashSet<String> = sim.posted().into_iter().map(|p| p.id).collect();
-    let rows = s
-        .list(ListParams {
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let rows = list_rows(&s, None, 1000).await;
     assert!(rows
         .iter()
         .all(|r| ids.contains(r.provider_id.as_deref().unwrap_or("-"))));
@@ -110,19 +122,10 @@ async fn auto_assigned_ids_are_reconciled_by_content<S: Store>(s: S, db: &TestDb
     .await;
     let settings = test_settings(&db.url, &sim, &[("main", false)]);
     enqueue_n(&s, "main", 300).await;
-    let d = spawn_daemon(s.clone(), &settings);
-    wait_drained(&s, 90).await;
-    d.stop().await;
-    assert_exactly_once_in(&s, &sim, 300).await;
+    drain_exactly_once(&s, &sim, &settings, 90, 300).await;
     all_posted(&s, 300).await;
     // The provider's own ids were recorded, not ours.
-    let rows = s
-        .list(ListParams {
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let rows = list_rows(&s, None, 1000).await;
     assert!(rows
         .iter()
         .all(|r| r.provider_id.is_some() && r.provider_id != r.message_id));
@@ -170,10 +173,7 @@ async fn expired_leases_of_a_dead_daemon_are_reconciled<S: Store>(s: S, db: &Tes
         );
     }
     assert_eq!(sim.stats().posted, 20);
-    let d = spawn_daemon(s.clone(), &settings);
-    wait_drained(&s, 60).await;
-    d.stop().await;
-    assert_exactly_once_in(&s, &sim, 40).await;
+    drain_exactly_once(&s, &sim, &settings, 60, 40).await;
     all_posted(&s, 40).await;
     assert_eq!(
         sim.stats().posted,
@@ -196,14 +196,7 @@ async fn instance_down_pauses_rows_instead_of_failing_them<S: Store>(s: S, db: &
     // main drains; down's rows wait as pending_upload, none failed.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let posted = s
-            .list(ListParams {
-                state: Some(State::Posted),
-                limit: 100,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        let posted = list_rows(&s, Some(State::Posted), 100).await;
         if posted.len() == 10 {
             break;
         }
@@ -263,18 +256,8 @@ async fn bad_rows_become_invalid_and_good_rows_still_post<S: Store>(s: S, db: &T
         .await
         .unwrap();
     }
-    let d = spawn_daemon(s.clone(), &settings);
-    wait_drained(&s, 60).await;
-    d.stop().await;
-    assert_exactly_once_in(&s, &sim, 50).await;
-    let invalid = s
-        .list(ListParams {
-            state: Some(State::Invalid),
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    drain_exactly_once(&s, &sim, &settings, 60, 50).await;
+    let invalid = list_rows(&s, Some(State::Invalid), 100).await;
     assert_eq!(invalid.len(), bad.len());
     for (_, field) in bad {
         assert!(
@@ -316,28 +299,14 @@ async fn shutdown_mid_drain_loses_nothing<S: Store>(s: S, db: &TestDb) {
     }
     d.stop().await;
     assert!(crate::support::live_rows(&s).await > 0, "stopped mid-drain");
-    let uploading = s
-        .list(ListParams {
-            state: Some(State::Uploading),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let uploading = list_rows(&s, Some(State::Uploading), 1000).await;
     assert!(
         uploading.is_empty(),
         "cancelled calls were recorded as in_doubt, not left leased"
     );
     // Rows claimed ahead of a free slot and never sent went straight back
     // to pending_upload with their attempt refunded: nothing to doubt.
-    let pending = s
-        .list(ListParams {
-            state: Some(State::PendingUpload),
-            limit: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let pending = list_rows(&s, Some(State::PendingUpload), 1000).await;
     let mut released = 0;
     for row in &pending {
         let history = s.attempts(row.id).await.unwrap();
@@ -350,10 +319,7 @@ async fn shutdown_mid_drain_loses_nothing<S: Store>(s: S, db: &TestDb) {
         "claimed rows waiting for a slot were released"
     );
     settings.daemon.concurrency = 32;
-    let d = spawn_daemon(s.clone(), &settings);
-    wait_drained(&s, 90).await;
-    d.stop().await;
-    assert_exactly_once_in(&s, &sim, 300).await;
+    drain_exactly_once(&s, &sim, &settings, 90, 300).await;
 }
 
 async fn api_id_source_fetches_ids_before_sending<S: Store>(s: S, db: &TestDb) {
@@ -367,17 +333,8 @@ async fn api_id_source_fetches_ids_before_sending<S: Store>(s: S, db: &TestDb) {
     let mut settings = test_settings(&db.url, &sim, &[("main", true)]);
     settings.daemon.id_source = statusd::config::IdSource::Api;
     enqueue_n(&s, "main", 60).await;
-    let d = spawn_daemon(s.clone(), &settings);
-    wait_drained(&s, 60).await;
-    d.stop().await;
-    assert_exactly_once_in(&s, &sim, 60).await;
-    let rows = s
-        .list(ListParams {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    drain_exactly_once(&s, &sim, &settings, 60, 60).await;
+    let rows = list_rows(&s, None, 100).await;
     for r in rows {
         let mid = r.message_id.unwrap();
         assert!(statusd::provider::ids::is_well_formed(&mid));
@@ -482,13 +439,7 @@ async fn schedules_fire_once_per_occurrence_across_replicas() {
     b.stop().await;
     let secs = started.elapsed().as_secs_f64().ceil() as usize;
     wait_drained(&s, 30).await;
-    let rows = s
-        .list(ListParams {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let rows = list_rows(&s, None, 100).await;
     assert!(
         rows.len() >= 3 && rows.len() <= secs + 1,
         "{} rows in {secs}s",
@@ -524,17 +475,8 @@ async fn rows_that_wait_past_half_their_lease_are_released_not_sent<S: Store>(s:
     settings.daemon.concurrency = 1;
     settings.provider.request_timeout_ms = 5_000;
     enqueue_n(&s, "main", 3).await;
-    let d = spawn_daemon(s.clone(), &settings);
-    wait_drained(&s, 60).await;
-    d.stop().await;
-    assert_exactly_once_in(&s, &sim, 3).await;
-    let rows = s
-        .list(ListParams {
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    drain_exactly_once(&s, &sim, &settings, 60, 3).await;
+    let rows = list_rows(&s, None, 10).await;
     let mut released = 0;
     for row in &rows {
         assert_eq!(row.state, State::Posted);

@@ -8,13 +8,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use statusd::sim::SimConfig;
 use statusd::store::{SqliteStore, Store};
 
 use crate::support::{
-    live_rows, spawn_run, start_sim, statusd_in, text, write_daemon_config, TEST_TOKEN,
+    drain_within_or, spawn_run, start_sim, statusd_in, text, write_daemon_config, TEST_TOKEN,
 };
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
@@ -143,23 +143,26 @@ async fn a_full_disk_loses_and_doubles_nothing_and_the_daemon_resumes() {
     assert_eq!(bad, 0, "space is back");
     accepted += ok;
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while live_rows(&app).await > 0 {
-        if Instant::now() > deadline {
-            let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = logs
-                .lines()
-                .filter(|l| !l.contains("\"level\":\"INFO\""))
-                .collect();
-            panic!(
-                "not drained after space returned: {:?}\n{} rows accepted\nlog (last warnings):\n{}",
-                app.summary().await,
-                accepted,
-                tail[tail.len().saturating_sub(15)..].join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let last_warnings = || {
+        let logs = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = logs
+            .lines()
+            .filter(|l| !l.contains("\"level\":\"INFO\""))
+            .collect();
+        format!(
+            "\n{} rows accepted\nlog (last warnings):\n{}",
+            accepted,
+            tail[tail.len().saturating_sub(15)..].join("\n")
+        )
+    };
+    drain_within_or(
+        &app,
+        60,
+        100,
+        "not drained after space returned",
+        last_warnings,
+    )
+    .await;
     let rows = crate::support::all_rows(&app).await;
     assert_eq!(rows.len(), accepted, "every row the app committed is kept");
     // Every committed row shown once, none of the refused ones.

@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 use statusd::sim::{SimConfig, SimHandle};
-use statusd::store::Store;
-use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, Command};
 
-use crate::support::{assert_exactly_once, start_sim, TestDb, TEST_TOKEN};
+use crate::support::{
+    assert_exactly_once, enqueue_children, read_log, spawn_run_isolated, spawn_sqlite3,
+    sqlite3_feed, sqlite3_run, start_sim, wait_all_posted, ConfigFile, TestDb, TEST_TOKEN,
+};
 
 /// How many statuses each run enqueues, and how many of them by `statusd
 /// enqueue` children (the rest by the other writer).
@@ -30,77 +30,10 @@ enum Writer {
     Sqlite3Cli,
 }
 
-/// A config directory for `statusd` against `db_url` and `sim`, with the
-/// admin server on `admin_port` (0: disabled).
-fn config_dir(dir: &Path, db_url: &str, sim: &SimHandle, admin_port: u16) -> PathBuf {
-    let admin = if admin_port == 0 {
-        "enabled = false".to_string()
-    } else {
-        format!("enabled = true\nbind = \"127.0.0.1:{admin_port}\"")
-    };
-    let cfg = format!(
-        r#"
-[database]
-url = "{db_url}"
-max_connections = 4
-
-[daemon]
-concurrency = 32
-batch_size = 64
-lease_secs = 10
-
-[admin]
-{admin}
-
-[provider]
-connect_timeout_ms = 2000
-request_timeout_ms = 5000
-
-[instances.main]
-base_url = "{base}"
-instance_id = "main"
-supplied_id = true
-rate_per_sec = 5000
-burst = 500
-"#,
-        base = sim.base_url()
-    );
-    std::fs::write(dir.join("default.toml"), cfg).expect("write config");
-    dir.to_path_buf()
-}
-
-/// `statusd --config-dir DIR ARGS…` with only this test's environment.
-fn statusd(cfg: &Path, args: &[&str]) -> Command {
-    crate::support::statusd_isolated(cfg, args, "multiprocess-test")
-}
+const LABEL: &str = "multiprocess-test";
 
 async fn run_ok(cfg: &Path, args: &[&str]) -> String {
-    crate::support::statusd_isolated_ok(cfg, args, "multiprocess-test").await
-}
-
-fn spawn_daemon(cfg: &Path, log: &Path) -> Child {
-    let log = std::fs::File::create(log).expect("log file");
-    statusd(cfg, &["--log-format", "json", "--log-level", "info", "run"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn statusd run")
-}
-
-/// The `sqlite3` tool on `file`, reading statements from its stdin; it dies
-/// with the test like every child.
-fn spawn_sqlite3(file: &Path) -> Child {
-    let mut cmd = Command::new("sqlite3");
-    cmd.arg("-bail")
-        .arg(file)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    crate::support::die_with_parent(cmd.as_std_mut());
-    cmd.spawn()
-        .expect("the sqlite3 command-line tool (installed by .ci/run)")
+    crate::support::statusd_isolated_ok(cfg, args, LABEL).await
 }
 
 fn insert_sql(i: usize) -> String {
@@ -113,11 +46,20 @@ fn db_file(db: &TestDb) -> PathBuf {
     PathBuf::from(db.url.trim_start_matches("sqlite://"))
 }
 
-fn daemon_log(log: &Path) -> String {
-    std::fs::read_to_string(log).unwrap_or_default()
+/// What each test starts from: the simulator (knowing `main`'s token), a
+/// SQLite database migrated by `statusd migrate`, and `statusd run` on it;
+/// its config (the admin server on `admin_port` if `admin`) and log in `dir`.
+struct Started {
+    daemon: tokio::process::Child,
+    log: PathBuf,
+    cfg: PathBuf,
+    admin_port: u16,
+    dir: tempfile::TempDir,
+    db: TestDb,
+    sim: SimHandle,
 }
 
-async fn beside_other_processes(writer: Writer) {
+async fn start(admin: bool) -> Started {
     let sim = start_sim(SimConfig {
         tokens: [("main".to_string(), TEST_TOKEN.to_string())].into(),
         ..SimConfig::default()
@@ -125,10 +67,38 @@ async fn beside_other_processes(writer: Writer) {
     .await;
     let db = TestDb::sqlite().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = config_dir(dir.path(), &db.url, &sim, 0);
+    let admin_port = if admin { free_port() } else { 0 };
+    let mut cfg = ConfigFile::new(&db.url, &sim.base_url())
+        .daemon(&[("concurrency", 32), ("batch_size", 64), ("lease_secs", 10)])
+        .provider_timeouts(2000, 5000);
+    if admin {
+        cfg = cfg.admin(&format!("127.0.0.1:{admin_port}"));
+    }
+    let cfg = cfg.write(dir.path());
     let log = dir.path().join("statusd.log");
     run_ok(&cfg, &["migrate"]).await;
-    let mut daemon = spawn_daemon(&cfg, &log);
+    let daemon = spawn_run_isolated(&cfg, &log, LABEL);
+    Started {
+        daemon,
+        log,
+        cfg,
+        admin_port,
+        dir,
+        db,
+        sim,
+    }
+}
+
+async fn beside_other_processes(writer: Writer) {
+    let Started {
+        mut daemon,
+        log,
+        cfg,
+        admin_port: _,
+        dir: _dir,
+        db,
+        sim,
+    } = start(false).await;
     let started = Instant::now();
 
     // The other writer: rows BY_CLI..STATUSES, in small bursts.
@@ -157,24 +127,15 @@ async fn beside_other_processes(writer: Writer) {
                 }
             }
             Writer::Sqlite3Cli => {
-                let mut cli = spawn_sqlite3(&file);
-                let mut stdin = cli.stdin.take().expect("stdin");
-                stdin
-                    .write_all(b".timeout 10000\n")
-                    .await
-                    .expect("sqlite3 stdin");
-                for i in BY_CLI..STATUSES {
-                    stdin
-                        .write_all(insert_sql(i).as_bytes())
-                        .await
-                        .expect("sqlite3 stdin");
-                    if i % 20 == 0 {
-                        stdin.flush().await.expect("flush");
-                        tokio::time::sleep(Duration::from_millis(15)).await;
-                    }
-                }
-                drop(stdin);
-                let out = cli.wait_with_output().await.expect("sqlite3 exits");
+                let cli = spawn_sqlite3(&file, Stdio::null());
+                let out = sqlite3_feed(
+                    cli,
+                    BY_CLI..STATUSES,
+                    insert_sql,
+                    20,
+                    Duration::from_millis(15),
+                )
+                .await;
                 assert!(
                     out.status.success(),
                     "sqlite3 failed: {}",
@@ -187,17 +148,7 @@ async fn beside_other_processes(writer: Writer) {
     // Meanwhile `statusd enqueue` children, four at a time, with `ls` and
     // `stats` children between them.
     for chunk in (0..BY_CLI).collect::<Vec<_>>().chunks(4) {
-        let runs: Vec<_> = chunk
-            .iter()
-            .map(|i| {
-                let text = format!("status number {i}");
-                let cfg = cfg.clone();
-                async move {
-                    run_ok(&cfg, &["enqueue", "--instance", "main", "--text", &text]).await;
-                }
-            })
-            .collect();
-        futures_util::future::join_all(runs).await;
+        enqueue_children(&cfg, LABEL, chunk).await;
         if chunk[0] % 20 == 0 {
             run_ok(&cfg, &["ls", "--limit", "5"]).await;
             run_ok(&cfg, &["stats"]).await;
@@ -205,34 +156,14 @@ async fn beside_other_processes(writer: Writer) {
         assert!(
             daemon.try_wait().expect("poll daemon").is_none(),
             "the daemon died while other processes wrote:\n{}",
-            daemon_log(&log)
+            read_log(&log)
         );
     }
     other.await.expect("the other writer finished");
 
     // Every row posted, with the daemon alive throughout.
     let store = db.sqlite_store().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = daemon.try_wait().expect("poll daemon") {
-            panic!("the daemon exited ({status}):\n{}", daemon_log(&log));
-        }
-        let rows = crate::support::all_rows(&store).await;
-        let posted = rows
-            .iter()
-            .filter(|r| r.state == statusd::model::State::Posted)
-            .count();
-        if posted == STATUSES && rows.len() == STATUSES {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{posted} of {} rows posted: {:?}",
-            rows.len(),
-            store.summary().await.unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_all_posted(&store, &mut daemon, &log, STATUSES, Duration::from_secs(60)).await;
     println!(
         "{writer:?}: {STATUSES} statuses from other processes posted in {:.1}s",
         started.elapsed().as_secs_f64()
@@ -247,7 +178,7 @@ async fn beside_other_processes(writer: Writer) {
         daemon.try_wait().expect("poll daemon").is_none(),
         "the daemon is still running"
     );
-    let logs = daemon_log(&log);
+    let logs = read_log(&log);
     assert!(
         !logs.contains("malformed") && !logs.contains("disk image"),
         "{logs}"
@@ -290,157 +221,127 @@ enum Expect {
 fn bad_corpus() -> Vec<Bad> {
     use Expect::*;
     let ok = r#"'{"text":"a bad row"}'"#;
-    let row = |instance: &str, kind: &str, payload: &str, priority: &str, not_before: &str| {
+    let bad = |instance: &str, kind: &str, payload: &str, priority: &str, not_before: &str| {
         format!("{instance}, {kind}, {payload}, {priority}, {not_before}")
     };
-    let main = "'main'";
-    let text = "'text'";
-    let mut v = vec![
-        // Integer columns.
+    let mut v = Vec::new();
+    // Integer columns: (priority, not_before), refused for this reason.
+    let integers = [
         (
-            row(main, text, ok, "0", "1700000000000.5"),
-            None,
-            Refused("REAL value in INTEGER column status_outbox.not_before"),
+            "0",
+            "1700000000000.5",
+            "REAL value in INTEGER column status_outbox.not_before",
         ),
         (
-            row(main, text, ok, "0", "'2030-01-01'"),
-            None,
-            Refused("TEXT value in INTEGER column status_outbox.not_before"),
+            "0",
+            "'2030-01-01'",
+            "TEXT value in INTEGER column status_outbox.not_before",
         ),
         (
-            row(main, text, ok, "0", "X'00'"),
-            None,
-            Refused("BLOB value in INTEGER column status_outbox.not_before"),
+            "0",
+            "X'00'",
+            "BLOB value in INTEGER column status_outbox.not_before",
+        ),
+        ("0", "99999999999999999", "not_before BETWEEN"),
+        (
+            "1.5",
+            "NULL",
+            "REAL value in INTEGER column status_outbox.priority",
         ),
         (
-            row(main, text, ok, "0", "99999999999999999"),
-            None,
-            Refused("not_before BETWEEN"),
+            "'high'",
+            "NULL",
+            "TEXT value in INTEGER column status_outbox.priority",
         ),
         (
-            row(main, text, ok, "1.5", "NULL"),
-            None,
-            Refused("REAL value in INTEGER column status_outbox.priority"),
+            "X'01'",
+            "NULL",
+            "BLOB value in INTEGER column status_outbox.priority",
         ),
+        ("9999999999", "NULL", "priority BETWEEN"),
+    ];
+    for (priority, not_before, why) in integers {
+        let values = bad("'main'", "'text'", ok, priority, not_before);
+        v.push(Bad {
+            values,
+            id: None,
+            expect: Refused(why),
+        });
+    }
+    // Text columns: (instance, kind, payload).
+    let texts = [
         (
-            row(main, text, ok, "'high'", "NULL"),
-            None,
-            Refused("TEXT value in INTEGER column status_outbox.priority"),
-        ),
-        (
-            row(main, text, ok, "X'01'", "NULL"),
-            None,
-            Refused("BLOB value in INTEGER column status_outbox.priority"),
-        ),
-        (
-            row(main, text, ok, "9999999999", "NULL"),
-            None,
-            Refused("priority BETWEEN"),
-        ),
-        // Text columns.
-        (
-            row("X'6D61696E'", text, ok, "0", "NULL"),
-            None,
+            ("X'6D61696E'", "'text'", ok),
             Refused("BLOB value in TEXT column status_outbox.instance"),
         ),
         (
-            row(main, text, "X'7B7D'", "0", "NULL"),
-            None,
+            ("'main'", "'text'", "X'7B7D'"),
             Refused("BLOB value in TEXT column status_outbox.payload"),
         ),
         (
-            row(main, "5", ok, "0", "NULL"),
-            None,
+            ("'main'", "5", ok),
             Refused("CHECK constraint failed: kind"),
         ),
-        (row("5", text, ok, "0", "NULL"), None, Invalid("instance")),
-        (row(main, text, "5", "0", "NULL"), None, Invalid("payload")),
-        (
-            row(main, text, "12.5", "0", "NULL"),
-            None,
-            Invalid("payload"),
-        ),
+        (("5", "'text'", ok), Invalid("instance")),
+        (("'main'", "'text'", "5"), Invalid("payload")),
+        (("'main'", "'text'", "12.5"), Invalid("payload")),
         // Text that is not UTF-8.
         (
-            row("CAST(X'6D61FF6E' AS TEXT)", text, ok, "0", "NULL"),
-            None,
+            ("CAST(X'6D61FF6E' AS TEXT)", "'text'", ok),
             Invalid("instance"),
         ),
         (
-            row(
-                main,
-                text,
+            (
+                "'main'",
+                "'text'",
                 "CAST(X'7B2274657874223A2263616680227D' AS TEXT)",
-                "0",
-                "NULL",
             ),
-            None,
             Invalid("payload"),
         ),
         // NUL characters.
         (
-            row(main, text, r#"'{"text":"a\u0000b"}'"#, "0", "NULL"),
-            None,
+            ("'main'", "'text'", r#"'{"text":"a\u0000b"}'"#),
             Invalid("payload.text"),
         ),
         (
-            row(
-                main,
-                text,
-                r#"'{"text":"a' || char(0) || 'b"}'"#,
-                "0",
-                "NULL",
-            ),
-            None,
+            ("'main'", "'text'", r#"'{"text":"a' || char(0) || 'b"}'"#),
             Invalid("payload"),
         ),
         (
-            row("'ma' || char(0) || 'in'", text, ok, "0", "NULL"),
-            None,
+            ("'ma' || char(0) || 'in'", "'text'", ok),
             Invalid("instance"),
         ),
-        // Ids: only the canonical form is accepted.
-        (
-            row(main, text, ok, "0", "NULL"),
-            Some("'0190A2B4-1111-7222-8333-444455556666'"),
-            Refused("id_is_a_canonical_uuid"),
-        ),
-        (
-            row(main, text, ok, "0", "NULL"),
-            Some("'{0190a2b4-1111-7222-8333-444455556666}'"),
-            Refused("id_is_a_canonical_uuid"),
-        ),
-        (
-            row(main, text, ok, "0", "NULL"),
-            Some("'0190a2b4111172228333444455556666'"),
-            Refused("id_is_a_canonical_uuid"),
-        ),
-        (
-            row(main, text, ok, "0", "NULL"),
-            Some("'not-a-uuid'"),
-            Refused("id_is_a_canonical_uuid"),
-        ),
-        (
-            row(main, text, ok, "0", "NULL"),
-            Some("42"),
-            Refused("id_is_a_canonical_uuid"),
-        ),
     ];
-    v.drain(..)
-        .map(|(values, id, expect)| Bad { values, id, expect })
-        .collect()
+    for ((instance, kind, payload), expect) in texts {
+        let values = bad(instance, kind, payload, "0", "NULL");
+        v.push(Bad {
+            values,
+            id: None,
+            expect,
+        });
+    }
+    // Ids: only the canonical form is accepted.
+    let ids = [
+        "'0190A2B4-1111-7222-8333-444455556666'",
+        "'{0190a2b4-1111-7222-8333-444455556666}'",
+        "'0190a2b4111172228333444455556666'",
+        "'not-a-uuid'",
+        "42",
+    ];
+    for id in ids {
+        let values = bad("'main'", "'text'", ok, "0", "NULL");
+        v.push(Bad {
+            values,
+            id: Some(id),
+            expect: Refused("id_is_a_canonical_uuid"),
+        });
+    }
+    v
 }
 
 /// Runs one statement with the `sqlite3` tool; its error text if it failed.
 async fn sqlite3_exec(file: &Path, sql: &str) -> Option<String> {
-    let mut cli = spawn_sqlite3(file);
-    let mut stdin = cli.stdin.take().expect("stdin");
-    stdin
-        .write_all(format!(".timeout 10000\n{sql}\n").as_bytes())
-        .await
-        .expect("sqlite3 stdin");
-    drop(stdin);
-    let out = cli.wait_with_output().await.expect("sqlite3 exits");
+    let out = sqlite3_run(spawn_sqlite3(file, Stdio::null()), sql).await;
     (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -475,18 +376,15 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_wrongly_typed_rows_never_stall_or_spin_the_daemon() {
     const GOOD: usize = 200;
-    let sim = start_sim(SimConfig {
-        tokens: [("main".to_string(), TEST_TOKEN.to_string())].into(),
-        ..SimConfig::default()
-    })
-    .await;
-    let db = TestDb::sqlite().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
-    let cfg = config_dir(dir.path(), &db.url, &sim, port);
-    let log = dir.path().join("statusd.log");
-    run_ok(&cfg, &["migrate"]).await;
-    let mut daemon = spawn_daemon(&cfg, &log);
+    let Started {
+        mut daemon,
+        log,
+        cfg: _,
+        admin_port: port,
+        dir: _dir,
+        db,
+        sim,
+    } = start(true).await;
     let file = db_file(&db);
 
     let corpus = bad_corpus();
@@ -528,7 +426,7 @@ async fn sqlite_wrongly_typed_rows_never_stall_or_spin_the_daemon() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = daemon.try_wait().expect("poll daemon") {
-            panic!("the daemon exited ({status}):\n{}", daemon_log(&log));
+            panic!("the daemon exited ({status}):\n{}", read_log(&log));
         }
         let (posted, live): (i64, i64) = sqlx::query_as(
             "SELECT COALESCE(SUM(state = 'posted'), 0),
@@ -543,7 +441,7 @@ async fn sqlite_wrongly_typed_rows_never_stall_or_spin_the_daemon() {
         assert!(
             Instant::now() < deadline,
             "stalled: {posted} of {GOOD} posted, {live} rows still live\n{}",
-            daemon_log(&log)
+            read_log(&log)
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

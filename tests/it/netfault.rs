@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{
-    live_rows, spawn_run, start_sim, text, write_daemon_config, TestDb, TEST_TOKEN,
+    app_enqueuing, drain_within, spawn_run, start_sim, write_daemon_config, TestDb, TEST_TOKEN,
 };
 
 /// What the proxy does to the bytes it carries.
@@ -186,16 +186,8 @@ async fn provider_and_database_network_faults_lose_and_double_nothing() {
     );
 
     let rows = 400;
-    let app = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            for i in 0..rows {
-                store.enqueue(text("main", i)).await.expect("enqueue");
-                // ~24 s: rows keep coming through every fault and after the last.
-                tokio::time::sleep(Duration::from_millis(60)).await;
-            }
-        })
-    };
+    // ~24 s: rows keep coming through every fault and after the last.
+    let app = app_enqueuing(&store, rows, 60);
     // The faults start once the daemon is up and posting: on a loaded
     // machine its start can outlast the first faults, which then prove
     // nothing.
@@ -238,15 +230,7 @@ async fn provider_and_database_network_faults_lose_and_double_nothing() {
     }
     app.await.expect("the app enqueued every row");
 
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while live_rows(&store).await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "not drained after the faults ended: {:?}",
-            store.summary().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    drain_within(&store, 90, 100, "not drained after the faults ended").await;
     crate::support::assert_exactly_once_in(&store, &sim, rows).await;
 
     // The faults reached the daemon: sends ended in doubt and were

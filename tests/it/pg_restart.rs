@@ -17,7 +17,7 @@ use statusd::sim::SimConfig;
 use statusd::store::{EnqueueParams, PgStore, Store};
 
 use crate::support::{
-    live_rows, spawn_run, start_sim, statusd_in, text, write_daemon_config, TEST_TOKEN,
+    drain_within, spawn_run, start_sim, statusd_in, text, write_daemon_config, TEST_TOKEN,
 };
 
 const ADMIN_TOKEN: &str = "admin-SECRET-93be1f";
@@ -267,15 +267,7 @@ async fn postgres_crash_restarts_and_an_outage_lose_and_double_nothing() {
     app.await.expect("the app enqueued every row");
 
     // Drained, each status shown once.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while live_rows(&store).await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "not drained after the restarts: {:?}",
-            store.summary().await
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    drain_within(&store, 120, 100, "not drained after the restarts").await;
     crate::support::assert_exactly_once_in(&store, &sim, rows).await;
 
     // LISTEN is back: a new row is picked up in milliseconds, far below the

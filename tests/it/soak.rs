@@ -19,15 +19,8 @@ use statusd::store::Store;
 use tokio::process::Child;
 
 use crate::support::{
-    live_rows, spawn_run, start_sim, text, write_daemon_config, TestDb, TEST_TOKEN,
+    drain_within, env_or, spawn_run, start_sim, text, write_daemon_config, TestDb, TEST_TOKEN,
 };
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn spawn_replica(cfg: &Path, log: &Path, n: usize) -> Child {
     let owner = format!("soak-{n}");
@@ -62,9 +55,9 @@ fn usage(pid: u32) -> (f64, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "an hour long; run on demand (see the module docs)"]
 async fn soak_two_replicas_on_postgres() {
-    let secs = env_or("STATUSD_SOAK_SECS", 3600);
-    let total = env_or("STATUSD_SOAK_STATUSES", 200_000) as usize;
-    let kill_every = env_or("STATUSD_SOAK_KILL_EVERY_SECS", 300);
+    let secs = env_or("STATUSD_SOAK_SECS", 3600) as u64;
+    let total = env_or("STATUSD_SOAK_STATUSES", 200_000);
+    let kill_every = env_or("STATUSD_SOAK_KILL_EVERY_SECS", 300) as u64;
     let db = TestDb::postgres().await;
     let store = db.pg_store().await;
     let sim = start_sim(SimConfig {
@@ -142,15 +135,7 @@ async fn soak_two_replicas_on_postgres() {
         }
     }
     app.await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while live_rows(&store).await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "not drained: {:?}",
-            store.summary().await
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    drain_within(&store, 300, 500, "not drained").await;
     crate::support::assert_exactly_once_in(&store, &sim, total).await;
     let stats = sim.stats();
     println!(

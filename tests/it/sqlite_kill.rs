@@ -22,112 +22,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use statusd::model::State;
-use statusd::sim::{SimConfig, SimHandle};
-use statusd::store::Store;
-use tokio::io::AsyncWriteExt;
-use tokio::process::{Child, Command};
+use statusd::sim::SimConfig;
 
-use crate::support::{all_rows, assert_exactly_once, start_sim, TestDb, TEST_TOKEN};
+use crate::support::{
+    assert_exactly_once, enqueue_children, env_or, read_log, spawn_run_isolated, spawn_sqlite3,
+    sqlite3_feed, sqlite3_run, start_sim, wait_all_posted, ConfigFile, TestDb, TEST_TOKEN,
+};
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// The daemon's config: many rows in flight against a provider with some
-/// latency (so outcomes arrive together and are written in batches), short
-/// leases and settle delay (so rows killed mid-call are reconciled quickly).
-fn config_dir(dir: &Path, db_url: &str, sim: &SimHandle) -> PathBuf {
-    let cfg = format!(
-        r#"
-[database]
-url = "{db_url}"
-max_connections = 4
-
-[daemon]
-concurrency = 48
-batch_size = 64
-lease_secs = 2
-poll_interval_ms = 50
-fallback_poll_ms = 500
-retry_base_ms = 50
-retry_max_ms = 1000
-settle_delay_ms = 300
-reconcile_interval_ms = 200
-rescue_interval_ms = 300
-instance_probe_ms = 500
-shutdown_grace_secs = 3
-
-[admin]
-enabled = false
-
-[provider]
-connect_timeout_ms = 500
-request_timeout_ms = 1000
-
-[instances.main]
-base_url = "{base}"
-instance_id = "main"
-supplied_id = true
-rate_per_sec = 5000
-burst = 500
-"#,
-        base = sim.base_url()
-    );
-    std::fs::write(dir.join("default.toml"), cfg).expect("write config");
-    dir.to_path_buf()
-}
-
-/// `statusd --config-dir DIR ARGS…` with only this test's environment.
-fn statusd(cfg: &Path, args: &[&str]) -> Command {
-    crate::support::statusd_isolated(cfg, args, "sqlite-kill-test")
-}
+const LABEL: &str = "sqlite-kill-test";
 
 async fn run_ok(cfg: &Path, args: &[&str]) -> String {
-    crate::support::statusd_isolated_ok(cfg, args, "sqlite-kill-test").await
-}
-
-fn spawn_daemon(cfg: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    statusd(cfg, &["--log-format", "json", "--log-level", "info", "run"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn statusd run")
-}
-
-/// The `sqlite3` tool on `file` reading statements from its stdin.
-fn spawn_sqlite3(file: &Path) -> Child {
-    let mut cmd = Command::new("sqlite3");
-    cmd.arg("-bail")
-        .arg(file)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    crate::support::die_with_parent(cmd.as_std_mut());
-    cmd.spawn()
-        .expect("the sqlite3 command-line tool (installed by .ci/run)")
+    crate::support::statusd_isolated_ok(cfg, args, LABEL).await
 }
 
 /// Runs `sql` with a fresh `sqlite3` process; its output, trimmed.
 async fn sqlite3_query(file: &Path, sql: &str) -> String {
-    let mut cli = spawn_sqlite3(file);
-    let mut stdin = cli.stdin.take().expect("stdin");
-    stdin
-        .write_all(format!(".timeout 10000\n{sql}\n").as_bytes())
-        .await
-        .expect("sqlite3 stdin");
-    drop(stdin);
-    let out = cli.wait_with_output().await.expect("sqlite3 exits");
+    let out = sqlite3_run(spawn_sqlite3(file, Stdio::piped()), sql).await;
     assert!(
         out.status.success(),
         "sqlite3 {sql:?} failed: {}",
@@ -143,10 +53,6 @@ fn insert_sql(i: usize) -> String {
          VALUES ('main', 'text', '{{\"text\":\"status number {i}\"}}', 'app-{i}') \
          ON CONFLICT (dedupe_key) DO NOTHING;\n"
     )
-}
-
-fn daemon_log(log: &Path) -> String {
-    std::fs::read_to_string(log).unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -170,7 +76,7 @@ async fn sqlite_kill_during_batched_writes_with_other_processes() {
     let db = TestDb::sqlite().await;
     let file = PathBuf::from(db.url.trim_start_matches("sqlite://"));
     let dir = tempfile::tempdir().expect("temp dir");
-    let cfg = config_dir(dir.path(), &db.url, &sim);
+    let cfg = ConfigFile::killed(&db.url, &sim.base_url()).write(dir.path());
     let log = dir.path().join("statusd.log");
     run_ok(&cfg, &["migrate"]).await;
     assert_eq!(
@@ -178,7 +84,7 @@ async fn sqlite_kill_during_batched_writes_with_other_processes() {
         "wal",
         "the daemon's SQLite file is in WAL mode"
     );
-    let mut daemon = spawn_daemon(&cfg, &log);
+    let mut daemon = spawn_run_isolated(&cfg, &log, LABEL);
     let started = Instant::now();
     let writers_done = Arc::new(AtomicBool::new(false));
 
@@ -189,24 +95,9 @@ async fn sqlite_kill_during_batched_writes_with_other_processes() {
     let sql_writer = {
         let file = file.clone();
         tokio::spawn(async move {
-            let mut cli = spawn_sqlite3(&file);
-            let mut stdin = cli.stdin.take().expect("stdin");
-            stdin
-                .write_all(b".timeout 10000\n")
-                .await
-                .expect("sqlite3 stdin");
-            for i in by_cli..statuses {
-                stdin
-                    .write_all(insert_sql(i).as_bytes())
-                    .await
-                    .expect("sqlite3 stdin");
-                if i % 10 == 0 {
-                    stdin.flush().await.expect("flush");
-                    tokio::time::sleep(Duration::from_millis(pace_ms)).await;
-                }
-            }
-            drop(stdin);
-            let out = cli.wait_with_output().await.expect("sqlite3 exits");
+            let cli = spawn_sqlite3(&file, Stdio::piped());
+            let pace = Duration::from_millis(pace_ms);
+            let out = sqlite3_feed(cli, by_cli..statuses, insert_sql, 10, pace).await;
             assert!(
                 out.status.success(),
                 "the sqlite3 writer failed: {}",
@@ -221,17 +112,7 @@ async fn sqlite_kill_during_batched_writes_with_other_processes() {
         let cfg = cfg.clone();
         tokio::spawn(async move {
             for chunk in (0..by_cli).collect::<Vec<_>>().chunks(2) {
-                let runs: Vec<_> = chunk
-                    .iter()
-                    .map(|i| {
-                        let text = format!("status number {i}");
-                        let cfg = cfg.clone();
-                        async move {
-                            run_ok(&cfg, &["enqueue", "--instance", "main", "--text", &text]).await;
-                        }
-                    })
-                    .collect();
-                futures_util::future::join_all(runs).await;
+                enqueue_children(&cfg, LABEL, chunk).await;
                 if chunk[0] % 10 == 0 {
                     run_ok(&cfg, &["ls", "--limit", "5"]).await;
                     let stats = run_ok(&cfg, &["stats"]).await;
@@ -279,7 +160,7 @@ async fn sqlite_kill_during_batched_writes_with_other_processes() {
         if let Some(status) = daemon.try_wait().expect("poll daemon") {
             panic!(
                 "the daemon exited by itself before kill {k} ({status}):\n{}",
-                daemon_log(&log)
+                read_log(&log)
             );
         }
         daemon.start_kill().expect("SIGKILL");
@@ -290,7 +171,7 @@ async fn sqlite_kill_during_batched_writes_with_other_processes() {
         )
         .await;
         in_flight_at_kill.push(uploading);
-        daemon = spawn_daemon(&cfg, &log);
+        daemon = spawn_run_isolated(&cfg, &log, LABEL);
     }
     sql_writer.await.expect("the sqlite3 writer finished");
     cli_writer
@@ -299,24 +180,7 @@ async fn sqlite_kill_during_batched_writes_with_other_processes() {
 
     // Let the last daemon drain.
     let store = db.sqlite_store().await;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(status) = daemon.try_wait().expect("poll daemon") {
-            panic!("the daemon exited ({status}):\n{}", daemon_log(&log));
-        }
-        let rows = all_rows(&store).await;
-        let posted = rows.iter().filter(|r| r.state == State::Posted).count();
-        if posted == statuses && rows.len() == statuses {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{posted} of {} rows posted ({statuses} enqueued): {:?}",
-            rows.len(),
-            store.summary().await.unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_all_posted(&store, &mut daemon, &log, statuses, Duration::from_secs(90)).await;
     writers_done.store(true, Ordering::Relaxed);
     reader
         .await
@@ -365,7 +229,7 @@ async fn sqlite_kill_during_batched_writes_with_other_processes() {
         in_flight_at_kill.iter().any(|n| n != "0"),
         "no kill landed while rows were in flight: {in_flight_at_kill:?}"
     );
-    let logs = daemon_log(&log);
+    let logs = read_log(&log);
     assert!(
         !logs.contains("malformed") && !logs.contains("disk image"),
         "the daemon saw a damaged file:\n{logs}"

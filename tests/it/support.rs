@@ -89,6 +89,15 @@ impl Drop for TestDb {
     }
 }
 
+/// The number in the environment variable `name`, or `default` when it is
+/// unset or not a number (the long variants of the tests).
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A valid text status with unique content.
 pub fn text(instance: &str, n: usize) -> EnqueueParams {
     EnqueueParams {
@@ -261,6 +270,18 @@ pub async fn all_rows<S: Store>(store: &S) -> Vec<statusd::model::OutboxRow> {
         .unwrap()
 }
 
+/// An upstream app as a task: enqueues `text("main", i)` for each `i` of
+/// `0..n`, sleeping `gap_ms` after each.
+pub fn app_enqueuing<S: Store>(store: &S, n: usize, gap_ms: u64) -> tokio::task::JoinHandle<()> {
+    let store = store.clone();
+    tokio::spawn(async move {
+        for i in 0..n {
+            store.enqueue(text("main", i)).await.expect("enqueue");
+            tokio::time::sleep(std::time::Duration::from_millis(gap_ms)).await;
+        }
+    })
+}
+
 /// Waits until every row is terminal (or parked); panics after `secs`.
 pub async fn wait_drained<S: Store>(store: &S, secs: u64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
@@ -365,50 +386,159 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
     }
 }
 
-/// Writes the config every multi-process test's daemon starts from into
-/// `dir/default.toml`: short timings, the admin server off, one instance
-/// `main` on the simulator at `sim_url`. A test changes single settings with
-/// `STATUSD__…` variables, as an operator would.
-pub fn write_daemon_config(dir: &std::path::Path, db_url: &str, sim_url: &str) {
-    let cfg = format!(
-        r#"
+/// `[daemon]` timings shortened for the multi-process tests, shared by
+/// [`ConfigFile::short`] and [`ConfigFile::killed`].
+const SHORT_TIMINGS: [(&str, u64); 8] = [
+    ("poll_interval_ms", 50),
+    ("retry_base_ms", 50),
+    ("retry_max_ms", 1000),
+    ("settle_delay_ms", 300),
+    ("reconcile_interval_ms", 200),
+    ("rescue_interval_ms", 300),
+    ("instance_probe_ms", 500),
+    ("shutdown_grace_secs", 3),
+];
+
+/// The config file (`default.toml`) the `statusd` processes of a test read:
+/// the database at `db_url`, one instance `main` on the simulator at
+/// `sim_url` (its token comes from the environment), the admin server off
+/// unless [`ConfigFile::admin`] binds it, and only the `[daemon]` keys set
+/// here (the others keep the daemon's defaults; a misspelt key makes the
+/// daemon refuse the file).
+pub struct ConfigFile {
+    db_url: String,
+    sim_url: String,
+    max_connections: u32,
+    daemon: Vec<(&'static str, u64)>,
+    admin_bind: Option<String>,
+    connect_timeout_ms: u64,
+    request_timeout_ms: u64,
+}
+
+impl ConfigFile {
+    /// Four database connections, no `[daemon]` key, the admin server off,
+    /// provider timeouts 500 ms (connect) and 800 ms (request).
+    pub fn new(db_url: &str, sim_url: &str) -> ConfigFile {
+        ConfigFile {
+            db_url: db_url.to_string(),
+            sim_url: sim_url.to_string(),
+            max_connections: 4,
+            daemon: Vec::new(),
+            admin_bind: None,
+            connect_timeout_ms: 500,
+            request_timeout_ms: 800,
+        }
+    }
+
+    /// What every multi-process test's daemon starts from
+    /// ([`write_daemon_config`]): short timings throughout.
+    pub fn short(db_url: &str, sim_url: &str) -> ConfigFile {
+        ConfigFile::new(db_url, sim_url)
+            .daemon(&[
+                ("concurrency", 16),
+                ("batch_size", 32),
+                ("lease_secs", 4),
+                ("instance_lease_secs", 2),
+                ("fallback_poll_ms", 1000),
+                ("engine_retry_window_ms", 300),
+                ("reconcile_max_attempts", 1000),
+            ])
+            .daemon(&SHORT_TIMINGS)
+    }
+
+    /// For daemons SIGKILLed mid-work: many rows in flight, short leases and
+    /// settle delay (rows killed mid-call are reconciled quickly), a 1 s
+    /// request timeout.
+    pub fn killed(db_url: &str, sim_url: &str) -> ConfigFile {
+        ConfigFile::new(db_url, sim_url)
+            .daemon(&[
+                ("concurrency", 48),
+                ("batch_size", 64),
+                ("lease_secs", 2),
+                ("fallback_poll_ms", 500),
+            ])
+            .daemon(&SHORT_TIMINGS)
+            .provider_timeouts(500, 1000)
+    }
+
+    pub fn max_connections(mut self, n: u32) -> ConfigFile {
+        self.max_connections = n;
+        self
+    }
+
+    /// Sets these `[daemon]` keys (a key set again takes the new value).
+    pub fn daemon(mut self, keys: &[(&'static str, u64)]) -> ConfigFile {
+        for &(key, value) in keys {
+            match self.daemon.iter_mut().find(|(k, _)| *k == key) {
+                Some(kv) => kv.1 = value,
+                None => self.daemon.push((key, value)),
+            }
+        }
+        self
+    }
+
+    /// The admin server on, bound to `bind`.
+    pub fn admin(mut self, bind: &str) -> ConfigFile {
+        self.admin_bind = Some(bind.to_string());
+        self
+    }
+
+    pub fn provider_timeouts(mut self, connect_ms: u64, request_ms: u64) -> ConfigFile {
+        self.connect_timeout_ms = connect_ms;
+        self.request_timeout_ms = request_ms;
+        self
+    }
+
+    /// Writes `dir/default.toml`; `dir`, for `--config-dir`.
+    pub fn write(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let daemon: String = self
+            .daemon
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}\n"))
+            .collect();
+        let admin = match &self.admin_bind {
+            None => "enabled = false".to_string(),
+            Some(bind) => format!("enabled = true\nbind = \"{bind}\""),
+        };
+        let cfg = format!(
+            r#"
 [database]
-url = "{db_url}"
-max_connections = 4
+url = "{}"
+max_connections = {}
 
 [daemon]
-concurrency = 16
-batch_size = 32
-lease_secs = 4
-instance_lease_secs = 2
-poll_interval_ms = 50
-fallback_poll_ms = 1000
-retry_base_ms = 50
-retry_max_ms = 1000
-settle_delay_ms = 300
-engine_retry_window_ms = 300
-reconcile_interval_ms = 200
-rescue_interval_ms = 300
-reconcile_max_attempts = 1000
-instance_probe_ms = 500
-shutdown_grace_secs = 3
-
+{daemon}
 [admin]
-enabled = false
+{admin}
 
 [provider]
-connect_timeout_ms = 500
-request_timeout_ms = 800
+connect_timeout_ms = {}
+request_timeout_ms = {}
 
 [instances.main]
-base_url = "{sim_url}"
+base_url = "{}"
 instance_id = "main"
 supplied_id = true
 rate_per_sec = 5000
 burst = 500
-"#
-    );
-    std::fs::write(dir.join("default.toml"), cfg).expect("write default.toml");
+"#,
+            self.db_url,
+            self.max_connections,
+            self.connect_timeout_ms,
+            self.request_timeout_ms,
+            self.sim_url
+        );
+        std::fs::write(dir.join("default.toml"), cfg).expect("write default.toml");
+        dir.to_path_buf()
+    }
+}
+
+/// Writes the config every multi-process test's daemon starts from into
+/// `dir/default.toml` ([`ConfigFile::short`]): short timings, the admin
+/// server off, one instance `main` on the simulator at `sim_url`. A test
+/// changes single settings with `STATUSD__…` variables, as an operator would.
+pub fn write_daemon_config(dir: &std::path::Path, db_url: &str, sim_url: &str) {
+    ConfigFile::short(db_url, sim_url).write(dir);
 }
 
 /// `statusd --config-dir CFG ARGS…` with none of the caller's `STATUSD*`
@@ -450,6 +580,31 @@ pub async fn statusd_isolated_ok(cfg: &std::path::Path, args: &[&str], label: &s
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `statusd enqueue --instance main --text "status number i"` for each `i`
+/// of `chunk`, as [`statusd_isolated_ok`] children all at once.
+pub async fn enqueue_children(cfg: &std::path::Path, label: &str, chunk: &[usize]) {
+    let runs: Vec<_> = chunk
+        .iter()
+        .map(|i| {
+            let text = format!("status number {i}");
+            async move {
+                let args = ["enqueue", "--instance", "main", "--text", &text];
+                statusd_isolated_ok(cfg, &args, label).await;
+            }
+        })
+        .collect();
+    futures_util::future::join_all(runs).await;
+}
+
+/// `log`, opened for appending (created if need be).
+fn append_to(log: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file")
+}
+
 /// `statusd --config-dir CFG …` with the instance token from the
 /// environment and `env` on top, its output appended to `log`.
 pub fn statusd_in(
@@ -457,11 +612,7 @@ pub fn statusd_in(
     log: &std::path::Path,
     env: &[(&str, &str)],
 ) -> tokio::process::Command {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
+    let log = append_to(log);
     let mut cmd = statusd_command();
     cmd.arg("--config-dir")
         .arg(cfg)
@@ -486,6 +637,148 @@ pub fn spawn_run(
         .args(["--log-format", "json", "--log-level", level, "run"])
         .spawn()
         .expect("spawn statusd run")
+}
+
+/// `statusd run` with JSON logs at info, as [`statusd_isolated`] runs it
+/// (`label`), stdin closed, its output appended to `log`.
+pub fn spawn_run_isolated(
+    cfg: &std::path::Path,
+    log: &std::path::Path,
+    label: &str,
+) -> tokio::process::Child {
+    let log = append_to(log);
+    statusd_isolated(
+        cfg,
+        &["--log-format", "json", "--log-level", "info", "run"],
+        label,
+    )
+    .stdin(std::process::Stdio::null())
+    .stdout(log.try_clone().expect("log"))
+    .stderr(log)
+    .spawn()
+    .expect("spawn statusd run")
+}
+
+/// What the daemons wrote to `log` so far (nothing if it does not exist).
+pub fn read_log(log: &std::path::Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// Waits until the store holds exactly `n` rows, all posted, with `daemon`
+/// running throughout: panics with its log if it exits, and with the count
+/// after `within`. Polls every 100 ms.
+pub async fn wait_all_posted<S: Store>(
+    store: &S,
+    daemon: &mut tokio::process::Child,
+    log: &std::path::Path,
+    n: usize,
+    within: std::time::Duration,
+) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = daemon.try_wait().expect("poll daemon") {
+            panic!("the daemon exited ({status}):\n{}", read_log(log));
+        }
+        let rows = all_rows(store).await;
+        let posted = rows
+            .iter()
+            .filter(|r| r.state == statusd::model::State::Posted)
+            .count();
+        if posted == n && rows.len() == n {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{posted} of {} rows posted ({n} enqueued): {:?}",
+            rows.len(),
+            store.summary().await.unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls every `every_ms` until no row is live ([`live_rows`]); once `secs`
+/// have passed, panics with `what` and the store's summary.
+pub async fn drain_within<S: Store>(store: &S, secs: u64, every_ms: u64, what: &str) {
+    drain_within_or(store, secs, every_ms, what, String::new).await
+}
+
+/// [`drain_within`], its panic message followed by `context()`.
+pub async fn drain_within_or<S: Store>(
+    store: &S,
+    secs: u64,
+    every_ms: u64,
+    what: &str,
+    context: impl Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while live_rows(store).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {:?}{}",
+            store.summary().await,
+            context()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(every_ms)).await;
+    }
+}
+
+/// The `sqlite3` command-line tool on `file`, reading statements from its
+/// stdin (piped, as is its stderr); it dies with the test like every child.
+pub fn spawn_sqlite3(file: &std::path::Path, stdout: std::process::Stdio) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new("sqlite3");
+    cmd.arg("-bail")
+        .arg(file)
+        .stdin(std::process::Stdio::piped())
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    die_with_parent(cmd.as_std_mut());
+    cmd.spawn()
+        .expect("the sqlite3 command-line tool (installed by .ci/run)")
+}
+
+/// Feeds `cli` (a [`spawn_sqlite3`]) `.timeout 10000` and then `insert(i)`
+/// for each `i` of `rows`, flushing and pausing `pause` after every row whose
+/// `i` is a multiple of `every`; closes its stdin and waits for it.
+pub async fn sqlite3_feed(
+    mut cli: tokio::process::Child,
+    rows: std::ops::Range<usize>,
+    insert: fn(usize) -> String,
+    every: usize,
+    pause: std::time::Duration,
+) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = cli.stdin.take().expect("stdin");
+    stdin
+        .write_all(b".timeout 10000\n")
+        .await
+        .expect("sqlite3 stdin");
+    for i in rows {
+        stdin
+            .write_all(insert(i).as_bytes())
+            .await
+            .expect("sqlite3 stdin");
+        if i % every == 0 {
+            stdin.flush().await.expect("flush");
+            tokio::time::sleep(pause).await;
+        }
+    }
+    drop(stdin);
+    cli.wait_with_output().await.expect("sqlite3 exits")
+}
+
+/// Runs `sql` with `cli` (a [`spawn_sqlite3`]) after `.timeout 10000`;
+/// what it printed and how it exited.
+pub async fn sqlite3_run(mut cli: tokio::process::Child, sql: &str) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = cli.stdin.take().expect("stdin");
+    stdin
+        .write_all(format!(".timeout 10000\n{sql}\n").as_bytes())
+        .await
+        .expect("sqlite3 stdin");
+    drop(stdin);
+    cli.wait_with_output().await.expect("sqlite3 exits")
 }
 
 /// An app as the admin and dashboard tests need it (zero-to-production's
