@@ -236,7 +236,7 @@ fn unsettleable<S: Store, P: Provider>(ctx: &Ctx<S, P>, row: &OutboxRow) -> Opti
     }
     t.effect = Effect::Park;
     t.reason = Reason::text(format!(
-        "cannot look this status up (instance `{}` not configured or row unreadable); an operator must decide",
+        "cannot look this status up (instance `{}` not configured or row unreadable); an operator must decide: `statusd confirm` if it is shown, `statusd retry --force-resend` if not",
         row.instance
     ));
     Some(t)
@@ -581,7 +581,7 @@ async fn settle_instance<S: Store, P: Provider>(
                         tracing::warn!(row_id = %row.id, message_id = mid, instance = name, tries, error = %reason, "look-up keeps failing: parking the row for an operator");
                         t.effect = Effect::FailedLookup { park: true };
                         t.reason = Reason::text(format!(
-                            "parked after {tries} look-ups that could not prove presence or absence (last: {reason}); `statusd retry` looks again, `statusd retry --force-resend` sends again"
+                            "parked after {tries} look-ups that could not prove presence or absence (last: {reason}); check the phone: `statusd confirm` if it is shown, `statusd retry --force-resend` if not, `statusd retry` looks again"
                         ));
                     } else {
                         t.delay = backoff(tries, s.settle_delay, s.retry_max);
