@@ -276,23 +276,8 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
 
     // The operator saw one parked row on the phone: Shown records it
     // posted (it is never sent again).
-    browser
-        .click(&format!(
-            "tr[data-row-id=\"{}\"] button[data-action=\"confirm\"]",
-            seeded.seen
-        ))
-        .await;
-    let question = browser.answer_confirm(true).await;
+    let question = act_and_wait(&browser, seeded.seen, "confirm", "true").await;
     assert!(question.contains("saw it shown"), "{question}");
-    browser
-        .wait_for(
-            &format!(
-                "return !document.querySelector('tr[data-row-id=\"{}\"]')",
-                seeded.seen
-            ),
-            "the confirmed row to leave the list",
-        )
-        .await;
     let flash = browser
         .js("return document.getElementById('flash').textContent")
         .await;
@@ -309,24 +294,14 @@ async fn dashboard_shows_the_outbox_and_acts_on_rows<S: Store>(s: S, db: &TestDb
     assert_counts_match(&browser, &s).await;
 
     // Cancel the parked in-doubt row.
-    browser
-        .click(&format!(
-            "tr[data-row-id=\"{}\"] button[data-action=\"cancel\"]",
-            seeded.in_doubt
-        ))
-        .await;
-    let question = browser.answer_confirm(true).await;
+    let question = act_and_wait(
+        &browser,
+        seeded.in_doubt,
+        "cancel",
+        "document.querySelectorAll('tr[data-state=\"in_doubt\"]').length === 0",
+    )
+    .await;
     assert!(question.contains("never be sent"), "{question}");
-    browser
-        .wait_for(
-            &format!(
-                "return !document.querySelector('tr[data-row-id=\"{}\"]') &&
-                    document.querySelectorAll('tr[data-state=\"in_doubt\"]').length === 0",
-                seeded.in_doubt
-            ),
-            "the cancelled row to leave the list",
-        )
-        .await;
     assert_eq!(
         s.get(seeded.in_doubt).await.unwrap().unwrap().state,
         State::Cancelled
@@ -368,6 +343,25 @@ const INVALID_ERROR: &str = "payload.text: is required";
 const CAPS_EVIDENCE: &str = "a post supplying id <b>3EB0AA</b> was answered as 3EB0BB";
 
 const PAUSE_REASON: &str = "HTTP 401: the access token was refused";
+
+/// Clicks `action` on row `id`, accepts the page's question (returned),
+/// and waits for the row to leave the list and `and` (a JS condition) to
+/// hold.
+async fn act_and_wait(browser: &Browser, id: Uuid, action: &str, and: &str) -> String {
+    browser
+        .click(&format!(
+            "tr[data-row-id=\"{id}\"] button[data-action=\"{action}\"]"
+        ))
+        .await;
+    let question = browser.answer_confirm(true).await;
+    browser
+        .wait_for(
+            &format!("return !document.querySelector('tr[data-row-id=\"{id}\"]') && {and}"),
+            &format!("the row to leave the list after {action}"),
+        )
+        .await;
+    question
+}
 
 struct Seeded {
     failed: Uuid,
