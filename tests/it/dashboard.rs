@@ -413,18 +413,18 @@ async fn seed<S: Store>(s: &S) -> Seeded {
                 failed = Some(row.id);
                 "permanent"
             }
-            23 => {
+            // Two parked in-doubt rows, with different errors (not folded
+            // into one line).
+            23 | 32 => {
+                let (slot, error) = if k == 23 {
+                    (&mut in_doubt, "timed out after the request was written")
+                } else {
+                    (&mut seen, "connection reset after the request was written")
+                };
                 t.to = State::InDoubt;
-                t.reason.error = Some("timed out after the request was written".into());
+                t.reason.error = Some(error.into());
                 t.effect = Effect::Park;
-                in_doubt = Some(row.id);
-                "in_doubt"
-            }
-            32 => {
-                t.to = State::InDoubt;
-                t.reason.error = Some("connection reset after the request was written".into());
-                t.effect = Effect::Park;
-                seen = Some(row.id);
+                *slot = Some(row.id);
                 "in_doubt"
             }
             k if k % 9 == 4 => {
