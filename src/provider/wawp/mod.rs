@@ -264,6 +264,12 @@ impl WawpClient {
     }
 
     async fn exchange(&self, path: &str, rb: RequestBuilder) -> Exchange {
+        self.exchange_hiding(path, rb, "").await
+    }
+
+    /// [`Self::exchange`] for a request that carries another secret
+    /// (`also`, e.g. a webhook key): its trace line hides that one too.
+    async fn exchange_hiding(&self, path: &str, rb: RequestBuilder, also: &str) -> Exchange {
         let ex = match rb.send().await {
             Err(e) => exchange_from_error(e),
             Ok(resp) => {
@@ -290,7 +296,7 @@ impl WawpClient {
         tracing::trace!(
             instance = %self.name,
             path,
-            exchange = ?self.scrub(ex.clone()),
+            exchange = ?redact::hide_hmac_keys_in(self.scrub(ex.clone()).redacted(also)),
             "provider exchange"
         );
         ex

@@ -38,6 +38,49 @@ pub fn redact(s: &str, token: &str) -> String {
     out
 }
 
+/// Replaces every `hmac.key` in `v` (WAHA's webhook configs carry the
+/// signing keys of every app that registered one) with `[redacted]`.
+pub fn hide_hmac_keys(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match x.get_mut("key") {
+                    Some(key) if k == "hmac" && key.is_string() => *key = REDACTED.into(),
+                    _ => hide_hmac_keys(x),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(hide_hmac_keys),
+        _ => {}
+    }
+}
+
+/// `ex` for a log line: a JSON body's `hmac.key`s hidden (a session's
+/// info lists its webhooks with their keys).
+pub(super) fn hide_hmac_keys_in(ex: Exchange) -> Exchange {
+    match ex {
+        Exchange::Response {
+            status,
+            retry_after,
+            body: Ok(b),
+        } if b.contains("hmac") => {
+            let body = match serde_json::from_str::<serde_json::Value>(&b) {
+                Ok(mut v) => {
+                    hide_hmac_keys(&mut v);
+                    v.to_string()
+                }
+                Err(_) => b,
+            };
+            Exchange::Response {
+                status,
+                retry_after,
+                body: Ok(body),
+            }
+        }
+        other => other,
+    }
+}
+
 /// A value whose strings may quote the token: provider bodies and transport
 /// errors end up in reasons, details and messages.
 ///
@@ -119,6 +162,33 @@ mod tests {
         assert_eq!(
             redact("token s3cr3t-TOKEN leaked", t),
             "token [redacted] leaked"
+        );
+    }
+
+    #[test]
+    fn logged_session_configs_hide_every_webhook_key() {
+        let info = serde_json::json!({"name": "default", "config": {"webhooks": [
+            {"url": "https://a", "hmac": {"key": "KEY-ONE"}},
+            {"url": "https://b", "hmac": {"key": "KEY-TWO"}, "nested": {"hmac": {"key": "KEY-3"}}},
+        ]}});
+        let ex = Exchange::Response {
+            status: 200,
+            retry_after: None,
+            body: Ok(info.to_string()),
+        };
+        let shown = format!("{:?}", hide_hmac_keys_in(ex));
+        for k in ["KEY-ONE", "KEY-TWO", "KEY-3"] {
+            assert!(!shown.contains(k), "{shown}");
+        }
+        assert!(shown.contains("https://b"), "the rest is kept: {shown}");
+        let text = Exchange::Response {
+            status: 400,
+            retry_after: None,
+            body: Ok("no hmac here, not JSON".into()),
+        };
+        assert_eq!(
+            format!("{:?}", hide_hmac_keys_in(text.clone())),
+            format!("{text:?}")
         );
     }
 }

@@ -95,16 +95,10 @@ fn array_at<'v>(v: &'v mut Value, key: &str) -> &'v mut Vec<Value> {
     slot.as_array_mut().expect("an array")
 }
 
-/// `config` with every webhook's `hmac.key` replaced, for printing.
+/// `config` with every `hmac.key` in it replaced, for printing.
 pub fn redacted_config(config: &Value) -> Value {
     let mut c = config.clone();
-    if let Some(hooks) = c["webhooks"].as_array_mut() {
-        for h in hooks {
-            if h["hmac"]["key"].is_string() {
-                h["hmac"]["key"] = json!("[redacted]");
-            }
-        }
-    }
+    super::redact::hide_hmac_keys(&mut c);
     c
 }
 
@@ -153,7 +147,7 @@ impl WawpClient {
         let rb = self
             .request(reqwest::Method::PUT, &path)
             .json(&json!({ "config": config }));
-        let ex = self.exchange(&path, rb).await;
+        let ex = self.exchange_hiding(&path, rb, key.expose_secret()).await;
         match &ex {
             super::Exchange::Response {
                 status: 200..=299, ..
@@ -174,6 +168,7 @@ impl WawpClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{InstanceConfig, ProviderSettings};
 
     const URL: &str = "https://statusd.example.com/v1/webhooks/main";
 
@@ -245,5 +240,61 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("[redacted]"));
+    }
+
+    /// A WAHA that quotes what it was sent in its errors (the request's
+    /// API key on a refused read, the body on a refused write): the
+    /// registration's errors carry neither the token nor the webhook key.
+    #[tokio::test(flavor = "current_thread")]
+    async fn errors_never_carry_the_token_or_the_key() {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::get;
+        const TOKEN: &str = "waha-SECRET-token-77";
+        const KEY: &str = "whsec-SECRET-key-88";
+        let app = axum::Router::new().route(
+            "/api/sessions/{session}",
+            get(|h: HeaderMap| async move {
+                let key = h
+                    .get("x-api-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if key == "refused" {
+                    return (StatusCode::UNAUTHORIZED, format!("bad key {key}"));
+                }
+                let info =
+                    json!({"name": "default", "status": "WORKING", "config": {"webhooks": []}});
+                (StatusCode::OK, info.to_string())
+            })
+            .put(|body: String| async move {
+                (StatusCode::BAD_REQUEST, format!("invalid config: {body}"))
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        let client = |token: &str| {
+            let inst: InstanceConfig = serde_json::from_value(json!({
+                "provider": "waha", "base_url": base, "access_token": token,
+            }))
+            .unwrap();
+            WawpClient::new("main", &inst, &ProviderSettings::default()).unwrap()
+        };
+        let key = SecretString::from(KEY);
+        let err = client(TOKEN)
+            .register_webhook(URL, &key, false)
+            .await
+            .expect_err("the write is refused");
+        assert!(err.contains("updating WAHA session `default`"), "{err}");
+        assert!(
+            err.contains("invalid config"),
+            "the provider's words are kept: {err}"
+        );
+        assert!(!err.contains(KEY) && !err.contains(TOKEN), "{err}");
+        let err = client("refused")
+            .register_webhook(URL, &key, false)
+            .await
+            .expect_err("the read is refused");
+        assert!(err.contains("reading WAHA session"), "{err}");
+        assert!(!err.contains(KEY), "{err}");
     }
 }
