@@ -251,8 +251,8 @@ pub async fn dispatch<S: Store>(store: S, cmd: Command, settings: &Settings) -> 
             }
         },
         Command::Retry(a) => outbox::retry(&store, a).await?,
-        Command::Cancel(a) => outbox::cancel(&store, &a.id).await?,
-        Command::Confirm(a) => outbox::confirm(&store, &a.id).await?,
+        Command::Cancel(a) => outbox::cancel(&store, &a.ids).await?,
+        Command::Confirm(a) => outbox::confirm(&store, &a.ids).await?,
         Command::Delete(a) => outbox::delete(&store, &a.id, settings).await?,
         Command::Schedule(ScheduleCommand::Add(a)) => schedule::add(&store, a, settings).await?,
         Command::Schedule(ScheduleCommand::Ls(a)) => schedule::ls(&store, a.json).await?,
@@ -273,7 +273,7 @@ pub async fn dispatch<S: Store>(store: S, cmd: Command, settings: &Settings) -> 
 
 /// Writes a command's output; a closed pipe (`statusd ls | head`) is not an
 /// error.
-fn print_out(text: &str) -> anyhow::Result<()> {
+pub(crate) fn print_out(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     // Every output ends its last line, so the shell prompt starts on a new one.
     let newline: &[u8] = if text.is_empty() || text.ends_with('\n') {

@@ -73,18 +73,19 @@ pub enum Command {
     /// Send a failed, cancelled, invalid or parked status again.
     #[command(
         after_help = "Examples:\n  statusd retry 0190a5d2-7c4e-7a30-9f1e-3b2d8c6e4f10\n  \
-        statusd retry menu-2024-06-01 --force-resend   # in_doubt: re-post although it may be shown already"
+        statusd retry menu-2024-06-01 --force-resend   # in_doubt: re-post although it may be shown already\n  \
+        statusd ls --state failed --instance shop42 --json | jq -r '.[].id' | statusd retry -"
     )]
     Retry(RetryArgs),
     /// Cancel a status that has not been posted.
-    #[command(after_help = "Example:\n  statusd cancel menu-2024-06-01")]
-    Cancel(IdArg),
+    #[command(after_help = "Examples:\n  statusd cancel menu-2024-06-01 menu-2024-06-02")]
+    Cancel(KeysArg),
     /// Mark an in-doubt status posted: you saw it shown (a parked row the
     /// provider could not prove either way). Nothing is sent.
     #[command(
         after_help = "Example:\n  statusd confirm menu-2024-06-01   # seen on the phone: posted, never re-sent"
     )]
-    Confirm(IdArg),
+    Confirm(KeysArg),
     /// Take a posted status down at the provider (needs its instance configured).
     #[command(after_help = "Example:\n  statusd delete menu-2024-06-01")]
     Delete(IdArg),
@@ -245,6 +246,14 @@ pub struct IdArg {
     pub id: String,
 }
 
+#[derive(Debug, Args)]
+pub struct KeysArg {
+    /// The rows: UUIDs, WhatsApp message ids or dedupe keys; `-` reads
+    /// them from standard input, one per line.
+    #[arg(required = true, num_args = 1.., value_name = "ID")]
+    pub ids: Vec<String>,
+}
+
 /// `--kind KIND --payload JSON`: a status of any kind as the outbox table
 /// holds it (`enqueue` and `schedule add`).
 #[derive(Debug, Args)]
@@ -344,8 +353,10 @@ pub struct ShowArgs {
 
 #[derive(Debug, Args)]
 pub struct RetryArgs {
-    /// The row's UUID, WhatsApp message id or dedupe key.
-    pub id: String,
+    /// The rows: UUIDs, WhatsApp message ids or dedupe keys; `-` reads
+    /// them from standard input, one per line.
+    #[arg(required = true, num_args = 1.., value_name = "ID")]
+    pub ids: Vec<String>,
     /// For an `in_doubt` row: post it again with the same id although it may
     /// already be shown (only when the provider cannot tell).
     #[arg(long)]

@@ -467,22 +467,72 @@ pub async fn stats<S: Store>(store: &S, as_json: bool) -> anyhow::Result<String>
     Ok(out)
 }
 
-/// Runs an operator action on the row `key` names (id, message id or
-/// dedupe key) and says what it did: `ID: before -> after`.
+/// The keys an operator gave: as typed, or `-` for standard input, one per
+/// line (`statusd ls --state in_doubt --json | jq -r '.[].id' | statusd
+/// confirm -`).
+fn keys(given: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for k in given {
+        if k == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("reading keys from standard input")?;
+            out.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string),
+            );
+        } else {
+            out.push(k.clone());
+        }
+    }
+    if out.is_empty() {
+        anyhow::bail!("no row given (standard input was empty)");
+    }
+    Ok(out)
+}
+
+/// Runs an operator action on each row the keys name (id, message id or
+/// dedupe key), one after the other, and says what it did: `ID: before ->
+/// after` per row. A refused row does not stop the others; then the done
+/// ones are printed and the command fails naming each refusal.
 async fn act<S: Store, Fut>(
     store: &S,
-    key: &str,
+    given: &[String],
     action: &str,
-    f: impl FnOnce(OutboxRow) -> Fut,
+    f: impl Fn(OutboxRow) -> Fut,
 ) -> anyhow::Result<String>
 where
     Fut: std::future::Future<Output = Result<ops::Change, ops::OpError>>,
 {
-    let row = find(store, key).await?;
-    let c = f(row.clone())
-        .await
-        .map_err(|e| op_error(e, &row, action))?;
-    Ok(format!("{}: {} -> {}\n", row.id, row.state, c.after.state))
+    let keys = keys(given)?;
+    let (mut done, mut refused) = (String::new(), Vec::new());
+    for key in &keys {
+        let res = async {
+            let row = find(store, key).await?;
+            let c = f(row.clone())
+                .await
+                .map_err(|e| op_error(e, &row, action))?;
+            anyhow::Ok(format!("{}: {} -> {}\n", row.id, row.state, c.after.state))
+        }
+        .await;
+        match res {
+            Ok(line) => done += &line,
+            Err(e) if keys.len() == 1 => return Err(e),
+            Err(e) => refused.push(format!("{key}: {e:#}")),
+        }
+    }
+    if refused.is_empty() {
+        return Ok(done);
+    }
+    super::print_out(&done)?;
+    anyhow::bail!(
+        "{} of {} not done:\n  {}",
+        refused.len(),
+        keys.len(),
+        refused.join("\n  ")
+    )
 }
 
 pub async fn retry<S: Store>(store: &S, a: RetryArgs) -> anyhow::Result<String> {
@@ -491,19 +541,19 @@ pub async fn retry<S: Store>(store: &S, a: RetryArgs) -> anyhow::Result<String> 
     } else {
         "retry"
     };
-    act(store, &a.id, action, |row| {
+    act(store, &a.ids, action, |row| {
         ops::retry(store, row, a.force_resend)
     })
     .await
 }
 
-pub async fn cancel<S: Store>(store: &S, key: &str) -> anyhow::Result<String> {
-    act(store, key, "cancel", |row| ops::cancel(store, row)).await
+pub async fn cancel<S: Store>(store: &S, keys: &[String]) -> anyhow::Result<String> {
+    act(store, keys, "cancel", |row| ops::cancel(store, row)).await
 }
 
-/// `statusd confirm`: an in-doubt row the operator saw shown → `posted`.
-pub async fn confirm<S: Store>(store: &S, key: &str) -> anyhow::Result<String> {
-    act(store, key, "confirm", |row| ops::confirm(store, row)).await
+/// `statusd confirm`: in-doubt rows the operator saw shown → `posted`.
+pub async fn confirm<S: Store>(store: &S, keys: &[String]) -> anyhow::Result<String> {
+    act(store, keys, "confirm", |row| ops::confirm(store, row)).await
 }
 
 /// `statusd delete`: asks the row's instance to take the status down, then

@@ -98,6 +98,31 @@ impl Cli {
         cmd
     }
 
+    /// [`Cli::run`] with `input` on standard input.
+    async fn run_with_stdin(&self, args: &[&str], input: &str) -> Run {
+        use tokio::io::AsyncWriteExt;
+        let mut child = self
+            .command(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run statusd");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).await.unwrap();
+        drop(stdin);
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = child.wait_with_output().await.unwrap();
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }
+    }
+
     async fn run(&self, args: &[&str]) -> Run {
         let Output {
             status,
@@ -725,6 +750,34 @@ async fn confirm_flow<S: statusd::store::Store>(store: S, db: &TestDb) {
         State::Queued,
         "a refused confirm changes nothing"
     );
+
+    // Several rows at once: a refusal does not stop the others, is named,
+    // and fails the command; `-` reads the keys from standard input.
+    let waiting = store.find("waiting-1").await.unwrap().unwrap().id;
+    let r = cli
+        .run(&["cancel", "no-such-row", "waiting-1", "seen-1"])
+        .await;
+    assert!(
+        r.stdout
+            .contains(&format!("{waiting}: queued -> cancelled")),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stderr.contains("2 of 3 not done"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no-such-row") && r.stderr.contains("seen-1"),
+        "{}",
+        r.stderr
+    );
+    r.fails_with("is `posted`: cancel is not allowed");
+    let r = cli
+        .run_with_stdin(&["retry", "-"], "\nwaiting-1\n\n")
+        .await
+        .ok();
+    assert!(r.stdout.contains("cancelled -> queued"), "{}", r.stdout);
+    cli.run_with_stdin(&["confirm", "-"], "\n")
+        .await
+        .fails_with("no row given");
 }
 
 crate::both_backends!(confirm_flow);
