@@ -121,12 +121,11 @@ pub async fn run<S: Store>(
         shutdown.clone(),
     ));
     let admin = if settings.admin.enabled {
-        let mut server = AdminServer::bind(&settings.admin, daemon.operator())
+        let server = AdminServer::bind(&settings.admin, daemon.operator())
             .await
             .context("starting the admin HTTP server")?;
-        if receiver.enabled() {
-            server = server.with_webhooks(store.clone(), receiver.clone());
-        }
+        // Always: an instance of the table may name a webhook secret later.
+        let server = server.with_webhooks(store.clone(), receiver.clone());
         tracing::info!(addr = %server.local_addr(), "admin HTTP listening");
         Some(tokio::spawn(server.serve(shutdown.clone())))
     } else {

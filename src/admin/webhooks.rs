@@ -34,14 +34,37 @@ struct Ingest {
 /// The ingestion routes, with their own state; merged into the admin
 /// server by [`super::AdminServer::with_webhooks`].
 pub fn router<S: Store>(store: S, receiver: Arc<Receiver>) -> Router {
-    let inbox = InboxWriter::start(store, receiver.wake.clone());
+    let inbox = InboxWriter::start(store.clone(), receiver.wake.clone());
     let state = Arc::new(Ingest { inbox, receiver });
+    tokio::spawn(keep_table_keys(store, Arc::downgrade(&state)));
     Router::new()
         .route("/v1/webhooks/{instance}", post(ingest))
         .route("/v1/webhooks/{instance}/{token}", post(ingest_token))
         // The limit is ours (webhooks.max_body_bytes), read as a stream.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// How often the instance table's webhook secrets are read again: an
+/// instance added with `statusd instance add … --set webhook_secret_file=…`
+/// receives its events within this long.
+const TABLE_KEYS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads the instance table's webhook keys into the receiver, now and every
+/// [`TABLE_KEYS_EVERY`], while the routes exist. A failed read keeps the
+/// keys as they were.
+async fn keep_table_keys<S: Store>(store: S, state: std::sync::Weak<Ingest>) {
+    loop {
+        let Some(st) = state.upgrade() else { return };
+        match store.instance_table().await {
+            Ok(table) => st.receiver.set_table(&table),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the instance table's webhook secrets failed")
+            }
+        }
+        drop(st);
+        tokio::time::sleep(TABLE_KEYS_EVERY).await;
+    }
 }
 
 fn refuse(r: Rejection) -> Response {

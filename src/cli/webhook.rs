@@ -6,8 +6,8 @@ use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::WebhookRegisterArgs;
-use crate::config::{InstanceConfig, Settings};
-use crate::provider::wawp::{redacted_config, Registered, WawpClient, WEBHOOK_EVENTS};
+use crate::config::{InstanceConfig, ProviderKind, Settings};
+use crate::provider::wawp::{redacted_config, Hook, Registered, WawpClient, WEBHOOK_EVENTS};
 use crate::store::{connect, Connected, InstanceStore, Patience};
 use crate::wire::webhook as w;
 
@@ -112,9 +112,11 @@ pub async fn url(instance: &str, settings: &Settings) -> anyhow::Result<String> 
         w::EVENT_MESSAGE_ACK
     );
     out += &format!(
-        "\nWawp (paid tiers): set the webhook URL and the events {} and {} in Wawp's dashboard. \
-         If it cannot sign, set instances.{instance}.webhook_path_token and use\n  \
+        "\nWawp (paid tiers): Wawp documents its own signature header (X-Wawp-Signature), which \
+         statusd does not check: set instances.{instance}.webhook_path_token, then \
+         `statusd webhook register {instance}` gives Wawp (POST /v2/webhook/set) the URL\n  \
          {url}/<token>\n\
+         with the events {} and {}; or set that URL in Wawp's dashboard.\n\
          Events must arrive within webhooks.timestamp_window_secs ({} s) of their X-Webhook-Timestamp.\n",
         w::EVENT_MESSAGE_ANY,
         w::EVENT_MESSAGE_ACK,
@@ -123,33 +125,51 @@ pub async fn url(instance: &str, settings: &Settings) -> anyhow::Result<String> 
     Ok(out)
 }
 
-/// `statusd webhook register INSTANCE [--dry-run]`: adds statusd's receiver
-/// to the WAHA session's webhooks, signed with the instance's secret.
+/// `statusd webhook register INSTANCE [--dry-run]`: points the provider's
+/// events at statusd's receiver: a WAHA session's webhooks get it signed
+/// with the instance's secret, Wawp's get it with the instance's path token.
 pub async fn register(a: &WebhookRegisterArgs, settings: &Settings) -> anyhow::Result<String> {
     let name = &a.instance;
     let inst = instance_config(settings, name).await?;
-    let Some(key) = secret_of(&inst, name)? else {
+    let key = secret_of(&inst, name)?;
+    let path_token = inst.webhook_path_token.clone();
+    let waha = inst.provider == ProviderKind::Waha;
+    if waha && key.is_none() {
         anyhow::bail!(
-            "instance `{name}` has no webhook secret: its events would be refused. Set one first \
-             (`statusd webhook url {name}` says how), then register"
+            "instance `{name}` has no webhook secret: WAHA signs its events with it, and events \
+             without it are refused. Set one first (`statusd webhook url {name}` says how), then \
+             register"
         );
-    };
+    }
     let url = receiver_url(settings, name);
     let client = WawpClient::new(name, &inst, &settings.provider)?;
+    let hook = Hook {
+        url: &url,
+        key: key.as_ref(),
+        path_token: path_token.as_ref(),
+    };
     let done = client
-        .register_webhook(&url, &key, a.dry_run)
+        .register_webhook(&hook, a.dry_run)
         .await
         .map_err(anyhow::Error::msg)?;
-    let session = inst.session_name();
     let events = WEBHOOK_EVENTS.join(", ");
+    let (target, how) = if waha {
+        (
+            format!("WAHA session `{}`", inst.session_name()),
+            format!("{url}, signed with this instance's secret (HMAC-SHA512)"),
+        )
+    } else {
+        (
+            format!("Wawp instance `{}`", inst.instance_id),
+            format!("{url}/<webhook_path_token>"),
+        )
+    };
     let mut out = match done.registered {
-        Registered::Unchanged => format!(
-            "already registered: WAHA session `{session}` sends {events} to {url}, signed with \
-             this instance's secret; nothing changed\n"
-        ),
+        Registered::Unchanged => {
+            format!("already registered: {target} sends {events} to {how}; nothing changed\n")
+        }
         Registered::Updated { restarted } => format!(
-            "registered: WAHA session `{session}` now sends {events} to {url}, signed with this \
-             instance's secret (HMAC-SHA512){}\n",
+            "registered: {target} now sends {events} to {how}{}\n",
             if restarted {
                 "; WAHA restarts a running session to apply a new config"
             } else {
@@ -157,8 +177,12 @@ pub async fn register(a: &WebhookRegisterArgs, settings: &Settings) -> anyhow::R
             }
         ),
         Registered::WouldUpdate => format!(
-            "dry run: WAHA session `{session}` would get this config (PUT /api/sessions/{session}; \
-             WAHA restarts a running session to apply it):\n"
+            "dry run: {target} would be sent this ({}; secrets redacted):\n",
+            if waha {
+                "PUT /api/sessions/{session}; WAHA restarts a running session to apply it"
+            } else {
+                "POST /v2/webhook/set"
+            }
         ),
     };
     if a.dry_run || matches!(done.registered, Registered::WouldUpdate) {
@@ -166,7 +190,7 @@ pub async fn register(a: &WebhookRegisterArgs, settings: &Settings) -> anyhow::R
         out.push('\n');
     }
     if settings.webhooks.public_url.is_none() {
-        out += "note: webhooks.public_url is not set; the URL is admin.bind, which WAHA must be able to reach\n";
+        out += "note: webhooks.public_url is not set; the URL is admin.bind, which the provider must be able to reach\n";
     }
     Ok(out)
 }

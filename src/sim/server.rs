@@ -34,7 +34,8 @@ use super::knobs::SimEngine;
 use super::state::{Fault, ListFilter, Listed, Plan, Refusal, Shared};
 use super::waha;
 use super::wawp::{
-    chat_messages, delete_status, get_message, new_message_id, post_status, session_info, WawpCall,
+    chat_messages, delete_status, get_message, new_message_id, post_status, session_info,
+    webhook_set, WawpCall,
 };
 use crate::model::{Kind, StatusBody};
 use crate::wire::{
@@ -67,6 +68,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(paths::GET_MESSAGE, get(get_message).post(get_message))
         .route(paths::CHAT_MESSAGES, get(chat_messages))
         .route(paths::SESSION_INFO, get(session_info).post(session_info))
+        .route(paths::WEBHOOK_SET, post(webhook_set))
         .route("/_sim/stats", get(sim_stats))
         .route("/_sim/config", get(sim_config).post(sim_set_config))
         .route("/_sim/reset", post(sim_reset))

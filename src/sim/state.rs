@@ -46,6 +46,9 @@ pub struct SimStats {
     /// Session configs replaced (WAHA `PUT /api/sessions/{session}`).
     #[serde(default)]
     pub session_updates: u64,
+    /// Webhooks set (Wawp `POST /v2/webhook/set`).
+    #[serde(default)]
+    pub webhooks_set: u64,
     /// Injected faults by knob name; 401s and disconnected sessions are
     /// counted as `unauthorized` and `disconnected`.
     pub faults: BTreeMap<String, u64>,
@@ -187,6 +190,24 @@ struct Inner {
 }
 
 impl Inner {
+    /// Where `instance`'s webhook events go, or that they stop.
+    fn set_webhook_target(&mut self, instance: &str, target: Option<super::WebhookTarget>) {
+        match target {
+            Some(t) => {
+                self.config
+                    .webhooks
+                    .get_or_insert_with(Default::default)
+                    .targets
+                    .insert(instance.to_string(), t);
+            }
+            None => {
+                if let Some(k) = self.config.webhooks.as_mut() {
+                    k.targets.remove(instance);
+                }
+            }
+        }
+    }
+
     /// A fresh id in the engine's shape, never one in use on `instance`.
     fn fresh_id(&mut self, instance: &str) -> String {
         loop {
@@ -344,20 +365,15 @@ impl Shared {
         g.stats.session_updates += 1;
         let target = super::webhooks::target_in(&config);
         g.session_configs.insert(session.to_string(), config);
-        match target {
-            Some(t) => {
-                g.config
-                    .webhooks
-                    .get_or_insert_with(Default::default)
-                    .targets
-                    .insert(session.to_string(), t);
-            }
-            None => {
-                if let Some(k) = g.config.webhooks.as_mut() {
-                    k.targets.remove(session);
-                }
-            }
-        }
+        g.set_webhook_target(session, target);
+    }
+
+    /// Wawp's `POST /v2/webhook/set`: the instance's events go to `target`
+    /// (None: a webhook switched off or without the status events).
+    pub fn set_webhook(&self, instance: &str, target: Option<super::WebhookTarget>) {
+        let mut g = self.lock();
+        g.stats.webhooks_set += 1;
+        g.set_webhook_target(instance, target);
     }
 
     /// The session's `status` as session info reports it.

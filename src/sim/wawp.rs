@@ -94,3 +94,32 @@ pub(super) async fn session_info(w: WawpCall) -> Answer {
     }
     Ok(Json(info).into_response())
 }
+
+/// `POST /v2/webhook/set` (`{url, events, is_active, retries, hmac}`): the
+/// instance's webhook, added or updated in place; an active one asking for
+/// the status events gets them (signed, as WAHA signs, with `hmac` as the
+/// key). Answers the webhook without its `hmac`.
+pub(super) async fn webhook_set(w: WawpCall, body: Bytes) -> Answer {
+    w.call.admit(Gate::Read).await?;
+    let hook: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(url) = hook["url"].as_str().filter(|u| !u.is_empty()) else {
+        return Err(error(StatusCode::BAD_REQUEST, "url is required"));
+    };
+    if !hook["events"].is_array() {
+        return Err(error(StatusCode::BAD_REQUEST, "events must be an array"));
+    }
+    let active = match &hook["is_active"] {
+        Value::Null => true,
+        Value::Bool(b) => *b,
+        v => v.as_i64() != Some(0),
+    };
+    let target = active
+        .then(|| super::webhooks::target_of(&hook, hook["hmac"].as_str()))
+        .flatten();
+    w.call.sh.set_webhook(&w.call.caller.instance, target);
+    Ok(Json(json!({
+        "success": true,
+        "webhook": { "url": url, "events": hook["events"], "is_active": active },
+    }))
+    .into_response())
+}

@@ -33,15 +33,22 @@ pub struct WebhookTarget {
 /// `hmac.key`) sends the status events: its first webhook that asks for
 /// `message.any`, `message.ack` or every event (`*`).
 pub fn target_in(config: &serde_json::Value) -> Option<WebhookTarget> {
+    config["webhooks"]
+        .as_array()?
+        .iter()
+        .find_map(|h| target_of(h, h["hmac"]["key"].as_str()))
+}
+
+/// One webhook (`url`, `events`) as a target signed with `key`, if it asks
+/// for `message.any`, `message.ack` or every event (`*`).
+pub fn target_of(hook: &serde_json::Value, key: Option<&str>) -> Option<WebhookTarget> {
     let wanted = [w::EVENT_MESSAGE_ANY, w::EVENT_MESSAGE_ACK, "*"];
-    config["webhooks"].as_array()?.iter().find_map(|h| {
-        let asks = h["events"]
-            .as_array()
-            .is_some_and(|e| e.iter().any(|e| wanted.contains(&e.as_str().unwrap_or(""))));
-        Some(WebhookTarget {
-            url: h["url"].as_str().filter(|_| asks)?.to_string(),
-            hmac_key: h["hmac"]["key"].as_str().unwrap_or("").to_string(),
-        })
+    let asks = hook["events"]
+        .as_array()
+        .is_some_and(|e| e.iter().any(|e| wanted.contains(&e.as_str().unwrap_or(""))));
+    Some(WebhookTarget {
+        url: hook["url"].as_str().filter(|_| asks)?.to_string(),
+        hmac_key: key.unwrap_or("").to_string(),
     })
 }
 

@@ -97,15 +97,21 @@ impl Rejection {
 }
 
 /// One instance's keys.
+#[derive(Clone)]
 struct Keys {
     hmac: Option<SecretString>,
     /// SHA-256 of the path token: compared digest to digest, no early exit.
     path_token: Option<[u8; 32]>,
 }
 
-/// The receiving side's settings and keys, built once from [`Settings`].
+/// The receiving side's settings and keys: the configuration file's,
+/// built once from [`Settings`], and the instance table's, read again by
+/// [`Receiver::set_table`] as the table changes.
 pub struct Receiver {
     keys: HashMap<String, Keys>,
+    /// The table's instances with a `webhook_secret_file` (a file instance
+    /// of the same name wins).
+    table: std::sync::RwLock<HashMap<String, Keys>>,
     pub settings: WebhookSettings,
     /// Rung when an event was stored: the processor applies it at once.
     pub wake: Arc<Notify>,
@@ -138,6 +144,7 @@ impl Receiver {
         }
         Ok(Receiver {
             keys,
+            table: Default::default(),
             settings: settings.webhooks.clone(),
             wake: Arc::new(Notify::new()),
         })
@@ -158,21 +165,53 @@ impl Receiver {
                     )
                 })
                 .collect(),
+            table: Default::default(),
             settings,
             wake: Arc::new(Notify::new()),
         }
     }
 
-    /// Whether any instance receives webhooks.
-    pub fn enabled(&self) -> bool {
-        !self.keys.is_empty()
+    /// The instance table's webhook keys, from its rows (removed ones and
+    /// names the file has left out). A row whose secret file cannot be read
+    /// receives nothing, and says why in the log.
+    pub fn set_table(&self, table: &crate::store::InstanceTable) {
+        let mut keys = HashMap::new();
+        for rec in &table.rows {
+            if rec.removed_at.is_some() || self.keys.contains_key(&rec.name) {
+                continue;
+            }
+            let Ok(inst) = crate::config::InstanceConfig::from_table(&rec.settings) else {
+                continue;
+            };
+            match inst.webhook_secret() {
+                Ok(Some(k)) if !k.expose_secret().trim().is_empty() => {
+                    let k = Keys {
+                        hmac: Some(k),
+                        path_token: None,
+                    };
+                    keys.insert(rec.name.clone(), k);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(instance = %rec.name, error = %e, "the instance's webhook secret cannot be read: its events are refused")
+                }
+            }
+        }
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = keys;
+    }
+
+    /// An instance's keys: the file's, else the table's.
+    fn keys_of(&self, instance: &str) -> Option<Keys> {
+        self.keys.get(instance).cloned().or_else(|| {
+            let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+            table.get(instance).cloned()
+        })
     }
 
     /// Whether `instance` receives webhooks (checked before the body is read).
     pub fn knows(&self, instance: &str) -> Result<(), Rejection> {
-        self.keys
-            .contains_key(instance)
-            .then_some(())
+        self.keys_of(instance)
+            .map(|_| ())
             .ok_or_else(|| Rejection::UnknownInstance(instance.to_string()))
     }
 
@@ -187,8 +226,7 @@ impl Receiver {
         now_ms: i64,
     ) -> Result<(), Rejection> {
         let keys = self
-            .keys
-            .get(instance)
+            .keys_of(instance)
             .ok_or_else(|| Rejection::UnknownInstance(instance.to_string()))?;
         if body.len() > self.settings.max_body_bytes {
             return Err(Rejection::TooLarge(self.settings.max_body_bytes));

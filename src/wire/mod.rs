@@ -65,6 +65,11 @@ pub mod paths {
     /// `POST`; <https://docs.wawp.net> lists it as `GET`. The client uses
     /// `POST`; the simulator answers both.
     pub const SESSION_INFO: &str = "/v2/session/info";
+    /// `POST`, JSON body `{"url", "events", "is_active", "retries":
+    /// {"delay", "attempts"}, "hmac"}`: adds the URL to the instance's
+    /// webhooks, or updates it in place (paid tiers). Source:
+    /// <https://api.wawp.net/en/docs/v2/webhook/set>.
+    pub const WEBHOOK_SET: &str = "/v2/webhook/set";
 }
 
 /// Paths, headers and query names of WAHA's own API, which Wawp fronts and

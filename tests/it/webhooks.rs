@@ -22,6 +22,8 @@ use crate::support::{
 };
 
 const KEY: &str = "whsec-SECRET-3c9d1e";
+/// A webhook path token (Wawp's registration carries it in the URL).
+const PATH_TOKEN: &str = "path-SECRET-token-0123456789";
 const ADMIN_TOKEN: &str = "admin-SECRET-91";
 
 crate::both_backends!(
@@ -732,6 +734,10 @@ async fn webhook_register_points_a_waha_session_at_the_daemon() {
             "a webhook secret was printed: {text}"
         );
         assert!(!text.contains(TEST_TOKEN), "the token was printed: {text}");
+        assert!(
+            !text.contains(PATH_TOKEN),
+            "the path token was printed: {text}"
+        );
         (out.status.success(), text)
     };
     let session_config = async |session: &str| -> serde_json::Value {
@@ -777,55 +783,8 @@ async fn webhook_register_points_a_waha_session_at_the_daemon() {
         "nothing written the second time (no session restart)"
     );
 
-    // The session's events reach the daemon: viewers are recorded.
-    assert!(cli(&["migrate"], &waha).await.0);
-    let log = dir.path().join("daemon.log");
-    let mut daemon = crate::support::spawn_run(dir.path(), &log, "info", &waha);
-    for i in 0..3 {
-        let key = format!("reg-{i}");
-        let text = format!("registered {i}");
-        let (ok, out) = cli(
-            &[
-                "enqueue",
-                "--instance",
-                "main",
-                "--text",
-                &text,
-                "--dedupe-key",
-                &key,
-            ],
-            &waha,
-        )
-        .await;
-        assert!(ok, "{out}");
-    }
-    let mut recorded = 0;
-    for _ in 0..200 {
-        recorded = 0;
-        for i in 0..3 {
-            let (_, out) = cli(&["views", &format!("reg-{i}"), "--json"], &waha).await;
-            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-            recorded += v["counts"]["viewed"].as_u64().unwrap_or(0);
-        }
-        let made = sim.webhook_stats().views;
-        if made > 0 && recorded == made && sim.posted().len() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let made = sim.webhook_stats();
-    assert!(
-        made.views > 0,
-        "the simulated viewers viewed nothing: {made:?}"
-    );
-    assert_eq!(
-        recorded, made.views,
-        "every view the session sent is recorded: {made:?}"
-    );
-    assert_eq!(made.failed, 0, "{made:?}");
-    stop_and_read_log(&mut daemon, &log).await;
-
     // An instance of the table: `webhook url` and `register` find it.
+    assert!(cli(&["migrate"], &waha).await.0);
     let shop_key_setting = format!("webhook_secret_file={}", shop_key.display());
     let (ok, out) = cli(
         &[
@@ -861,17 +820,97 @@ async fn webhook_register_points_a_waha_session_at_the_daemon() {
         shop_hooks[0]["hmac"]["key"], "shop-SECRET-hmac-key",
         "{shop_hooks}"
     );
+    assert_eq!(sim.stats().session_updates, 2);
+
+    // Both sessions' events reach the daemon, the file's instance and the
+    // table's (its secret read from the table's settings): every view the
+    // simulated viewers made is recorded.
+    let log = dir.path().join("daemon.log");
+    let mut daemon = crate::support::spawn_run(dir.path(), &log, "info", &waha);
+    let rows: Vec<(String, &str)> = (0..4)
+        .map(|i| (format!("reg-{i}"), if i % 2 == 0 { "main" } else { "shop" }))
+        .collect();
+    for (key, instance) in &rows {
+        let (ok, out) = cli(
+            &[
+                "enqueue",
+                "--instance",
+                instance,
+                "--text",
+                key,
+                "--dedupe-key",
+                key,
+            ],
+            &waha,
+        )
+        .await;
+        assert!(ok, "{out}");
+    }
+    let mut recorded = 0;
+    for _ in 0..200 {
+        recorded = 0;
+        for (key, _) in &rows {
+            let (_, out) = cli(&["views", key, "--json"], &waha).await;
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+            recorded += v["counts"]["viewed"].as_u64().unwrap_or(0);
+        }
+        let made = sim.webhook_stats().views;
+        if made > 0 && recorded == made && sim.posted().len() == rows.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let made = sim.webhook_stats();
+    assert!(
+        made.views > 0,
+        "the simulated viewers viewed nothing: {made:?}"
+    );
+    assert_eq!(
+        recorded, made.views,
+        "every view the sessions sent is recorded: {made:?}"
+    );
+    assert_eq!(made.failed, 0, "every event was accepted: {made:?}");
+    let shop_views: u64 = {
+        let (_, out) = cli(&["views", "reg-1", "--json"], &waha).await;
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["counts"]["viewers"].as_u64().unwrap_or(0)
+    };
+    let (_, out) = cli(&["views", "reg-3", "--json"], &waha).await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let shop_views = shop_views + v["counts"]["viewers"].as_u64().unwrap_or(0);
+    stop_and_read_log(&mut daemon, &log).await;
+    // Each of shop's two statuses is viewed by each of 5 viewers with
+    // probability 1/2: none viewed at all is 1 in 1,024.
+    assert!(shop_views > 0, "the table instance's events were refused");
+
     let (ok, out) = cli(&["webhook", "register", "nope"], &waha).await;
     assert!(
         !ok && out.contains("nope") && out.contains("instance table"),
         "{out}"
     );
 
-    // Wawp (main without `provider = "waha"`): refused, with what to do.
+    // Wawp (main without `provider = "waha"`): it gets the URL with the
+    // instance's path token; without one it is refused, saying what to set.
     let wawp = [("STATUSD__INSTANCES__MAIN__WEBHOOK_SECRET", KEY)];
     let (ok, out) = cli(&["webhook", "register", "main"], &wawp).await;
     assert!(!ok, "{out}");
-    assert!(out.contains("Wawp") && out.contains("dashboard"), "{out}");
+    assert!(
+        out.contains("Wawp") && out.contains("webhook_path_token"),
+        "{out}"
+    );
+    let with_token = [
+        ("STATUSD__WEBHOOKS__PUBLIC_URL", public.as_str()),
+        ("STATUSD__INSTANCES__MAIN__WEBHOOK_PATH_TOKEN", PATH_TOKEN),
+    ];
+    let (ok, out) = cli(&["webhook", "register", "main", "--dry-run"], &with_token).await;
+    assert!(ok && out.contains("/v2/webhook/set"), "{out}");
+    assert_eq!(sim.stats().webhooks_set, 0, "a dry run writes nothing");
+    let (ok, out) = cli(&["webhook", "register", "main"], &with_token).await;
+    assert!(ok, "{out}");
+    assert!(out.starts_with("registered: Wawp instance `main`"), "{out}");
+    let target = sim.config().webhooks.unwrap().targets["main"].clone();
+    assert_eq!(target.url, format!("{hook_url}/{PATH_TOKEN}"));
+    assert_eq!(sim.stats().webhooks_set, 1);
     // No secret: refused before anything is written.
     let (ok, out) = cli(
         &["webhook", "register", "main"],

@@ -52,7 +52,7 @@ mod register;
 pub use classify::{classify, classify_at, parse_retry_after, response_id, Exchange};
 pub use redact::redact;
 pub use register::{
-    redacted_config, with_webhook, Registered, Registration, EVENTS as WEBHOOK_EVENTS,
+    redacted_config, with_webhook, Hook, Registered, Registration, EVENTS as WEBHOOK_EVENTS,
 };
 
 use classify::{exchange_from_error, provider_message, read_error, shorten};
@@ -264,12 +264,12 @@ impl WawpClient {
     }
 
     async fn exchange(&self, path: &str, rb: RequestBuilder) -> Exchange {
-        self.exchange_hiding(path, rb, "").await
+        self.exchange_hiding(path, rb, &[]).await
     }
 
-    /// [`Self::exchange`] for a request that carries another secret
-    /// (`also`, e.g. a webhook key): its trace line hides that one too.
-    async fn exchange_hiding(&self, path: &str, rb: RequestBuilder, also: &str) -> Exchange {
+    /// [`Self::exchange`] for a request that carries other secrets (`also`,
+    /// e.g. a webhook key): its trace line hides them too.
+    async fn exchange_hiding(&self, path: &str, rb: RequestBuilder, also: &[&str]) -> Exchange {
         let ex = match rb.send().await {
             Err(e) => exchange_from_error(e),
             Ok(resp) => {
@@ -296,7 +296,9 @@ impl WawpClient {
         tracing::trace!(
             instance = %self.name,
             path,
-            exchange = ?redact::hide_hmac_keys_in(self.scrub(ex.clone()).redacted(also)),
+            exchange = ?redact::hide_hmac_keys_in(
+                also.iter().fold(self.scrub(ex.clone()), |ex, s| ex.redacted(s))
+            ),
             "provider exchange"
         );
         ex

@@ -1,4 +1,4 @@
-//! `statusd webhook register`: pointing a WAHA session's webhook at
+//! `statusd webhook register`: pointing the provider's webhook at
 //! statusd's receiver, so that nobody has to paste JSON.
 //!
 //! WAHA keeps webhooks in the session's config (`SessionInfo.config`,
@@ -10,16 +10,17 @@
 //! key stay as they were, and when ours is already there as it should be
 //! nothing is written (and the session is not restarted).
 //!
-//! Wawp documents its webhook setting (`/v2/session/webhook`, paid tiers)
-//! without a body statusd could send, so there it is refused with what to
-//! paste into Wawp's dashboard instead.
+//! Wawp upserts one webhook URL with `POST /v2/webhook/set` (paid tiers).
+//! Its docs name its own signature header (`X-Wawp-Signature`), not
+//! WAHA's HMAC, so Wawp gets the receiver's URL with the instance's path
+//! token, which statusd checks whatever Wawp signs.
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use super::{redact, Api, Call, WawpClient};
 use crate::provider::contract::ProviderError;
-use crate::wire::{webhook as w, SESSION_WORKING};
+use crate::wire::{paths, webhook as w, SESSION_WORKING};
 
 /// What a registration did.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,25 +103,91 @@ pub fn redacted_config(config: &Value) -> Value {
     c
 }
 
+/// What a registration has to do.
+enum Plan {
+    /// Nothing: the provider already has it (the config, redacted).
+    Unchanged(Value),
+    Write(Write),
+}
+
+/// The one write of a registration.
+struct Write {
+    method: reqwest::Method,
+    path: String,
+    body: Value,
+    /// `body` as it may be printed (secrets redacted).
+    shown: Value,
+    /// Whether the provider restarts the session to apply it.
+    restarts: bool,
+    /// What failed, for the error.
+    what: String,
+}
+
+/// What statusd's receiver needs from the provider for one instance.
+pub struct Hook<'a> {
+    /// The receiver's URL (`…/v1/webhooks/NAME`).
+    pub url: &'a str,
+    /// The instance's webhook secret: the HMAC key a provider that signs
+    /// (WAHA) signs with.
+    pub key: Option<&'a SecretString>,
+    /// The instance's path token: for a provider whose signature statusd
+    /// cannot check (Wawp), the URL given is `url/<token>`.
+    pub path_token: Option<&'a SecretString>,
+}
+
+impl Hook<'_> {
+    /// Every secret the registration carries, to keep out of what it says.
+    fn secrets(&self) -> Vec<&str> {
+        [self.key, self.path_token]
+            .into_iter()
+            .flatten()
+            .map(|s| s.expose_secret())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// `s` with every secret of the registration replaced.
+    fn hide(&self, s: &str) -> String {
+        self.secrets()
+            .into_iter()
+            .fold(s.to_string(), |s, secret| redact(&s, secret))
+    }
+}
+
 impl WawpClient {
-    /// Registers `url` (statusd's receiver for this instance) with the
-    /// provider, its events signed with `key`. WAHA only (see the module's
-    /// documentation); errors name what failed, never the token or the key.
+    /// Registers statusd's receiver for this instance with the provider:
+    /// WAHA signs with the instance's secret, so the session's config gets
+    /// the plain URL and the key; Wawp documents its own signature header
+    /// (`X-Wawp-Signature`), which statusd does not check, so it gets the
+    /// URL with the instance's path token. Errors name what failed, never
+    /// the token, the key or the path token.
     pub async fn register_webhook(
         &self,
-        url: &str,
-        key: &SecretString,
+        hook: &Hook<'_>,
         dry_run: bool,
     ) -> Result<Registration, String> {
-        let Api::Waha { session } = &self.api else {
+        let plan = match &self.api {
+            Api::Waha { session } => self.plan_waha(session, hook).await?,
+            Api::Wawp { instance_id } => self.plan_wawp(instance_id, hook)?,
+        };
+        match plan {
+            Plan::Unchanged(config) => Ok(Registration {
+                registered: Registered::Unchanged,
+                config,
+            }),
+            Plan::Write(w) => self.write_registration(hook, w, dry_run).await,
+        }
+    }
+
+    /// WAHA: the session's config with our webhook, read first.
+    async fn plan_waha(&self, session: &str, hook: &Hook<'_>) -> Result<Plan, String> {
+        let Some(key) = hook.key else {
             return Err(format!(
-                "instance {}: Wawp's webhook setting (/v2/session/webhook) is not documented in a \
-                 form statusd can call: set the URL and the events {} and {} in Wawp's dashboard \
-                 (`statusd webhook url {}` prints them)",
-                self.name, EVENTS[0], EVENTS[1], self.name
+                "instance {}: WAHA signs its events: set the instance's webhook secret first",
+                self.name
             ));
         };
-        let scrub = |e: ProviderError| redact(&self.scrub(e).to_string(), key.expose_secret());
+        let scrub = |e: ProviderError| hook.hide(&self.scrub(e).to_string());
         let info = self
             .session_info()
             .await
@@ -130,38 +197,80 @@ impl WawpClient {
                 "reading WAHA session `{session}`: the answer is not a session"
             ));
         }
-        let Some(config) = with_webhook(&info["config"], url, key.expose_secret()) else {
-            return Ok(Registration {
-                registered: Registered::Unchanged,
-                config: redacted_config(&info["config"]),
-            });
+        let Some(config) = with_webhook(&info["config"], hook.url, key.expose_secret()) else {
+            return Ok(Plan::Unchanged(redacted_config(&info["config"])));
         };
-        let shown = redacted_config(&config);
+        Ok(Plan::Write(Write {
+            method: reqwest::Method::PUT,
+            path: self.path(Call::Session),
+            body: json!({ "config": config }),
+            shown: redacted_config(&config),
+            restarts: info["status"] == SESSION_WORKING,
+            what: format!("updating WAHA session `{session}`"),
+        }))
+    }
+
+    /// A registration's one write, or (`dry_run`) what it would send.
+    async fn write_registration(
+        &self,
+        hook: &Hook<'_>,
+        w: Write,
+        dry_run: bool,
+    ) -> Result<Registration, String> {
         if dry_run {
             return Ok(Registration {
                 registered: Registered::WouldUpdate,
-                config: shown,
+                config: w.shown,
             });
         }
-        let path = self.path(Call::Session);
-        let rb = self
-            .request(reqwest::Method::PUT, &path)
-            .json(&json!({ "config": config }));
-        let ex = self.exchange_hiding(&path, rb, key.expose_secret()).await;
+        let rb = self.request(w.method, &w.path).json(&w.body);
+        let ex = self.exchange_hiding(&w.path, rb, &hook.secrets()).await;
         match &ex {
             super::Exchange::Response {
                 status: 200..=299, ..
             } => Ok(Registration {
                 registered: Registered::Updated {
-                    restarted: info["status"] == SESSION_WORKING,
+                    restarted: w.restarts,
                 },
-                config: shown,
+                config: w.shown,
             }),
             _ => Err(format!(
-                "updating WAHA session `{session}`: {}",
-                scrub(super::read_error(&ex))
+                "{}: {}",
+                w.what,
+                hook.hide(&self.scrub(super::read_error(&ex)).to_string())
             )),
         }
+    }
+
+    /// Wawp's `POST /v2/webhook/set` upserts one URL in the instance's
+    /// webhook list, leaving the others (paid tiers; 403 otherwise).
+    fn plan_wawp(&self, instance_id: &str, hook: &Hook<'_>) -> Result<Plan, String> {
+        let Some(token) = hook.path_token else {
+            return Err(format!(
+                "instance {}: Wawp documents its own signature header (X-Wawp-Signature), which \
+                 statusd does not check: set instances.{}.webhook_path_token (16 characters or \
+                 more) and register again; statusd then gives Wawp the URL with that token",
+                self.name, self.name
+            ));
+        };
+        let url = format!("{}/{}", hook.url, token.expose_secret());
+        let mut body = json!({
+            "url": url,
+            "events": EVENTS,
+            "is_active": 1,
+            "retries": { "delay": 2, "attempts": 15 },
+        });
+        if let Some(key) = hook.key {
+            body["hmac"] = json!(key.expose_secret());
+        }
+        Ok(Plan::Write(Write {
+            method: reqwest::Method::POST,
+            path: paths::WEBHOOK_SET.to_string(),
+            shown: serde_json::from_str(&hook.hide(&body.to_string())).unwrap_or(Value::Null),
+            body,
+            restarts: false,
+            what: format!("setting the webhook of Wawp instance `{instance_id}`"),
+        }))
     }
 }
 
@@ -280,8 +389,13 @@ mod tests {
             WawpClient::new("main", &inst, &ProviderSettings::default()).unwrap()
         };
         let key = SecretString::from(KEY);
+        let hook = Hook {
+            url: URL,
+            key: Some(&key),
+            path_token: None,
+        };
         let err = client(TOKEN)
-            .register_webhook(URL, &key, false)
+            .register_webhook(&hook, false)
             .await
             .expect_err("the write is refused");
         assert!(err.contains("updating WAHA session `default`"), "{err}");
@@ -291,7 +405,7 @@ mod tests {
         );
         assert!(!err.contains(KEY) && !err.contains(TOKEN), "{err}");
         let err = client("refused")
-            .register_webhook(URL, &key, false)
+            .register_webhook(&hook, false)
             .await
             .expect_err("the read is refused");
         assert!(err.contains("reading WAHA session"), "{err}");
