@@ -132,7 +132,9 @@ pub async fn register(a: &WebhookRegisterArgs, settings: &Settings) -> anyhow::R
     let name = &a.instance;
     let inst = instance_config(settings, name).await?;
     let key = secret_of(&inst, name)?;
-    let path_token = inst.webhook_path_token.clone();
+    let path_token = inst
+        .webhook_path_token()
+        .map_err(|e| anyhow::anyhow!("instances.{name}.{e}"))?;
     let waha = inst.provider == ProviderKind::Waha;
     if waha && key.is_none() {
         anyhow::bail!(

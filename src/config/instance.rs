@@ -51,8 +51,11 @@ with_defaults! {
         pub webhook_secret: Option<SecretString> = None,
         pub webhook_secret_file: Option<PathBuf> = None,
         /// For a provider that cannot sign: events to
-        /// `POST /v1/webhooks/NAME/TOKEN` are accepted without a signature.
+        /// `POST /v1/webhooks/NAME/TOKEN` are accepted without a signature;
+        /// or `webhook_path_token_file` (an instance of the table names it
+        /// that way).
         pub webhook_path_token: Option<SecretString> = None,
+        pub webhook_path_token_file: Option<PathBuf> = None,
     }
 }
 
@@ -138,7 +141,8 @@ impl InstanceConfig {
         {
             p(
                 "webhook_secret",
-                "an instance of the table names its webhook secret with webhook_secret_file; it never holds one",
+                "an instance of the table names its webhook secret and path token with \
+                 webhook_secret_file and webhook_path_token_file; it never holds them",
             );
         }
         match self.webhook_secret() {
@@ -148,13 +152,13 @@ impl InstanceConfig {
             }
             Ok(_) => {}
         }
-        if let Some(t) = &self.webhook_path_token {
-            if t.expose_secret().trim().len() < 16 {
-                p(
-                    "webhook_path_token",
-                    "must be at least 16 characters (it is the only key of unsigned events)",
-                )
-            }
+        match self.webhook_path_token() {
+            Err(e) => p("webhook_path_token", &e),
+            Ok(Some(t)) if t.expose_secret().trim().len() < 16 => p(
+                "webhook_path_token",
+                "must be at least 16 characters (it is the only key of unsigned events)",
+            ),
+            Ok(_) => {}
         }
         out
     }

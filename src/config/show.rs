@@ -47,6 +47,7 @@ impl Settings {
                         webhook_secret: i.webhook_secret.as_ref().map(shown_secret),
                         webhook_secret_file: i.webhook_secret_file.as_deref(),
                         webhook_path_token: i.webhook_path_token.as_ref().map(shown_secret),
+                        webhook_path_token_file: i.webhook_path_token_file.as_deref(),
                     };
                     (name.as_str(), shown)
                 })
@@ -112,4 +113,5 @@ struct ShownInstance<'a> {
     webhook_secret: Option<&'static str>,
     webhook_secret_file: Option<&'a Path>,
     webhook_path_token: Option<&'static str>,
+    webhook_path_token_file: Option<&'a Path>,
 }

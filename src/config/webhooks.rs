@@ -1,7 +1,9 @@
 //! `[webhooks]`: the receiving side of the provider's events (issue 13).
 //! Each instance's secret is its own (`instances.NAME.webhook_secret`,
-//! `webhook_secret_file`, `webhook_path_token`); these settings are shared.
+//! `webhook_secret_file`, `webhook_path_token[_file]`); these settings are
+//! shared.
 
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 
 use super::{read_secret_file, InstanceConfig};
@@ -55,5 +57,16 @@ impl InstanceConfig {
                 .map_err(|e| format!("webhook_secret_file {e}")),
             (None, s) => Ok(s.clone()),
         }
+    }
+
+    /// The instance's webhook path token (file first), trimmed, if set.
+    pub fn webhook_path_token(&self) -> Result<Option<SecretString>, String> {
+        let token = match (&self.webhook_path_token_file, &self.webhook_path_token) {
+            (Some(p), _) => read_secret_file(p)
+                .map(Some)
+                .map_err(|e| format!("webhook_path_token_file {e}"))?,
+            (None, t) => t.clone(),
+        };
+        Ok(token.map(|t| SecretString::from(t.expose_secret().trim().to_string())))
     }
 }

@@ -104,13 +104,27 @@ struct Keys {
     path_token: Option<[u8; 32]>,
 }
 
+impl Keys {
+    /// An instance's keys (its secret files read), None when it has
+    /// neither a secret nor a path token; the error names the setting.
+    fn of(inst: &crate::config::InstanceConfig) -> Result<Option<Keys>, String> {
+        let hmac = inst
+            .webhook_secret()?
+            .filter(|k| !k.expose_secret().trim().is_empty());
+        let path_token = inst
+            .webhook_path_token()?
+            .map(|t| Sha256::digest(t.expose_secret().as_bytes()).into());
+        Ok((hmac.is_some() || path_token.is_some()).then_some(Keys { hmac, path_token }))
+    }
+}
+
 /// The receiving side's settings and keys: the configuration file's,
 /// built once from [`Settings`], and the instance table's, read again by
 /// [`Receiver::set_table`] as the table changes.
 pub struct Receiver {
     keys: HashMap<String, Keys>,
-    /// The table's instances with a `webhook_secret_file` (a file instance
-    /// of the same name wins).
+    /// The table's instances with a `webhook_secret_file` or
+    /// `webhook_path_token_file` (a file instance of the same name wins).
     table: std::sync::RwLock<HashMap<String, Keys>>,
     pub settings: WebhookSettings,
     /// Rung when an event was stored: the processor applies it at once.
@@ -131,15 +145,8 @@ impl Receiver {
     pub fn from_settings(settings: &Settings) -> anyhow::Result<Receiver> {
         let mut keys = HashMap::new();
         for (name, inst) in &settings.instances {
-            let hmac = inst
-                .webhook_secret()
-                .map_err(|e| anyhow::anyhow!("instances.{name}.{e}"))?;
-            let path_token = inst
-                .webhook_path_token
-                .as_ref()
-                .map(|t| Sha256::digest(t.expose_secret().trim().as_bytes()).into());
-            if hmac.is_some() || path_token.is_some() {
-                keys.insert(name.clone(), Keys { hmac, path_token });
+            if let Some(k) = Keys::of(inst).map_err(|e| anyhow::anyhow!("instances.{name}.{e}"))? {
+                keys.insert(name.clone(), k);
             }
         }
         Ok(Receiver {
@@ -172,8 +179,8 @@ impl Receiver {
     }
 
     /// The instance table's webhook keys, from its rows (removed ones and
-    /// names the file has left out). A row whose secret file cannot be read
-    /// receives nothing, and says why in the log.
+    /// names the file has left out). A row whose secret or path-token file
+    /// cannot be read receives nothing, and says why in the log.
     pub fn set_table(&self, table: &crate::store::InstanceTable) {
         let mut keys = HashMap::new();
         for rec in &table.rows {
@@ -183,15 +190,11 @@ impl Receiver {
             let Ok(inst) = crate::config::InstanceConfig::from_table(&rec.settings) else {
                 continue;
             };
-            match inst.webhook_secret() {
-                Ok(Some(k)) if !k.expose_secret().trim().is_empty() => {
-                    let k = Keys {
-                        hmac: Some(k),
-                        path_token: None,
-                    };
+            match Keys::of(&inst) {
+                Ok(Some(k)) => {
                     keys.insert(rec.name.clone(), k);
                 }
-                Ok(_) => {}
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(instance = %rec.name, error = %e, "the instance's webhook secret cannot be read: its events are refused")
                 }
@@ -301,4 +304,80 @@ pub fn describe_metrics() {
 /// How long the processor waits when nothing woke it.
 pub fn fallback_poll(s: &WebhookSettings) -> Duration {
     Duration::from_millis(s.fallback_poll_ms.max(100))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{InstanceRecord, InstanceTable};
+
+    /// Instances of the table receive events by their own secret and
+    /// path-token files (never stored in the table); a removed one, or a
+    /// name the file has, does not take the table's keys.
+    #[test]
+    fn table_instances_receive_by_their_secret_and_path_token_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let (secret, token) = (
+            file("shop.key", "shop-hmac-key\n"),
+            file("w.tok", "path-token-0123456789\n"),
+        );
+        let row = |name: &str, settings: serde_json::Value, removed: bool| InstanceRecord {
+            name: name.into(),
+            settings: settings.as_object().unwrap().clone(),
+            enabled: true,
+            removed_at: removed.then(chrono::Utc::now),
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        };
+        let (key, path) = ("webhook_secret_file", "webhook_path_token_file");
+        let table = InstanceTable {
+            rows: [
+                ("shop", key, secret.as_str(), false),
+                ("wawpy", path, token.as_str(), false),
+                ("gone", key, secret.as_str(), true),
+                ("main", key, secret.as_str(), false),
+            ]
+            .into_iter()
+            .map(|(name, k, v, removed)| row(name, serde_json::json!({ k: v }), removed))
+            .chain([row("plain", serde_json::json!({}), false)])
+            .collect(),
+            read_at: chrono::Utc::now(),
+        };
+        let r = Receiver::with_keys(&[("main", "file-key")], WebhookSettings::default());
+        assert!(r.knows("shop").is_err(), "nothing before the table is read");
+        r.set_table(&table);
+        for known in ["shop", "wawpy", "main"] {
+            assert!(r.knows(known).is_ok(), "{known}");
+        }
+        for unknown in ["gone", "plain", "nope"] {
+            assert!(r.knows(unknown).is_err(), "{unknown}");
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let body = serde_json::json!({ "event": "message.ack", "timestamp": now }).to_string();
+        let signed = |key: &str| {
+            let sig = w::sign(key.as_bytes(), body.as_bytes());
+            move |h: &str| match h {
+                h if h == w::HMAC => Some(sig.clone()),
+                h if h == w::TIMESTAMP => Some(now.to_string()),
+                _ => None,
+            }
+        };
+        let check = |inst: &str, token: Option<&str>, key: &str| {
+            r.check(inst, token, signed(key), body.as_bytes(), now)
+        };
+        assert!(check("shop", None, "shop-hmac-key").is_ok());
+        assert!(check("shop", None, "other").is_err());
+        assert!(
+            check("main", None, "file-key").is_ok(),
+            "the file's key wins"
+        );
+        assert!(check("main", None, "shop-hmac-key").is_err());
+        assert!(check("wawpy", Some("path-token-0123456789"), "").is_ok());
+        assert!(check("wawpy", Some("path-token-wrong-0000"), "").is_err());
+    }
 }

@@ -249,8 +249,10 @@ impl WawpClient {
             return Err(format!(
                 "instance {}: Wawp documents its own signature header (X-Wawp-Signature), which \
                  statusd does not check: set instances.{}.webhook_path_token (16 characters or \
-                 more) and register again; statusd then gives Wawp the URL with that token",
-                self.name, self.name
+                 more; an instance of the table: `statusd instance set {} --set \
+                 webhook_path_token_file=PATH`) and register again; statusd then gives Wawp \
+                 the URL with that token",
+                self.name, self.name, self.name
             ));
         };
         let url = format!("{}/{}", hook.url, token.expose_secret());
