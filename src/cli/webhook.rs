@@ -3,7 +3,7 @@
 //! an instance of the configuration file or of the instance table.
 
 use anyhow::Context;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 
 use super::WebhookRegisterArgs;
 use crate::config::{InstanceConfig, ProviderKind, Settings};
@@ -69,10 +69,8 @@ fn receiver_url(settings: &Settings, instance: &str) -> String {
 
 /// The instance's webhook secret, if one is set and not blank.
 fn secret_of(inst: &InstanceConfig, instance: &str) -> anyhow::Result<Option<SecretString>> {
-    Ok(inst
-        .webhook_secret()
-        .map_err(|e| anyhow::anyhow!("instances.{instance}.{e}"))?
-        .filter(|s| !s.expose_secret().trim().is_empty()))
+    inst.webhook_key()
+        .map_err(|e| anyhow::anyhow!("instances.{instance}.{e}"))
 }
 
 /// `statusd webhook url INSTANCE`: what to paste into the provider. The

@@ -154,7 +154,7 @@ impl InstanceConfig {
         }
         match self.webhook_path_token() {
             Err(e) => p("webhook_path_token", &e),
-            Ok(Some(t)) if t.expose_secret().trim().len() < 16 => p(
+            Ok(Some(t)) if t.expose_secret().len() < 16 => p(
                 "webhook_path_token",
                 "must be at least 16 characters (it is the only key of unsigned events)",
             ),

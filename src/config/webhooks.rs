@@ -59,6 +59,14 @@ impl InstanceConfig {
         }
     }
 
+    /// The key its events are checked with: the webhook secret, unless
+    /// blank (`config check` reports a blank one).
+    pub fn webhook_key(&self) -> Result<Option<SecretString>, String> {
+        Ok(self
+            .webhook_secret()?
+            .filter(|k| !k.expose_secret().trim().is_empty()))
+    }
+
     /// The instance's webhook path token (file first), trimmed, if set.
     pub fn webhook_path_token(&self) -> Result<Option<SecretString>, String> {
         let token = match (&self.webhook_path_token_file, &self.webhook_path_token) {

@@ -108,9 +108,7 @@ impl Keys {
     /// An instance's keys (its secret files read), None when it has
     /// neither a secret nor a path token; the error names the setting.
     fn of(inst: &crate::config::InstanceConfig) -> Result<Option<Keys>, String> {
-        let hmac = inst
-            .webhook_secret()?
-            .filter(|k| !k.expose_secret().trim().is_empty());
+        let hmac = inst.webhook_key()?;
         let path_token = inst
             .webhook_path_token()?
             .map(|t| Sha256::digest(t.expose_secret().as_bytes()).into());
@@ -126,6 +124,9 @@ pub struct Receiver {
     /// The table's instances with a `webhook_secret_file` or
     /// `webhook_path_token_file` (a file instance of the same name wins).
     table: std::sync::RwLock<HashMap<String, Keys>>,
+    /// Why each table instance without keys cannot have them, as last
+    /// logged: a file that stays unreadable is logged once, not every read.
+    table_errors: std::sync::Mutex<HashMap<String, String>>,
     pub settings: WebhookSettings,
     /// Rung when an event was stored: the processor applies it at once.
     pub wake: Arc<Notify>,
@@ -152,6 +153,7 @@ impl Receiver {
         Ok(Receiver {
             keys,
             table: Default::default(),
+            table_errors: Default::default(),
             settings: settings.webhooks.clone(),
             wake: Arc::new(Notify::new()),
         })
@@ -173,6 +175,7 @@ impl Receiver {
                 })
                 .collect(),
             table: Default::default(),
+            table_errors: Default::default(),
             settings,
             wake: Arc::new(Notify::new()),
         }
@@ -183,6 +186,7 @@ impl Receiver {
     /// cannot be read receives nothing, and says why in the log.
     pub fn set_table(&self, table: &crate::store::InstanceTable) {
         let mut keys = HashMap::new();
+        let mut errors = HashMap::new();
         for rec in &table.rows {
             if rec.removed_at.is_some() || self.keys.contains_key(&rec.name) {
                 continue;
@@ -196,11 +200,18 @@ impl Receiver {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(instance = %rec.name, error = %e, "the instance's webhook secret cannot be read: its events are refused")
+                    errors.insert(rec.name.clone(), e);
                 }
             }
         }
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = keys;
+        let mut logged = self.table_errors.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, e) in &errors {
+            if logged.get(name) != Some(e) {
+                tracing::warn!(instance = %name, error = %e, "the instance's webhook secret cannot be read: its events are refused");
+            }
+        }
+        *logged = errors;
     }
 
     /// An instance's keys: the file's, else the table's.
@@ -341,6 +352,7 @@ mod tests {
                 ("wawpy", path, token.as_str(), false),
                 ("gone", key, secret.as_str(), true),
                 ("main", key, secret.as_str(), false),
+                ("broken", key, "/nonexistent/statusd-test.key", false),
             ]
             .into_iter()
             .map(|(name, k, v, removed)| row(name, serde_json::json!({ k: v }), removed))
@@ -354,7 +366,9 @@ mod tests {
         for known in ["shop", "wawpy", "main"] {
             assert!(r.knows(known).is_ok(), "{known}");
         }
-        for unknown in ["gone", "plain", "nope"] {
+        // Read again (as every 2 s): the same answer.
+        r.set_table(&table);
+        for unknown in ["gone", "plain", "broken", "nope"] {
             assert!(r.knows(unknown).is_err(), "{unknown}");
         }
         let now = chrono::Utc::now().timestamp_millis();
